@@ -1,0 +1,46 @@
+"""``python -m governance``: the project's command line.
+
+Each sub-command lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``;
+modules are imported only when their command runs, so ``--help`` stays fast. Identities are never
+taken from the command line (it lands in shell history and process listings): commands that need
+one read it from standard input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# command name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "services": ("governance.services", "start, stop or inspect the embedded services (PostgreSQL, S3, processors)"),
+    "migrate": ("governance.migrations", "create or upgrade the governance schema (idempotent)"),
+    "seed": ("governance.seed.command", "load the reference deployment (app schema, objects, processors)"),
+    "request": ("governance.privacy_requests", "record a privacy request; identities are read from stdin"),
+    "keys": ("governance.crypto", "generate key material for the keyed-hash and encryption connections"),
+    "validate-datamap": ("governance.datamap.command", "validate the data map and print what is wrong"),
+    "demo": ("governance.demo", "run every DAG once on the reference deployment and summarise"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m governance", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_module, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        build_parser().parse_args(argv or ["--help"])
+        return 2
+    name, rest = argv[0], argv[1:]
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(prog=f"python -m governance {name}", description=COMMANDS[name][1])
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    return int(module.run(args))

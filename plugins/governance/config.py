@@ -1,0 +1,43 @@
+"""Project configuration: connection ids, paths and environment settings in one place.
+
+Values that differ between deployments come from environment variables (or Airflow connections
+for anything secret); nothing here is a secret.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+INCLUDE_DIR = Path(os.environ.get("GOVERNANCE_INCLUDE_DIR", PROJECT_ROOT / "include"))
+SQL_DIR = INCLUDE_DIR / "sql"
+
+# Airflow connection ids. The workflows read systems from the data map; these are the ids the
+# reference deployment and the project's own state use.
+APP_CONN_ID = "aircalls_app"
+OBJECTS_CONN_ID = "aircalls_objects"
+GOVERNANCE_CONN_ID = "governance_db"
+HASH_KEY_CONN_ID = "governance_hash_key"
+ENCRYPTION_KEY_CONN_ID = "governance_encryption_key"
+PAYMENTS_CONN_ID = "payments_processor"
+CRM_CONN_ID = "crm"
+ALERTS_CONN_ID = "governance_alerts"
+
+GOVERNANCE_SCHEMA = "governance"
+APP_SCHEMA = "app"
+
+
+def datamap_path() -> Path:
+    """Path of the data map: ``GOVERNANCE_DATAMAP`` or ``include/datamap.yaml``."""
+    return Path(os.environ.get("GOVERNANCE_DATAMAP", INCLUDE_DIR / "datamap.yaml"))
+
+
+def objects_bucket() -> str:
+    """Bucket holding recordings, transcripts and exports."""
+    return os.environ.get("GOVERNANCE_OBJECTS_BUCKET", "aircalls-data")
+
+
+def default_phone_region() -> str:
+    """ISO-3166 region used to read phone numbers typed without a country code."""
+    return os.environ.get("GOVERNANCE_PHONE_REGION", "US").upper()
