@@ -1,0 +1,62 @@
+# aircalls governance workflows. Two commands do all set-up from a fresh clone:
+#   make demo   - venv, embedded services, reference data, every DAG run once, a summary
+#   make test   - lint, type-check and the whole test suite against real services
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+UV_VERSION := 0.13.8
+STAMP := $(VENV)/.installed
+
+.PHONY: help venv lint test test-fast demo airflow services-start services-stop lock bench clean
+
+help:
+	@echo "make demo | make test | make airflow | make lint | make bench | make lock | make clean"
+
+$(STAMP): requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(UV) pip install --quiet --python $(PY) -r requirements.txt
+	$(UV) pip install --quiet --python $(PY) --no-deps -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: venv
+	$(VENV)/bin/ruff check plugins dags tests benchmarks
+	$(VENV)/bin/mypy
+
+test: lint
+	$(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q tests/unit
+
+demo: venv
+	$(PY) -m governance demo
+
+services-start: venv
+	$(PY) -m governance services start
+
+services-stop: venv
+	$(PY) -m governance services stop
+
+# The Airflow UI on the embedded services: http://127.0.0.1:8080, user "admin", password in
+# .state/airflow/simple_auth_manager_passwords.json.generated. Ctrl-C stops Airflow; then
+# `make services-stop`.
+airflow: services-start
+	source .state/airflow.env && $(VENV)/bin/airflow db migrate >/dev/null && \
+	  $(VENV)/bin/airflow standalone
+
+bench: venv
+	$(PY) benchmarks/parse.py
+	$(PY) benchmarks/seed.py --scale large
+
+lock:
+	$(UV) pip compile requirements.in -o requirements.txt --python-version 3.11
+
+clean:
+	-$(PY) -m governance services stop
+	rm -rf .state .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,103 @@
+"""The governance schema: ordered SQL migrations, applied idempotently.
+
+Migrations are the files ``include/sql/governance/NNNN_name.sql``, applied in order, each in its own
+transaction, recorded in ``governance.schema_migrations`` with a checksum. Concurrent callers
+serialise on an advisory lock, so every DAG may call ``migrate`` first. A migration that was edited
+after it was applied is an error (write a new one instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from governance.config import GOVERNANCE_CONN_ID, GOVERNANCE_SCHEMA, SQL_DIR
+
+MIGRATIONS_DIR = SQL_DIR / "governance"
+_NAME_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+# Arbitrary constant shared by every process that migrates this schema.
+_LOCK_KEY = 0x60F_0001
+
+
+class MigrationError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    path: Path
+
+    @property
+    def sql(self) -> str:
+        return self.path.read_text()
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+
+def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    found = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _NAME_RE.match(path.name)
+        if not match:
+            raise MigrationError(f"{path}: migration files are named NNNN_name.sql")
+        found.append(Migration(int(match.group(1)), match.group(2), path))
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"{directory}: two migrations share a version number")
+    return found
+
+
+def migrate(conninfo: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Apply pending migrations; return the names applied (empty when up to date)."""
+    applied_now: list[str] = []
+    with psycopg.connect(conninfo, autocommit=True, application_name="governance-migrate") as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        try:
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {GOVERNANCE_SCHEMA}")
+            conn.execute(
+                f"""CREATE TABLE IF NOT EXISTS {GOVERNANCE_SCHEMA}.schema_migrations (
+                    version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,
+                    applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
+            rows = conn.execute(f"SELECT version, name, checksum FROM {GOVERNANCE_SCHEMA}.schema_migrations").fetchall()
+            done = {int(v): (n, c) for v, n, c in rows}
+            for migration in discover(directory):
+                if migration.version in done:
+                    name, checksum = done[migration.version]
+                    if checksum != migration.checksum:
+                        raise MigrationError(
+                            f"migration {migration.path.name} changed after it was applied as {name!r}; "
+                            "add a new migration instead of editing an applied one"
+                        )
+                    continue
+                with conn.transaction():
+                    conn.execute(migration.sql)  # type: ignore[arg-type]  # trusted file from include/
+                    conn.execute(
+                        f"INSERT INTO {GOVERNANCE_SCHEMA}.schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                        (migration.version, migration.name, migration.checksum),
+                    )
+                applied_now.append(migration.path.name)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+    return applied_now
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--conninfo", default=None, help=f"libpq URL (default: the {GOVERNANCE_CONN_ID} connection)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from governance.db import conninfo_for
+
+    applied = migrate(args.conninfo or conninfo_for(GOVERNANCE_CONN_ID))
+    print(f"governance schema: applied {len(applied)} migration(s){': ' + ', '.join(applied) if applied else ''}")
+    return 0

@@ -1,0 +1,235 @@
+"""Privacy requests: recording, reading back and tracking them to their 30-day deadline.
+
+A request holds the subject's identities encrypted (readable by the workflows that serve it) and
+keyed-hashed (for look-ups, legal holds and the suppression list), both with their key ids. What
+leaves this module toward Airflow (XCom, logs) is the request id, never an identity.
+
+``python -m governance request new --kind export|erasure`` reads the identities from standard
+input (JSON ``{"email": ..., "phone": ...}`` or ``email: ...`` / ``phone: ...`` lines), never from
+the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import secrets
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import psycopg
+from psycopg.rows import dict_row
+
+from governance.crypto import IdentityCipher, IdentityHasher
+from governance.identity import InvalidIdentity, SubjectIdentities
+
+RequestKind = Literal["export", "erasure"]
+REQUEST_KINDS: tuple[RequestKind, ...] = ("export", "erasure")
+RequestSource = Literal["cli", "trigger_form", "intake", "api"]
+# Policy section 11: requests are answered within 30 days.
+RESPONSE_DEADLINE = timedelta(days=30)
+_PREFIX: dict[str, str] = {"export": "exp", "erasure": "era"}
+REQUEST_ID_RE = re.compile(r"^[a-z]{3}-[0-9]{8}-[0-9a-f]{12}$")
+
+
+class UnknownRequest(LookupError):
+    pass
+
+
+class InvalidRequest(ValueError):
+    pass
+
+
+def new_request_id(kind: RequestKind, received_at: datetime) -> str:
+    return f"{_PREFIX[kind]}-{received_at:%Y%m%d}-{secrets.token_hex(6)}"
+
+
+def validate_request_id(request_id: str) -> str:
+    """Return ``request_id`` stripped, or raise InvalidRequest when it is not of our form."""
+    value = (request_id or "").strip()
+    if not REQUEST_ID_RE.match(value):
+        raise InvalidRequest("request_id is not of the form xxx-YYYYMMDD-<12 hex> (e.g. exp-20261128-0123456789ab)")
+    return value
+
+
+def _context(request_id: str, kind: str) -> str:
+    return f"privacy_requests:{request_id}:{kind}"
+
+
+@dataclass(frozen=True)
+class PrivacyRequest:
+    """A request as stored, with its identities decrypted (keep it out of XCom and logs)."""
+
+    request_id: str
+    kind: RequestKind
+    status: str
+    source: str
+    received_at: datetime
+    due_at: datetime
+    completed_at: datetime | None
+    business_id: int | None
+    identities: SubjectIdentities
+    result_uri: str | None
+
+    def __repr__(self) -> str:
+        return f"PrivacyRequest({self.request_id}, {self.kind}, {self.status})"
+
+
+def create_request(
+    conn: psycopg.Connection[Any],
+    *,
+    kind: RequestKind,
+    identities: SubjectIdentities,
+    hasher: IdentityHasher,
+    cipher: IdentityCipher,
+    received_at: datetime,
+    business_id: int | None = None,
+    source: RequestSource = "cli",
+    request_id: str | None = None,
+) -> str:
+    """Insert a request (status ``received``, due 30 days after ``received_at``); return its id.
+
+    With an explicit ``request_id`` the call is idempotent: a retry that finds the same id
+    returns it without a second row.
+    """
+    if kind not in REQUEST_KINDS:
+        raise InvalidRequest(f"kind must be one of {', '.join(REQUEST_KINDS)}")
+    if business_id is not None and business_id <= 0:
+        raise InvalidRequest("business_id must be a positive id")
+    if received_at.tzinfo is None:
+        raise InvalidRequest("received_at must be timezone-aware")
+    request_id = validate_request_id(request_id) if request_id else new_request_id(kind, received_at)
+    values: dict[str, Any] = {
+        "request_id": request_id, "kind": kind, "source": source, "received_at": received_at,
+        "due_at": received_at + RESPONSE_DEADLINE, "business_id": business_id,
+        "email_encrypted": None, "phone_encrypted": None, "email_hash": None, "phone_hash": None,
+        "encryption_key_id": cipher.key_id, "hash_key_id": hasher.key_id,
+    }  # fmt: skip
+    for identity_kind, value in identities.items():
+        values[f"{identity_kind}_encrypted"] = cipher.encrypt(value, context=_context(request_id, identity_kind))
+        values[f"{identity_kind}_hash"] = hasher.hash(identity_kind, value)
+    conn.execute(
+        """
+        INSERT INTO governance.privacy_requests (
+            request_id, kind, source, received_at, due_at, business_id, email_encrypted, phone_encrypted,
+            email_hash, phone_hash, encryption_key_id, hash_key_id)
+        VALUES (%(request_id)s, %(kind)s, %(source)s, %(received_at)s, %(due_at)s, %(business_id)s,
+            %(email_encrypted)s, %(phone_encrypted)s, %(email_hash)s, %(phone_hash)s,
+            %(encryption_key_id)s, %(hash_key_id)s)
+        ON CONFLICT (request_id) DO NOTHING
+        """,
+        values,
+    )
+    return request_id
+
+
+def load_request(conn: psycopg.Connection[Any], request_id: str, *, cipher: IdentityCipher) -> PrivacyRequest:
+    """Read a request and decrypt its identities; UnknownRequest when there is no such id."""
+    request_id = validate_request_id(request_id)
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute("SELECT * FROM governance.privacy_requests WHERE request_id = %s", (request_id,)).fetchone()
+    if row is None:
+        raise UnknownRequest(f"no privacy request {request_id}")
+    decrypted: dict[str, str | None] = {}
+    for kind in ("email", "phone"):
+        token = row[f"{kind}_encrypted"]
+        decrypted[kind] = cipher.decrypt(token, context=_context(request_id, kind)) if token else None
+    return PrivacyRequest(
+        request_id=row["request_id"],
+        kind=row["kind"],
+        status=row["status"],
+        source=row["source"],
+        received_at=row["received_at"],
+        due_at=row["due_at"],
+        completed_at=row["completed_at"],
+        business_id=row["business_id"],
+        # Stored values are already normalised; parse again so the type guarantees it.
+        identities=SubjectIdentities.parse(email=decrypted["email"], phone=decrypted["phone"]),
+        result_uri=row["result_uri"],
+    )
+
+
+def read_identities(stream: Any) -> SubjectIdentities:
+    """Parse identities from JSON or ``key: value`` lines on ``stream`` (stdin for the CLI)."""
+    text = stream.read()
+    fields: dict[str, str] = {}
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        try:
+            data = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise InvalidIdentity(f"standard input is not valid JSON (line {exc.lineno})") from None
+        if not isinstance(data, dict):
+            raise InvalidIdentity("standard input must be a JSON object with email and/or phone")
+        fields = {str(k): str(v) for k, v in data.items() if v is not None}
+    else:
+        for number, line in enumerate(stripped.splitlines(), start=1):
+            if not line.strip():
+                continue
+            key, sep, value = line.partition(":")
+            if not sep:
+                raise InvalidIdentity(f"line {number} of standard input is not 'email: ...' or 'phone: ...'")
+            fields[key.strip().lower()] = value.strip()
+    unknown = sorted(set(fields) - {"email", "phone"})
+    if unknown:
+        raise InvalidIdentity(f"unknown identity field(s) {', '.join(unknown)}; expected email and/or phone")
+    return SubjectIdentities.parse(email=fields.get("email"), phone=fields.get("phone"))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True)
+    new = sub.add_parser("new", help="record a request; identities from stdin (JSON or 'email: ...' lines)")
+    new.add_argument("--kind", choices=REQUEST_KINDS, required=True)
+    new.add_argument("--business-id", type=int, default=None, help="only this business client's data")
+    show = sub.add_parser("show", help="print a request's status (never its identities)")
+    show.add_argument("request_id")
+
+
+def run(args: argparse.Namespace) -> int:
+    from governance.config import GOVERNANCE_CONN_ID
+    from governance.crypto import cipher_from_airflow, hasher_from_airflow
+    from governance.db import conninfo_for, connect
+    from governance.migrations import migrate
+
+    conninfo = conninfo_for(GOVERNANCE_CONN_ID)
+    if args.action == "new":
+        if sys.stdin.isatty():
+            print("enter identities, then Ctrl-D (e.g. 'email: a@example.com'):", file=sys.stderr)
+        try:
+            identities = read_identities(sys.stdin)
+        except InvalidIdentity as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        migrate(conninfo)
+        with connect(conninfo) as conn:
+            request_id = create_request(
+                conn,
+                kind=args.kind,
+                identities=identities,
+                hasher=hasher_from_airflow(),
+                cipher=cipher_from_airflow(),
+                received_at=datetime.now(UTC),
+                business_id=args.business_id,
+                source="cli",
+            )
+        print(request_id)
+        return 0
+    try:
+        request_id = validate_request_id(args.request_id)
+    except InvalidRequest as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with connect(conninfo) as conn, conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            "SELECT request_id, kind, status, source, received_at, due_at, completed_at, business_id"
+            " FROM governance.privacy_requests WHERE request_id = %s",
+            (request_id,),
+        ).fetchone()
+    if row is None:
+        print(f"error: no privacy request {request_id}", file=sys.stderr)
+        return 1
+    print(json.dumps(row, default=str, indent=2))
+    return 0

@@ -1,0 +1,362 @@
+"""The embedded reference services: PostgreSQL, an S3 API server and the processor stand-ins.
+
+``make demo``, ``make airflow`` and the test harness run the reference deployment without Docker:
+
+* PostgreSQL from the ``pgserver`` wheel's binaries, listening on a loopback TCP port (not 5432).
+  ``pgserver`` itself only offers a Unix socket, so its binaries are driven with ``pg_ctl``
+  directly. PostgreSQL refuses to run as root, so under root the server runs as a system user.
+* moto's S3 server on loopback (MinIO plays this part in docker-compose).
+* the processor stand-ins (``governance.standins``).
+
+State (pids, ports) lives in ``.state/services.json``; ``.state/airflow.env`` holds the
+``AIRFLOW_CONN_*`` variables that point Airflow and the CLI at these services.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from governance.config import PROJECT_ROOT, objects_bucket
+
+STATE_DIR = Path(os.environ.get("GOVERNANCE_STATE_DIR", PROJECT_ROOT / ".state"))
+HOST = "127.0.0.1"
+PG_SYSTEM_USER = "pgserver"
+
+
+class ServiceError(RuntimeError):
+    """An embedded service could not be started or reached."""
+
+
+def free_port(host: str = HOST) -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = HOST) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_for_port(port: int, host: str = HOST, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.1)
+    raise ServiceError(f"nothing answered on {host}:{port} within {timeout_s:.0f} s")
+
+
+def _pg_bin(name: str) -> str:
+    from pgserver._commands import POSTGRES_BIN_PATH
+
+    return str(POSTGRES_BIN_PATH / name)
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A PostgreSQL server from the ``pgserver`` wheel on ``host:port`` with trust authentication.
+
+    ``start()`` initialises ``data_dir`` on first use and is a no-op when the server already runs;
+    ``stop()`` is a fast shutdown. Databases are created UTF-8 with the C.UTF-8 locale so
+    ``lower()`` folds non-ASCII letters the way the identity normaliser does.
+    """
+
+    data_dir: Path
+    port: int
+    host: str = HOST
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir.parent / f"{self.data_dir.name}.log"
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@{self.host}:{self.port}/{database}"
+
+    def _run_as(self) -> dict[str, Any]:
+        """subprocess kwargs that drop root privileges (initdb and postgres refuse root)."""
+        if os.geteuid() != 0:
+            return {}
+        import pwd
+
+        from pgserver.utils import ensure_prefix_permissions, ensure_user_exists
+
+        ensure_user_exists(PG_SYSTEM_USER)
+        entry = pwd.getpwnam(PG_SYSTEM_USER)
+        from pgserver._commands import POSTGRES_BIN_PATH
+
+        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        ensure_prefix_permissions(self.data_dir)
+        for path in (self.data_dir, self.log_file):
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+    def _pg_ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [_pg_bin("pg_ctl"), "-D", str(self.data_dir), *args],
+            check=check,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "LC_ALL": "C.UTF-8"},
+            **self._run_as(),
+        )
+
+    def is_running(self) -> bool:
+        if not (self.data_dir / "PG_VERSION").exists():
+            return False
+        return self._pg_ctl("status", check=False).returncode == 0
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_file.touch(exist_ok=True)
+        run_as = self._run_as()
+        if not (self.data_dir / "PG_VERSION").exists():
+            subprocess.run(
+                [
+                    _pg_bin("initdb"), "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
+                    "--encoding=UTF8", "--locale=C.UTF-8", "--no-instructions",
+                ],
+                check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                env={**os.environ, "LC_ALL": "C.UTF-8"}, **run_as,
+            )  # fmt: skip
+        if self.is_running():
+            return
+        if not port_is_free(self.port, self.host):
+            raise ServiceError(
+                f"port {self.port} on {self.host} is taken: set GOVERNANCE_PG_PORT to a free port"
+            )
+        options = f"-h {self.host} -p {self.port} -k {self.data_dir} -c fsync=off -c full_page_writes=off"
+        result = self._pg_ctl("-w", "-t", "60", "-l", str(self.log_file), "-o", options, "start", check=False)
+        if result.returncode != 0:
+            tail = self.log_file.read_text(errors="replace")[-2000:] if self.log_file.exists() else ""
+            raise ServiceError(f"PostgreSQL did not start: {result.stdout.strip()}\n{tail}")
+
+    def stop(self) -> None:
+        if self.is_running():
+            self._pg_ctl("-m", "fast", "-w", "stop", check=False)
+
+    def create_database(self, name: str) -> None:
+        """Create ``name`` if it does not exist (UTF-8, C.UTF-8 collation)."""
+        create_database(self.url(), name)
+
+
+def create_database(admin_url: str, name: str) -> None:
+    """Create database ``name`` (UTF-8, C.UTF-8 locale) on the server of ``admin_url`` if absent."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if exists:
+            return
+        conn.execute(
+            sql.SQL(
+                "CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C.UTF-8' LC_CTYPE 'C.UTF-8'"
+            ).format(sql.Identifier(name))
+        )
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+# --------------------------------------------------------------------------------------------
+# The demo/UI stack: long-running background processes recorded in .state/services.json
+# --------------------------------------------------------------------------------------------
+
+APP_DATABASE = "aircalls"
+AIRFLOW_DATABASE = "airflow"
+
+
+@dataclass(frozen=True)
+class StackPorts:
+    postgres: int
+    s3: int
+    payments: int
+    crm: int
+
+    @classmethod
+    def from_env(cls) -> StackPorts:
+        return cls(
+            postgres=int(os.environ.get("GOVERNANCE_PG_PORT", "54329")),
+            s3=int(os.environ.get("GOVERNANCE_S3_PORT", "59000")),
+            payments=int(os.environ.get("GOVERNANCE_PAYMENTS_PORT", "59101")),
+            crm=int(os.environ.get("GOVERNANCE_CRM_PORT", "59102")),
+        )
+
+
+def _spawn(args: list[str], log_path: Path) -> int:
+    """Start a detached background process (own session, so Ctrl-C in make does not kill it)."""
+    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    return proc.pid
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def airflow_environment(ports: StackPorts, keys: dict[str, Any], state_dir: Path) -> dict[str, str]:
+    """The ``AIRFLOW_CONN_*`` and Airflow settings that point at the embedded stack."""
+    app = {
+        "conn_type": "postgres", "host": HOST, "port": ports.postgres, "login": "postgres",
+        "schema": APP_DATABASE,
+    }  # fmt: skip
+    return {
+        "AIRFLOW_CONN_AIRCALLS_APP": json.dumps(app),
+        "AIRFLOW_CONN_GOVERNANCE_DB": json.dumps(app),
+        "AIRFLOW_CONN_AIRCALLS_OBJECTS": json.dumps(
+            {
+                "conn_type": "aws", "login": "demo-access-key", "password": "demo-secret-key",
+                "extra": {"endpoint_url": f"http://{HOST}:{ports.s3}", "region_name": "us-east-1"},
+            }
+        ),  # fmt: skip
+        "AIRFLOW_CONN_PAYMENTS_PROCESSOR": json.dumps(
+            {"conn_type": "http", "host": f"http://{HOST}", "port": ports.payments, "password": keys["standin_api_key"]}
+        ),
+        "AIRFLOW_CONN_CRM": json.dumps(
+            {"conn_type": "http", "host": f"http://{HOST}", "port": ports.crm, "password": keys["standin_api_key"]}
+        ),
+        "AIRFLOW_CONN_GOVERNANCE_HASH_KEY": json.dumps(keys["hash_key"]),
+        "AIRFLOW_CONN_GOVERNANCE_ENCRYPTION_KEY": json.dumps(keys["encryption_key"]),
+        "GOVERNANCE_OBJECTS_BUCKET": objects_bucket(),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": (
+            f"postgresql+psycopg2://postgres@{HOST}:{ports.postgres}/{AIRFLOW_DATABASE}"
+        ),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+        "AIRFLOW_HOME": str(state_dir / "airflow"),
+    }
+
+
+def _load_or_create_keys(state_dir: Path) -> dict[str, Any]:
+    """Demo key material, generated once per checkout into .state (never committed)."""
+    from governance.crypto import generate_key_connection
+
+    path = state_dir / "keys.json"
+    if path.exists():
+        return dict(json.loads(path.read_text()))
+    import secrets
+
+    keys = {
+        "hash_key": generate_key_connection("hash"),
+        "encryption_key": generate_key_connection("encryption"),
+        "standin_api_key": secrets.token_urlsafe(24),
+    }
+    path.write_text(json.dumps(keys, indent=2))
+    path.chmod(0o600)
+    return keys
+
+
+def start_stack(state_dir: Path = STATE_DIR) -> dict[str, str]:
+    """Start every embedded service (idempotent) and return the Airflow environment for them."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    ports = StackPorts.from_env()
+    state_file = state_dir / "services.json"
+    state: dict[str, Any] = json.loads(state_file.read_text()) if state_file.exists() else {}
+
+    pg = EmbeddedPostgres(state_dir / "pgdata", ports.postgres)
+    pg.start()
+    pg.create_database(APP_DATABASE)
+    pg.create_database(AIRFLOW_DATABASE)
+
+    if not (state.get("s3_pid") and _pid_alive(int(state["s3_pid"]))):
+        if not port_is_free(ports.s3):
+            raise ServiceError(f"port {ports.s3} is taken: set GOVERNANCE_S3_PORT to a free port")
+        state["s3_pid"] = _spawn(
+            [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(ports.s3)], state_dir / "s3.log"
+        )
+    wait_for_port(ports.s3)
+
+    keys = _load_or_create_keys(state_dir)
+    if not (state.get("standins_pid") and _pid_alive(int(state["standins_pid"]))):
+        for port in (ports.payments, ports.crm):
+            if not port_is_free(port):
+                raise ServiceError(f"port {port} is taken: set GOVERNANCE_PAYMENTS_PORT/GOVERNANCE_CRM_PORT")
+        state["standins_pid"] = _spawn(
+            [
+                sys.executable, "-m", "governance.standins", "--host", HOST,
+                "--payments-port", str(ports.payments), "--crm-port", str(ports.crm),
+                "--api-key", keys["standin_api_key"], "--state-file", str(state_dir / "standins.json"),
+            ],
+            state_dir / "standins.log",
+        )  # fmt: skip
+    wait_for_port(ports.payments)
+    wait_for_port(ports.crm)
+
+    state.update({"ports": ports.__dict__, "pgdata": str(pg.data_dir)})
+    state_file.write_text(json.dumps(state, indent=2))
+    env = airflow_environment(ports, keys, state_dir)
+    env_file = state_dir / "airflow.env"
+    env_file.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()))
+    env_file.chmod(0o600)
+    return env
+
+
+def stop_stack(state_dir: Path = STATE_DIR) -> None:
+    """Stop what start_stack started; data stays in .state for the next start."""
+    state_file = state_dir / "services.json"
+    if not state_file.exists():
+        return
+    state = json.loads(state_file.read_text())
+    for key in ("standins_pid", "s3_pid"):
+        pid = state.pop(key, None)
+        if pid and _pid_alive(int(pid)):
+            os.kill(int(pid), signal.SIGTERM)
+            for _ in range(50):
+                if not _pid_alive(int(pid)):
+                    break
+                time.sleep(0.1)
+    ports = StackPorts(**state["ports"]) if "ports" in state else StackPorts.from_env()
+    EmbeddedPostgres(Path(state.get("pgdata", state_dir / "pgdata")), ports.postgres).stop()
+    state_file.write_text(json.dumps(state, indent=2))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["start", "stop", "env"], help="start/stop the stack, or print its environment")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "start":
+        env = start_stack()
+        print(f"services running; environment in {STATE_DIR / 'airflow.env'} (source it)")
+        print(f"  PostgreSQL  {json.loads(env['AIRFLOW_CONN_AIRCALLS_APP'])['port']} (databases aircalls, airflow)")
+        print(f"  S3 API      {json.loads(env['AIRFLOW_CONN_AIRCALLS_OBJECTS'])['extra']['endpoint_url']}")
+    elif args.action == "stop":
+        stop_stack()
+        print("services stopped")
+    else:
+        env_file = STATE_DIR / "airflow.env"
+        if not env_file.exists():
+            print("services were never started: run `python -m governance services start`", file=sys.stderr)
+            return 1
+        print(env_file.read_text(), end="")
+    return 0

@@ -1,0 +1,45 @@
+"""Test harness: real PostgreSQL, a real S3 API server and stateful processor stand-ins.
+
+Airflow reads its configuration when first imported, so the environment is fixed here, at
+collection time, before any test module imports Airflow: a throw-away AIRFLOW_HOME with its own
+metadata database, this checkout's dags/ and plugins/, and test keys for the keyed-hash and
+encryption connections. Services start once per session; tests isolate themselves with their own
+databases and buckets (``make_db``, ``make_bucket``) instead of re-seeding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="gov-test-airflow-"))
+
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(_AIRFLOW_HOME),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME}/airflow.db",
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(_AIRFLOW_HOME / "logs"),
+        "GOVERNANCE_STATE_DIR": str(_AIRFLOW_HOME / "state"),
+    }
+)
+os.environ.pop("AIRFLOW__CORE__UNIT_TEST_MODE", None)
+
+# Test-only key material (random per session): never the demo's or a deployment's keys.
+from governance.crypto import generate_key_connection  # noqa: E402
+
+os.environ.setdefault("AIRFLOW_CONN_GOVERNANCE_HASH_KEY", json.dumps(generate_key_connection("hash", "test-hash-1")))
+os.environ.setdefault(
+    "AIRFLOW_CONN_GOVERNANCE_ENCRYPTION_KEY", json.dumps(generate_key_connection("encryption", "test-enc-1"))
+)
+
+pytest_plugins = [
+    "tests.fixtures.services",
+    "tests.fixtures.standins",
+    "tests.fixtures.reference",
+]

@@ -1,0 +1,165 @@
+"""The governance schema migrates idempotently and privacy requests keep identities sealed."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from governance.crypto import IdentityCipher, IdentityHasher, Keyring, cipher_from_airflow, hasher_from_airflow, new_key_b64
+from governance.identity import InvalidIdentity, SubjectIdentities
+from governance.migrations import MIGRATIONS_DIR, MigrationError, migrate
+from governance.privacy_requests import (
+    InvalidRequest,
+    UnknownRequest,
+    create_request,
+    load_request,
+    read_identities,
+)
+
+RECEIVED = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
+
+
+@pytest.fixture
+def governance_db(make_db: Callable[[str], str]) -> str:
+    url = make_db("governance")
+    migrate(url)
+    return url
+
+
+def test_migrate_twice_applies_once_and_records_checksums(make_db: Callable[[str], str]) -> None:
+    url = make_db("migrate")
+    first = migrate(url)
+    assert first and first[0] == "0001_core.sql"
+    assert migrate(url) == []
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT version, name FROM governance.schema_migrations ORDER BY version").fetchall()
+        tables = {r[0] for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'governance'")}  # fmt: skip
+    assert rows[0] == (1, "core")
+    assert {"privacy_requests", "legal_holds", "schema_migrations"} <= tables
+
+
+def test_an_edited_applied_migration_is_refused(make_db: Callable[[str], str], tmp_path: Path) -> None:
+    url = make_db("edited")
+    copy = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, copy)
+    migrate(url, copy)
+    (copy / "0001_core.sql").write_text((copy / "0001_core.sql").read_text() + "\n-- edited\n")
+    with pytest.raises(MigrationError, match="changed after it was applied"):
+        migrate(url, copy)
+
+
+def test_request_stores_identities_only_encrypted_and_hashed(governance_db: str) -> None:
+    hasher, cipher = hasher_from_airflow(), cipher_from_airflow()
+    subject = SubjectIdentities.parse(email="  Alice.Smith@Example.COM ", phone="+1 (555) 010-2000")
+    with psycopg.connect(governance_db) as conn:
+        request_id = create_request(conn, kind="export", identities=subject, hasher=hasher, cipher=cipher,
+                                    received_at=RECEIVED)  # fmt: skip
+        raw = conn.execute("SELECT row_to_json(r)::text FROM governance.privacy_requests r").fetchone()
+        stored = load_request(conn, request_id, cipher=cipher)
+    assert request_id.startswith("exp-20261102-")
+    text = raw[0].lower()
+    assert "alice" not in text and "example.com" not in text and "5550102000" not in text
+    row = json.loads(raw[0])
+    assert row["email_hash"] == hasher.hash("email", "alice.smith@example.com")
+    assert row["hash_key_id"] == hasher.key_id and row["encryption_key_id"] == cipher.key_id
+    assert stored.identities == SubjectIdentities(email="alice.smith@example.com", phone="+15550102000")
+    assert stored.due_at - stored.received_at == timedelta(days=30)
+    assert stored.status == "received"
+
+
+def test_request_with_explicit_id_is_idempotent(governance_db: str) -> None:
+    hasher, cipher = hasher_from_airflow(), cipher_from_airflow()
+    subject = SubjectIdentities.parse(phone="(555) 010-3000")
+    with psycopg.connect(governance_db) as conn:
+        for _ in range(2):
+            create_request(conn, kind="erasure", identities=subject, hasher=hasher, cipher=cipher,
+                           received_at=RECEIVED, request_id="era-20261102-00000000abcd")  # fmt: skip
+        count = conn.execute("SELECT count(*) FROM governance.privacy_requests").fetchone()
+    assert count == (1,)
+
+
+def test_requests_stay_readable_after_both_keys_rotate(governance_db: str) -> None:
+    old_hash, old_enc = new_key_b64(), new_key_b64()
+    hasher = IdentityHasher(Keyring.from_parts("h1", old_hash))
+    cipher = IdentityCipher(Keyring.from_parts("e1", old_enc))
+    subject = SubjectIdentities.parse(email="rotate@example.com")
+    with psycopg.connect(governance_db) as conn:
+        request_id = create_request(conn, kind="export", identities=subject, hasher=hasher, cipher=cipher,
+                                    received_at=RECEIVED)  # fmt: skip
+        new_hasher = IdentityHasher(Keyring.from_parts("h2", new_key_b64(), {"h1": old_hash}))
+        new_cipher = IdentityCipher(Keyring.from_parts("e2", new_key_b64(), {"e1": old_enc}))
+        assert load_request(conn, request_id, cipher=new_cipher).identities == subject
+        lookups = new_hasher.lookup_hashes("email", "rotate@example.com")
+        found = conn.execute(
+            "SELECT request_id FROM governance.privacy_requests WHERE (hash_key_id, email_hash) IN "
+            "(SELECT * FROM unnest(%s::text[], %s::text[]))",
+            (list(lookups), list(lookups.values())),
+        ).fetchall()
+    assert found == [(request_id,)]
+
+
+def test_unknown_and_malformed_request_ids_are_refused_clearly(governance_db: str) -> None:
+    with psycopg.connect(governance_db) as conn:
+        with pytest.raises(UnknownRequest, match="no privacy request exp-20261102-000000000000"):
+            load_request(conn, "exp-20261102-000000000000", cipher=cipher_from_airflow())
+        with pytest.raises(InvalidRequest, match="not of the form"):
+            load_request(conn, "'; DROP TABLE x; --", cipher=cipher_from_airflow())
+
+
+def test_database_refuses_a_request_without_any_identity(governance_db: str) -> None:
+    with psycopg.connect(governance_db) as conn, pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute(
+            "INSERT INTO governance.privacy_requests (request_id, kind, received_at, due_at)"
+            " VALUES ('exp-20261102-aaaaaaaaaaaa', 'export', now(), now() + interval '30 days')"
+        )
+
+
+@pytest.mark.parametrize(
+    ("stdin", "expected"),
+    [
+        ('{"email": " Bob@Example.com "}', SubjectIdentities(email="bob@example.com")),
+        ("email: Bob@Example.com\nphone: +44 20 7946 0958\n", SubjectIdentities("bob@example.com", "+442079460958")),
+    ],
+)
+def test_identities_are_read_from_stdin_as_json_or_lines(stdin: str, expected: SubjectIdentities) -> None:
+    assert read_identities(io.StringIO(stdin)) == expected
+
+
+@pytest.mark.parametrize("stdin", ["", "{}", '{"name": "Bob"}', "email bob@example.com", '{"email": "%"}', "[1]"])
+def test_bad_identity_input_is_refused(stdin: str) -> None:
+    with pytest.raises(InvalidIdentity):
+        read_identities(io.StringIO(stdin))
+
+
+def test_request_cli_reads_identities_from_stdin_and_prints_only_the_id(
+    governance_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+    import sys
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(governance_db)
+    conn = {"conn_type": "postgres", "host": parts.hostname, "port": parts.port, "login": parts.username or "postgres",
+            "schema": parts.path.lstrip("/")}  # fmt: skip
+    env = {**__import__("os").environ, "AIRFLOW_CONN_GOVERNANCE_DB": json.dumps(conn)}
+    result = subprocess.run(
+        [sys.executable, "-m", "governance", "request", "new", "--kind", "erasure", "--business-id", "7"],
+        input="email: Carol@Example.com\n", env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    request_id = result.stdout.strip()
+    assert request_id.startswith("era-") and "carol" not in (result.stdout + result.stderr).lower()
+    with psycopg.connect(governance_db) as db:
+        row = db.execute(
+            "SELECT kind, business_id, source, email_hash FROM governance.privacy_requests WHERE request_id = %s",
+            (request_id,),
+        ).fetchone()
+    assert row == ("erasure", 7, "cli", hasher_from_airflow().hash("email", "carol@example.com"))
