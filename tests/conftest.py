@@ -16,13 +16,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="gov-test-airflow-"))
+# dag.test() needs a DAG inside the configured DAGs folder: the session's folder links the
+# project's DAGs and the test-only DAGs of tests/dag_fixtures/ (never shipped in dags/).
+_DAGS_FOLDER = _AIRFLOW_HOME / "dags"
+_DAGS_FOLDER.mkdir()
+for _source in [*sorted((ROOT / "dags").glob("*.py")), *sorted((ROOT / "tests" / "dag_fixtures").glob("*.py"))]:
+    (_DAGS_FOLDER / _source.name).symlink_to(_source)
 
 os.environ.update(
     {
         "AIRFLOW_HOME": str(_AIRFLOW_HOME),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME}/airflow.db",
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(_DAGS_FOLDER),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(_AIRFLOW_HOME / "logs"),
         "GOVERNANCE_STATE_DIR": str(_AIRFLOW_HOME / "state"),

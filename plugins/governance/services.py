@@ -65,10 +65,37 @@ def wait_for_port(port: int, host: str = HOST, timeout_s: float = 30.0) -> None:
     raise ServiceError(f"nothing answered on {host}:{port} within {timeout_s:.0f} s")
 
 
-def _pg_bin(name: str) -> str:
-    from pgserver._commands import POSTGRES_BIN_PATH
+def _pg_bin_dir() -> Path:
+    """The PostgreSQL binaries shipped in the ``pgserver`` wheel (found without importing it:
+    its package import probes runtime directories and warns)."""
+    import importlib.util
 
-    return str(POSTGRES_BIN_PATH / name)
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServiceError("the pgserver package is not installed: run `make venv`")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+def _pg_bin(name: str) -> str:
+    return str(_pg_bin_dir() / name)
+
+
+def _ensure_system_user(name: str) -> Any:
+    import pwd
+
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin", name], check=True)
+        return pwd.getpwnam(name)
+
+
+def _ensure_traversable(path: Path) -> None:
+    """Let other users traverse every parent of ``path`` (o+x), as the server user must."""
+    for parent in [path, *path.parents]:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            parent.chmod(mode | 0o005)
 
 
 @dataclass
@@ -95,16 +122,9 @@ class EmbeddedPostgres:
         """subprocess kwargs that drop root privileges (initdb and postgres refuse root)."""
         if os.geteuid() != 0:
             return {}
-        import pwd
-
-        from pgserver.utils import ensure_prefix_permissions, ensure_user_exists
-
-        ensure_user_exists(PG_SYSTEM_USER)
-        entry = pwd.getpwnam(PG_SYSTEM_USER)
-        from pgserver._commands import POSTGRES_BIN_PATH
-
-        ensure_prefix_permissions(POSTGRES_BIN_PATH)
-        ensure_prefix_permissions(self.data_dir)
+        entry = _ensure_system_user(PG_SYSTEM_USER)
+        _ensure_traversable(_pg_bin_dir().parent)
+        _ensure_traversable(self.data_dir.parent)
         for path in (self.data_dir, self.log_file):
             os.chown(path, entry.pw_uid, entry.pw_gid)
         return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
