@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
-from governance.config import GOVERNANCE_CONN_ID, GOVERNANCE_SCHEMA, SQL_DIR
+from governance.config import GOVERNANCE_CONN_ID, SQL_DIR
 
 MIGRATIONS_DIR = SQL_DIR / "governance"
 _NAME_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -62,13 +63,13 @@ def migrate(conninfo: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
     with psycopg.connect(conninfo, autocommit=True, application_name="governance-migrate") as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
-            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {GOVERNANCE_SCHEMA}")
+            conn.execute("CREATE SCHEMA IF NOT EXISTS governance")
             conn.execute(
-                f"""CREATE TABLE IF NOT EXISTS {GOVERNANCE_SCHEMA}.schema_migrations (
+                """CREATE TABLE IF NOT EXISTS governance.schema_migrations (
                     version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,
                     applied_at timestamptz NOT NULL DEFAULT now())"""
             )
-            rows = conn.execute(f"SELECT version, name, checksum FROM {GOVERNANCE_SCHEMA}.schema_migrations").fetchall()
+            rows = conn.execute("SELECT version, name, checksum FROM governance.schema_migrations").fetchall()
             done = {int(v): (n, c) for v, n, c in rows}
             for migration in discover(directory):
                 if migration.version in done:
@@ -80,9 +81,10 @@ def migrate(conninfo: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
                         )
                     continue
                 with conn.transaction():
-                    conn.execute(migration.sql)  # type: ignore[arg-type]  # trusted file from include/
+                    # A trusted file shipped in include/, not input: executed as written.
+                    conn.execute(sql.SQL(migration.sql))
                     conn.execute(
-                        f"INSERT INTO {GOVERNANCE_SCHEMA}.schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                        "INSERT INTO governance.schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
                         (migration.version, migration.name, migration.checksum),
                     )
                 applied_now.append(migration.path.name)
