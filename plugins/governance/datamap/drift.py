@@ -1,0 +1,285 @@
+"""Drift between the data map and a live database: what the map does not know, or gets wrong.
+
+``find_drift`` compares each postgres system of the map with ``information_schema`` and
+``pg_indexes`` of the database it names:
+
+* unmapped tables and columns (the app grew; export and erasure would silently miss them), each
+  flagged ``looks_personal`` when its name or a small sample of its values looks like personal
+  data (e-mail addresses, phone numbers, IP addresses, names, free text);
+* mapped tables and columns the database does not have (the map is stale; plans would fail);
+* identity columns and reference columns without a usable index (erasure and export would scan
+  whole tables, the largest first).
+
+Sampled values never leave this module: the report says *what kind* of values were seen and how
+many, never the values, so it is safe for XCom, task logs and alerts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from governance.datamap.graph import identity_columns, reference_edges
+from governance.datamap.model import DataMap, IdentityMatch, PostgresSystem, ReferenceKind, TableRef
+
+SAMPLE_ROWS = 200
+
+# Column names that usually hold personal data (matched on whole words of snake_case names).
+_PERSONAL_NAME = re.compile(
+    r"(^|_)(e?mail|phone|mobile|msisdn|name|first|last|surname|address|street|city|zip|postcode|postal|"
+    r"ip|ipv4|ipv6|user_agent|agent|device|cookie|birth|dob|ssn|passport|license|licence|iban|card|pan|"
+    r"lat|lng|lon|latitude|longitude|location|geo|transcript|note|notes|body|message|comment|text|content|"
+    r"recording|voice|photo|avatar|gender|age|salary|health)($|_)"
+)
+_EMAIL = re.compile(r"^[^\s@]+@[^\s@]+\.[^\s@]+$")
+_PHONE = re.compile(r"^\+?[\d\s().-]{7,20}$")
+_PERSONAL_TYPES = {"inet", "cidr", "macaddr", "macaddr8"}
+
+
+@dataclass(frozen=True)
+class UnmappedColumn:
+    """A database column the map does not declare. ``reason`` never contains a value."""
+
+    system: str
+    table: str
+    column: str
+    data_type: str
+    looks_personal: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class MissingIndex:
+    """A column erasure and export look rows up by, without an index that serves the lookup."""
+
+    system: str
+    table: str
+    column: str
+    expression: str  # the indexed expression that would serve it: ``lower(email)`` or ``caller_id``
+    purpose: str  # "identity email", "ownership reference to callers", ...
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """Differences between the map and the database; ``is_clean`` when there are none."""
+
+    unmapped_tables: tuple[str, ...] = ()
+    unmapped_columns: tuple[UnmappedColumn, ...] = ()
+    missing_tables: tuple[str, ...] = ()
+    missing_columns: tuple[str, ...] = ()
+    missing_indexes: tuple[MissingIndex, ...] = ()
+    checked_systems: tuple[str, ...] = field(default=())
+
+    @property
+    def is_clean(self) -> bool:
+        return not (
+            self.unmapped_tables or self.unmapped_columns or self.missing_tables or self.missing_columns
+            or self.missing_indexes
+        )
+
+    @property
+    def personal_unmapped(self) -> tuple[UnmappedColumn, ...]:
+        """Unmapped columns that look personal: the ones that put promises at risk."""
+        return tuple(c for c in self.unmapped_columns if c.looks_personal)
+
+    def messages(self) -> list[str]:
+        """One line per finding, most serious first, without any data value."""
+        lines = [
+            f"unmapped column {c.system}.{c.table}.{c.column} ({c.data_type}) looks personal: {c.reason}"
+            for c in self.personal_unmapped
+        ]
+        lines += [f"mapped table {t} does not exist in the database" for t in self.missing_tables]
+        lines += [f"mapped column {c} does not exist in the database" for c in self.missing_columns]
+        lines += [
+            f"{i.system}.{i.table}.{i.column} ({i.purpose}) has no index on {i.expression}"
+            for i in self.missing_indexes
+        ]
+        lines += [f"unmapped table {t}" for t in self.unmapped_tables]
+        lines += [
+            f"unmapped column {c.system}.{c.table}.{c.column} ({c.data_type})"
+            for c in self.unmapped_columns
+            if not c.looks_personal
+        ]
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form for XCom and run summaries."""
+        return {**asdict(self), "is_clean": self.is_clean, "messages": self.messages()}
+
+
+def find_drift(datamap: DataMap, conninfo: str | Mapping[str, str], *, sample_rows: int = SAMPLE_ROWS) -> DriftReport:
+    """Compare every postgres system of the map with the database it lives in.
+
+    ``conninfo`` is one libpq URL for all postgres systems, or a mapping from system name to URL
+    (systems without an entry are skipped). Reads only catalogue views and ``sample_rows`` values
+    of each unmapped column; changes nothing.
+    """
+    unmapped_tables: list[str] = []
+    unmapped_columns: list[UnmappedColumn] = []
+    missing_tables: list[str] = []
+    missing_columns: list[str] = []
+    missing_indexes: list[MissingIndex] = []
+    checked: list[str] = []
+    for system in datamap.postgres_systems:
+        url = conninfo if isinstance(conninfo, str) else conninfo.get(system.name)
+        if url is None:
+            continue
+        checked.append(system.name)
+        with psycopg.connect(url, autocommit=True, application_name="governance-datamap-drift") as conn:
+            conn.execute("SET default_transaction_read_only = on")
+            columns = _live_columns(conn, system.db_schema)
+            indexes = _live_indexes(conn, system.db_schema)
+            for table_name in sorted(set(columns) - {t.name for t in system.tables}):
+                unmapped_tables.append(f"{system.name}.{table_name}")
+                for column, data_type in columns[table_name]:
+                    unmapped_columns.append(
+                        _classify(conn, system, table_name, column, data_type, sample_rows)
+                    )
+            for table in system.tables:
+                live = dict(columns.get(table.name, []))
+                if not live:
+                    missing_tables.append(f"{system.name}.{table.name}")
+                    continue
+                mapped = set(table.field_names)
+                missing_columns += [f"{system.name}.{table.name}.{c}" for c in table.field_names if c not in live]
+                for column, data_type in columns[table.name]:
+                    if column not in mapped:
+                        unmapped_columns.append(_classify(conn, system, table.name, column, data_type, sample_rows))
+            missing_indexes += _missing_indexes(datamap, system, columns, indexes)
+    return DriftReport(
+        unmapped_tables=tuple(unmapped_tables),
+        unmapped_columns=tuple(unmapped_columns),
+        missing_tables=tuple(missing_tables),
+        missing_columns=tuple(missing_columns),
+        missing_indexes=tuple(missing_indexes),
+        checked_systems=tuple(checked),
+    )
+
+
+def _live_columns(conn: psycopg.Connection[Any], schema: str) -> dict[str, list[tuple[str, str]]]:
+    rows = conn.execute(
+        """
+        SELECT c.table_name, c.column_name, c.udt_name
+        FROM information_schema.columns AS c
+        JOIN information_schema.tables AS t USING (table_schema, table_name)
+        WHERE c.table_schema = %(schema)s AND t.table_type = 'BASE TABLE'
+        ORDER BY c.table_name, c.ordinal_position
+        """,
+        {"schema": schema},
+    ).fetchall()
+    out: dict[str, list[tuple[str, str]]] = {}
+    for table, column, data_type in rows:
+        out.setdefault(str(table), []).append((str(column), str(data_type)))
+    return out
+
+
+def _live_indexes(conn: psycopg.Connection[Any], schema: str) -> dict[str, list[str]]:
+    """table -> leading expression of each index (``email``, ``lower(email)``), normalised."""
+    rows = conn.execute(
+        "SELECT tablename, indexdef FROM pg_indexes WHERE schemaname = %(schema)s", {"schema": schema}
+    ).fetchall()
+    out: dict[str, list[str]] = {}
+    for table, definition in rows:
+        out.setdefault(str(table), []).append(_leading_expression(str(definition)))
+    return out
+
+
+def _leading_expression(indexdef: str) -> str:
+    """First key expression of ``CREATE INDEX ... USING btree (<expr>, ...)`` without quotes or
+    white space, e.g. ``lower(email)``."""
+    body = indexdef[indexdef.find("(", indexdef.find(" USING ")) + 1 :] if " USING " in indexdef else ""
+    depth, end = 0, len(body)
+    for position, char in enumerate(body):
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            if depth == 0:
+                end = position
+                break
+            depth -= 1
+        elif char == "," and depth == 0:
+            end = position
+            break
+    expression = re.sub(r"\s+(ASC|DESC|NULLS\s+\w+|COLLATE\s+\S+)\b.*$", "", body[:end].strip(), flags=re.I)
+    expression = re.sub(r"::[\w ]+?(?=[)]|$)", "", expression)  # lower((email)::text) -> lower((email))
+    expression = re.sub(r"\s+\w+_ops$", "", expression)  # operator class (text_pattern_ops)
+    expression = expression.replace('"', "").replace(" ", "")
+    while re.search(r"\(\((\w+)\)\)", expression):  # lower((email)) -> lower(email)
+        expression = re.sub(r"\(\((\w+)\)\)", r"(\1)", expression)
+    return expression
+
+
+def _missing_indexes(
+    datamap: DataMap,
+    system: PostgresSystem,
+    columns: Mapping[str, list[tuple[str, str]]],
+    indexes: Mapping[str, list[str]],
+) -> list[MissingIndex]:
+    wanted: list[tuple[TableRef, str, str, str]] = []
+    for identity in identity_columns(datamap):
+        if identity.table.system != system.name:
+            continue
+        expression = f"lower({identity.field})" if identity.match is IdentityMatch.lowered else identity.field
+        wanted.append((identity.table, identity.field, expression, f"identity {identity.kind}"))
+    for edge in reference_edges(datamap, (ReferenceKind.ownership, ReferenceKind.mention)):
+        if edge.child.system == system.name:
+            wanted.append((edge.child, edge.field, edge.field, f"{edge.kind.value} reference to {edge.parent.table}"))
+    missing: list[MissingIndex] = []
+    seen: set[tuple[str, str, str]] = set()
+    for ref, column, expression, purpose in wanted:
+        if ref.table not in columns or (ref.table, column, expression) in seen:
+            continue
+        seen.add((ref.table, column, expression))
+        if expression not in indexes.get(ref.table, []):
+            missing.append(MissingIndex(system.name, ref.table, column, expression, purpose))
+    return missing
+
+
+def _classify(
+    conn: psycopg.Connection[Any], system: PostgresSystem, table: str, column: str, data_type: str, sample_rows: int
+) -> UnmappedColumn:
+    reasons: list[str] = []
+    if _PERSONAL_NAME.search(column.lower()):
+        reasons.append("its name suggests personal data")
+    if data_type in _PERSONAL_TYPES:
+        reasons.append(f"its type {data_type} holds network addresses")
+    if sample_rows > 0:
+        query = sql.SQL("SELECT {col}::text FROM {table} WHERE {col} IS NOT NULL LIMIT {n}").format(
+            col=sql.Identifier(column), table=sql.Identifier(system.db_schema, table), n=sql.Placeholder("n")
+        )
+        values = [row[0] for row in conn.execute(query, {"n": sample_rows}).fetchall()]
+        kind = _value_kind(values)
+        if kind:
+            reasons.append(kind)
+    return UnmappedColumn(system.name, table, column, data_type, bool(reasons), "; ".join(reasons))
+
+
+def _value_kind(values: Iterable[str | None]) -> str:
+    """What most sampled values look like, as words and counts (never the values)."""
+    sample = [v for v in values if v]
+    if not sample:
+        return ""
+    counts = {
+        "e-mail addresses": sum(1 for v in sample if _EMAIL.match(v.strip())),
+        "phone numbers": sum(1 for v in sample if _PHONE.match(v.strip()) and sum(c.isdigit() for c in v) >= 7),
+        "IP addresses": sum(1 for v in sample if _is_ip(v.strip())),
+        "free text": sum(1 for v in sample if len(v.split()) >= 4),
+    }
+    kind, hits = max(counts.items(), key=lambda item: item[1])
+    if hits * 5 < len(sample):  # under a fifth: not a pattern of the column
+        return ""
+    return f"{hits} of {len(sample)} sampled values look like {kind}"
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_interface(text)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,509 @@
+"""Identity resolution, erasure order and the SQL plans are computed from the map alone.
+
+Pure tests: plans are rendered with ``Composed.as_string()`` (no connection needed in psycopg
+3.2+); nothing here talks to a database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from psycopg import sql
+
+from governance.config import INCLUDE_DIR
+from governance.datamap import graph, plans
+from governance.datamap.loader import load_datamap, validate_datamap
+from governance.datamap.model import DataMap, DataMapError, PrefixRef, ReferenceKind, TableRef
+
+SHIPPED = INCLUDE_DIR / "datamap.yaml"
+APP = "aircalls_app"
+OBJECTS = "aircalls_objects"
+
+
+def t(name: str) -> TableRef:
+    return TableRef(APP, name)
+
+
+@pytest.fixture(scope="module")
+def datamap() -> DataMap:
+    return load_datamap(SHIPPED)
+
+
+def raw_map() -> dict[str, Any]:
+    data = yaml.load(SHIPPED.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    assert isinstance(data, dict)
+    return data
+
+
+def rendered(query: sql.Composable) -> str:
+    return query.as_string()
+
+
+def all_sql(*plan_parts: Any) -> list[str]:
+    """Every SQL text of resolution, erasure and retention plans."""
+    texts: list[str] = []
+    for part in plan_parts:
+        if isinstance(part, plans.ResolutionPlan):
+            texts += [rendered(s.query) for s in part.steps] + [rendered(s.count_query) for s in part.steps]
+            texts += [rendered(m.query) for m in part.mentions]
+        elif isinstance(part, plans.ErasurePlan):
+            texts += [rendered(s.query) for s in part.statements]
+        elif isinstance(part, plans.RetentionPlan):
+            texts += [rendered(s.query) for s in part.statements]
+            texts += [rendered(s.select_due) for s in part.statements if s.select_due is not None]
+            texts += [rendered(o.select_due) for o in part.objects if o.select_due is not None]
+            texts += [rendered(o.clear_key_column) for o in part.objects if o.clear_key_column is not None]
+    return texts
+
+
+# -- identity resolution --------------------------------------------------------------------
+
+
+def test_resolution_from_email_reaches_every_table_holding_the_persons_rows(datamap: DataMap) -> None:
+    plan = plans.build_resolution_plan(datamap, ["email"])
+    assert set(plan.tables) == {
+        t("users"), t("callers"),  # identity matches
+        t("support_tickets"), t("marketing_preferences"), t("usage_events"), t("payments"),  # owned by the user
+        t("calls"), t("messages"), t("appointments"),  # owned by the caller
+    }
+    assert t("businesses") not in plan.tables
+    assert {o.prefix for o in plan.objects} == {PrefixRef(OBJECTS, "recordings"), PrefixRef(OBJECTS, "transcripts")}
+    assert all(o.source == t("calls") for o in plan.objects)
+    assert [r.prefix for r in plan.request_objects] == [PrefixRef(OBJECTS, "exports")]
+
+
+def test_identity_steps_match_on_the_normalised_expression(datamap: DataMap) -> None:
+    plan = plans.build_resolution_plan(datamap, ["email", "phone"])
+    users = rendered(plan.step(t("users")).query)
+    callers = rendered(plan.step(t("callers")).query)
+    assert 'lower("email") = ANY(%(email)s)' in users
+    assert '"phone_e164" = ANY(%(phone)s)' in users
+    assert '"phone" = ANY(%(phone)s)' in callers and 'lower("email") = ANY(%(email)s)' in callers
+    assert rendered(plan.step(t("users")).query) == (
+        'SELECT "id" FROM "app"."users" WHERE (lower("email") = ANY(%(email)s) OR "phone_e164" = ANY(%(phone)s)) '
+        'ORDER BY "id"'
+    )
+
+
+def test_resolution_from_phone_alone_uses_only_phone_columns(datamap: DataMap) -> None:
+    plan = plans.build_resolution_plan(datamap, ["phone"])
+    assert plan.required_params == ("phone",)
+    assert {s.table for s in plan.steps if s.identity_matches} == {t("users"), t("callers")}
+    assert all("%(email)s" not in text for text in all_sql(plan))
+    assert [p.processor for p in plan.processors] == []  # both processors look people up by e-mail only
+
+
+def test_dependent_steps_select_by_parent_keys_after_their_parents(datamap: DataMap) -> None:
+    plan = plans.build_resolution_plan(datamap, ["email"])
+    order = plan.tables
+    assert order.index(t("callers")) < order.index(t("calls"))
+    assert order.index(t("users")) < order.index(t("support_tickets"))
+    callers = plan.step(t("callers"))
+    assert callers.output_params == {"callers_ids": "id"}
+    assert rendered(plan.step(t("calls")).query) == (
+        'SELECT "id", "business_id", "recording_key" FROM "app"."calls" WHERE ("caller_id" = ANY(%(callers_ids)s)) '
+        'ORDER BY "id"'
+    )
+    assert plan.step(t("calls")).input_params == ("callers_ids",)
+    # Leaf tables need no materialised ids: erasure and export use their match directly.
+    assert not plan.step(t("usage_events")).materialise
+
+
+def test_mention_references_are_reported_separately_from_owned_rows(datamap: DataMap) -> None:
+    plan = plans.build_resolution_plan(datamap, ["email"])
+    mentions = {(m.edge.child, m.edge.field) for m in plan.mentions}
+    assert mentions == {(t("calls"), "handled_by_user_id"), (t("messages"), "user_id")}
+    handled = next(m for m in plan.mentions if m.edge.field == "handled_by_user_id")
+    assert handled.edge.kind is ReferenceKind.mention
+    assert rendered(handled.query) == (
+        'SELECT "id" FROM "app"."calls" WHERE "handled_by_user_id" = ANY(%(users_ids)s) ORDER BY "id"'
+    )
+    # calls is owned only through callers, never through the user it mentions
+    assert [e.parent for e in plan.step(t("calls")).owned_via] == [t("callers")]
+
+
+def test_processors_are_looked_up_with_the_identities_they_accept(datamap: DataMap) -> None:
+    plan = plans.build_resolution_plan(datamap, ["email", "phone"])
+    assert {(p.processor, p.identity_kinds) for p in plan.processors} == {
+        ("payments_processor", ("email",)), ("crm", ("email",)),
+    }
+
+
+def test_unknown_identity_kind_is_refused(datamap: DataMap) -> None:
+    with pytest.raises(DataMapError, match="cannot resolve by"):
+        plans.build_resolution_plan(datamap, ["passport"])
+
+
+# -- business scope -------------------------------------------------------------------------
+
+
+def test_business_scope_restricts_every_table_with_a_declared_scope_column(datamap: DataMap) -> None:
+    plan = plans.build_resolution_plan(datamap, ["email", "phone"], business_scope=True)
+    assert plan.required_params == ("email", "phone", "scope_ids")
+    for step in plan.steps:
+        scope_column = datamap.table(step.table).scope_column
+        text = rendered(step.query)
+        if scope_column:
+            assert f'"{scope_column}" = ANY(%(scope_ids)s)' in text, step.table
+            assert step.scoped and "scope_ids" in step.input_params
+        else:  # reached through a scoped parent: already limited to the business
+            assert "scope_ids" not in text, step.table
+    assert {s.table for s in plan.steps if not s.scoped} == {
+        t("support_tickets"), t("marketing_preferences"), t("usage_events")
+    }
+    for mention in plan.mentions:
+        assert '"business_id" = ANY(%(scope_ids)s)' in rendered(mention.query)
+
+
+def test_without_business_scope_no_scope_filter_appears(datamap: DataMap) -> None:
+    plan = plans.build_resolution_plan(datamap, ["email", "phone"])
+    erasure = plans.build_erasure_plan(datamap, plan)
+    assert all("scope_ids" not in text for text in all_sql(plan, erasure))
+
+
+def test_scope_column_comes_from_the_map_not_from_a_column_name(datamap: DataMap) -> None:
+    data = raw_map()
+    callers = next(x for x in data["systems"][0]["tables"] if x["name"] == "callers")
+    callers["fields"].append({"name": "tenant", "data_category": "system.operations", "data_use": "essential.service.operations"})
+    callers["references"] = [{"field": "tenant", "to": {"table": "businesses"}, "kind": "scope"}]
+    plan = plans.build_resolution_plan(validate_datamap(data), ["phone"], business_scope=True)
+    assert '"tenant" = ANY(%(scope_ids)s)' in rendered(plan.step(t("callers")).query)
+
+
+def test_scoped_request_leaves_out_identity_tables_without_a_scope_column() -> None:
+    data = raw_map()
+    users = next(x for x in data["systems"][0]["tables"] if x["name"] == "users")
+    users["references"] = []  # no business_id scope on users any more
+    scoped = plans.build_resolution_plan(validate_datamap(data), ["email"], business_scope=True)
+    assert scoped.out_of_scope == (t("users"),)
+    assert t("users") not in scoped.tables and t("support_tickets") not in scoped.tables
+    assert t("callers") in scoped.tables
+    assert not any(m.edge.parent == t("users") for m in scoped.mentions)
+
+
+# -- erasure order --------------------------------------------------------------------------
+
+
+def test_erasure_order_puts_children_before_parents(datamap: DataMap) -> None:
+    order = graph.erasure_order(datamap)
+    before = [
+        ("calls", "callers"), ("messages", "callers"), ("appointments", "callers"),
+        ("support_tickets", "users"), ("marketing_preferences", "users"), ("usage_events", "users"),
+        ("payments", "users"),
+        ("calls", "users"), ("messages", "users"),  # mentions are cleared before the user row goes
+    ]  # fmt: skip
+    for child, parent in before:
+        assert order.index(t(child)) < order.index(t(parent)), (child, parent)
+    assert t("businesses") not in order
+
+
+def test_erasure_order_is_deterministic_and_independent_of_map_order(datamap: DataMap) -> None:
+    data = raw_map()
+    data["systems"][0]["tables"].reverse()
+    assert graph.erasure_order(validate_datamap(data)) == graph.erasure_order(datamap)
+    assert graph.erasure_order(datamap) == [
+        t("appointments"), t("calls"), t("marketing_preferences"), t("messages"), t("callers"),
+        t("payments"), t("support_tickets"), t("usage_events"), t("users"),
+    ]
+
+
+def test_erasure_order_raises_on_a_reference_cycle() -> None:
+    data = raw_map()
+    callers = next(x for x in data["systems"][0]["tables"] if x["name"] == "callers")
+    callers["fields"].append({"name": "last_call_id", "data_category": "system.operations",
+                              "data_use": "essential.service.operations", "erasure": "nullify"})
+    callers["references"].append({"field": "last_call_id", "to": {"table": "calls"}, "kind": "mention"})
+    unchecked = DataMap.model_validate(data)  # shape only: the loader would reject it
+    with pytest.raises(DataMapError, match="cycle"):
+        graph.erasure_order(unchecked)
+    with pytest.raises(DataMapError, match="reference cycle: aircalls_app.callers -> aircalls_app.calls"):
+        validate_datamap(data)
+
+
+# -- a new table joins every workflow without code changes ----------------------------------
+
+
+def with_voicemails() -> DataMap:
+    data = raw_map()
+    data["systems"][0]["tables"].append(
+        {
+            "name": "voicemails",
+            "primary_key": "id",
+            "references": [
+                {"field": "business_id", "to": {"table": "businesses"}, "kind": "scope"},
+                {"field": "caller_id", "to": {"table": "callers"}, "kind": "ownership"},
+            ],
+            "fields": [
+                {"name": "id", "data_category": "system.operations", "data_use": "essential.service.operations"},
+                {"name": "business_id", "data_category": "system.operations", "data_use": "essential.service.operations"},
+                {"name": "caller_id", "data_category": "user.unique_id", "data_use": "essential.service.operations",
+                 "erasure": "delete_row"},
+                {"name": "left_at", "data_category": "user.behavior", "data_use": "essential.service.operations",
+                 "erasure": "delete_row"},
+            ],
+        }
+    )
+    data["systems"][1]["prefixes"].append(
+        {
+            "name": "voicemail_audio",
+            "key_template": "voicemails/{business_id}/{voicemail_id}.wav",
+            "owned_by": "row",
+            "tied_to": {"table": "voicemails", "placeholders": {"voicemail_id": "id"}},
+            "data_category": "user.content.private",
+            "data_use": "essential.service.operations",
+        }
+    )
+    data["retention"].append(
+        {"name": "voicemails_90_days", "system": APP, "table": "voicemails", "age_column": "left_at",
+         "period": "P90D", "action": "delete_rows", "reason": "Voicemails are listened to within days."}
+    )
+    return validate_datamap(data, source="voicemails.yaml")
+
+
+def test_a_new_owned_table_and_prefix_join_resolution_erasure_and_retention_without_code_changes() -> None:
+    datamap = with_voicemails()
+    resolution = plans.build_resolution_plan(datamap, ["phone"], business_scope=True)
+    voicemails = resolution.step(t("voicemails"))
+    assert rendered(voicemails.query) == (
+        'SELECT "id", "business_id" FROM "app"."voicemails" WHERE ("caller_id" = ANY(%(callers_ids)s)) '
+        'AND "business_id" = ANY(%(scope_ids)s) ORDER BY "id"'
+    )
+    audio = next(o for o in resolution.objects if o.prefix.prefix == "voicemail_audio")
+    assert audio.keys_for([{"id": 7, "business_id": 3}]) == ["voicemails/3/7.wav"]
+
+    order = graph.erasure_order(datamap)
+    assert order.index(t("voicemails")) < order.index(t("callers"))
+    erasure = plans.build_erasure_plan(datamap, resolution)
+    delete = next(s for s in erasure.statements if s.table == t("voicemails"))
+    assert delete.effect == "delete_rows"
+    assert erasure.table_order.index(t("voicemails")) < erasure.table_order.index(t("callers"))
+    assert audio in erasure.objects
+
+    retention = plans.build_retention_plan(datamap)
+    rule = next(s for s in retention.statements if s.rule == "voicemails_90_days")
+    assert rule.select_due is not None and [o.prefix.prefix for o in rule.objects] == ["voicemail_audio"]
+    # callers' retention now also waits for the caller's voicemails to be gone
+    callers_rule = next(s for s in retention.statements if s.rule == "inactive_callers_2_years")
+    assert '"app"."voicemails"' in rendered(callers_rule.query)
+
+
+# -- erasure statements ---------------------------------------------------------------------
+
+
+def test_erasure_plan_deletes_owned_rows_and_clears_mentions(datamap: DataMap) -> None:
+    erasure = plans.build_erasure_plan(datamap, plans.build_resolution_plan(datamap, ["email"]))
+    by_key = {(s.table.table, s.effect): s for s in erasure.statements}
+    assert rendered(by_key[("usage_events", "delete_rows")].query) == (
+        'DELETE FROM "app"."usage_events" WHERE "id" IN (SELECT "id" FROM "app"."usage_events" '
+        'WHERE ("user_id" = ANY(%(users_ids)s)) LIMIT %(batch_size)s)'
+    )
+    clear = by_key[("calls", "clear_mention")]
+    assert rendered(clear.query) == (
+        'UPDATE "app"."calls" SET "handled_by_user_id" = NULL WHERE "id" IN (SELECT "id" FROM "app"."calls" '
+        'WHERE "handled_by_user_id" = ANY(%(users_ids)s) LIMIT %(batch_size)s)'
+    )
+    assert clear.fields == ("handled_by_user_id",)
+    statements = list(erasure.statements)
+    assert statements.index(clear) < statements.index(by_key[("users", "delete_rows")])
+    assert erasure.processors == ("payments_processor", "crm")
+
+
+def test_legal_exception_minimises_kept_payments_and_deletes_expired_ones(datamap: DataMap) -> None:
+    erasure = plans.build_erasure_plan(datamap, plans.build_resolution_plan(datamap, ["email"]))
+    payments = [s for s in erasure.statements if s.table == t("payments")]
+    assert [s.effect for s in payments] == ["delete_expired_kept_rows", "minimise_kept_rows"]
+    expired, minimise = payments
+    assert "delete_rows" not in {s.effect for s in payments}
+    text = rendered(minimise.query)
+    assert text.startswith(
+        'UPDATE "app"."payments" SET "user_id" = NULL, "card_last4" = %(mask_payments_card_last4)s, '
+        '"billing_address" = NULL WHERE'
+    )
+    for kept in ("amount_cents", "processor_charge_id", "paid_at\" =", "currency"):
+        assert f'"{kept}' not in text.split(" WHERE ")[0], kept
+    assert '("paid_at" IS NULL OR "paid_at" + %(legal_period_payments_tax_records)s::interval > %(as_of)s)' in text
+    assert text.endswith('RETURNING "id", "paid_at" + %(legal_period_payments_tax_records)s::interval AS kept_until')
+    assert minimise.params["mask_payments_card_last4"] == "****"
+    assert minimise.params["legal_period_payments_tax_records"] == "7 years 0 months 0 days"
+    assert minimise.legal_exception == "payments_tax_records" and minimise.returning == ("id", "kept_until")
+    assert "as_of" in minimise.input_params
+    assert '"paid_at" + %(legal_period_payments_tax_records)s::interval <= %(as_of)s' in rendered(expired.query)
+    assert erasure.kept[t("payments")].name == "payments_tax_records"
+
+
+def test_keyed_hash_and_mask_actions_render_as_bound_parameters() -> None:
+    data = raw_map()
+    usage = next(x for x in data["systems"][0]["tables"] if x["name"] == "usage_events")
+    for spec in usage["fields"]:
+        if spec["name"] == "user_id":
+            spec["erasure"] = "nullify"
+        elif spec["name"] == "device_id":
+            spec["erasure"] = "keyed_hash"
+        elif spec["name"] == "path":
+            spec.update(erasure="mask", mask_value="/redacted")
+        elif spec.get("erasure") == "delete_row":
+            spec["erasure"] = "nullify"
+    datamap = validate_datamap(data)
+    erasure = plans.build_erasure_plan(datamap, plans.build_resolution_plan(datamap, ["email"]))
+    rewrite = next(s for s in erasure.statements if s.table == t("usage_events"))
+    assert rewrite.effect == "rewrite_rows"
+    text = rendered(rewrite.query)
+    assert '"path" = %(mask_usage_events_path)s' in text and "/redacted" not in text
+    assert ('"device_id" = encode(sha256(%(keyed_hash_outer_pad)s::bytea || sha256(%(keyed_hash_inner_pad)s::bytea '
+            '|| convert_to("device_id"::text, \'UTF8\'))), \'hex\')') in text
+    assert {"keyed_hash_inner_pad", "keyed_hash_outer_pad"} <= set(rewrite.input_params)
+    assert rewrite.params["mask_usage_events_path"] == "/redacted"
+
+
+def test_keyed_hash_parameters_reproduce_hmac_sha256() -> None:
+    key = b"governance-test-key-" * 5  # longer than a block: hashed first, as HMAC does
+    pads = plans.keyed_hash_params(key)
+    value = "Caller Name"
+    # The SQL expression: sha256(outer || sha256(inner || value)), evaluated here in Python.
+    inner = hashlib.sha256(pads["keyed_hash_inner_pad"] + value.encode()).digest()
+    assert hashlib.sha256(pads["keyed_hash_outer_pad"] + inner).hexdigest() == plans.keyed_hash_reference(key, value)
+    assert key not in pads.values()
+
+
+# -- retention statements -------------------------------------------------------------------
+
+
+def test_retention_plan_uses_structured_conditions_and_bounded_batches(datamap: DataMap) -> None:
+    retention = plans.build_retention_plan(datamap)
+    missed = next(s for s in retention.statements if s.rule == "missed_calls_6_months")
+    assert missed.select_due is not None
+    assert '"t"."outcome" = ANY(%(condition_0)s)' in rendered(missed.select_due)
+    assert missed.params["condition_0"] == ["missed"]
+    assert rendered(missed.query) == 'DELETE FROM "app"."calls" WHERE "id" = ANY(%(keys)s)'
+    assert [o.prefix.prefix for o in missed.objects] == ["recordings", "transcripts"]
+    for statement in retention.statements:
+        due = rendered(statement.select_due or statement.query)
+        assert "LIMIT %(batch_size)s" in due, statement.rule
+        assert "%(as_of)s::timestamptz - %(period_" in due and "now()" not in due, statement.rule
+        assert '<> ALL(%(held_keys)s)' in due, statement.rule
+
+
+def test_retention_deletes_children_before_parents_and_parents_only_when_unreferenced(datamap: DataMap) -> None:
+    retention = plans.build_retention_plan(datamap)
+    names = [s.rule for s in retention.statements]
+    assert names.index("calls_2_years") < names.index("inactive_callers_2_years")
+    callers = rendered(retention.statements[names.index("inactive_callers_2_years")].query)
+    for child in ("calls", "messages", "appointments"):
+        assert sql.SQL("NOT EXISTS (SELECT 1 FROM {}").format(sql.Identifier("app", child)).as_string() in callers
+
+
+def test_retention_generalises_ip_addresses_and_nulls_device_details(datamap: DataMap) -> None:
+    retention = plans.build_retention_plan(datamap)
+    ip = next(s for s in retention.statements if s.rule == "usage_ip_generalised_30_days")
+    text = rendered(ip.query)
+    assert 'SET "ip_address" = network(set_masklen("ip_address", CASE WHEN family("ip_address") = 4' in text
+    assert ip.params["ipv4_prefix"] == 24 and ip.params["ipv6_prefix"] == 48
+    assert 'masklen("t"."ip_address") >' in text  # already generalised rows are not selected again
+    device = next(s for s in retention.statements if s.rule == "usage_device_details_90_days")
+    assert rendered(device.query).startswith('UPDATE "app"."usage_events" SET "user_agent" = NULL, "device_id" = NULL')
+
+
+def test_object_retention_ages_by_the_tied_row_or_by_last_modified(datamap: DataMap) -> None:
+    retention = plans.build_retention_plan(datamap)
+    by_rule = {o.rule: o for o in retention.objects}
+    recordings = by_rule["recordings_90_days"]
+    assert recordings.age_source == "row" and recordings.select_due is not None
+    assert '"t"."id" > ALL(%(after_key)s)' in rendered(recordings.select_due)
+    assert recordings.clear_key_column is not None
+    assert rendered(recordings.clear_key_column) == (
+        'UPDATE "app"."calls" SET "recording_key" = NULL WHERE "id" = ANY(%(keys)s)'
+    )
+    exports = by_rule["export_bundles_30_days"]
+    assert (exports.age_source, exports.list_prefix, exports.period_days) == ("last_modified", "exports/", 30)
+
+
+# -- no personal data in SQL text -----------------------------------------------------------
+
+_ALLOWED_LITERALS = {"'UTF8'", "'hex'", "'UTC'"}
+
+
+def test_no_identity_or_map_value_ever_appears_in_generated_sql(datamap: DataMap) -> None:
+    resolution = plans.build_resolution_plan(datamap, ["email", "phone"], business_scope=True)
+    texts = all_sql(
+        resolution,
+        plans.build_resolution_plan(datamap, ["email"]),
+        plans.build_erasure_plan(datamap, resolution),
+        plans.build_retention_plan(datamap),
+    )
+    assert texts
+    for text in texts:
+        # values only travel as placeholders: the only quoted literals are fixed function arguments
+        assert set(re.findall(r"'[^']*'", text)) <= _ALLOWED_LITERALS, text
+        assert "@" not in text and "+1" not in text and "****" not in text
+        assert "%s" not in text  # named placeholders only
+
+
+def test_identity_values_are_bound_parameters_of_a_psycopg_query(datamap: DataMap) -> None:
+    # psycopg's own conversion of a query and its params into what is sent to the server
+    # (private module, pinned psycopg version): the SQL carries $1, the value travels apart.
+    from psycopg._queries import PostgresQuery
+
+    step = plans.build_resolution_plan(datamap, ["email"]).step(t("users"))
+    query = PostgresQuery(transformer=_transformer())
+    query.convert(step.query, {"email": ["Alice@Example.com"]})
+    assert b"Alice" not in query.query and query.query.endswith(b'= ANY($1)) ORDER BY "id"')
+    assert query.params is not None and any(b"Alice" in (p or b"") for p in query.params)
+
+
+def _transformer() -> Any:
+    from psycopg.adapt import Transformer
+
+    return Transformer()
+
+
+# -- object keys and processor requests -----------------------------------------------------
+
+
+def test_object_keys_come_from_the_template_and_the_stored_key() -> None:
+    step = plans.ObjectStep(
+        PrefixRef(OBJECTS, "recordings"), "recordings/{business_id}/{call_id}.wav", t("calls"),
+        {"business_id": "business_id", "call_id": "id"}, "recording_key",
+    )
+    rows = [{"id": 5, "business_id": 2, "recording_key": "recordings/2/5.wav"},
+            {"id": 6, "business_id": 2, "recording_key": "legacy/6.wav"}]
+    assert step.keys_for(rows) == ["legacy/6.wav", "recordings/2/5.wav", "recordings/2/6.wav"]
+    with pytest.raises(ValueError, match="cannot be used in an object key"):
+        step.keys_for([{"id": "../x", "business_id": 1, "recording_key": None}])
+
+
+def test_export_bundle_prefixes_are_keyed_by_request_id(datamap: DataMap) -> None:
+    exports = plans.build_resolution_plan(datamap, ["email"]).request_objects[0]
+    assert exports.prefixes_for(["req-1", "req-2"]) == ["exports/req-1/", "exports/req-2/"]
+
+
+def test_processor_requests_are_filled_from_templates_and_never_print_the_identity(datamap: DataMap) -> None:
+    payments = datamap.processor("payments_processor")
+    crm = datamap.processor("crm")
+    assert payments is not None and crm is not None and crm.erase is not None
+    lookup = plans.build_processor_request(payments.lookup, {"email": "ann+x@example.com"})
+    assert (lookup.method, lookup.path, dict(lookup.query)) == ("GET", "/v1/customers", {"email": "ann+x@example.com"})
+    assert "ann" not in repr(lookup)
+    erase = plans.build_processor_request(crm.erase, {"id": "c/1"})
+    assert (erase.method, erase.path, erase.absent_status) == ("DELETE", "/api/contacts/c%2F1", (404,))
+    assert plans.records_at({"data": [{"id": "cus_1"}]}, "data") == [{"id": "cus_1"}]
+    assert plans.records_at({"results": []}, "results") == []
+    assert plans.records_at({"id": "c1"}, None) == [{"id": "c1"}]
+
+
+def test_export_query_selects_every_mapped_column_of_the_persons_rows(datamap: DataMap) -> None:
+    step = plans.build_resolution_plan(datamap, ["phone"]).step(t("callers"))
+    assert rendered(plans.build_export_query(datamap, step)) == (
+        'SELECT "id", "business_id", "phone", "full_name", "email", "first_seen_at" FROM "app"."callers" '
+        'WHERE ("phone" = ANY(%(phone)s)) ORDER BY "id"'
+    )
+
+
+def test_reach_is_a_pure_function_of_the_map(datamap: DataMap, tmp_path: Path) -> None:
+    copy_path = tmp_path / "datamap.yaml"
+    copy_path.write_text(SHIPPED.read_text())
+    assert graph.subject_reach(load_datamap(copy_path), ["email"]) == graph.subject_reach(datamap, ["email"])
