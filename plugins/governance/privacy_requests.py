@@ -152,6 +152,33 @@ def load_request(conn: psycopg.Connection[Any], request_id: str, *, cipher: Iden
     )
 
 
+def request_ids_for_subject(
+    conn: psycopg.Connection[Any], identities: SubjectIdentities, *, hasher: IdentityHasher
+) -> list[str]:
+    """Ids of every request recorded for any of the person's identities, under any hash key
+    still in the ring (so requests hashed before a key rotation are found)."""
+    key_ids: list[str] = []
+    kinds: list[str] = []
+    hashes: list[str] = []
+    for kind, value in identities.items():
+        for key_id, digest in hasher.lookup_hashes(kind, value).items():
+            key_ids.append(key_id)
+            kinds.append(kind)
+            hashes.append(digest)
+    rows = conn.execute(
+        """
+        SELECT DISTINCT r.request_id
+        FROM governance.privacy_requests r
+        JOIN unnest(%s::text[], %s::text[], %s::text[]) AS l(key_id, kind, digest)
+          ON r.hash_key_id = l.key_id
+         AND ((l.kind = 'email' AND r.email_hash = l.digest) OR (l.kind = 'phone' AND r.phone_hash = l.digest))
+        ORDER BY r.request_id
+        """,
+        (key_ids, kinds, hashes),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
 def read_identities(stream: Any) -> SubjectIdentities:
     """Parse identities from JSON or ``key: value`` lines on ``stream`` (stdin for the CLI)."""
     text = stream.read()
@@ -191,7 +218,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from governance.config import GOVERNANCE_CONN_ID
     from governance.crypto import cipher_from_airflow, hasher_from_airflow
-    from governance.db import conninfo_for, connect
+    from governance.db import connect, conninfo_for
     from governance.migrations import migrate
 
     conninfo = conninfo_for(GOVERNANCE_CONN_ID)

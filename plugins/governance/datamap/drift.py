@@ -283,3 +283,104 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# --------------------------------------------------------------------------------------------
+# Object stores
+# --------------------------------------------------------------------------------------------
+
+# Prefixes the governance platform writes for itself (ledger anchors, reports): not app data.
+PLATFORM_PREFIXES = ("governance/",)
+OBJECT_SAMPLE_KEYS = 1000
+
+
+@dataclass(frozen=True)
+class UnmappedPrefix:
+    """A top-level key prefix in a mapped bucket that no prefix of the map covers."""
+
+    system: str
+    prefix: str
+    sampled_objects: int
+    looks_personal: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class ObjectDriftReport:
+    """Differences between the map's object prefixes and the buckets they name."""
+
+    unmapped_prefixes: tuple[UnmappedPrefix, ...] = ()
+    empty_prefixes: tuple[str, ...] = ()  # mapped, with no object yet: information, not drift
+    missing_buckets: tuple[str, ...] = ()
+    checked_systems: tuple[str, ...] = ()
+
+    @property
+    def is_clean(self) -> bool:
+        return not (self.unmapped_prefixes or self.missing_buckets)
+
+    def messages(self) -> list[str]:
+        lines = [f"bucket of {b} does not exist" for b in self.missing_buckets]
+        lines += [
+            f"unmapped prefix {p.system}:{p.prefix} ({p.sampled_objects} objects sampled)"
+            + (f" looks personal: {p.reason}" if p.looks_personal else "")
+            for p in sorted(self.unmapped_prefixes, key=lambda p: not p.looks_personal)
+        ]
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "is_clean": self.is_clean, "messages": self.messages()}
+
+
+_KEY_EMAIL = re.compile(r"[^/\s@]+@[^/\s@]+\.[a-z]{2,}", re.IGNORECASE)
+_KEY_PHONE = re.compile(r"\+?\d{9,15}")
+
+
+def find_object_drift(datamap: DataMap, clients: Mapping[str, Any]) -> ObjectDriftReport:
+    """Compare every object-store system of the map with its bucket.
+
+    ``clients`` maps a system name to a boto3 S3 client (systems without one are skipped). Lists
+    top-level prefixes (``Delimiter='/'``) and samples up to OBJECT_SAMPLE_KEYS keys of each
+    unmapped one; key names are checked for e-mail addresses and phone numbers, reported as counts.
+    """
+    unmapped: list[UnmappedPrefix] = []
+    empty: list[str] = []
+    missing: list[str] = []
+    checked: list[str] = []
+    for system in datamap.object_systems:
+        client = clients.get(system.name)
+        if client is None:
+            continue
+        checked.append(system.name)
+        bucket = system.bucket.resolve()
+        try:
+            client.head_bucket(Bucket=bucket)
+        except Exception:  # botocore ClientError (404/403): reported, not raised
+            missing.append(f"{system.name} ({bucket})")
+            continue
+        mapped = [p.static_prefix for p in system.prefixes]
+        for prefix in system.prefixes:
+            probe = client.list_objects_v2(Bucket=bucket, Prefix=prefix.static_prefix, MaxKeys=1)
+            if not probe.get("KeyCount"):
+                empty.append(f"{system.name}:{prefix.name}")
+        top: list[str] = []
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Delimiter="/"):
+            top += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+            top += [o["Key"] for o in page.get("Contents", [])]  # objects at the bucket's root
+        for name in sorted(top):
+            if name.startswith(PLATFORM_PREFIXES) or any(m.startswith(name) or name.startswith(m) for m in mapped):
+                continue
+            keys = [
+                o["Key"]
+                for o in client.list_objects_v2(Bucket=bucket, Prefix=name, MaxKeys=OBJECT_SAMPLE_KEYS).get(
+                    "Contents", []
+                )
+            ]
+            emails = sum(1 for k in keys if _KEY_EMAIL.search(k))
+            phones = sum(1 for k in keys if _KEY_PHONE.search(k))
+            reasons = []
+            if emails:
+                reasons.append(f"{emails} of {len(keys)} keys hold e-mail addresses")
+            if phones:
+                reasons.append(f"{phones} of {len(keys)} keys hold phone numbers")
+            unmapped.append(UnmappedPrefix(system.name, name, len(keys), bool(reasons), "; ".join(reasons)))
+    return ObjectDriftReport(tuple(unmapped), tuple(empty), tuple(missing), tuple(checked))

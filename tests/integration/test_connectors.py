@@ -1,0 +1,157 @@
+"""Connectors run the data map's plans against the real systems of the reference deployment.
+
+Ground truth is computed here independently, with hand-written SQL over the seeded tables, the
+S3 server and the stand-ins' state, and compared with what resolution finds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from governance.connectors import UnsupportedSystemKind, connector_module
+from governance.connectors.objects import delete_everywhere, existing
+from governance.connectors.postgres import resolve_in_database, stream_table
+from governance.connectors.processors import ProcessorClient, ProcessorUnavailable
+from governance.connections import get_connection
+from governance.datamap import load_datamap
+from governance.datamap.model import TableRef
+from governance.datamap.plans import build_resolution_plan
+from governance.identity import SubjectIdentities
+from governance.seed import cast_member
+from tests.fixtures.reference import Deployment
+
+
+def _subject(key: str, *, email: bool = True, phone: bool = True) -> SubjectIdentities:
+    member = cast_member(key)
+    return SubjectIdentities.parse(email=member.email if email else None, phone=member.phone if phone else None)
+
+
+def _resolve(url: str, subject: SubjectIdentities, scope: list[int] | None = None) -> Any:
+    datamap = load_datamap()
+    plan = build_resolution_plan(datamap, [k for k, _ in subject.items()], business_scope=scope is not None)
+    with psycopg.connect(url) as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        return datamap, resolve_in_database(conn, plan, subject, scope_ids=scope)
+
+
+def test_resolution_finds_exactly_the_rows_hand_written_sql_finds(reference_deployment: Deployment) -> None:
+    member = cast_member("both_user_and_caller")
+    subject = _subject("both_user_and_caller")
+    _datamap, footprint = _resolve(reference_deployment.app_url, subject)
+    with psycopg.connect(reference_deployment.app_url) as conn:
+        users = [r[0] for r in conn.execute(
+            "SELECT id FROM app.users WHERE lower(email) = %s OR phone_e164 = %s ORDER BY id",
+            (subject.email, subject.phone))]  # fmt: skip
+        callers = [r[0] for r in conn.execute(
+            "SELECT id FROM app.callers WHERE phone = %s OR lower(email) = %s ORDER BY id",
+            (subject.phone, subject.email))]  # fmt: skip
+        calls = [r[0] for r in conn.execute(
+            "SELECT id FROM app.calls WHERE caller_id = ANY(%s) ORDER BY id", (callers,))]  # fmt: skip
+        events = conn.execute("SELECT count(*) FROM app.usage_events WHERE user_id = ANY(%s)", (users,)).fetchone()[0]
+        handled = [r[0] for r in conn.execute(
+            "SELECT id FROM app.calls WHERE handled_by_user_id = ANY(%s) ORDER BY id", (users,))]  # fmt: skip
+    assert users == [member.user_id] and set(callers) == set(member.caller_ids)
+    assert footprint.tables[TableRef("aircalls_app", "users")].keys == users
+    assert footprint.tables[TableRef("aircalls_app", "callers")].keys == callers
+    assert footprint.tables[TableRef("aircalls_app", "calls")].keys == calls
+    assert footprint.tables[TableRef("aircalls_app", "usage_events")].count == events
+    mention = {f"{m.step.edge.child}.{m.step.edge.field}": m.keys for m in footprint.mentions}
+    assert mention["aircalls_app.calls.handled_by_user_id"] == handled
+    assert "maria" not in repr(footprint.counts()).lower()
+
+
+def test_identity_variants_resolve_to_the_same_rows(reference_deployment: Deployment) -> None:
+    member = cast_member("both_user_and_caller")
+    typed = SubjectIdentities.parse(email=member.email, phone=member.phone)
+    shouted = SubjectIdentities.parse(email=f"  {(member.email or '').upper()} ", phone=f"+1 {member.e164[2:]}")  # type: ignore[index]
+    _dm, first = _resolve(reference_deployment.app_url, typed)
+    _dm, second = _resolve(reference_deployment.app_url, shouted)
+    assert first.counts() == second.counts() and not first.is_empty
+
+
+def test_business_scope_limits_resolution_to_that_business(reference_deployment: Deployment) -> None:
+    member = cast_member("multi_business_caller")
+    subject = SubjectIdentities.parse(phone=member.phone)
+    one_business = member.caller_business_ids[0]
+    _dm, scoped = _resolve(reference_deployment.app_url, subject, scope=[one_business])
+    _dm, everywhere = _resolve(reference_deployment.app_url, subject)
+    callers = TableRef("aircalls_app", "callers")
+    assert len(everywhere.tables[callers].keys) == 3
+    with psycopg.connect(reference_deployment.app_url) as conn:
+        expected = [r[0] for r in conn.execute(
+            "SELECT id FROM app.callers WHERE phone = %s AND business_id = %s", (member.e164, one_business))]  # fmt: skip
+    assert scoped.tables[callers].keys == expected
+
+
+def test_object_keys_of_resolved_calls_exist_in_the_bucket(reference_deployment: Deployment, s3: Any) -> None:
+    _dm, footprint = _resolve(reference_deployment.app_url, _subject("caller_only"))
+    keys = footprint.object_keys()
+    all_keys = [k for ks in keys.values() for k in ks]
+    assert all_keys, "the caller_only subject has recorded calls"
+    found, missing = existing(s3, reference_deployment.bucket, all_keys)
+    assert missing == [] and len(found) == len(all_keys)
+
+
+def test_streaming_export_yields_every_mapped_column_of_exactly_the_resolved_rows(
+    reference_deployment: Deployment,
+) -> None:
+    datamap = load_datamap()
+    subject = _subject("caller_only")
+    plan = build_resolution_plan(datamap, ["email", "phone"])
+    calls = TableRef("aircalls_app", "calls")
+    with psycopg.connect(reference_deployment.app_url) as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        footprint = resolve_in_database(conn, plan, subject)
+        batches = list(stream_table(conn, datamap, footprint, calls, batch_rows=3))
+    columns = batches[0][0]
+    rows = [row for _cols, batch in batches for row in batch]
+    assert columns == datamap.table(calls).field_names
+    assert sorted(r[0] for r in rows) == footprint.tables[calls].keys
+    assert len(batches) > 1, "small batches prove the server-side cursor streams"
+
+
+def test_processor_lookup_finds_the_person_and_survives_transient_failures(reference_clone: Deployment) -> None:
+    datamap = load_datamap()
+    processor = next(p for p in datamap.processors if p.name == "payments_processor")
+    subject = _subject("processor_only_payments", phone=False)
+    reference_clone.payments.set_fault("error", status=503, count=2)
+    with ProcessorClient(processor, get_connection("payments_processor"), backoff_s=0.01) as client:
+        records = client.lookup(subject)
+        assert len(records) == 1
+        exported = client.export(records[0].record_id)
+        assert exported["customer"][0]["id"] == records[0].record_id
+        assert client.erase(records[0].record_id) == "erased"
+        assert client.erase(records[0].record_id) == "absent"  # idempotent
+    assert records[0].record_id in reference_clone.payments.deleted_ids()
+
+
+def test_processor_down_fails_clearly_without_the_identity_in_the_message(reference_clone: Deployment) -> None:
+    datamap = load_datamap()
+    processor = next(p for p in datamap.processors if p.name == "crm")
+    subject = _subject("caller_only", phone=False)
+    reference_clone.crm.set_fault("error", status=503)
+    with ProcessorClient(processor, get_connection("crm"), attempts=3, backoff_s=0.01) as client:
+        with pytest.raises(ProcessorUnavailable, match="crm lookup: still failing after 3 attempts") as info:
+            client.lookup(subject)
+    assert "kenji" not in str(info.value).lower() and "@" not in str(info.value)
+
+
+def test_versioned_delete_removes_every_version_and_is_idempotent(s3: Any, make_bucket: Any) -> None:
+    bucket = make_bucket("versions")
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    for body in (b"one", b"two", b"three"):
+        s3.put_object(Bucket=bucket, Key="recordings/1/7.wav", Body=body)
+    s3.put_object(Bucket=bucket, Key="recordings/1/70.wav", Body=b"a neighbour sharing the prefix")
+    assert delete_everywhere(s3, bucket, ["recordings/1/7.wav"]) == 1
+    versions = s3.list_object_versions(Bucket=bucket)
+    left = {v["Key"] for v in versions.get("Versions", [])} | {m["Key"] for m in versions.get("DeleteMarkers", [])}
+    assert left == {"recordings/1/70.wav"}
+    assert delete_everywhere(s3, bucket, ["recordings/1/7.wav"]) == 0
+
+
+def test_a_system_kind_without_connector_names_the_registry() -> None:
+    with pytest.raises(UnsupportedSystemKind, match="add one to governance.connectors.SYSTEM_KINDS"):
+        connector_module("mongodb")
