@@ -11,11 +11,11 @@ from typing import Any
 import psycopg
 import pytest
 
+from governance.connections import get_connection
 from governance.connectors import UnsupportedSystemKind, connector_module
 from governance.connectors.objects import delete_everywhere, existing
 from governance.connectors.postgres import resolve_in_database, stream_table
 from governance.connectors.processors import ProcessorClient, ProcessorUnavailable
-from governance.connections import get_connection
 from governance.datamap import load_datamap
 from governance.datamap.model import TableRef
 from governance.datamap.plans import build_resolution_plan

@@ -1,0 +1,241 @@
+"""Opening and closing privacy requests from DAG runs (shared by dsr_export and dsr_erasure).
+
+``open_request`` is the first task of every request DAG: it validates the run configuration
+(before anything else is read), and either loads the request named by ``request_id`` or records
+one for identities typed into the trigger form, so a manual trigger is tracked like any other
+request. The id of a form-created request derives from the DAG run id, so a retried or cleared
+task finds the same request instead of creating a second one.
+
+What goes to XCom is :class:`RequestHandle` as a dict: the request id, kind, business scope,
+which identity kinds are present and whether the request is verified: never an identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from governance.config import GOVERNANCE_CONN_ID
+from governance.identity import InvalidIdentity, SubjectIdentities
+from governance.privacy_requests import (
+    InvalidRequest,
+    RequestKind,
+    UnknownRequest,
+    create_request,
+    load_request,
+    validate_request_id,
+)
+
+FINAL_STATUSES = ("completed", "failed", "rejected")
+
+
+class InvalidRunConfiguration(ValueError):
+    """The trigger form or run configuration cannot be served; nothing was read or changed."""
+
+
+@dataclass(frozen=True)
+class RequestHandle:
+    """What tasks pass to each other about a request (safe for XCom and logs)."""
+
+    request_id: str
+    kind: str
+    business_id: int | None
+    identity_kinds: tuple[str, ...]
+    verified: bool
+    source: str
+    status: str
+
+    def to_xcom(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["identity_kinds"] = list(self.identity_kinds)
+        return data
+
+    @classmethod
+    def from_xcom(cls, data: Mapping[str, Any]) -> RequestHandle:
+        return cls(**{**data, "identity_kinds": tuple(data["identity_kinds"])})
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def form_request_id(kind: RequestKind, run_id: str, received_at: datetime) -> str:
+    """Deterministic id for a request created from a run's form (retries find the same one)."""
+    prefix = {"export": "exp", "erasure": "era"}[kind]
+    return f"{prefix}-{received_at:%Y%m%d}-{hashlib.sha256(run_id.encode()).hexdigest()[:12]}"
+
+
+def parse_business_id(value: Any) -> int | None:
+    if _blank(value):
+        return None
+    try:
+        business_id = int(value)
+    except (TypeError, ValueError):
+        raise InvalidRunConfiguration("business_id must be a whole number") from None
+    if business_id <= 0:
+        raise InvalidRunConfiguration("business_id must be a positive id")
+    return business_id
+
+
+def open_request(
+    conf: Mapping[str, Any], *, kind: RequestKind, run_id: str, received_at: datetime, conninfo: str | None = None
+) -> RequestHandle:
+    """Validate ``conf`` and return the request it names or the one recorded for its identities.
+
+    Raises InvalidRunConfiguration (bad or missing identities, wildcards, a malformed or unknown
+    request id, a request of another kind, a business scope that contradicts the request's)
+    before any governed system is touched.
+    """
+    from governance.crypto import cipher_from_airflow, hasher_from_airflow
+    from governance.db import connect, conninfo_for
+    from governance.migrations import migrate
+
+    business_id = parse_business_id(conf.get("business_id"))
+    conninfo = conninfo or conninfo_for(GOVERNANCE_CONN_ID)
+    cipher = cipher_from_airflow()
+    if not _blank(conf.get("request_id")):
+        try:
+            request_id = validate_request_id(str(conf["request_id"]))
+        except InvalidRequest as exc:
+            raise InvalidRunConfiguration(str(exc)) from None
+        migrate(conninfo)
+        with connect(conninfo) as conn:
+            try:
+                request = load_request(conn, request_id, cipher=cipher)
+            except UnknownRequest:
+                raise InvalidRunConfiguration(f"no privacy request {request_id}: check the id") from None
+        if request.kind != kind:
+            raise InvalidRunConfiguration(f"{request_id} is an {request.kind} request, not {kind}")
+        if business_id is not None and request.business_id not in (None, business_id):
+            raise InvalidRunConfiguration(f"{request_id} is scoped to another business than business_id")
+        verified = _is_verified(conninfo, request_id)
+        return RequestHandle(
+            request_id=request.request_id,
+            kind=request.kind,
+            business_id=request.business_id if request.business_id is not None else business_id,
+            identity_kinds=tuple(k for k, _ in request.identities.items()),
+            verified=verified,
+            source=request.source,
+            status=request.status,
+        )
+    try:
+        identities = SubjectIdentities.parse(email=conf.get("email"), phone=conf.get("phone"))
+    except InvalidIdentity as exc:
+        raise InvalidRunConfiguration(str(exc)) from None
+    request_id = form_request_id(kind, run_id, received_at)
+    migrate(conninfo)
+    with connect(conninfo) as conn:
+        create_request(
+            conn,
+            kind=kind,
+            identities=identities,
+            hasher=hasher_from_airflow(),
+            cipher=cipher,
+            received_at=received_at,
+            business_id=business_id,
+            source="trigger_form",
+            request_id=request_id,
+        )
+        status_row = conn.execute(
+            "SELECT status FROM governance.privacy_requests WHERE request_id = %s", (request_id,)
+        ).fetchone()
+    return RequestHandle(
+        request_id=request_id,
+        kind=kind,
+        business_id=business_id,
+        identity_kinds=tuple(k for k, _ in identities.items()),
+        verified=_is_verified(conninfo, request_id),
+        source="trigger_form",
+        status=str(status_row[0]) if status_row else "received",
+    )
+
+
+def _is_verified(conninfo: str, request_id: str) -> bool:
+    from governance.db import connect
+
+    with connect(conninfo) as conn:
+        row = conn.execute(
+            "SELECT verified_at IS NOT NULL FROM governance.privacy_requests WHERE request_id = %s", (request_id,)
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def load_identities(request_id: str, *, conninfo: str | None = None) -> SubjectIdentities:
+    """Decrypt a request's identities inside a task (never return them to XCom)."""
+    from governance.crypto import cipher_from_airflow
+    from governance.db import connect, conninfo_for
+
+    with connect(conninfo or conninfo_for(GOVERNANCE_CONN_ID)) as conn:
+        return load_request(conn, request_id, cipher=cipher_from_airflow()).identities
+
+
+def mark_verified(request_id: str, *, method: str, verified_by: str, at: datetime, conninfo: str | None = None) -> None:
+    """Record how and by whom the person's identity was verified (idempotent: first record wins)."""
+    from governance.db import connect, conninfo_for
+
+    if _blank(method):
+        raise InvalidRunConfiguration("say how the identity was verified")
+    with connect(conninfo or conninfo_for(GOVERNANCE_CONN_ID)) as conn:
+        conn.execute(
+            """
+            UPDATE governance.privacy_requests
+               SET verified_at = COALESCE(verified_at, %s),
+                   verification_method = COALESCE(verification_method, %s),
+                   approved_by = COALESCE(approved_by, %s),
+                   status = CASE WHEN status = 'received' THEN 'verified' ELSE status END,
+                   updated_at = %s
+             WHERE request_id = %s
+            """,
+            (at, method.strip(), verified_by, at, request_id),
+        )
+
+
+def mark_in_progress(request_id: str, *, dag_run_id: str, at: datetime, conninfo: str | None = None) -> None:
+    from governance.db import connect, conninfo_for
+
+    with connect(conninfo or conninfo_for(GOVERNANCE_CONN_ID)) as conn:
+        conn.execute(
+            """
+            UPDATE governance.privacy_requests
+               SET status = 'in_progress', dag_run_id = %s, updated_at = %s
+             WHERE request_id = %s AND status IN ('received', 'verified', 'failed')
+            """,
+            (dag_run_id, at, request_id),
+        )
+
+
+def close_request(
+    request_id: str,
+    *,
+    succeeded: bool,
+    at: datetime,
+    result_uri: str | None = None,
+    detail: str | None = None,
+    conninfo: str | None = None,
+) -> str:
+    """Set the request's outcome: the one writer of its final status (the DAG's last task).
+
+    ``completed`` records ``completed_at`` and ``result_uri``; ``failed`` keeps the request open
+    for a re-run (a later success completes it). ``detail`` must hold no personal data.
+    Returns the status written.
+    """
+    from governance.db import connect, conninfo_for
+
+    status = "completed" if succeeded else "failed"
+    with connect(conninfo or conninfo_for(GOVERNANCE_CONN_ID)) as conn:
+        conn.execute(
+            """
+            UPDATE governance.privacy_requests
+               SET status = %s,
+                   completed_at = CASE WHEN %s THEN %s ELSE completed_at END,
+                   result_uri = CASE WHEN %s THEN %s ELSE result_uri END,
+                   outcome_detail = %s,
+                   updated_at = %s
+             WHERE request_id = %s AND status <> 'completed'
+            """,
+            (status, succeeded, at, succeeded, result_uri, detail, at, request_id),
+        )
+    return status
