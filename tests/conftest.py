@@ -32,6 +32,8 @@ os.environ.update(
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(_AIRFLOW_HOME / "logs"),
         "GOVERNANCE_STATE_DIR": str(_AIRFLOW_HOME / "state"),
+        # Retries stay on (they are part of what is tested) but do not wait 30 s each.
+        "GOVERNANCE_RETRY_DELAY_SECONDS": "0.2",
     }
 )
 os.environ.pop("AIRFLOW__CORE__UNIT_TEST_MODE", None)

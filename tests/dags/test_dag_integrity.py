@@ -13,6 +13,7 @@ DAG_FILES = sorted((ROOT / "dags").glob("*.py"))
 # What a DAG file may import at module level: wiring only, no drivers, clients or pandas.
 ALLOWED_TOP_LEVEL_IMPORTS = {
     "__future__", "typing", "datetime", "airflow.sdk", "governance.dag_defaults", "governance.dag_params",
+    "airflow.providers.standard.operators.hitl",  # human-in-the-loop approval steps
 }
 
 

@@ -1,0 +1,67 @@
+"""governance_healthcheck and datamap_drift run end to end on the reference deployment."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from airflow.utils.state import DagRunState
+from tests.dags.conftest import task_states, xcom_result
+from tests.fixtures.reference import Deployment
+
+
+def test_healthcheck_reports_each_system_and_migrates_the_governance_schema(
+    get_dag: Callable[[str], Any], reference_env: Deployment
+) -> None:
+    dag_run = get_dag("governance_healthcheck").test()
+    assert dag_run.state == DagRunState.SUCCESS, task_states(dag_run)
+    assert xcom_result(dag_run, "check_app_database")["tables"] == 10
+    objects = xcom_result(dag_run, "check_object_store")
+    assert objects["bucket"] == reference_env.bucket and objects["versioning"] == "Enabled"
+    assert xcom_result(dag_run, "check_keys")["hash_key_id"] == "test-hash-1"
+    with psycopg.connect(reference_env.app_url) as conn:
+        versions = [r[0] for r in conn.execute("SELECT version FROM governance.schema_migrations ORDER BY 1")]
+    assert 1 in versions and 3 in versions
+
+
+def test_healthcheck_fails_when_the_bucket_is_missing(
+    get_dag: Callable[[str], Any], reference_env: Deployment, monkeypatch: Any
+) -> None:
+    monkeypatch.setenv("GOVERNANCE_OBJECTS_BUCKET", "gt-no-such-bucket")
+    dag_run = get_dag("governance_healthcheck").test()
+    assert dag_run.state == DagRunState.FAILED
+    assert task_states(dag_run)["check_object_store"] == "failed"
+
+
+def test_drift_run_finds_an_unmapped_email_column_and_a_dropped_index(
+    get_dag: Callable[[str], Any], reference_clone: Deployment
+) -> None:
+    clean = get_dag("datamap_drift").test()
+    assert clean.state == DagRunState.SUCCESS, task_states(clean)
+
+    with psycopg.connect(reference_clone.app_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE app.appointments ADD COLUMN contact_hint text")
+        conn.execute(
+            "UPDATE app.appointments a SET contact_hint = c.email FROM app.callers c"
+            " WHERE c.id = a.caller_id AND c.email IS NOT NULL"
+        )
+        conn.execute("UPDATE app.appointments SET contact_hint = 'someone' || id || '@example.net' WHERE contact_hint IS NULL")
+        conn.execute("DROP INDEX app.callers_phone_idx")
+    drifted = get_dag("datamap_drift").test()
+    assert drifted.state == DagRunState.FAILED
+    assert task_states(drifted)["record_drift_report"] == "failed"
+
+    with psycopg.connect(reference_clone.app_url) as conn:
+        rows = conn.execute(
+            "SELECT run_id, is_clean, blocking, warnings, report FROM governance.datamap_drift_reports ORDER BY checked_at"
+        ).fetchall()
+    by_run = {r[0]: r for r in rows}
+    assert by_run[clean.run_id][1] is True
+    _run, is_clean, blocking, warnings, report = by_run[drifted.run_id]
+    assert not is_clean and blocking == 1 and warnings >= 1
+    unmapped = [c for c in report["database"]["unmapped_columns"] if c["column"] == "contact_hint"]
+    assert unmapped and unmapped[0]["looks_personal"] and "e-mail" in unmapped[0]["reason"]
+    assert any(i["table"] == "callers" and i["column"] == "phone" for i in report["database"]["missing_indexes"])
+    assert "@example" not in str(report), "the report names kinds of values, never a value"
