@@ -6,8 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-
 from airflow.utils.state import DagRunState
+
 from tests.dags.conftest import task_states, xcom_result
 from tests.fixtures.reference import Deployment
 
