@@ -21,7 +21,7 @@ def migrate_governance_schema() -> dict[str, Any]:
 
 def check_app_database() -> dict[str, Any]:
     """The app database answers and its schema has tables."""
-    from governance.db import conninfo_for, connect
+    from governance.db import connect, conninfo_for
 
     with connect(conninfo_for(APP_CONN_ID)) as conn:
         version = conn.execute("SHOW server_version").fetchone()

@@ -230,8 +230,8 @@ class StackPorts:
 
 def _spawn(args: list[str], log_path: Path) -> int:
     """Start a detached background process (own session, so Ctrl-C in make does not kill it)."""
-    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    with open(log_path, "ab") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     return proc.pid
 
 

@@ -12,7 +12,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from governance.crypto import IdentityCipher, IdentityHasher, Keyring, cipher_from_airflow, hasher_from_airflow, new_key_b64
+from governance.crypto import (
+    IdentityCipher,
+    IdentityHasher,
+    Keyring,
+    cipher_from_airflow,
+    hasher_from_airflow,
+    new_key_b64,
+)
 from governance.identity import InvalidIdentity, SubjectIdentities
 from governance.migrations import MIGRATIONS_DIR, MigrationError, migrate
 from governance.privacy_requests import (
