@@ -1,0 +1,89 @@
+"""``python -m governance seed``: load the reference deployment into the configured systems.
+
+Targets come from Airflow connections: ``aircalls_app`` (PostgreSQL), ``aircalls_objects`` (S3 API;
+bucket from ``GOVERNANCE_OBJECTS_BUCKET``), ``payments_processor`` and ``crm`` (HTTP; the API key
+is the connection's password). A missing processor connection is skipped with a warning; a missing
+database or object-store connection is an error. The summary printed holds counts and timings only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from governance import config
+from governance.connections import ConnectionInfo, ConnectionNotConfigured, get_connection
+
+log = logging.getLogger("governance.seed")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from governance.seed.generate import DEFAULT_SEED, SCALES
+
+    parser.add_argument(
+        "--scale",
+        choices=sorted(SCALES),
+        default="small",
+        help="small: a few seconds, for tests and the demo; large: millions of rows, for benchmarks",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default {DEFAULT_SEED})"
+    )
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="empty the app tables, the seeded objects and the processor stand-ins first",
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="keep the generated CSV files here (default: a temporary directory, removed afterwards)",
+    )
+
+
+def _optional_processor(conn_id: str) -> ConnectionInfo | None:
+    try:
+        return get_connection(conn_id)
+    except ConnectionNotConfigured:
+        log.warning("connection %r is not configured: skipping that processor", conn_id)
+        return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from governance.objectstore import s3_client_for
+    from governance.seed.load import SeedError, SeedRefused, SeedTargets, seed_reference_deployment
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app = get_connection(config.APP_CONN_ID)
+        objects = get_connection(config.OBJECTS_CONN_ID)
+    except ConnectionNotConfigured as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    payments = _optional_processor(config.PAYMENTS_CONN_ID)
+    crm = _optional_processor(config.CRM_CONN_ID)
+    targets = SeedTargets(
+        app_conninfo=app.postgres_conninfo(),
+        s3=s3_client_for(objects),
+        bucket=config.objects_bucket(),
+        payments_url=payments.base_url() if payments else None,
+        payments_api_key=(payments.password or None) if payments else None,
+        crm_url=crm.base_url() if crm else None,
+        crm_api_key=(crm.password or None) if crm else None,
+    )
+    try:
+        report = seed_reference_deployment(
+            targets, scale=args.scale, seed=args.seed, work_dir=args.work_dir, replace=args.replace
+        )
+    except SeedRefused as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 1
+    except SeedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for line in report.summary_lines():
+        print(line)
+    return 0
