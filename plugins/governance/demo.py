@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
         cmd = [sys.executable, "-m", "governance", "demo", "--inside"]
         for dag_id in args.dag or []:
             cmd += ["--dag", dag_id]
-        _run(cmd, env)
+        # Task logs stay in $AIRFLOW_HOME/logs; the console shows warnings and the summary.
+        _run(cmd, {**env, "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING"})
     finally:
         if args.keep_running:
             print(f"\nservices left running; `source {STATE_DIR / 'airflow.env'}` to use them, `make services-stop` to stop")

@@ -20,6 +20,7 @@ def test_healthcheck_reports_each_system_and_migrates_the_governance_schema(
     assert xcom_result(dag_run, "check_app_database")["tables"] == 10
     objects = xcom_result(dag_run, "check_object_store")
     assert objects["bucket"] == reference_env.bucket and objects["versioning"] == "Enabled"
+    assert objects["default_encryption"] == "AES256"
     assert xcom_result(dag_run, "check_keys")["hash_key_id"] == "test-hash-1"
     with psycopg.connect(reference_env.app_url) as conn:
         versions = [r[0] for r in conn.execute("SELECT version FROM governance.schema_migrations ORDER BY 1")]

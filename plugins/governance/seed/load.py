@@ -337,7 +337,7 @@ def _seeded_objects_exist(s3: Any, bucket: str) -> bool:
 
 
 def ensure_bucket(s3: Any, bucket: str) -> bool:
-    """Create ``bucket`` if missing and enable versioning; returns whether it was created."""
+    """Create ``bucket`` if missing; enable versioning and default encryption; returns whether it was created."""
     created = False
     if not _bucket_exists(s3, bucket):
         region = getattr(getattr(s3, "meta", None), "region_name", None) or "us-east-1"
@@ -347,6 +347,13 @@ def ensure_bucket(s3: Any, bucket: str) -> bool:
             s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
         created = True
     s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    # Recordings, transcripts and exports are encrypted at rest by default (policy 4.1).
+    s3.put_bucket_encryption(
+        Bucket=bucket,
+        ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+        },
+    )
     return created
 
 
