@@ -50,4 +50,5 @@ pytest_plugins = [
     "tests.fixtures.services",
     "tests.fixtures.standins",
     "tests.fixtures.reference",
+    "tests.fixtures.lineage",
 ]

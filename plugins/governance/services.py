@@ -245,6 +245,8 @@ def _pid_alive(pid: int) -> bool:
 
 def airflow_environment(ports: StackPorts, keys: dict[str, Any], state_dir: Path) -> dict[str, str]:
     """The ``AIRFLOW_CONN_*`` and Airflow settings that point at the embedded stack."""
+    from governance.lineage import openlineage_env
+
     app = {
         "conn_type": "postgres", "host": HOST, "port": ports.postgres, "login": "postgres",
         "schema": APP_DATABASE,
@@ -266,6 +268,9 @@ def airflow_environment(ports: StackPorts, keys: dict[str, Any], state_dir: Path
         ),
         "AIRFLOW_CONN_GOVERNANCE_HASH_KEY": json.dumps(keys["hash_key"]),
         "AIRFLOW_CONN_GOVERNANCE_ENCRYPTION_KEY": json.dumps(keys["encryption_key"]),
+        "AIRFLOW_CONN_GOVERNANCE_LEDGER_KEY": json.dumps(keys["ledger_key"]),
+        # Lineage events (redacted) as JSON lines under .state/lineage; Marquez in docker-compose.
+        **openlineage_env(events_dir=state_dir / "lineage"),
         "GOVERNANCE_OBJECTS_BUCKET": objects_bucket(),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": (
             f"postgresql+psycopg2://postgres@{HOST}:{ports.postgres}/{AIRFLOW_DATABASE}"
@@ -279,20 +284,24 @@ def airflow_environment(ports: StackPorts, keys: dict[str, Any], state_dir: Path
 
 def _load_or_create_keys(state_dir: Path) -> dict[str, Any]:
     """Demo key material, generated once per checkout into .state (never committed)."""
+    import secrets
+
     from governance.crypto import generate_key_connection
 
     path = state_dir / "keys.json"
-    if path.exists():
-        return dict(json.loads(path.read_text()))
-    import secrets
-
-    keys = {
-        "hash_key": generate_key_connection("hash"),
-        "encryption_key": generate_key_connection("encryption"),
-        "standin_api_key": secrets.token_urlsafe(24),
+    keys: dict[str, Any] = dict(json.loads(path.read_text())) if path.exists() else {}
+    wanted = {
+        "hash_key": lambda: generate_key_connection("hash"),
+        "encryption_key": lambda: generate_key_connection("encryption"),
+        "ledger_key": lambda: generate_key_connection("hash", "ledger-1"),
+        "standin_api_key": lambda: secrets.token_urlsafe(24),
     }
-    path.write_text(json.dumps(keys, indent=2))
-    path.chmod(0o600)
+    missing = [name for name in wanted if name not in keys]
+    for name in missing:  # keys are never replaced: that would orphan what they protect
+        keys[name] = wanted[name]()
+    if missing:
+        path.write_text(json.dumps(keys, indent=2))
+        path.chmod(0o600)
     return keys
 
 

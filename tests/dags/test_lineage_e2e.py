@@ -171,9 +171,15 @@ def each_task_in_its_own_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[li
     it sees the state in the metadata DB and runs the DAG-run listeners (reconciliation, anchor).
     """
     import airflow.sdk.definitions.dag as dag_module
+    from airflow.sdk.execution_time import supervisor
 
     run_in_this_process = dag_module._run_task
     children: list[int] = []
+    inherited: list[Any] = []
+    # The in-process execution API (what a worker's supervisor talks to over HTTP) is built once
+    # here, in the "scheduler": building it in every child costs seconds.
+    api = supervisor.in_process_api_server()
+    assert api.transport is not None
 
     def run_in_child(*, ti: Any, task: Any, run_triggerer: bool = False) -> None:
         pid = os.fork()
@@ -183,7 +189,13 @@ def each_task_in_its_own_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[li
                 from airflow import settings
                 from airflow.sdk.lineage import get_hook_lineage_collector
 
+                # Nothing that lived in the parent's threads or connections is used here: a new
+                # database engine, a new event-loop thread for the execution API (the parent's
+                # did not survive the fork; its transport is kept referenced so its finalizer
+                # never runs here), and no collected lineage.
                 settings.configure_orm(disable_connection_pool=True)
+                inherited.append(api.transport)
+                del api.transport
                 get_hook_lineage_collector.cache_clear()
                 run_in_this_process(ti=ti, task=task, run_triggerer=run_triggerer)
                 status = 0

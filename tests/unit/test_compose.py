@@ -276,10 +276,16 @@ def test_minio_init_creates_a_versioned_bucket_with_default_encryption(compose: 
     assert compose["services"]["minio-init"]["depends_on"]["minio"]["condition"] == "service_healthy"
 
 
-def test_lineage_is_sent_over_http_to_the_marquez_service(
+def test_lineage_is_redacted_then_sent_over_http_to_the_marquez_service(
     compose: dict[str, Any], common_env: dict[str, str]
 ) -> None:
-    transport = json.loads(common_env["AIRFLOW__OPENLINEAGE__TRANSPORT"])
+    from governance.lineage import LineageEventRedactor
+
+    wrapper = json.loads(common_env["AIRFLOW__OPENLINEAGE__TRANSPORT"])
+    assert wrapper["type"] == "transform"
+    module, _, name = wrapper["transformer_class"].rpartition(".")
+    assert (module, name) == (LineageEventRedactor.__module__, LineageEventRedactor.__name__)
+    transport = wrapper["transport"]
     assert transport["type"] == "http"
     host = urlsplit(transport["url"]).hostname
     assert host in compose["services"]
