@@ -15,7 +15,10 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from governance.privacy_requests import RequestKind
 
 from governance.config import PROJECT_ROOT
 
@@ -95,9 +98,54 @@ def run_dags(only: list[str] | None) -> int:
     return 1 if failed else 0
 
 
+# The cast members the demo's request DAGs serve (see governance.seed.cast).
+DEMO_EXPORT_SUBJECT = "caller_only"
+DEMO_ERASURE_SUBJECT = "both_user_and_caller"
+
+
 def demo_conf(dag_id: str) -> dict[str, Any]:
-    """Run configuration the demo gives each DAG (the workflows' own defaults otherwise)."""
+    """Run configuration the demo gives each DAG (the workflows' own defaults otherwise).
+
+    The request DAGs serve requests recorded and verified the way intake would (so no one has to
+    answer the verification step in the UI, and no identity sits in a run configuration):
+    dsr_export builds a bundle for one cast member; dsr_erasure runs as the trigger form's
+    default, a dry run, for another: it stores and shows the plan and changes nothing.
+    """
+    from datetime import UTC, datetime
+
+    if dag_id == "dsr_export":
+        return {"request_id": _verified_request("export", DEMO_EXPORT_SUBJECT, datetime.now(UTC)),
+                "formats": ["json", "csv", "html"]}  # fmt: skip
+    if dag_id == "dsr_erasure":
+        return {"request_id": _verified_request("erasure", DEMO_ERASURE_SUBJECT, datetime.now(UTC)), "dry_run": True}
     return {}
+
+
+def _verified_request(kind: RequestKind, cast_key: str, now: Any) -> str:
+    """Record a request for a cast member and mark it verified, as intake would."""
+    from governance.config import GOVERNANCE_CONN_ID
+    from governance.crypto import cipher_from_airflow, hasher_from_airflow
+    from governance.db import connect, conninfo_for
+    from governance.identity import SubjectIdentities
+    from governance.privacy_requests import create_request
+    from governance.seed import cast_member
+    from governance.workflows.request_intake import mark_verified
+
+    member = cast_member(cast_key)
+    conninfo = conninfo_for(GOVERNANCE_CONN_ID)
+    with connect(conninfo) as conn:
+        request_id = create_request(
+            conn,
+            kind=kind,
+            identities=SubjectIdentities.parse(email=member.email, phone=member.phone),
+            hasher=hasher_from_airflow(),
+            cipher=cipher_from_airflow(),
+            received_at=now,
+            source="intake",
+        )
+    mark_verified(request_id, method="demo: identities of a seeded test subject", verified_by="make demo", at=now,
+                  conninfo=conninfo)  # fmt: skip
+    return request_id
 
 
 def summarise_run(dag_run: Any) -> list[str]:
