@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "request": ("governance.privacy_requests", "record a privacy request; identities are read from stdin"),
     "keys": ("governance.crypto", "generate key material for the keyed-hash and encryption connections"),
     "validate-datamap": ("governance.datamap.command", "validate the data map and print what is wrong"),
+    "decrypt-bundle": ("governance.export.decrypt_command", "decrypt an export bundle (age, passphrase from stdin)"),
+    "export-passphrase": ("governance.export.passphrase_command", "print an export bundle's passphrase for staff to send"),
     "verify-ledger": ("governance.ledger", "verify the audit ledger's hash chain and its anchors in the object store"),
     "demo": ("governance.demo", "run every DAG once on the reference deployment and summarise"),
 }

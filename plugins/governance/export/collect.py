@@ -1,0 +1,435 @@
+"""Collecting a person's data into an encrypted export bundle, driven only by the data map.
+
+``export_bundle_to_s3`` is the bundle writer: it resolves the person in every database of the
+map inside one ``REPEATABLE READ READ ONLY`` transaction per database (resolution, the source
+counts and every export query see the same snapshot), streams each table's rows into the ZIP in
+the chosen formats, then the objects tied to those rows, then what each processor returns through
+its declared look-up and export calls, then ``index.html`` and ``manifest.json``. The ZIP goes
+through the age encryptor into an S3 multipart upload with server-side encryption: the bundle is
+never whole in memory or on disk, and an exception aborts the upload, so a failed collection
+leaves no object behind.
+
+Processors are asked first: a processor that is down fails the export before the databases and
+the object store are read. Nothing here names a table, prefix or processor: adding one to the
+data map brings it into the bundle.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import date, datetime
+from typing import Any
+
+from governance.datamap.model import DataMap, ObjectStoreSystem, Processor
+from governance.datamap.plans import (
+    ObjectStep,
+    ResolutionPlan,
+    build_processor_request,
+    build_resolution_plan,
+    records_at,
+)
+from governance.export.bundle import (
+    INDEX_PATH,
+    BundleManifest,
+    BundleWriter,
+    UnsafeBundlePath,
+    safe_path,
+    safe_segment,
+)
+from governance.export.formats import FORMATS, DataFormat, write_rows
+from governance.export.index import BundleContents, PrefixExport, ProcessorExport, TableExport, render_index
+from governance.identity import SubjectIdentities
+
+_COMPRESSIBLE_SUFFIXES = (".json", ".txt", ".csv", ".html", ".xml", ".vtt", ".srt")
+MAX_PROCESSOR_PAGES = 1000
+INDEX_FILES_SHOWN = 6  # object files the index links to per prefix (the manifest lists them all)
+
+
+class ExportCollectionError(RuntimeError):
+    """The bundle could not be collected (the message names systems, never a person)."""
+
+
+@dataclass(frozen=True)
+class ExportSubject:
+    """Who the bundle is for: the request, the person's identities and the business scope."""
+
+    request_id: str
+    identities: SubjectIdentities
+    received_on: date
+    business_scope: tuple[int, ...] | None = None
+
+    def __repr__(self) -> str:  # identities stay out of logs and tracebacks
+        return f"ExportSubject({self.request_id}, kinds={[k for k, _ in self.identities.items()]})"
+
+
+@dataclass(frozen=True)
+class ExportTargets:
+    """How to reach the systems the map names: by connection id (Airflow's, or a benchmark's)."""
+
+    conninfo_for: Callable[[str], str]
+    s3_for: Callable[[str], Any]
+    processor_client_for: Callable[[Processor], Any]
+
+    @classmethod
+    def from_airflow(cls, *, processor_attempts: int = 5, processor_backoff_s: float = 0.5) -> ExportTargets:
+        from functools import lru_cache
+
+        from governance.connectors.processors import ProcessorClient
+        from governance.db import conninfo_for
+        from governance.objectstore import s3_client
+
+        return cls(
+            conninfo_for=conninfo_for,
+            s3_for=lru_cache(maxsize=None)(s3_client),
+            processor_client_for=lambda p: ProcessorClient.from_airflow(
+                p, attempts=processor_attempts, backoff_s=processor_backoff_s
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class BundleSummary:
+    """What a bundle holds: counts, sizes and checksums (safe for XCom, logs and the ledger)."""
+
+    request_id: str
+    generated_at: str
+    data_map_version: str
+    formats: list[str]
+    files: int
+    files_digest: str
+    plaintext_bytes: int
+    ciphertext_bytes: int
+    ciphertext_sha256: str
+    bundle_counts: dict[str, int]
+    source_counts: dict[str, int]
+    found_data: bool
+    tables_read: list[str] = field(default_factory=list)
+    prefixes_read: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _ProcessorResult:
+    export: ProcessorExport
+    documents: list[tuple[str, Any]]  # (bundle path, JSON document)
+
+
+def processor_export_documents(client: Any, processor: Processor, record_id: str) -> dict[str, list[Any]]:
+    """Every declared export call for one record, following list pages.
+
+    A response that says ``has_more`` is followed with ``starting_after`` set to the last
+    record's id (the list convention of Stripe-like APIs), so a person with more than one page of
+    charges gets all of them. The data map cannot declare paging yet: see the report on issue 5.
+    """
+    out: dict[str, list[Any]] = {}
+    for template in processor.export:
+        records: list[Any] = []
+        cursor: str | None = None
+        for _page in range(MAX_PROCESSOR_PAGES):
+            request = build_processor_request(template, {"id": record_id})
+            if cursor is not None:
+                request = replace(request, query={**request.query, "starting_after": cursor})
+            status, body = client._send(request, f"export {template.name}")  # retries with backoff
+            if status in request.absent_status:
+                break
+            page = records_at(body, request.records_path)
+            records += page
+            last = page[-1] if page else None
+            next_cursor = str(last.get("id")) if isinstance(last, Mapping) and last.get("id") else None
+            if not (isinstance(body, Mapping) and body.get("has_more") is True and next_cursor):
+                break
+            if next_cursor == cursor:
+                raise ExportCollectionError(f"{processor.name} export {template.name}: paging did not advance")
+            cursor = next_cursor
+        else:
+            raise ExportCollectionError(f"{processor.name} export {template.name}: more than {MAX_PROCESSOR_PAGES} pages")
+        out[template.name] = records
+    return out
+
+
+def collect_processors(
+    datamap: DataMap, plan: ResolutionPlan, subject: ExportSubject, targets: ExportTargets
+) -> list[_ProcessorResult]:
+    """Look the person up at every processor the map declares and export what each holds."""
+    searchable = {step.processor: step for step in plan.processors}
+    given = {k for k, _ in subject.identities.items()}
+    results: list[_ProcessorResult] = []
+    for processor in datamap.processors:
+        if subject.business_scope:
+            reason = "they hold data for our own account, not for the business that made the request"
+            results.append(_ProcessorResult(ProcessorExport(processor.name, 0, (), False, reason), []))
+            continue
+        step = searchable.get(processor.name)
+        if step is None or not set(step.identity_kinds) & given:
+            kinds = " or ".join(processor.lookup_identity_kinds) or "no identity"
+            reason = f"they can look people up only by {kinds.replace('_', ' ')}"
+            results.append(_ProcessorResult(ProcessorExport(processor.name, 0, (), False, reason), []))
+            continue
+        client = targets.processor_client_for(processor)
+        try:
+            records = client.lookup(subject.identities)
+            documents: list[tuple[str, Any]] = []
+            for record in records:
+                folder = safe_path("processors", processor.name, safe_segment(record.record_id))
+                exported = processor_export_documents(client, processor, record.record_id) if processor.export else {}
+                if not exported:
+                    documents.append((f"{folder}/record.json", dict(record.document)))
+                for name, docs in sorted(exported.items()):
+                    documents.append((f"{folder}/{safe_segment(name)}.json", docs))
+        finally:
+            close = getattr(client, "close", None)
+            if close is not None:
+                close()
+        files = tuple(sorted(path for path, _ in documents))
+        results.append(_ProcessorResult(ProcessorExport(processor.name, len(records), files, True), documents))
+    return results
+
+
+def _compressible(key: str) -> bool:
+    return key.lower().endswith(_COMPRESSIBLE_SUFFIXES)
+
+
+def _object_path(system: str, key: str) -> str:
+    try:
+        return safe_path("files", system, key)
+    except UnsafeBundlePath:
+        # A key that would not stay inside the folder when unzipped gets a stable hashed name.
+        extension = key.rsplit(".", 1)[-1] if "." in key.rsplit("/", 1)[-1] else ""
+        suffix = f".{extension}" if extension.isalnum() and len(extension) <= 8 else ""
+        return safe_path("files", system, "other", safe_segment(key + "\0") + suffix)
+
+
+def _referenced_keys(step: ObjectStep, rows: Sequence[Mapping[str, Any]]) -> set[str]:
+    if step.key_column is None:
+        return set()
+    return {str(r[step.key_column]) for r in rows if r.get(step.key_column)}
+
+
+def write_bundle(
+    writer: BundleWriter,
+    datamap: DataMap,
+    subject: ExportSubject,
+    *,
+    formats: Sequence[DataFormat],
+    targets: ExportTargets,
+    generated_at: datetime,
+    batch_rows: int = 2000,
+) -> tuple[BundleContents, BundleManifest, dict[str, int]]:
+    """Collect everything into ``writer``; return what was written, the manifest and the source
+    counts (rows per table counted in the export's snapshot, objects found, processor records)."""
+    import psycopg
+
+    from governance.connectors.postgres import resolve_in_database, stream_table
+    from governance.export.storage import fetch_objects
+
+    formats = [f for f in FORMATS if f in set(formats)]
+    if not formats:
+        raise ExportCollectionError("choose at least one data format (json, csv, html)")
+    kinds = [k for k, _ in subject.identities.items()]
+    plan = build_resolution_plan(datamap, kinds, business_scope=bool(subject.business_scope))
+    contents = BundleContents(
+        request_id=subject.request_id,
+        received_on=subject.received_on,
+        business_scope=subject.business_scope,
+        identity_kinds=tuple(sorted(kinds)),
+        formats=tuple(formats),
+        out_of_scope=tuple(str(t) for t in plan.out_of_scope),
+    )
+    source_counts: dict[str, int] = {}
+
+    # 1. Processors first: one that is down fails the export before anything else is read.
+    processor_results = collect_processors(datamap, plan, subject, targets)
+
+    # 2. Databases: one snapshot each for resolution, counts and export queries.
+    footprints = {}
+    for system_name in sorted({s.table.system for s in plan.steps}):
+        system = datamap.postgres_system(system_name)
+        with psycopg.connect(targets.conninfo_for(system.connection_id), application_name="governance-export") as conn:
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+            conn.execute("SET TIME ZONE 'UTC'")  # timestamps render the same in every run
+            footprint = resolve_in_database(
+                conn, plan, subject.identities, scope_ids=list(subject.business_scope or []) or None
+            )
+            footprints[system_name] = footprint
+            steps = sorted((s for s in plan.steps if s.table.system == system_name), key=lambda s: s.table)
+            for step in steps:
+                params = {p: footprint.params[p] for p in step.input_params}
+                row = conn.execute(step.count_query, params).fetchone()
+                count = int(row[0]) if row else 0
+                source_counts[str(step.table)] = count
+                spec = datamap.table(step.table)
+                files: list[str] = []
+                if count:
+                    for fmt in formats:
+                        path = safe_path("data", step.table.system, f"{step.table.table}.{fmt}")
+                        with writer.entry(path, kind="data", dataset=str(step.table), fmt=fmt) as out:
+                            batches = stream_table(conn, datamap, footprint, step.table, batch_rows=batch_rows)
+                            write_rows(fmt, out, spec.field_names, batches,
+                                       **({"title": spec.description or step.table.table,
+                                           "description": str(step.table)} if fmt == "html" else {}))  # fmt: skip
+                        files.append(path)
+                contents.tables.append(TableExport(step.table, count, tuple(files)))
+            contents.mentions.update(footprint.mention_counts())
+            conn.rollback()  # read only: nothing to commit
+
+    # 3. Objects tied to the person's rows, in key order. Keys are worked out first, then the
+    #    rows they came from are let go: memory holds keys, not rows, while objects stream.
+    object_work = []
+    for object_step in plan.objects:
+        rows = footprints[object_step.source.system].tables[object_step.source].rows
+        object_work.append((object_step, object_step.keys_for(rows), _referenced_keys(object_step, rows)))
+    for footprint in footprints.values():
+        for table_footprint in footprint.tables.values():
+            table_footprint.rows = []
+    for object_step, keys, referenced in object_work:
+        prefix_system = datamap.system(object_step.prefix.system)
+        assert isinstance(prefix_system, ObjectStoreSystem)
+        s3 = targets.s3_for(prefix_system.connection_id)
+        bucket = prefix_system.bucket.resolve()
+        dataset = str(object_step.prefix)
+        found = 0
+        total = 0
+        missing_referenced = 0
+        first_files: list[str] = []
+        for key, fetched in fetch_objects(s3, bucket, keys):
+            if fetched is None:
+                missing_referenced += key in referenced
+                continue
+            path = _object_path(prefix_system.name, key)
+            with writer.entry(path, kind="object", dataset=dataset, compress=_compressible(key),
+                              size_hint=fetched.size) as out:  # fmt: skip
+                for chunk in fetched.chunks():
+                    out.write(chunk)
+            found += 1
+            total += fetched.size
+            if len(first_files) < INDEX_FILES_SHOWN:
+                first_files.append(path)
+        source_counts[dataset] = found
+        contents.prefixes.append(PrefixExport(object_step.prefix, found, total, missing_referenced, tuple(first_files)))
+        keys.clear()
+        referenced.clear()
+
+    # 4. What the processors returned.
+    for result in processor_results:
+        for path, document in result.documents:
+            data = (json.dumps(document, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
+            writer.add_bytes(path, data, kind="processor", dataset=f"processor:{result.export.name}", fmt="json")
+        contents.processors.append(result.export)
+        if result.export.searched:
+            source_counts[f"processor:{result.export.name}"] = result.export.records
+
+    # 5. The page for the person, then the manifest of everything.
+    writer.add_bytes(INDEX_PATH, render_index(datamap, contents), kind="index")
+    manifest = build_manifest(datamap, contents, writer, generated_at=generated_at)
+    writer.add_manifest(manifest)  # the file list streams from the writer's spool
+    return contents, manifest, source_counts
+
+
+def build_manifest(datamap: DataMap, contents: BundleContents, writer: BundleWriter, *, generated_at: datetime) -> BundleManifest:
+    categories: set[str] = set()
+    tables: dict[str, dict[str, Any]] = {}
+    for table in contents.tables:
+        spec = datamap.table(table.ref)
+        table_categories = sorted({f.data_category for f in spec.fields if f.is_personal})
+        tables[str(table.ref)] = {"rows": table.rows, "files": list(table.files), "categories": table_categories}
+        if table.rows:
+            categories.update(table_categories)
+    objects: dict[str, dict[str, Any]] = {}
+    for prefix_export in contents.prefixes:
+        prefix = datamap.prefix(prefix_export.ref)
+        objects[str(prefix_export.ref)] = {
+            "objects": prefix_export.objects,
+            "bytes": prefix_export.bytes,
+            "referenced_missing": prefix_export.referenced_missing,
+            "categories": [prefix.data_category],
+        }
+        if prefix_export.objects:
+            categories.add(prefix.data_category)
+    processors: dict[str, dict[str, Any]] = {}
+    for processor_export in contents.processors:
+        processor = datamap.processor(processor_export.name)
+        assert processor is not None
+        processors[processor_export.name] = {
+            "records": processor_export.records,
+            "searched": processor_export.searched,
+            "reason": processor_export.reason or None,
+            "files": list(processor_export.files),
+            "categories": sorted(processor.data_categories),
+            "recipient": processor.recipient.model_dump() if processor.recipient else None,
+        }
+        if processor_export.records:
+            categories.update(processor.data_categories)
+    return BundleManifest(
+        request_id=contents.request_id,
+        generated_at=generated_at.isoformat(),
+        received_on=contents.received_on.isoformat(),
+        data_map_version=datamap.version,
+        data_map_sha256=datamap.version_hash,
+        business_scope=list(contents.business_scope) if contents.business_scope else None,
+        formats=list(contents.formats),
+        files=[],  # streamed into manifest.json from the writer (see BundleWriter.add_manifest)
+        tables=tables,
+        objects=objects,
+        processors=processors,
+        mentions=dict(sorted(contents.mentions.items())),
+        categories=sorted(categories),
+        found_data=contents.found_data,
+        files_digest=writer.files_digest,
+        notes=[] if contents.found_data else ["We found no data about you in any of the systems searched."],
+    )
+
+
+def bundle_counts(contents: BundleContents) -> dict[str, int]:
+    counts = {str(t.ref): t.rows for t in contents.tables}
+    counts.update({str(p.ref): p.objects for p in contents.prefixes})
+    counts.update({f"processor:{p.name}": p.records for p in contents.processors if p.searched})
+    return counts
+
+
+def export_bundle_to_s3(
+    datamap: DataMap,
+    subject: ExportSubject,
+    *,
+    formats: Sequence[DataFormat],
+    targets: ExportTargets,
+    s3: Any,
+    bucket: str,
+    key: str,
+    passphrase: str,
+    generated_at: datetime,
+    work_factor: int | None = None,
+) -> BundleSummary:
+    """Collect, zip, encrypt and upload ``subject``'s bundle to ``bucket/key`` in one stream."""
+    from governance.export.age import DEFAULT_WORK_FACTOR, AgeWriter
+    from governance.export.storage import MultipartUploadSink
+
+    with MultipartUploadSink(s3, bucket, key) as upload:
+        age = AgeWriter(upload, passphrase, work_factor=work_factor or DEFAULT_WORK_FACTOR)
+        writer = BundleWriter(age)
+        contents, manifest, source_counts = write_bundle(
+            writer, datamap, subject, formats=formats, targets=targets, generated_at=generated_at
+        )
+        writer.close()
+        age.close()
+        plaintext_bytes = age.plaintext_bytes
+    return BundleSummary(
+        request_id=subject.request_id,
+        generated_at=manifest.generated_at,
+        data_map_version=datamap.version,
+        formats=list(manifest.formats),
+        files=writer.count + 1,  # and the manifest itself
+        files_digest=manifest.files_digest,
+        plaintext_bytes=plaintext_bytes,
+        ciphertext_bytes=upload.size,
+        ciphertext_sha256=upload.sha256,
+        bundle_counts=bundle_counts(contents),
+        source_counts=source_counts,
+        found_data=contents.found_data,
+        tables_read=sorted(str(t.ref) for t in contents.tables),
+        prefixes_read=sorted(str(p.ref) for p in contents.prefixes),
+    )

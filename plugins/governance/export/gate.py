@@ -1,0 +1,514 @@
+"""The quality gate: the written bundle is checked with Great Expectations before any link.
+
+The gate reads the staged object back from the object store (so it checks what was written,
+not what the writer meant to write), decrypts it into a temporary file and checks, with one GX
+suite per question:
+
+* **counts**: per table and data format, the rows in the bundle equal the source count taken in
+  the export's snapshot and the manifest's count; per object prefix and processor, the same for
+  objects and records;
+* **ties**: every exported row is tied to the person: it holds one of their identities (compared
+  as keyed hashes), or it is owned, through a declared ownership reference, by a row of theirs in
+  the bundle; every object belongs to one of their rows; for a business-scoped request every row
+  carries that business; no row appears twice;
+* **files**: every entry's SHA-256 and size match the manifest, no entry is missing from either,
+  and the encrypted object is the one the writer uploaded; the manifest names this request.
+
+No identity reaches GX: identity values are replaced by keyed hashes (``id:email:<hmac>``) and
+the person's hashes and ids are bound as suite parameters (``$PARAMETER``), so results, which
+repeat unexpected values, show hashes, ids, keys and paths only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from governance.datamap.model import (
+    DataMap,
+    IdentityMatch,
+    ObjectStoreSystem,
+    PrefixRef,
+    ReferenceKind,
+    TableRef,
+)
+from governance.datamap.plans import ObjectStep
+from governance.export.bundle import INDEX_PATH, MANIFEST_PATH, BundleManifest, files_digest
+from governance.export.formats import FORMATS, READ_PREFERENCE, BundleFormatError, DataFormat, read_rows
+
+ENCRYPTED_BUNDLE = "(encrypted bundle)"
+MAX_EXAMPLES = 5
+
+TokenFor = Callable[[str, str], str]  # (identity kind, value) -> keyed hash
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    suite: str
+    expectation: str
+    columns: str
+    success: bool
+    unexpected_count: int
+    examples: list[Any] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    passed: bool
+    checks: list[GateCheck]
+    rows_checked: int
+    files_checked: int
+
+    def failed(self) -> list[GateCheck]:
+        return [c for c in self.checks if not c.success]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "rows_checked": self.rows_checked, "files_checked": self.files_checked,
+                "checks": [asdict(c) for c in self.checks]}  # fmt: skip
+
+    def describe_failures(self) -> str:
+        return "; ".join(f"{c.suite}: {c.expectation}({c.columns}) {c.unexpected_count} unexpected" for c in self.failed())
+
+
+@dataclass
+class _Frames:
+    counts: list[dict[str, Any]] = field(default_factory=list)
+    ties: list[dict[str, Any]] = field(default_factory=list)
+    files: list[dict[str, Any]] = field(default_factory=list)
+    facts: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _HashingReader:
+    def __init__(self, body: Any) -> None:
+        self._body = body
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = bytes(self._body.read(size))
+        self._hash.update(data)
+        self.size += len(data)
+        return data
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+
+def _entry_digest(archive: zipfile.ZipFile, name: str) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with archive.open(name) as entry:
+        while chunk := entry.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _identity_token(kind: str, match: IdentityMatch, value: Any, token_for: TokenFor) -> str:
+    from governance.identity import InvalidIdentity, normalise_email
+
+    text = str(value)
+    if match is IdentityMatch.lowered:
+        try:
+            text = normalise_email(text) if kind == "email" else text.lower()
+        except InvalidIdentity:
+            text = text.strip().lower()
+    return f"id:{kind}:{token_for(kind, text)}"
+
+
+def subject_identity_tokens(identities: Iterable[tuple[str, str]], token_for: TokenFor) -> set[str]:
+    """The person's identity tokens (normalised identities are already in matching form)."""
+    return {f"id:{kind}:{token_for(kind, value)}" for kind, value in identities}
+
+
+def _own_token(target: TableRef, column: str, value: Any) -> str:
+    return f"own:{target}:{column}:{value}"
+
+
+def _object_token(system: str, key: str) -> str:
+    return f"key:{system}:{key}"
+
+
+def _object_prefix(datamap: DataMap, system: str, key: str) -> PrefixRef | None:
+    store = datamap.system(system)
+    if not isinstance(store, ObjectStoreSystem):
+        return None
+    for prefix in sorted(store.prefixes, key=lambda p: -len(p.static_prefix)):
+        if prefix.static_prefix and key.startswith(prefix.static_prefix):
+            return PrefixRef(system, prefix.name)
+    return None
+
+
+def _tie_order(datamap: DataMap, tables: Sequence[TableRef]) -> list[TableRef]:
+    """Tables with identity columns first, then owned tables after the tables that own them."""
+    remaining = list(tables)
+    ordered: list[TableRef] = []
+    while remaining:
+        progressed = False
+        for ref in list(remaining):
+            parents = [
+                datamap.reference_target(ref, r)[0]
+                for r in datamap.table(ref).references
+                if r.kind is ReferenceKind.ownership
+            ]
+            if all(p in ordered or p not in tables for p in parents):
+                ordered.append(ref)
+                remaining.remove(ref)
+                progressed = True
+        if not progressed:  # a cycle cannot happen in a validated map; keep going regardless
+            ordered += remaining
+            break
+    return ordered
+
+
+def collect_gate_frames(
+    archive: zipfile.ZipFile,
+    manifest: BundleManifest,
+    datamap: DataMap,
+    *,
+    source_counts: Mapping[str, int],
+    identity_tokens: set[str],
+    token_for: TokenFor,
+    ciphertext: tuple[str, int],
+    expected_ciphertext: tuple[str, int],
+    request_id: str,
+    expected_files_digest: str,
+    expected_formats: Sequence[str] = (),
+) -> tuple[_Frames, set[str]]:
+    """The rows the GX suites check, and the allowed tie tokens (the suites' parameter)."""
+    frames = _Frames()
+    names = [n for n in archive.namelist() if not n.endswith("/")]
+
+    # files -----------------------------------------------------------------------------------
+    listed = {f["path"]: f for f in manifest.files}
+    actual: dict[str, tuple[str, int]] = {}
+    for name in names:
+        if name != MANIFEST_PATH:
+            actual[name] = _entry_digest(archive, name)
+    for path in sorted(set(listed) | set(actual)):
+        m = listed.get(path)
+        a = actual.get(path)
+        frames.files.append({"path": path, "manifest_sha256": m["sha256"] if m else None,
+                             "bundle_sha256": a[0] if a else None, "manifest_bytes": m["bytes"] if m else None,
+                             "bundle_bytes": a[1] if a else None})  # fmt: skip
+    frames.files.append({"path": ENCRYPTED_BUNDLE, "manifest_sha256": expected_ciphertext[0],
+                         "bundle_sha256": ciphertext[0], "manifest_bytes": expected_ciphertext[1],
+                         "bundle_bytes": ciphertext[1]})  # fmt: skip
+    frames.facts += [
+        {"fact": "request_id", "expected": request_id, "actual": manifest.request_id},
+        {"fact": "files_digest", "expected": expected_files_digest, "actual": files_digest(manifest.files)},
+        {"fact": "index_present", "expected": "yes", "actual": "yes" if INDEX_PATH in actual else "no"},
+    ]
+
+    # data files by dataset and format (from the paths, not from the manifest) -----------------
+    data_files: dict[TableRef, dict[str, str]] = {}
+    object_entries: dict[PrefixRef, list[tuple[str, str]]] = {}
+    processor_records: dict[str, set[str]] = {}
+    for name in names:
+        parts = name.split("/")
+        if parts[0] == "data" and len(parts) == 3 and "." in parts[2]:
+            table, _, fmt = parts[2].rpartition(".")
+            data_files.setdefault(TableRef(parts[1], table), {})[fmt] = name
+        elif parts[0] == "files" and len(parts) >= 3:
+            key = "/".join(parts[2:])
+            prefix_ref = _object_prefix(datamap, parts[1], key)
+            object_entries.setdefault(prefix_ref or PrefixRef(parts[1], "?"), []).append((parts[1], key))
+        elif parts[0] == "processors" and len(parts) >= 4:
+            processor_records.setdefault(parts[1], set()).add(parts[2])
+
+    # rows: counts and ties -------------------------------------------------------------------
+    tables = sorted({TableRef(*name.split(".", 1)) for name in manifest.tables} | set(data_files))
+    known = set(datamap.table_refs())
+    allowed = set(identity_tokens)
+    tied_values: dict[tuple[TableRef, str], set[str]] = {}
+    tied_rows: dict[TableRef, list[dict[str, Any]]] = {}
+    # Columns other rows point at through ownership (keys, never identities or content): only
+    # their values become tokens, so the suite's parameters hold ids, not personal data.
+    targeted: dict[TableRef, set[str]] = {}
+    for ref in known:
+        for reference in datamap.table(ref).references:
+            if reference.kind is ReferenceKind.ownership:
+                target, column = datamap.reference_target(ref, reference)
+                targeted.setdefault(target, set()).add(column)
+    # What object keys are rendered from, per table objects are tied to.
+    object_columns: dict[TableRef, set[str]] = {}
+    for prefix_ref in datamap.prefix_refs():
+        prefix = datamap.prefix(prefix_ref)
+        tie_table = datamap.tie_table(prefix)
+        if prefix.tied_to is not None and tie_table is not None:
+            columns = {prefix.tied_to.column_for(p) for p in prefix.placeholders}
+            columns |= {prefix.tied_to.key_column} if prefix.tied_to.key_column else set()
+            object_columns.setdefault(tie_table, set()).update(columns)
+    for ref in _tie_order(datamap, tables):
+        dataset = str(ref)
+        formats = data_files.get(ref, {})
+        source = int(source_counts.get(dataset, 0))
+        manifest_rows = int(manifest.tables.get(dataset, {}).get("rows", 0))
+        if not formats:
+            frames.counts.append({"dataset": dataset, "format": "-", "bundle_rows": 0, "source_rows": source,
+                                  "manifest_rows": manifest_rows})  # fmt: skip
+            continue
+        if ref not in known:
+            frames.ties.append({"dataset": dataset, "key": "-", "tie": f"unmapped:{dataset}", "scope": None})
+            continue
+        spec = datamap.table(ref)
+        read_fmt: DataFormat = next((f for f in READ_PREFERENCE if f in formats), "json")
+        for fmt in sorted(set(expected_formats) - set(formats)):  # a chosen format with no file
+            frames.counts.append({"dataset": dataset, "format": fmt, "bundle_rows": 0, "source_rows": source,
+                                  "manifest_rows": manifest_rows})  # fmt: skip
+        for fmt, path in sorted(formats.items()):
+            if fmt not in FORMATS:
+                frames.facts.append({"fact": f"known_format:{path}", "expected": "yes", "actual": "no"})
+                continue
+            rows = 0
+            with archive.open(path) as stream:
+                try:
+                    for record in read_rows(fmt, stream):
+                        rows += 1
+                        if fmt == read_fmt:
+                            _tie_row(datamap, ref, spec, record, frames, allowed, tied_values, tied_rows, token_for,
+                                     targeted=targeted.get(ref, set()), keep=object_columns.get(ref, set()))  # fmt: skip
+                except (BundleFormatError, UnicodeDecodeError):
+                    frames.facts.append({"fact": f"readable:{path}", "expected": "yes", "actual": "no"})
+            frames.counts.append({"dataset": dataset, "format": fmt, "bundle_rows": rows, "source_rows": source,
+                                  "manifest_rows": manifest_rows})  # fmt: skip
+
+    # objects --------------------------------------------------------------------------------
+    for prefix_ref in datamap.prefix_refs():
+        prefix = datamap.prefix(prefix_ref)
+        if prefix.tied_to is None:
+            continue
+        source_table = datamap.tie_table(prefix)
+        assert source_table is not None
+        step = ObjectStep(prefix_ref, prefix.key_template, source_table,
+                          {p: prefix.tied_to.column_for(p) for p in prefix.placeholders}, prefix.tied_to.key_column)  # fmt: skip
+        for key in step.keys_for(tied_rows.get(source_table, [])):
+            allowed.add(_object_token(prefix_ref.system, key))
+        dataset = str(prefix_ref)
+        if dataset in manifest.objects or prefix_ref in object_entries or dataset in source_counts:
+            entries = object_entries.get(prefix_ref, [])
+            frames.counts.append({"dataset": dataset, "format": "object", "bundle_rows": len(entries),
+                                  "source_rows": int(source_counts.get(dataset, 0)),
+                                  "manifest_rows": int(manifest.objects.get(dataset, {}).get("objects", 0))})  # fmt: skip
+    for prefix_ref, entries in sorted(object_entries.items()):
+        for system, key in entries:
+            frames.ties.append({"dataset": str(prefix_ref), "key": key, "tie": _object_token(system, key), "scope": None})
+
+    # processors -------------------------------------------------------------------------------
+    for name in sorted(set(manifest.processors) | set(processor_records)):
+        dataset = f"processor:{name}"
+        frames.counts.append({"dataset": dataset, "format": "json", "bundle_rows": len(processor_records.get(name, ())),
+                              "source_rows": int(source_counts.get(dataset, 0)),
+                              "manifest_rows": int(manifest.processors.get(name, {}).get("records", 0))})  # fmt: skip
+    return frames, allowed
+
+
+def _tie_row(
+    datamap: DataMap,
+    ref: TableRef,
+    spec: Any,
+    record: Mapping[str, Any],
+    frames: _Frames,
+    allowed: set[str],
+    tied_values: dict[tuple[TableRef, str], set[str]],
+    tied_rows: dict[TableRef, list[dict[str, Any]]],
+    token_for: TokenFor,
+    *,
+    targeted: set[str],
+    keep: set[str],
+) -> None:
+    candidates: list[str] = []
+    for identity in spec.identities:
+        value = record.get(identity.field)
+        if value is not None and value != "":
+            match = identity.match or datamap.identity_kinds[identity.kind].match
+            candidates.append(_identity_token(identity.kind, match, value, token_for))
+    for reference in spec.references:
+        if reference.kind is not ReferenceKind.ownership:
+            continue
+        value = record.get(reference.field)
+        if value is not None and value != "":
+            target, column = datamap.reference_target(ref, reference)
+            candidates.append(_own_token(target, column, value))
+    tie = next((c for c in candidates if c in allowed), candidates[0] if candidates else f"untied:{ref}")
+    scope_column = spec.scope_column
+    scope = record.get(scope_column) if scope_column else None
+    key = str(record.get(spec.primary_key))
+    frames.ties.append({"dataset": str(ref), "key": key, "tie": tie, "scope": None if scope is None else str(scope)})
+    if tie in allowed:
+        # What rows of other tables may point at: the columns ownership references target.
+        for column in targeted:
+            value = record.get(column)
+            if value is not None:
+                allowed.add(_own_token(ref, column, value))
+                tied_values.setdefault((ref, column), set()).add(str(value))
+        if keep:
+            tied_rows.setdefault(ref, []).append({c: record.get(c) for c in keep})
+
+
+def _run_suites(frames: _Frames, *, allowed: set[str], scope_ids: Sequence[int] | None) -> list[GateCheck]:
+    import logging
+
+    import pandas as pd
+
+    for noisy in ("great_expectations", "great_expectations.core", "great_expectations.data_context"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    context = gx.get_context(
+        mode="ephemeral",
+        project_config=DataContextConfig(
+            store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+            analytics_enabled=False,
+            progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False),
+        ),
+    )
+    source = context.data_sources.add_pandas("export_bundle")
+    suites: dict[str, tuple[pd.DataFrame, list[Any]]] = {
+        "counts": (
+            pd.DataFrame(frames.counts, columns=["dataset", "format", "bundle_rows", "source_rows", "manifest_rows"]),
+            [
+                gxe.ExpectColumnPairValuesToBeEqual(column_A="bundle_rows", column_B="source_rows"),
+                gxe.ExpectColumnPairValuesToBeEqual(column_A="bundle_rows", column_B="manifest_rows"),
+            ],
+        ),
+        "ties": (
+            pd.DataFrame(frames.ties, columns=["dataset", "key", "tie", "scope"]),
+            [
+                gxe.ExpectColumnValuesToBeInSet(column="tie", value_set={"$PARAMETER": "subject_ties"}),
+                gxe.ExpectCompoundColumnsToBeUnique(column_list=["dataset", "key"]),
+                *([gxe.ExpectColumnValuesToBeInSet(column="scope", value_set={"$PARAMETER": "scope_ids"})]
+                  if scope_ids else []),  # fmt: skip
+            ],
+        ),
+        "files": (
+            pd.DataFrame(frames.files, columns=["path", "manifest_sha256", "bundle_sha256", "manifest_bytes", "bundle_bytes"]),
+            [
+                gxe.ExpectColumnValuesToNotBeNull(column="manifest_sha256"),
+                gxe.ExpectColumnValuesToNotBeNull(column="bundle_sha256"),
+                gxe.ExpectColumnPairValuesToBeEqual(column_A="manifest_sha256", column_B="bundle_sha256"),
+                gxe.ExpectColumnPairValuesToBeEqual(column_A="manifest_bytes", column_B="bundle_bytes"),
+            ],
+        ),
+        "facts": (
+            pd.DataFrame(frames.facts, columns=["fact", "expected", "actual"]),
+            [gxe.ExpectColumnPairValuesToBeEqual(column_A="expected", column_B="actual")],
+        ),
+    }
+    parameters = {"subject_ties": sorted(allowed), "scope_ids": [str(s) for s in scope_ids or []]}
+    checks: list[GateCheck] = []
+    for name, (frame, expectations) in suites.items():
+        asset = source.add_dataframe_asset(name)
+        batch = asset.add_batch_definition_whole_dataframe(f"{name}_all")
+        suite = context.suites.add(gx.ExpectationSuite(name=f"export_bundle_{name}"))
+        for expectation in expectations:
+            suite.add_expectation(expectation)
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"export_bundle_{name}", data=batch, suite=suite)
+        )
+        result = definition.run(
+            batch_parameters={"dataframe": frame},
+            expectation_parameters=parameters,
+            result_format={"result_format": "SUMMARY", "partial_unexpected_count": MAX_EXAMPLES},
+        )
+        for outcome in result.results:
+            config = outcome.expectation_config
+            kwargs = config.kwargs if config is not None else {}
+            columns = kwargs.get("column") or ",".join(
+                str(c) for c in (kwargs.get("column_list") or [kwargs.get("column_A"), kwargs.get("column_B")]) if c
+            )
+            info = outcome.result or {}
+            checks.append(
+                GateCheck(
+                    suite=name,
+                    expectation=config.type if config is not None else "?",
+                    columns=str(columns),
+                    success=bool(outcome.success),
+                    unexpected_count=int(info.get("unexpected_count") or 0),
+                    examples=[_plain(v) for v in (info.get("partial_unexpected_list") or [])[:MAX_EXAMPLES]],
+                )
+            )
+    return checks
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def check_bundle(
+    *,
+    datamap: DataMap,
+    s3: Any,
+    bucket: str,
+    key: str,
+    passphrase: str,
+    request_id: str,
+    source_counts: Mapping[str, int],
+    expected_ciphertext: tuple[str, int],
+    expected_files_digest: str,
+    identities: Iterable[tuple[str, str]],
+    token_for: TokenFor,
+    scope_ids: Sequence[int] | None = None,
+    expected_formats: Sequence[str] = (),
+    work_dir: Path | None = None,
+) -> GateResult:
+    """Read the bundle at ``bucket/key`` back and run the suites; never raises for a bad bundle
+    (the result says what failed), only for an unreadable store."""
+    from governance.export.age import AgeError, decrypt_to
+
+    with tempfile.TemporaryDirectory(prefix="export-gate-", dir=work_dir) as tmp:
+        plain = Path(tmp) / "bundle.zip"
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+        reader = _HashingReader(body)
+        frames = _Frames()
+        allowed: set[str] = set()
+        try:
+            with plain.open("wb") as out:
+                decrypt_to(reader, out, passphrase)
+            while reader.read(1 << 20):  # hash whatever follows (a valid file has nothing)
+                pass
+        except AgeError:
+            frames.facts.append({"fact": "decrypts", "expected": "yes", "actual": "no"})
+        finally:
+            body.close()
+        ciphertext = (reader.sha256, reader.size)
+        if not frames.facts:
+            try:
+                with zipfile.ZipFile(plain) as archive:
+                    manifest = BundleManifest.from_json(archive.read(MANIFEST_PATH))
+                    frames, allowed = collect_gate_frames(
+                        archive, manifest, datamap, source_counts=source_counts,
+                        identity_tokens=subject_identity_tokens(identities, token_for), token_for=token_for,
+                        ciphertext=ciphertext, expected_ciphertext=expected_ciphertext, request_id=request_id,
+                        expected_files_digest=expected_files_digest, expected_formats=expected_formats,
+                    )  # fmt: skip
+            except (zipfile.BadZipFile, KeyError, ValueError):
+                frames.facts.append({"fact": "readable_zip_with_manifest", "expected": "yes", "actual": "no"})
+        if not any(f["path"] == ENCRYPTED_BUNDLE for f in frames.files):
+            frames.files.append({"path": ENCRYPTED_BUNDLE, "manifest_sha256": expected_ciphertext[0],
+                                 "bundle_sha256": ciphertext[0], "manifest_bytes": expected_ciphertext[1],
+                                 "bundle_bytes": ciphertext[1]})  # fmt: skip
+    checks = _run_suites(frames, allowed=allowed, scope_ids=scope_ids)
+    return GateResult(
+        passed=all(c.success for c in checks),
+        checks=checks,
+        rows_checked=len(frames.ties),
+        files_checked=len(frames.files),
+    )
+
