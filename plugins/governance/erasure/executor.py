@@ -1,0 +1,306 @@
+"""Carrying out an erasure plan: databases, object stores, processors, with per-step progress.
+
+Databases: per table and effect one set-based statement keyed by the resolved primary keys, run
+in bounded batches (``settings.erasure_batch_size`` keys each), children before parents, all the
+steps of one database in one transaction. Statements are idempotent on their own (a deleted key
+deletes nothing; a rewrite only touches rows not rewritten yet; a mention is cleared only where it
+still points at the person), and each step is recorded in ``governance.erasure_progress`` (inside
+the same transaction when the governance schema lives in that database), so a retry or a re-run
+skips what is done and never fails on it.
+
+Object stores: every version and delete marker of each planned key, and everything under the
+person's export folders (:func:`governance.connectors.objects.delete_everywhere`).
+
+Processors: the declared erase call per record id; ``absent`` (already gone) counts as done.
+
+Database errors are re-raised without their parameters or row values (PostgreSQL's DETAIL can
+quote a value): the SQLSTATE and the table name are enough to act on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from governance.datamap.model import DataMap, ErasureAction, TableRef
+from governance.datamap.plans import keyed_hash_sql
+from governance.erasure import store
+from governance.erasure.planner import DatabaseStep, ErasureWork
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_SQLSTATES = ("40P01", "40001", "55P03")  # deadlock, serialization failure, lock not available
+
+
+class ErasureStepFailed(RuntimeError):
+    """A step failed; the message names the step and the database error class, never a value."""
+
+
+def _field_sql(
+    datamap: DataMap, ref: TableRef, name: str, params: dict[str, Any]
+) -> tuple[sql.Composable, sql.Composable]:
+    """(SET clause, 'not yet rewritten' condition) for one field, by its erasure action."""
+    spec = datamap.table(ref).field(name)
+    if spec is None:
+        raise ValueError(f"{ref} has no field {name} in the data map")
+    column = sql.Identifier(name)
+    action = spec.erasure_action
+    if action is ErasureAction.nullify:
+        return sql.SQL("{} = NULL").format(column), sql.SQL("{} IS NOT NULL").format(column)
+    if action is ErasureAction.mask:
+        param = f"mask_{name}"
+        params[param] = spec.mask_value
+        return (
+            sql.SQL("{} = {}").format(column, sql.Placeholder(param)),
+            sql.SQL("{} IS DISTINCT FROM {}").format(column, sql.Placeholder(param)),
+        )
+    if action is ErasureAction.keyed_hash:
+        # A rewritten value is 64 hex digits; a personal value (a name, an address) never is.
+        return (
+            sql.SQL("{} = {}").format(column, keyed_hash_sql(column)),
+            sql.SQL("({c} IS NOT NULL AND {c}::text !~ '^[0-9a-f]{{64}}$')").format(c=column),
+        )
+    raise ValueError(f"{ref}.{name}: erasure action {action.value} does not rewrite a field")
+
+
+def step_statement(
+    datamap: DataMap, step: DatabaseStep, *, keyed_hash_pads: Mapping[str, bytes] | None = None
+) -> tuple[sql.Composed, dict[str, Any]]:
+    """The statement of one step (``keys`` bound per batch) and its constant params."""
+    ref = step.ref
+    table = datamap.table(ref)
+    schema = datamap.postgres_system(ref.system).db_schema
+    target = sql.Identifier(schema, ref.table)
+    pk = sql.Identifier(table.primary_key)
+    params: dict[str, Any] = {}
+    keyed = sql.SQL("{} = ANY({})").format(pk, sql.Placeholder("keys"))
+    if step.effect in ("delete_rows", "delete_expired_kept_rows"):
+        return sql.SQL("DELETE FROM {} WHERE {}").format(target, keyed), params
+    sets: list[sql.Composable] = []
+    pending: list[sql.Composable] = []
+    for name in step.fields:
+        assignment, not_done = _field_sql(datamap, ref, name, params)
+        sets.append(assignment)
+        pending.append(not_done)
+    if any(datamap.table(ref).field(n).erasure_action is ErasureAction.keyed_hash for n in step.fields):  # type: ignore[union-attr]
+        if keyed_hash_pads is None:
+            raise ValueError(f"{step.step_id} rewrites a field with a keyed hash: pass keyed_hash_pads")
+        params.update(keyed_hash_pads)
+    if step.effect == "clear_mention":
+        assert step.reference_field is not None
+        condition = sql.SQL("{} AND {} = ANY({})").format(
+            keyed, sql.Identifier(step.reference_field), sql.Placeholder("reference_values")
+        )
+        params["reference_values"] = list(step.reference_values)
+    else:
+        condition = sql.SQL("{} AND ({})").format(keyed, sql.SQL(" OR ").join(pending))
+    return sql.SQL("UPDATE {} SET {} WHERE {}").format(target, sql.SQL(", ").join(sets), condition), params
+
+
+def _batches(keys: Sequence[Any], size: int) -> Iterable[list[Any]]:
+    for start in range(0, len(keys), size):
+        yield list(keys[start : start + size])
+
+
+def run_database_steps(
+    conn: psycopg.Connection[Any],
+    datamap: DataMap,
+    steps: Sequence[DatabaseStep],
+    *,
+    batch_size: int,
+    keyed_hash_pads: Mapping[str, bytes] | None = None,
+    done: Iterable[str] = (),
+    on_step: Callable[[DatabaseStep, int], None] | None = None,
+) -> dict[str, int]:
+    """Run ``steps`` (in order) on ``conn`` inside the caller's transaction; return rows affected
+    per step id. Steps in ``done`` are skipped; ``on_step`` is called after each step ran."""
+    finished = set(done)
+    affected: dict[str, int] = {}
+    with conn.cursor() as cur:
+        for step in steps:
+            if step.step_id in finished:
+                continue
+            count = 0
+            if step.keys:
+                statement, params = step_statement(datamap, step, keyed_hash_pads=keyed_hash_pads)
+                for batch in _batches(step.keys, batch_size):
+                    try:
+                        cur.execute(statement, {**params, "keys": batch})
+                    except psycopg.Error as exc:
+                        state = getattr(exc, "sqlstate", None) or "?"
+                        if state in RETRYABLE_SQLSTATES:
+                            raise
+                        raise ErasureStepFailed(
+                            f"{step.step_id} failed: {type(exc).__name__} (SQLSTATE {state})"
+                        ) from None
+                    count += max(0, cur.rowcount)
+            affected[step.step_id] = count
+            if on_step is not None:
+                on_step(step, count)
+    return affected
+
+
+def _same_database(a: str, b: str) -> bool:
+    return a == b
+
+
+def execute_database_work(
+    datamap: DataMap,
+    work: ErasureWork,
+    *,
+    governance_conninfo: str,
+    system_conninfo: Callable[[str], str],
+    at: Callable[[], datetime],
+    keyed_hash_pads: Mapping[str, bytes] | None = None,
+    attempts: int = 3,
+) -> dict[str, dict[str, Any]]:
+    """Every database of the plan, one transaction each, progress recorded; returns, per system,
+    ``{"rows": {step id: affected}, "skipped": bool}`` (a system done before is skipped)."""
+    with psycopg.connect(governance_conninfo) as gov:
+        done = store.progress(gov, work.plan_id)
+    results: dict[str, dict[str, Any]] = {}
+    for system_name in work.systems:
+        marker = f"db:{system_name}"
+        if marker in done:
+            results[system_name] = {"rows": dict(done[marker]["detail"].get("rows", {})), "skipped": True}
+            continue
+        system = datamap.postgres_system(system_name)
+        conninfo = system_conninfo(system.connection_id)
+        same = _same_database(conninfo, governance_conninfo)
+        steps = work.steps_of(system_name)
+        for attempt in range(1, attempts + 1):
+            try:
+                rows = _run_system(datamap, work, steps, conninfo, governance_conninfo, same=same, done=done,
+                                   at=at, keyed_hash_pads=keyed_hash_pads, marker=marker)  # fmt: skip
+                break
+            except psycopg.Error as exc:
+                state = getattr(exc, "sqlstate", None) or "?"
+                if state not in RETRYABLE_SQLSTATES or attempt == attempts:
+                    raise ErasureStepFailed(
+                        f"erasure in {system_name} failed: {type(exc).__name__} (SQLSTATE {state})"
+                    ) from None
+                log.warning("erasure in %s: %s (SQLSTATE %s), retrying the transaction", system_name, type(exc).__name__, state)
+                time.sleep(0.2 * attempt)
+        results[system_name] = {"rows": rows, "skipped": False}
+    return results
+
+
+def _run_system(
+    datamap: DataMap,
+    work: ErasureWork,
+    steps: Sequence[DatabaseStep],
+    conninfo: str,
+    governance_conninfo: str,
+    *,
+    same: bool,
+    done: Mapping[str, Any],
+    at: Callable[[], datetime],
+    keyed_hash_pads: Mapping[str, bytes] | None,
+    marker: str,
+) -> dict[str, int]:
+    with psycopg.connect(conninfo, application_name="governance-erasure") as conn:
+        conn.execute("SET LOCAL lock_timeout = '60s'")
+        rows = run_database_steps(
+            conn, datamap, steps, batch_size=datamap.settings.erasure_batch_size, keyed_hash_pads=keyed_hash_pads,
+            done=done if same else (),
+        )  # fmt: skip
+        previous = {s.step_id: int(done[s.step_id]["affected"]) for s in steps if same and s.step_id in done}
+        all_rows = {**previous, **rows}
+        records: dict[str, tuple[int, Mapping[str, Any]]] = {
+            s.step_id: (all_rows.get(s.step_id, 0), {"table": f"{s.system}.{s.table}", "effect": s.effect}) for s in steps
+        }
+        records[marker] = (sum(all_rows.values()), {"rows": all_rows})
+        if same:  # progress commits with the erasure itself: exactly once
+            store.record_progress_many(conn, work.plan_id, records, at=at())
+    if not same:
+        with psycopg.connect(governance_conninfo) as gov:
+            store.record_progress_many(gov, work.plan_id, records, at=at())
+    return all_rows
+
+
+# --------------------------------------------------------------------------------------------
+# Objects
+
+
+def keys_with_versions_under(client: Any, bucket: str, prefix: str) -> list[str]:
+    """Every key under ``prefix`` that has a current object, an old version or a delete marker."""
+    keys: set[str] = set()
+    try:
+        for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+            keys.update(v["Key"] for v in [*page.get("Versions", []), *page.get("DeleteMarkers", [])])
+    except Exception:  # a server without versioning support: current objects only
+        from governance.connectors.objects import keys_under
+
+        keys.update(keys_under(client, bucket, prefix))
+    return sorted(keys)
+
+
+def delete_planned_objects(
+    work: ErasureWork,
+    *,
+    client_for: Callable[[str], Any],
+    done: Iterable[str] = (),
+    on_step: Callable[[str, int, dict[str, Any]], None] | None = None,
+) -> dict[str, int]:
+    """Delete every planned object (all versions) and the person's export folders; return the
+    number of keys that had something, per step id. Steps in ``done`` are skipped."""
+    from governance.connectors.objects import delete_everywhere
+
+    finished = set(done)
+    deleted: dict[str, int] = {}
+    for item in work.objects:
+        if item.step_id in finished:
+            continue
+        client = client_for(item.system)
+        keys = list(item.keys)
+        for folder in item.folders:
+            keys += keys_with_versions_under(client, item.bucket, folder)
+        count = delete_everywhere(client, item.bucket, keys)
+        deleted[item.step_id] = count
+        if on_step is not None:
+            on_step(item.step_id, count, {"bucket": item.bucket, "prefix": item.prefix, "planned": len(item.keys) + len(item.folders)})
+    return deleted
+
+
+# --------------------------------------------------------------------------------------------
+# Processors
+
+
+def processor_step_id(processor: str, record_id: str) -> str:
+    return f"processor:{processor}:{record_id}"
+
+
+def erase_processor_records(
+    work: ErasureWork,
+    *,
+    client_for: Callable[[str], Any],
+    done: Iterable[str] = (),
+    on_step: Callable[[str, int, dict[str, Any]], None] | None = None,
+) -> dict[str, dict[str, int]]:
+    """Erase every planned processor record; ``{processor: {"erased": n, "absent": m}}``."""
+    finished = set(done)
+    outcome: dict[str, dict[str, int]] = {}
+    for item in work.processors:
+        counts = outcome.setdefault(item.processor, {"erased": 0, "absent": 0, "done_before": 0})
+        pending = [r for r in item.record_ids if processor_step_id(item.processor, r) not in finished]
+        counts["done_before"] += len(item.record_ids) - len(pending)
+        if not pending:
+            continue
+        client = client_for(item.processor)
+        try:
+            for record_id in pending:
+                result = client.erase(record_id)
+                counts[result] += 1
+                if on_step is not None:
+                    on_step(processor_step_id(item.processor, record_id), 1 if result == "erased" else 0, {"outcome": result})
+        finally:
+            close = getattr(client, "close", None)
+            if close is not None:
+                close()
+    return outcome

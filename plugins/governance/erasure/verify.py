@@ -1,0 +1,236 @@
+"""Verification: after execution, is anything of the person left that the plan did not keep?
+
+Resolution runs again over every system, with the same identities (bound parameters only), and
+every finding becomes a small table that Great Expectations checks:
+
+* per table: the person's rows still there, minus what the plan kept or left out (another
+  person's rows): expected to be empty;
+* per table with mentions: planned mention rows still pointing at the person: empty;
+* per table under a legal exception: the kept rows, one boolean per minimised field ("was it
+  cleared?"): every row present and every value true;
+* per object prefix: planned keys (and keys of residual rows) with any version left: empty;
+* per processor: records its look-up still returns: empty.
+
+Great Expectations only ever sees primary keys, object keys, processor record ids and booleans,
+never an identity or a personal value, so its results can be stored and shown as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from governance.datamap.model import DataMap, ErasureAction, PrefixRef, TableRef
+from governance.datamap.plans import build_resolution_plan
+from governance.erasure.planner import ErasureWork
+from governance.erasure.resolve import MatchByIdentity, resolve_subject
+from governance.identity import SubjectIdentities
+
+log = logging.getLogger(__name__)
+
+
+class ResidueFound(RuntimeError):
+    """Verification found data of the person the plan did not keep; the message says where."""
+
+
+@dataclass
+class Check:
+    """One verified target: ``kind`` rows|mentions|kept_rows|objects|processor_records."""
+
+    where: str
+    kind: str
+    expected: int
+    observed: int = 0
+    success: bool = True
+    columns: dict[str, list[Any]] = field(default_factory=dict, repr=False)  # what GX validates
+
+    def public(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("columns")
+        return data
+
+
+@dataclass
+class VerificationResult:
+    passed: bool
+    checks: list[Check]
+    engine: str
+
+    @property
+    def residue(self) -> list[str]:
+        return [f"{c.where} ({c.observed} {c.kind})" for c in self.checks if not c.success]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"passed": self.passed, "engine": self.engine, "residue": self.residue,
+                "checks": [c.public() for c in self.checks]}  # fmt: skip
+
+
+def _object_has_versions(client: Any, bucket: str, key: str) -> bool:
+    try:
+        for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=key):
+            for entry in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]:
+                if entry["Key"] == key:
+                    return True
+        return False
+    except Exception:
+        from governance.connectors.objects import head
+
+        return head(client, bucket, key) is not None
+
+
+def collect_checks(
+    datamap: DataMap,
+    work: ErasureWork,
+    identities: SubjectIdentities,
+    *,
+    system_conninfo: Callable[[str], str],
+    object_client: Callable[[str], Any],
+    processor_client: Callable[[str], Any],
+    as_of: datetime,
+) -> list[Check]:
+    """Look again everywhere; one :class:`Check` per target (not yet validated)."""
+    checks: list[Check] = []
+    plan = build_resolution_plan(datamap, work.identity_kinds, business_scope=work.business_id is not None)
+    exclude = {_ref(k): set(v) for k, v in work.verification_exclude.items()}
+    kept_rows = {(k.where, k.reason): set(k.keys) for k in work.kept if k.kind == "rows"}
+    kept_by_table: dict[str, set[Any]] = {}
+    for (where, _reason), keys in kept_rows.items():
+        kept_by_table.setdefault(where, set()).update(keys)
+    residue_rows: dict[TableRef, list[dict[str, Any]]] = {}
+    systems = sorted({step.table.system for step in plan.steps})
+    for system_name in systems:
+        system = datamap.postgres_system(system_name)
+        with psycopg.connect(system_conninfo(system.connection_id), application_name="governance-erasure-verify") as conn:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            resolution = resolve_subject(
+                conn, datamap, plan, MatchByIdentity(identities), as_of=as_of,
+                scope_ids=[work.business_id] if work.business_id is not None else None, narrow=False, exclude=exclude,
+            )  # fmt: skip
+            for ref, rows in resolution.tables.items():
+                left = sorted(k for k in rows.rows if k not in kept_by_table.get(str(ref), set()))
+                residue_rows[ref] = [rows.rows[k] for k in left]
+                checks.append(Check(str(ref), "rows", 0, columns={rows.primary_key: left}))
+            for step in work.steps_of(system_name):
+                table = datamap.table(step.ref)
+                target = sql.Identifier(system.db_schema, step.table)
+                pk = sql.Identifier(table.primary_key)
+                if step.effect == "clear_mention" and step.keys:
+                    query = sql.SQL("SELECT {pk} FROM {t} WHERE {pk} = ANY(%(keys)s) AND {f} = ANY(%(values)s) ORDER BY 1").format(
+                        pk=pk, t=target, f=sql.Identifier(step.reference_field or ""))
+                    left = [r[0] for r in conn.execute(query, {"keys": step.keys, "values": step.reference_values})]
+                    checks.append(Check(f"{step.system}.{step.table}.{step.reference_field}", "mentions", 0,
+                                        columns={table.primary_key: left}))  # fmt: skip
+                if step.effect == "minimise_kept_rows" and step.keys:
+                    flags = [sql.SQL("{} AS {}").format(_cleared_sql(datamap, step.ref, f), sql.Identifier(f"{f}_cleared"))
+                             for f in step.fields]  # fmt: skip
+                    query = sql.SQL("SELECT {pk}, {flags} FROM {t} WHERE {pk} = ANY(%(keys)s) ORDER BY 1").format(
+                        pk=pk, flags=sql.SQL(", ").join(flags), t=target, )
+                    params: dict[str, Any] = {"keys": step.keys}
+                    for name in step.fields:
+                        spec = table.field(name)
+                        if spec is not None and spec.erasure_action is ErasureAction.mask:
+                            params[f"mask_{name}"] = spec.mask_value
+                    fetched = conn.execute(query, params).fetchall()
+                    columns: dict[str, list[Any]] = {f"{f}_cleared": [bool(r[i + 1]) for r in fetched] for i, f in enumerate(step.fields)}
+                    checks.append(Check(f"{step.system}.{step.table}", "kept_rows", len(step.keys), columns=columns))
+    # Objects: planned keys with any version left, keys of residual rows, export folders.
+    for item in work.objects:
+        client = object_client(item.system)
+        left = [k for k in item.keys if _object_has_versions(client, item.bucket, k)]
+        for folder in item.folders:
+            from governance.erasure.executor import keys_with_versions_under
+
+            left += keys_with_versions_under(client, item.bucket, folder)
+        for object_step in plan.objects:
+            if object_step.prefix == PrefixRef(item.system, item.prefix):
+                left += [k for k in object_step.keys_for(residue_rows.get(object_step.source, [])) if k not in left]
+        checks.append(Check(f"{item.system}.{item.prefix}", "objects", 0, columns={"object_key": sorted(set(left))}))
+    # Processors: whatever the look-up still returns (records the plan reached, or new ones),
+    # but the records a legal hold keeps.
+    kept_records = {k.where: set(k.keys) for k in work.kept if k.kind == "processor_records"}
+    for processor in work.processors:
+        client = processor_client(processor.processor)
+        try:
+            kept = kept_records.get(processor.processor, set())
+            found = [r.record_id for r in client.lookup(identities) if r.record_id not in kept]
+        finally:
+            close = getattr(client, "close", None)
+            if close is not None:
+                close()
+        checks.append(Check(processor.processor, "processor_records", 0, columns={"record_id": sorted(found)}))
+    return checks
+
+
+def _ref(text: str) -> TableRef:
+    system, _, table = text.partition(".")
+    return TableRef(system, table)
+
+
+def _cleared_sql(datamap: DataMap, ref: TableRef, name: str) -> sql.Composable:
+    spec = datamap.table(ref).field(name)
+    column = sql.Identifier(name)
+    assert spec is not None
+    if spec.erasure_action is ErasureAction.mask:
+        return sql.SQL("({} IS NOT DISTINCT FROM {})").format(column, sql.Placeholder(f"mask_{name}"))
+    if spec.erasure_action is ErasureAction.keyed_hash:
+        return sql.SQL("({c} IS NULL OR {c}::text ~ '^[0-9a-f]{{64}}$')").format(c=column)
+    return sql.SQL("({} IS NULL)").format(column)
+
+
+def validate_with_great_expectations(checks: Sequence[Check]) -> VerificationResult:
+    """Validate every check with a Great Expectations suite (ephemeral context, pandas frames)."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    import great_expectations as gx
+    import pandas as pd
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    source = context.data_sources.add_pandas("erasure_verification")
+    asset = source.add_dataframe_asset("findings")
+    batch_definition = asset.add_batch_definition_whole_dataframe("whole")
+    for index, check in enumerate(checks):
+        suite = gx.ExpectationSuite(name=f"erasure_{index}_{check.kind}")
+        suite.add_expectation(gx.expectations.ExpectTableRowCountToEqual(value=check.expected))
+        if check.kind == "kept_rows":
+            for column in check.columns:
+                suite.add_expectation(gx.expectations.ExpectColumnValuesToBeInSet(column=column, value_set=[True]))
+        suite = context.suites.add(suite)
+        frame = pd.DataFrame(check.columns) if check.columns else pd.DataFrame({"none": []})
+        result = batch_definition.get_batch(batch_parameters={"dataframe": frame}).validate(suite)
+        check.success = bool(result.success)
+        check.observed = int(len(frame))
+        if check.kind == "kept_rows":  # observed: kept rows whose every personal field was cleared
+            check.observed = int(frame.all(axis=1).sum()) if len(frame.columns) else 0
+    return VerificationResult(passed=all(c.success for c in checks), checks=list(checks), engine=f"great_expectations {gx.__version__}")
+
+
+def verify_erasure(
+    datamap: DataMap,
+    work: ErasureWork,
+    identities: SubjectIdentities,
+    *,
+    system_conninfo: Callable[[str], str],
+    object_client: Callable[[str], Any],
+    processor_client: Callable[[str], Any],
+    as_of: datetime,
+) -> VerificationResult:
+    """Collect and validate every check (see the module docstring)."""
+    checks = collect_checks(
+        datamap, work, identities, system_conninfo=system_conninfo, object_client=object_client,
+        processor_client=processor_client, as_of=as_of,
+    )  # fmt: skip
+    return validate_with_great_expectations(checks)
+
+
+def residue_message(result: VerificationResult | Mapping[str, Any]) -> str:
+    residue = result.residue if isinstance(result, VerificationResult) else list(result.get("residue", []))
+    return "verification found data of the person the plan did not keep: " + "; ".join(residue)

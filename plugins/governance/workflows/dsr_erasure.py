@@ -1,0 +1,579 @@
+"""dsr_erasure: erase one person across every system the data map names (policy 5.3).
+
+Task functions of ``dags/dsr_erasure.py``, each callable on its own (tests call them directly):
+
+1. :func:`open_erasure_request`: validate the form or load the request (nothing read before);
+2. :func:`plan_erasure`: resolve the person in one snapshot, apply legal holds and exceptions,
+   run the safety guard, persist the plan (a dry run stops here; the plan is its result);
+3. :func:`choose_path`: approval in the UI, or straight on when the request was approved already;
+4. :func:`execute_database`, :func:`delete_objects`, :func:`erase_processors`: carry the plan out,
+   step by step, progress recorded (a re-run continues where it stopped);
+5. :func:`verify_erasure`: look again everywhere; zero residue except what the plan kept;
+6. :func:`record_suppression`: the person's keyed hashes on the suppression list;
+7. :func:`issue_certificate` and :func:`close_erasure_request` (both run after failures too).
+
+XCom carries ids and counts; task logs counts and table names; identities are decrypted inside
+the tasks that need them and never leave them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+from governance.config import GOVERNANCE_CONN_ID
+
+log = logging.getLogger(__name__)
+
+APPROVE = "Approve"
+VERIFICATION_METHODS = {
+    "email_link": "Confirmed through a link sent to the e-mail address on record",
+    "account_login": "Requested while signed in to the account",
+    "phone_callback": "Confirmed by calling back the phone number on record",
+    "id_document": "Identity document checked by privacy staff",
+    "business_client_attestation": "The business client attested for its caller",
+}
+# Task ids the branch chooses between (kept in step with dags/dsr_erasure.py).
+APPROVAL_TASK = "approve_erasure"
+PRE_APPROVED_TASK = "already_approved"
+
+
+def _fail(message: str) -> NoReturn:
+    """Fail the task without retrying: retrying cannot change a refused or invalid request."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    raise AirflowFailException(message)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _gov() -> str:
+    from governance.db import conninfo_for
+
+    return conninfo_for(GOVERNANCE_CONN_ID)
+
+
+def _lineage(record: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Report a dataset to lineage; never fail a task over it."""
+    try:
+        record(*args, **kwargs)
+    except Exception:  # lineage is best effort here; the ledger listener reconciles
+        log.debug("lineage not recorded", exc_info=True)
+
+
+def _object_client(datamap: Any) -> Callable[[str], Any]:
+    from governance.objectstore import s3_client
+
+    clients: dict[str, Any] = {}
+
+    def client_for(system: str) -> Any:
+        if system not in clients:
+            clients[system] = s3_client(datamap.system(system).connection_id)
+        return clients[system]
+
+    return client_for
+
+
+def _processor_client(datamap: Any) -> Callable[[str], Any]:
+    from governance.connectors.processors import ProcessorClient
+
+    def client_for(name: str) -> Any:
+        processor = datamap.processor(name)
+        if processor is None:
+            raise LookupError(f"processor {name} is not in the data map any more")
+        return ProcessorClient.from_airflow(processor)
+
+    return client_for
+
+
+# --------------------------------------------------------------------------------------------
+# 1. The request
+
+
+def open_erasure_request(conf: Mapping[str, Any], *, run_id: str, received_at: datetime) -> dict[str, Any]:
+    """Validate the run configuration and return the request handle (ids only)."""
+    from governance.workflows.request_intake import InvalidRunConfiguration, open_request
+
+    try:
+        handle = open_request(conf, kind="erasure", run_id=run_id, received_at=received_at)
+    except InvalidRunConfiguration as exc:
+        _fail(f"nothing was read or changed: {exc}")
+    log.info("erasure request %s (%s; identities: %s; business scope: %s)", handle.request_id, handle.source,
+             ",".join(handle.identity_kinds), handle.business_id)  # fmt: skip
+    return handle.to_xcom()
+
+
+def request_approval_state(conn: Any, request_id: str) -> tuple[bool, bool]:
+    """(verified, approved) as recorded on the request (at intake or by an earlier approval)."""
+    row = conn.execute(
+        "SELECT verified_at IS NOT NULL, (approved_at IS NOT NULL OR approved_by IS NOT NULL)"
+        " FROM governance.privacy_requests WHERE request_id = %s",
+        (request_id,),
+    ).fetchone()
+    return (bool(row[0]), bool(row[1])) if row else (False, False)
+
+
+# --------------------------------------------------------------------------------------------
+# 2. The plan
+
+
+def compute_work(
+    datamap: Any,
+    identities: Any,
+    *,
+    request_id: str,
+    plan_id: str,
+    business_id: int | None,
+    as_of: datetime,
+    override: bool,
+    governance_conninfo: str,
+    system_conninfo: Callable[[str], str],
+    processor_client: Callable[[str], Any] | None,
+    hasher: Any,
+) -> Any:
+    """Resolve, apply holds and legal exceptions, run the guard: the :class:`ErasureWork`."""
+    import psycopg
+
+    from governance.datamap.model import TableRef
+    from governance.datamap.plans import build_erasure_plan, build_resolution_plan
+    from governance.erasure.guard import evaluate_guard, guard_limits, needed_sizes, table_size_at_least
+    from governance.erasure.holds import load_active_holds, subject_hashes
+    from governance.erasure.planner import build_work
+    from governance.erasure.resolve import MatchByIdentity, resolve_subject
+    from governance.privacy_requests import request_ids_for_subject
+
+    kinds = [kind for kind, _ in identities.items()]
+    plan = build_resolution_plan(datamap, kinds, business_scope=business_id is not None)
+    erasure_plan = build_erasure_plan(datamap, plan)
+    systems = sorted({step.table.system for step in plan.steps})
+    if len(systems) != 1:
+        raise NotImplementedError(f"erasure resolves in exactly one database; the plan spans {systems}")
+    system = datamap.postgres_system(systems[0])
+    share, min_rows = guard_limits()
+    with psycopg.connect(system_conninfo(system.connection_id), application_name="governance-erasure-plan") as app:
+        app.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        resolution = resolve_subject(
+            app, datamap, plan, MatchByIdentity(identities), as_of=as_of,
+            scope_ids=[business_id] if business_id is not None else None,
+        )  # fmt: skip
+        with psycopg.connect(governance_conninfo) as gov:
+            holds = load_active_holds(gov, as_of=as_of, subject_hashes=subject_hashes(hasher, identities.items()))
+            # Export bundles of the person's access requests (of this business, when scoped).
+            request_ids = request_ids_for_subject(gov, identities, hasher=hasher)
+            rows = gov.execute(
+                "SELECT request_id FROM governance.privacy_requests WHERE request_id = ANY(%s) AND kind = 'export'"
+                " AND (%s::bigint IS NULL OR business_id = %s)",
+                (request_ids, business_id, business_id),
+            ).fetchall()
+            request_ids = sorted(r[0] for r in rows)
+        folders = {step.prefix: step.prefixes_for(request_ids) for step in plan.request_objects}
+        records: dict[str, list[str]] | None = None
+        if business_id is None and processor_client is not None:
+            records = {}
+            for step in plan.processors:
+                client = processor_client(step.processor)
+                try:
+                    records[step.processor] = [r.record_id for r in client.lookup(identities)]
+                finally:
+                    close = getattr(client, "close", None)
+                    if close is not None:
+                        close()
+        work = build_work(
+            datamap, erasure_plan, resolution, holds, plan_id=plan_id, request_id=request_id, as_of=as_of,
+            business_id=business_id, buckets={s.name: s.bucket.resolve() for s in datamap.object_systems},
+            request_folders=folders, processor_records=records,
+        )  # fmt: skip
+        sizes = {}
+        for table, needed in needed_sizes(work, share).items():
+            sys_name, _, name = table.partition(".")
+            sizes[table] = table_size_at_least(app, datamap, TableRef(sys_name, name), needed)
+        app.rollback()
+    work.guard = evaluate_guard(work, sizes, max_table_share=share, min_rows=min_rows, override=override)
+    return work
+
+
+def plan_erasure(
+    handle: Mapping[str, Any], *, dry_run: bool, override: bool, dag_id: str, run_id: str, as_of: datetime
+) -> dict[str, Any]:
+    """Persist the plan for the request (or pick up the one being carried out) and return its
+    summary: counts per table and effect, what is kept and why, the guard's verdict."""
+    from governance.crypto import hasher_from_airflow
+    from governance.datamap import load_datamap
+    from governance.db import connect, conninfo_for
+    from governance.erasure import store
+    from governance.erasure.guard import refusal_message
+    from governance.erasure.locking import subject_lock
+    from governance.erasure.planner import approval_markdown
+    from governance.migrations import migrate
+    from governance.workflows.request_intake import RequestHandle, load_identities
+
+    request = RequestHandle.from_xcom(handle)
+    gov = _gov()
+    migrate(gov)
+    if not dry_run:
+        with connect(gov) as conn:
+            existing = store.continuable_plan(conn, request.request_id)
+            if existing is not None:  # carry on with the plan already approved or under way
+                store.record_progress(conn, existing["plan_id"], f"run:{run_id}", affected=0, at=_now())
+                summary = dict(existing["summary"])
+                log.info("erasure %s: continuing plan %s (%s) from an earlier run", request.request_id,
+                         existing["plan_id"], existing["status"])  # fmt: skip
+                return {**summary, "status": existing["status"], "dry_run": False, "continued": True,
+                        "approval_markdown": approval_markdown(summary)}  # fmt: skip
+    datamap = load_datamap()
+    hasher = hasher_from_airflow()
+    identities = load_identities(request.request_id, conninfo=gov)
+    plan_id = store.plan_id_for(request.request_id, run_id)
+    with subject_lock(gov, hasher, identities):
+        work = compute_work(
+            datamap, identities, request_id=request.request_id, plan_id=plan_id, business_id=request.business_id,
+            as_of=as_of, override=override, governance_conninfo=gov, system_conninfo=conninfo_for,
+            processor_client=_processor_client(datamap), hasher=hasher,
+        )  # fmt: skip
+        with connect(gov) as conn:
+            verified, approved = request_approval_state(conn, request.request_id)
+            if work.guard.refused:
+                status = "refused"
+            elif not dry_run and verified and approved:
+                status = "approved"
+            else:
+                status = "planned"
+            refusal = refusal_message(work.guard) if work.guard.refused else None
+            store.save_plan(conn, work, status=status, dag_id=dag_id, dag_run_id=run_id, dry_run=dry_run, as_of=as_of,
+                            override=override, refusal=refusal, at=_now())  # fmt: skip
+            store.supersede_planned(conn, request.request_id, keep=plan_id, at=_now())
+    from governance.lineage import record_table_read
+
+    for system_name, table in sorted({(s.system, s.table) for s in work.database}):
+        system = datamap.postgres_system(system_name)
+        _lineage(record_table_read, system.connection_id, system.db_schema, table)
+    summary = work.summary()
+    log.info("erasure plan %s for %s: %s; objects %s; processors %s; kept %s", plan_id, request.request_id,
+             work.table_counts(), summary["objects"], summary["processors"],
+             [(k["where"], k["count"], k["reason"]) for k in summary["kept"]])  # fmt: skip
+    text = approval_markdown(summary)
+    log.info("the plan%s:\n%s", " (dry run: nothing changes)" if dry_run else "", text)
+    if work.guard.refused:
+        _fail(refusal or "refused")
+    return {**summary, "status": status, "dry_run": dry_run, "continued": False, "needs_approval": status == "planned",
+            "approval_markdown": text}  # fmt: skip
+
+
+def choose_path(summary: Mapping[str, Any]) -> list[str]:
+    """Which task comes next: none (dry run), the approval in the UI, or straight on."""
+    if summary.get("dry_run"):
+        log.info("dry run: plan %s computed and stored; nothing changes", summary.get("plan_id"))
+        return []
+    if summary.get("status") == "planned":
+        return [APPROVAL_TASK]
+    return [PRE_APPROVED_TASK]
+
+
+# --------------------------------------------------------------------------------------------
+# 4. Carrying it out
+
+
+def _approved(payload: Mapping[str, Any] | None) -> bool:
+    return bool(payload) and APPROVE in list((payload or {}).get("chosen_options") or [])
+
+
+def record_approval(request_id: str, plan_id: str, payload: Mapping[str, Any], *, at: datetime) -> None:
+    """Record the UI approval: the request verified (how, by whom) and approved, the plan approved."""
+    from governance.db import connect
+    from governance.erasure import store
+    from governance.workflows.request_intake import mark_verified
+
+    params = dict(payload.get("params_input") or {})
+    method = str(params.get("verification_method") or "").strip()
+    if method not in VERIFICATION_METHODS:
+        _fail("the approval does not say how the person's identity was verified: nothing was changed")
+    user = payload.get("responded_by_user") or {}
+    approver = str(user.get("name") or user.get("id") or "unknown") if isinstance(user, Mapping) else str(user)
+    gov = _gov()
+    mark_verified(request_id, method=method, verified_by=approver, at=at, conninfo=gov)
+    with connect(gov) as conn:
+        conn.execute(
+            "UPDATE governance.privacy_requests SET approved_at = COALESCE(approved_at, %s),"
+            " approved_by = COALESCE(approved_by, %s), updated_at = %s WHERE request_id = %s",
+            (at, approver, at, request_id),
+        )
+        store.set_status(conn, plan_id, "approved", at=at, only_from=("planned",), approved_at=at, approved_by=approver)
+
+
+def _load(plan_id: str) -> tuple[Any, dict[str, Any], Any]:
+    from governance.datamap import load_datamap
+    from governance.db import connect
+    from governance.erasure import store
+
+    with connect(_gov()) as conn:
+        work, row = store.load_plan(conn, plan_id)
+    return work, row, load_datamap()
+
+
+def _recorder(plan_id: str) -> Callable[[str, int, dict[str, Any]], None]:
+    from governance.db import connect
+    from governance.erasure import store
+
+    def record(step: str, affected: int, detail: dict[str, Any]) -> None:
+        with connect(_gov()) as conn:
+            store.record_progress(conn, plan_id, step, affected=affected, detail=detail, at=_now())
+
+    return record
+
+
+def _progress(plan_id: str) -> dict[str, dict[str, Any]]:
+    from governance.db import connect
+    from governance.erasure import store
+
+    with connect(_gov()) as conn:
+        return store.progress(conn, plan_id)
+
+
+def _lock(work: Any) -> Any:
+    from governance.crypto import hasher_from_airflow
+    from governance.erasure.locking import subject_lock
+    from governance.workflows.request_intake import load_identities
+
+    identities = load_identities(work.request_id, conninfo=_gov())
+    return subject_lock(_gov(), hasher_from_airflow(), identities), identities
+
+
+def execute_database(summary: Mapping[str, Any], *, approval: Mapping[str, Any] | None, run_id: str) -> dict[str, Any]:
+    """Every database step of the plan, one transaction per database (done steps skipped)."""
+    from governance.crypto import hasher_from_airflow
+    from governance.datamap.plans import keyed_hash_params
+    from governance.db import connect, conninfo_for
+    from governance.erasure import store
+    from governance.erasure.executor import execute_database_work
+    from governance.workflows.request_intake import mark_in_progress
+
+    plan_id = str(summary["plan_id"])
+    work, row, datamap = _load(plan_id)
+    if row["dry_run"]:
+        _fail(f"plan {plan_id} is a dry run: nothing is executed")
+    if row["status"] == "planned":
+        if not _approved(approval):
+            _fail(f"plan {plan_id} was not approved: nothing was changed")
+        record_approval(work.request_id, plan_id, approval or {}, at=_now())
+    elif row["status"] not in ("approved", "executing", "executed", "verified", "verification_failed"):
+        _fail(f"plan {plan_id} is {row['status']}: nothing to execute")
+    gov = _gov()
+    with connect(gov) as conn:
+        store.set_status(conn, plan_id, "executing", at=_now(), only_from=("approved",))
+    mark_in_progress(work.request_id, dag_run_id=run_id, at=_now(), conninfo=gov)
+    lock, _identities = _lock(work)
+    hasher = hasher_from_airflow()
+    with lock:
+        results = execute_database_work(
+            datamap, work, governance_conninfo=gov, system_conninfo=conninfo_for, at=_now,
+            keyed_hash_pads=keyed_hash_params(hasher.keyring.active_key),
+        )  # fmt: skip
+    rows: dict[str, int] = {}
+    for step in work.database:
+        for system_result in results.values():
+            if step.step_id in system_result["rows"]:
+                rows[f"{step.system}.{step.table}"] = rows.get(f"{step.system}.{step.table}", 0) + int(system_result["rows"][step.step_id])
+    from governance.lineage import record_table_write
+
+    for table, count in rows.items():
+        system_name, _, name = table.partition(".")
+        system = datamap.postgres_system(system_name)
+        _lineage(record_table_write, system.connection_id, system.db_schema, name, rows=count)
+    skipped = [name for name, r in results.items() if r["skipped"]]
+    log.info("erasure %s: database steps done (%s); rows per table: %s", plan_id,
+             "continued: " + ",".join(skipped) + " done before" if skipped else "all run now", rows)  # fmt: skip
+    return {"plan_id": plan_id, "rows": rows, "done_before": skipped}
+
+
+def delete_objects(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """Every planned object, all versions; the person's export folders."""
+    from governance.erasure.executor import delete_planned_objects
+
+    plan_id = str(summary["plan_id"])
+    work, _row, datamap = _load(plan_id)
+    done = _progress(plan_id)
+    lock, _identities = _lock(work)
+    with lock:
+        deleted = delete_planned_objects(work, client_for=_object_client(datamap), done=done, on_step=_recorder(plan_id))
+    from governance.datamap.model import PrefixRef
+    from governance.lineage import record_object_write
+
+    for item in work.objects:
+        if deleted.get(item.step_id):
+            prefix = datamap.prefix(PrefixRef(item.system, item.prefix))
+            _lineage(record_object_write, item.bucket, prefix.static_prefix, objects=deleted[item.step_id])
+    counts = {item.step_id.split(":", 1)[1]: deleted.get(item.step_id, done.get(item.step_id, {}).get("affected", 0)) for item in work.objects}
+    log.info("erasure %s: objects deleted with every version: %s", plan_id, counts)
+    return {"plan_id": plan_id, "objects": counts}
+
+
+def erase_processors(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The processors' erase calls for every planned record; then the plan is executed."""
+    from governance.db import connect
+    from governance.erasure import store
+    from governance.erasure.executor import erase_processor_records
+
+    plan_id = str(summary["plan_id"])
+    work, _row, datamap = _load(plan_id)
+    done = _progress(plan_id)
+    lock, _identities = _lock(work)
+    with lock:
+        outcome = erase_processor_records(work, client_for=_processor_client(datamap), done=done,
+                                          on_step=_recorder(plan_id))  # fmt: skip
+    done = _progress(plan_id)
+    expected = {f"db:{s}" for s in work.systems} | {o.step_id for o in work.objects}
+    expected |= {f"processor:{p.processor}:{r}" for p in work.processors for r in p.record_ids}
+    missing = sorted(expected - set(done))
+    if missing:
+        _fail(f"plan {plan_id}: {len(missing)} step(s) not done ({', '.join(m.split(':', 2)[0] + ':' + m.split(':', 2)[1] for m in missing[:5])})")
+    with connect(_gov()) as conn:
+        store.set_status(conn, plan_id, "executed", at=_now(), only_from=("executing",), executed_at=_now())
+    log.info("erasure %s: processor records: %s", plan_id, outcome)
+    return {"plan_id": plan_id, "processors": outcome}
+
+
+# --------------------------------------------------------------------------------------------
+# 5-7. Verification, suppression, certificate, outcome
+
+
+def verify_erasure(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """Resolve again everywhere and check with Great Expectations; fail naming the residue."""
+    from governance.db import conninfo_for
+    from governance.erasure import store
+    from governance.erasure.verify import residue_message
+    from governance.erasure.verify import verify_erasure as verify
+
+    plan_id = str(summary["plan_id"])
+    work, row, datamap = _load(plan_id)
+    if row["status"] not in ("executed", "verified", "verification_failed"):
+        _fail(f"plan {plan_id} is {row['status']}: verify after it was carried out")
+    lock, identities = _lock(work)
+    with lock:
+        result = verify(
+            datamap, work, identities, system_conninfo=conninfo_for, object_client=_object_client(datamap),
+            processor_client=_processor_client(datamap), as_of=datetime.fromisoformat(work.as_of),
+        )  # fmt: skip
+    from governance.db import connect
+
+    with connect(_gov()) as conn:
+        store.set_status(conn, plan_id, "verified" if result.passed else "verification_failed", at=_now(),
+                         verified_at=_now(), verification=result.to_json())  # fmt: skip
+    log.info("erasure %s: verification %s (%d checks%s)", plan_id, "passed" if result.passed else "FAILED",
+             len(result.checks), "; residue: " + "; ".join(result.residue) if result.residue else "")  # fmt: skip
+    if not result.passed:
+        _fail(residue_message(result))
+    return {"plan_id": plan_id, "passed": True, "checks": len(result.checks)}
+
+
+def record_suppression(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """Put the person's keyed hashes on the suppression list with the erasure time."""
+    from governance.crypto import hasher_from_airflow
+    from governance.db import connect
+    from governance.erasure.suppression import record_suppression as record
+    from governance.workflows.request_intake import load_identities
+
+    plan_id = str(summary["plan_id"])
+    work, _row, _datamap = _load(plan_id)
+    if work.person_held:
+        log.info("erasure %s: the person is under a legal hold; nothing erased, nothing suppressed", plan_id)
+        return {"plan_id": plan_id, "recorded": 0}
+    done = _progress(plan_id)
+    markers = [done[f"db:{s}"]["completed_at"] for s in work.systems if f"db:{s}" in done]
+    if len(markers) != len(work.systems):
+        _fail(f"plan {plan_id}: the database steps are not done; nothing to record")
+    erased_at = max(markers) if markers else _now()
+    identities = load_identities(work.request_id, conninfo=_gov())
+    with connect(_gov()) as conn:
+        count = record(conn, request_id=work.request_id, identities=identities, hasher=hasher_from_airflow(),
+                       business_id=work.business_id, erased_at=erased_at, at=_now())  # fmt: skip
+    log.info("erasure %s: %d identities on the suppression list", plan_id, count)
+    return {"plan_id": plan_id, "recorded": count}
+
+
+def issue_certificate(handle: Mapping[str, Any] | None, *, dag_id: str, run_id: str) -> dict[str, Any] | None:
+    """The certificate of the plan this run carried out (None when nothing was carried out)."""
+    from governance.crypto import hasher_from_airflow
+    from governance.datamap import load_datamap
+    from governance.db import connect
+    from governance.erasure import store
+    from governance.erasure.certificate import build_certificate, ledger_position, store_certificate
+    from governance.erasure.planner import ErasureWork
+    from governance.workflows.request_intake import load_identities
+
+    if not handle:
+        return None
+    request_id = str(handle["request_id"])
+    gov = _gov()
+    with connect(gov) as conn:
+        row = store.latest_plan_for_run(conn, request_id, run_id)
+        if row is None or row["dry_run"] or row["status"] in ("planned", "refused", "superseded", "approved"):
+            log.info("erasure %s: nothing was carried out in this run; no certificate", request_id)
+            return None
+        work = ErasureWork.from_json(row["plan"])
+        progress = store.progress(conn, row["plan_id"])
+        method = conn.execute(
+            "SELECT verification_method FROM governance.privacy_requests WHERE request_id = %s", (request_id,)
+        ).fetchone()
+        identities = load_identities(request_id, conninfo=gov)
+        hasher = hasher_from_airflow()
+        hashes = [(kind, hasher.key_id, hasher.hash(kind, value)) for kind, value in identities.items()]
+        certificate = build_certificate(
+            work, plan_row=row, progress=progress, verification=row["verification"], subject_hashes=hashes,
+            ledger=ledger_position(conn, dag_id, run_id), issued_at=_now(),
+            approval={"approved_at": row["approved_at"].isoformat() if row["approved_at"] else None,
+                      "approved_by": row["approved_by"], "verification_method": method[0] if method else None},
+        )  # fmt: skip
+        datamap = load_datamap()
+        systems = datamap.object_systems
+        s3 = _object_client(datamap)(systems[0].name) if systems else None
+        uris = store_certificate(conn, certificate, s3=s3, bucket=systems[0].bucket.resolve() if systems else None)
+    log.info("erasure %s: certificate %s (verification %s)", request_id, uris["json_uri"],
+             "passed" if certificate["verification"].get("passed") else "not passed")  # fmt: skip
+    return {"plan_id": row["plan_id"], "outcome": certificate["outcome"],
+            "verification_passed": bool(certificate["verification"].get("passed")), **uris}  # fmt: skip
+
+
+def close_erasure_request(handle: Mapping[str, Any] | None, *, run_id: str) -> dict[str, Any]:
+    """Set the request's outcome (the last task; runs after failures too)."""
+    from governance.db import connect
+    from governance.erasure import store
+    from governance.workflows.request_intake import close_request
+
+    if not handle:
+        return {"closed": False, "reason": "no request: the run configuration was refused"}
+    request_id = str(handle["request_id"])
+    gov = _gov()
+    with connect(gov) as conn:
+        row = store.latest_plan_for_run(conn, request_id, run_id)
+        certificate = None
+        if row is not None:
+            certificate = conn.execute(
+                "SELECT json_uri, verification_passed FROM governance.erasure_certificates WHERE plan_id = %s",
+                (row["plan_id"],),
+            ).fetchone()
+    if row is not None and row["dry_run"]:
+        log.info("erasure %s: dry run; the request stays open (trigger again with this request id)", request_id)
+        return {"request_id": request_id, "outcome": "dry_run", "plan_id": row["plan_id"]}
+    if row is not None and row["status"] == "verified" and certificate is not None and certificate[1]:
+        status = close_request(request_id, succeeded=True, at=_now(), result_uri=certificate[0],
+                               detail=f"erased; plan {row['plan_id']}", conninfo=gov)  # fmt: skip
+        return {"request_id": request_id, "status": status, "result_uri": certificate[0], "plan_id": row["plan_id"]}
+    if row is None:
+        detail = "failed before a plan was made (see the run's task logs)"
+    elif row["status"] == "refused":
+        detail = str(row["refusal"] or "refused by the safety guard")
+    elif row["status"] in ("planned", "approved"):
+        detail = "not carried out: the plan was not approved, or the run stopped before executing it"
+    elif row["status"] == "verification_failed":
+        residue = (row["verification"] or {}).get("residue", [])
+        detail = "verification found residue: " + "; ".join(residue) + "; re-run with this request id to erase it"
+    else:
+        detail = f"stopped while {row['status']}: re-run with this request id to continue where it stopped"
+    if certificate is not None:
+        detail += f" (certificate {certificate[0]})"
+    status = close_request(request_id, succeeded=False, at=_now(), detail=detail, conninfo=gov)
+    return {"request_id": request_id, "status": status, "detail": detail}
