@@ -341,6 +341,7 @@ def start_stack(state_dir: Path = STATE_DIR) -> dict[str, str]:
     wait_for_port(ports.payments)
     wait_for_port(ports.crm)
 
+    (state_dir / "lineage").mkdir(exist_ok=True)  # the OpenLineage file transport writes here
     state.update({"ports": ports.__dict__, "pgdata": str(pg.data_dir)})
     state_file.write_text(json.dumps(state, indent=2))
     env = airflow_environment(ports, keys, state_dir)
