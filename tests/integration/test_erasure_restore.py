@@ -38,7 +38,7 @@ def _pg_tool(name: str, url: str) -> str:
             version = subprocess.run([str(path), "--version"], capture_output=True, text=True, check=False).stdout
             if f" {major}." in version:
                 return str(path)
-    pytest.skip(f"no {name} for PostgreSQL {major}")
+    pytest.fail(f"no {name} for PostgreSQL {major}: install the client tools of the server's major version")
 
 
 def test_restored_backup_is_erased_again_but_the_new_account_stays(
