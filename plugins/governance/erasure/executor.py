@@ -116,10 +116,9 @@ def run_database_steps(
     batch_size: int,
     keyed_hash_pads: Mapping[str, bytes] | None = None,
     done: Iterable[str] = (),
-    on_step: Callable[[DatabaseStep, int], None] | None = None,
 ) -> dict[str, int]:
     """Run ``steps`` (in order) on ``conn`` inside the caller's transaction; return rows affected
-    per step id. Steps in ``done`` are skipped; ``on_step`` is called after each step ran."""
+    per step id. Steps in ``done`` are skipped."""
     finished = set(done)
     affected: dict[str, int] = {}
     with conn.cursor() as cur:
@@ -141,8 +140,6 @@ def run_database_steps(
                         ) from None
                     count += max(0, cur.rowcount)
             affected[step.step_id] = count
-            if on_step is not None:
-                on_step(step, count)
     return affected
 
 

@@ -30,7 +30,7 @@ from typing import Any
 from governance.datamap.model import DataMap, ErasureAction, PrefixRef, TableRef
 from governance.datamap.plans import ErasurePlan
 from governance.erasure.holds import ActiveHolds, LegalHold
-from governance.erasure.resolve import KEPT_UNTIL, STILL_KEPT, Ambiguity, SubjectResolution, TableRows
+from governance.erasure.resolve import KEPT_UNTIL, STILL_KEPT, SubjectResolution, TableRows
 
 OWNED_EFFECTS = ("delete_rows", "rewrite_rows", "minimise_kept_rows", "delete_expired_kept_rows")
 DELETING_EFFECTS = ("delete_rows", "delete_expired_kept_rows")
@@ -541,12 +541,3 @@ def build_work(
         exclude[str(ref)].update(keyed)
     work.verification_exclude = {k: sorted(v) for k, v in exclude.items()}
     return work
-
-
-def ambiguity_of(items: Iterable[dict[str, Any]]) -> list[Ambiguity]:
-    """Ambiguities back from their JSON form (for messages)."""
-    out = []
-    for item in items:
-        system, _, table = str(item["where"]).partition(".")
-        out.append(Ambiguity(TableRef(system, table), item.get("business_id"), int(item["rows"])))
-    return out

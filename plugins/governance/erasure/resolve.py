@@ -111,8 +111,7 @@ class MatchByKeyedHash(IdentityMatcher):
     identities: the person is known only by the suppression list. ``created_before`` limits
     identity matches to rows recorded before the erasure (``record_columns`` names each table's
     record-time column; a table without one is limited to ``planned_keys``, the keys an earlier
-    erasure removed). ``candidates`` (optional) pre-selects rows by primary key, so the hashes are
-    computed for a handful of rows instead of whole tables."""
+    erasure removed)."""
 
     def __init__(
         self,
@@ -122,14 +121,12 @@ class MatchByKeyedHash(IdentityMatcher):
         created_before: datetime,
         record_columns: Mapping[TableRef, str | None],
         planned_keys: Mapping[TableRef, Sequence[Any]] | None = None,
-        candidates: Mapping[TableRef, Sequence[Any]] | None = None,
     ) -> None:
         self.hashes = {k: list(v) for k, v in hashes.items() if v}
         self.pads = dict(pads)
         self.created_before = created_before
         self.record_columns = dict(record_columns)
         self.planned_keys = {k: list(v) for k, v in (planned_keys or {}).items()}
-        self.candidates = None if candidates is None else {k: list(v) for k, v in candidates.items()}
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -150,25 +147,18 @@ class MatchByKeyedHash(IdentityMatcher):
         for kind, digests in self.hashes.items():
             params[f"kh_{kind}"] = digests
             params[f"kh_domain_{kind}"] = f"{kind}\x00".encode()
-        for ref, keys in (self.candidates or {}).items():
-            params[f"kh_candidates_{ref.system}_{ref.table}"] = keys
         for ref, keys in self.planned_keys.items():
             params[f"kh_planned_{ref.system}_{ref.table}"] = keys
         return params
 
     def restrict(self, datamap: DataMap, ref: TableRef, table: TableSpec) -> sql.Composable | None:
-        pk = sql.Identifier(table.primary_key)
-        parts: list[sql.Composable] = []
-        if self.candidates is not None:
-            self.candidates.setdefault(ref, [])
-            parts.append(sql.SQL("{} = ANY({})").format(pk, sql.Placeholder(f"kh_candidates_{ref.system}_{ref.table}")))
         column = self.record_columns.get(ref)
         if column:
-            parts.append(sql.SQL("{} < {}").format(sql.Identifier(column), sql.Placeholder("kh_created_before")))
-        else:
-            self.planned_keys.setdefault(ref, [])
-            parts.append(sql.SQL("{} = ANY({})").format(pk, sql.Placeholder(f"kh_planned_{ref.system}_{ref.table}")))
-        return sql.SQL(" AND ").join(parts)
+            return sql.SQL("{} < {}").format(sql.Identifier(column), sql.Placeholder("kh_created_before"))
+        self.planned_keys.setdefault(ref, [])
+        return sql.SQL("{} = ANY({})").format(
+            sql.Identifier(table.primary_key), sql.Placeholder(f"kh_planned_{ref.system}_{ref.table}")
+        )
 
     def __repr__(self) -> str:
         return f"MatchByKeyedHash(<{','.join(self.kinds)}>)"
