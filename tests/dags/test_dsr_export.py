@@ -140,6 +140,22 @@ def run_xcoms(dag_run: Any) -> str:
     return json.dumps({t: xcom_result(dag_run, t) for t in task_states(dag_run)}, default=str)
 
 
+def run_rendered_fields(dag_run: Any) -> str:
+    """Every task's rendered template fields (what the UI shows under *Rendered Template*)."""
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.scalars(
+            select(RenderedTaskInstanceFields.rendered_fields).where(
+                RenderedTaskInstanceFields.dag_id == DAG_ID, RenderedTaskInstanceFields.run_id == dag_run.run_id
+            )
+        ).all()
+    assert rows, "the run rendered its template fields"
+    return json.dumps(rows, default=str)
+
+
 def run_logs(dag_run: Any) -> str:
     """Every task log file the run wrote (empty when the run logged to the console only)."""
     root = Path(os.environ["AIRFLOW__LOGGING__BASE_LOG_FOLDER"])
@@ -225,6 +241,7 @@ def test_form_export_waits_for_verification_then_publishes_a_bundle_matching_gro
     leaks = [typed_email.strip().lower(), (member.email or "").lower(), member.e164 or "", "555-0132", "4155550132",
              (member.full_name or "").lower(), link, passphrase, f"exports/{request_id}"]  # fmt: skip
     for where, text in (("xcom", run_xcoms(dag_run)), ("logs", run_logs(dag_run)),
+                        ("rendered fields", run_rendered_fields(dag_run)),
                         ("output", output.out + output.err)):  # fmt: skip
         for leak in leaks:
             assert leak not in text.lower() and leak not in text, f"{where} holds {leak[:12]}..."
