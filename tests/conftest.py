@@ -28,6 +28,7 @@ os.environ.update(
         "AIRFLOW_HOME": str(_AIRFLOW_HOME),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME}/airflow.db",
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__SENSITIVE_VAR_CONN_NAMES": "email,phone",  # governance.config.AIRFLOW_SENSITIVE_NAMES
         "AIRFLOW__CORE__DAGS_FOLDER": str(_DAGS_FOLDER),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(_AIRFLOW_HOME / "logs"),

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "decrypt-bundle": ("governance.export.decrypt_command", "decrypt an export bundle (age, passphrase from stdin)"),
     "export-passphrase": ("governance.export.passphrase_command", "print an export bundle's passphrase for staff to send"),
     "reapply-suppressions": ("governance.erasure.reapply", "erase suppressed people again after a restore (only data from before their erasure)"),
+    "scrub-run-confs": ("governance.run_confs", "remove identities typed into trigger forms from ended runs' configurations and the action log"),
     "verify-ledger": ("governance.ledger", "verify the audit ledger's hash chain and its anchors in the object store"),
     "demo": ("governance.demo", "run every DAG once on the reference deployment and summarise"),
 }

@@ -26,6 +26,10 @@ CRM_CONN_ID = "crm"
 ALERTS_CONN_ID = "governance_alerts"
 
 GOVERNANCE_SCHEMA = "governance"
+# Added to Airflow's [core] sensitive_var_conn_names wherever the project runs Airflow, so the
+# secrets masker hides these keys' values (trigger-form identities in the API action log, rendered
+# fields, task logs). `python -m governance scrub-run-confs` removes them from run configurations.
+AIRFLOW_SENSITIVE_NAMES = "email,phone"
 APP_SCHEMA = "app"
 
 

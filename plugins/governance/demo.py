@@ -60,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
             cmd += ["--dag", dag_id]
         # Task logs stay in $AIRFLOW_HOME/logs; the console shows warnings and the summary.
         _run(cmd, {**env, "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING"})
+        _step("removing identities typed into trigger forms from ended runs (scrub-run-confs)")
+        _run([sys.executable, "-m", "governance", "scrub-run-confs"], {**env, "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING"})
     finally:
         if args.keep_running:
             print(f"\nservices left running; `source {STATE_DIR / 'airflow.env'}` to use them, `make services-stop` to stop")

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from governance.config import PROJECT_ROOT, objects_bucket
+from governance.config import AIRFLOW_SENSITIVE_NAMES, PROJECT_ROOT, objects_bucket
 
 STATE_DIR = Path(os.environ.get("GOVERNANCE_STATE_DIR", PROJECT_ROOT / ".state"))
 HOST = "127.0.0.1"
@@ -276,6 +276,7 @@ def airflow_environment(ports: StackPorts, keys: dict[str, Any], state_dir: Path
             f"postgresql+psycopg2://postgres@{HOST}:{ports.postgres}/{AIRFLOW_DATABASE}"
         ),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__SENSITIVE_VAR_CONN_NAMES": AIRFLOW_SENSITIVE_NAMES,
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
         "AIRFLOW_HOME": str(state_dir / "airflow"),

@@ -434,3 +434,21 @@ def test_dockerfile_python_matches_the_python_requirements_were_locked_for() -> 
     locked_for = re.search(r"--python-version\s+(\d+\.\d+)", REQUIREMENTS.read_text())
     assert locked_for, "requirements.txt header must record the Python it was compiled for"
     assert python_version == locked_for[1]
+
+
+# --- privacy of Airflow itself -----------------------------------------------------------------
+
+
+def test_identity_field_names_are_sensitive_to_airflows_secrets_masker(common_env: dict[str, str]) -> None:
+    names = {n.strip() for n in common_env["AIRFLOW__CORE__SENSITIVE_VAR_CONN_NAMES"].split(",")}
+    assert names == set(config.AIRFLOW_SENSITIVE_NAMES.split(","))
+
+
+def test_maintenance_service_scrubs_run_confs_with_the_project_image_after_init(compose: dict[str, Any]) -> None:
+    service = compose["services"]["governance-maintenance"]
+    common = compose["x-airflow-common"]
+    assert service["image"] == common["image"]
+    command = service["command"] if isinstance(service["command"], str) else "\n".join(service["command"])
+    assert re.search(r"(^|\s)python -m governance scrub-run-confs(\s|$)", command)
+    assert service["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
+    assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
