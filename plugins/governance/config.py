@@ -44,5 +44,14 @@ def objects_bucket() -> str:
 
 
 def default_phone_region() -> str:
-    """ISO-3166 region used to read phone numbers typed without a country code."""
-    return os.environ.get("GOVERNANCE_PHONE_REGION", "US").upper()
+    """ISO-3166 region used to read phone numbers typed without a country code.
+
+    ``GOVERNANCE_PHONE_REGION`` when set (a deployment's override), else the data map's
+    ``settings.default_phone_region`` (US unless the map says otherwise).
+    """
+    override = os.environ.get("GOVERNANCE_PHONE_REGION", "").strip()
+    if override:
+        return override.upper()
+    from governance.datamap import load_datamap  # cached per file version
+
+    return str(load_datamap().settings.default_phone_region).upper()

@@ -45,7 +45,10 @@ def subject_params(*, kind: str) -> dict[str, Any]:
             type="string",
             pattern=PHONE_PATTERN,
             title="Phone number",
-            description="The person's phone number in any format; numbers without +country code are read as US.",
+            description=(
+                "The person's phone number in any format; a number without +country code is read in the "
+                "deployment's default region (the data map's settings.default_phone_region, US by default)."
+            ),
             section="The person",
         ),
         "business_id": Param(

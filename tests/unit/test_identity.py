@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from governance.config import datamap_path
 from governance.identity import InvalidIdentity, SubjectIdentities, normalise_email, normalise_phone
 
 
@@ -60,6 +63,20 @@ def test_phone_formats_normalise_to_e164(typed: str, e164: str) -> None:
 
 
 def test_phone_without_country_code_is_read_in_the_configured_region(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GOVERNANCE_PHONE_REGION", "GB")
+    assert normalise_phone("020 7946 0958") == "+442079460958"
+
+
+def test_phone_region_comes_from_the_data_map_unless_the_environment_overrides_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    edited = tmp_path / "datamap.yaml"
+    text = datamap_path().read_text()
+    assert "default_phone_region: US" in text
+    edited.write_text(text.replace("default_phone_region: US", "default_phone_region: DE", 1))
+    monkeypatch.setenv("GOVERNANCE_DATAMAP", str(edited))
+    monkeypatch.delenv("GOVERNANCE_PHONE_REGION", raising=False)
+    assert normalise_phone("030 901820") == "+4930901820"
     monkeypatch.setenv("GOVERNANCE_PHONE_REGION", "GB")
     assert normalise_phone("020 7946 0958") == "+442079460958"
 
