@@ -359,14 +359,15 @@ def lookup_seconds(app_url: str, email: str, phone: str, repeat: int = 25) -> tu
     from governance.identity import SubjectIdentities
 
     identities = SubjectIdentities.parse(email=email, phone=phone)
-    plan = build_resolution_plan(load_datamap(), ["email", "phone"])
+    datamap = load_datamap()
+    plan = build_resolution_plan(datamap, ["email", "phone"])
     times = []
     with psycopg.connect(app_url) as conn:
         for _ in range(repeat):
             started = time.perf_counter()
             with conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                footprint = resolve_in_database(conn, plan, identities)
+                footprint = resolve_in_database(conn, plan, identities, datamap=datamap)
             times.append(time.perf_counter() - started)
         scans = []
         params = {**identity_params(plan, identities), **footprint.params}

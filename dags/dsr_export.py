@@ -20,6 +20,11 @@ asking on behalf of its caller). *Formats* chooses JSON, CSV and/or HTML for the
 3. `build_bundle` resolves the person through the data map in one database snapshot and
    streams the rows, recordings, transcripts and processor records into the ZIP, encrypted with
    age (passphrase) on its way to the exports prefix (server-side encrypted, staging key).
+   Rows of someone who shares an identity with the person (a household phone) are left out.
+   When the identities given fit more than one person equally well (two callers of one business
+   sharing a phone, no e-mail to tell them apart), nothing is collected: the request is
+   rejected, with a message saying to record a new request with the identity that tells them
+   apart.
 4. `check_bundle` (Great Expectations) reads the bundle back: row counts equal the source
    counts of the same snapshot, every row and file belongs to the person, checksums match.
    If it fails, the run fails and no link is issued.
@@ -165,6 +170,7 @@ def dsr_export() -> None:
             verification_response=ti.xcom_pull(task_ids=HITL_TASK_ID),
             task_states=task_states_of_run(ti, dag_id=DAG_ID, run_id=run_id),
             link_valid_days=context["params"].get("link_valid_days"),
+            built=ti.xcom_pull(task_ids="build_bundle"),
         )
 
     handle = open_request()

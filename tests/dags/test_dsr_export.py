@@ -332,6 +332,37 @@ def test_a_rejected_verification_ends_the_request_with_nothing_collected(
     assert export_keys(deployment, s3, request_id) == []
 
 
+def test_a_household_phone_alone_is_rejected_with_nothing_collected_and_says_which_identity_to_add(
+    export_dag: Any, deployment: Deployment, s3: Any
+) -> None:
+    member = cast_member("household_b")  # shares household_a's phone in business 4, no e-mail
+    request_id = recorded_request(deployment, "household_b", verified=True)
+    asked_before = len(deployment.crm.request_log()) + len(deployment.payments.request_log())
+    dag_run = export_dag.test(run_conf={"request_id": request_id})
+    states = task_states(dag_run)
+    assert dag_run.state == DagRunState.FAILED, "the run shows the refusal"
+    assert states["build_bundle"] == "success" and states["check_bundle"] == "skipped"
+    assert states["publish_bundle"] == "skipped" and states["close_request"] == "failed"
+    row = request_row(deployment, request_id)
+    assert row["status"] == "rejected" and row["result_uri"] is None and row["completed_at"] is None
+    detail = row["outcome_detail"]
+    assert "refused before anything was collected" in detail and "2 rows in business 4" in detail
+    assert "identity that tells the people apart" in detail
+    assert export_keys(deployment, s3, request_id) == [], "nothing staged or published"
+    assert not s3.list_multipart_uploads(Bucket=deployment.bucket).get("Uploads")
+    with psycopg.connect(deployment.app_url) as conn:
+        assert conn.execute("SELECT count(*) FROM governance.export_bundles WHERE request_id = %s",
+                            (request_id,)).fetchone() == (0,)  # fmt: skip
+    assert len(deployment.crm.request_log()) + len(deployment.payments.request_log()) == asked_before
+    refusal = xcom_result(dag_run, "build_bundle")
+    assert refusal["refused"] is True and refusal["ambiguities"] == [
+        {"table": "aircalls_app.callers", "business_id": 4, "rows": 2}
+    ]
+    for where, text in (("xcom", run_xcoms(dag_run)), ("logs", run_logs(dag_run)), ("outcome", detail)):
+        for leak in (member.e164 or "", (member.phone or "")[-8:], member.full_name or ""):
+            assert leak and leak not in text, f"{where} holds an identity"
+
+
 def test_an_unknown_request_id_or_bad_identities_are_refused_before_anything_is_read(
     export_dag: Any, deployment: Deployment
 ) -> None:

@@ -34,7 +34,7 @@ def _resolve(url: str, subject: SubjectIdentities, scope: list[int] | None = Non
     plan = build_resolution_plan(datamap, [k for k, _ in subject.items()], business_scope=scope is not None)
     with psycopg.connect(url) as conn:
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        return datamap, resolve_in_database(conn, plan, subject, scope_ids=scope)
+        return datamap, resolve_in_database(conn, plan, subject, datamap=datamap, scope_ids=scope)
 
 
 def test_resolution_finds_exactly_the_rows_hand_written_sql_finds(reference_deployment: Deployment) -> None:
@@ -104,7 +104,7 @@ def test_streaming_export_yields_every_mapped_column_of_exactly_the_resolved_row
     calls = TableRef("aircalls_app", "calls")
     with psycopg.connect(reference_deployment.app_url) as conn:
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        footprint = resolve_in_database(conn, plan, subject)
+        footprint = resolve_in_database(conn, plan, subject, datamap=datamap)
         batches = list(stream_table(conn, datamap, footprint, calls, batch_rows=3))
     columns = batches[0][0]
     rows = [row for _cols, batch in batches for row in batch]

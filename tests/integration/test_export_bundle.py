@@ -4,6 +4,11 @@ Ground truth is computed here independently of the data map: hand-written SQL pe
 server's own listing and bytes, and the processor stand-ins' state. The bundle is written to a
 fresh bucket, read back, decrypted and compared with it. The gate is shown to pass on good
 bundles and to fail on a planted extra row, a planted missing row and a corrupted file.
+
+Two callers of one business sharing a household phone (``household_a`` with an e-mail,
+``household_b`` without) show the narrowing to one person: named by e-mail and phone,
+``household_a`` gets only their own rows; the phone alone is refused before anything is read from
+a processor or written; and a planted row of the neighbour fails the gate.
 """
 
 from __future__ import annotations
@@ -24,7 +29,13 @@ from governance.crypto import IdentityHasher, Keyring, new_key_b64
 from governance.datamap import load_datamap
 from governance.datamap.model import DataMap
 from governance.export import age
-from governance.export.collect import BundleSummary, ExportSubject, ExportTargets, export_bundle_to_s3
+from governance.export.collect import (
+    AmbiguousSubject,
+    BundleSummary,
+    ExportSubject,
+    ExportTargets,
+    export_bundle_to_s3,
+)
 from governance.export.gate import GateResult, check_bundle
 from governance.identity import SubjectIdentities
 from governance.seed import cast_member
@@ -520,3 +531,152 @@ def test_a_table_and_a_processor_added_to_the_map_are_exported_with_no_code_chan
     } != set()
     assert "Voicemail summaries the receptionist took" in archive.read("index.html").decode()
     assert gate(datamap, summary, subject, s3, out_bucket, "v.zip.age").passed
+
+
+# --------------------------------------------------------------------------------------------
+# Two people behind one household phone
+
+
+def callers_rows(url: str, caller_ids: set[int]) -> dict[str, set[int]]:
+    """Primary keys of the caller rows and everything they own, by hand-written SQL."""
+    with psycopg.connect(url) as conn:
+        truth = {"callers": set(caller_ids)}
+        for table in ("calls", "messages", "appointments"):
+            truth[table] = {r[0] for r in conn.execute(f"SELECT id FROM app.{table} WHERE caller_id = ANY(%s)",  # noqa: S608
+                                                       (sorted(caller_ids),))}  # fmt: skip
+    return truth
+
+
+def household_callers(url: str, email: str, e164: str) -> tuple[set[int], set[int]]:
+    """The caller rows holding the person's e-mail, and the other caller rows holding the same
+    phone (the neighbours), by hand-written SQL."""
+    with psycopg.connect(url) as conn:
+        own = {r[0] for r in conn.execute("SELECT id FROM app.callers WHERE lower(email) = lower(%s)", (email,))}
+        neighbours = {r[0] for r in conn.execute("SELECT id FROM app.callers WHERE phone = %s AND NOT (id = ANY(%s))",
+                                                 (e164, sorted(own)))}  # fmt: skip
+    return own, neighbours
+
+
+def test_household_member_named_by_email_and_shared_phone_gets_only_their_own_rows(
+    env: Deployment, datamap: DataMap, s3: Any, out_bucket: str
+) -> None:
+    member, neighbour = cast_member("household_a"), cast_member("household_b")
+    assert member.email and member.e164 and member.e164 == neighbour.e164
+    own, neighbours = household_callers(env.app_url, member.email, member.e164)
+    assert own == set(member.caller_ids) and neighbours == set(neighbour.caller_ids)
+    mine, theirs = callers_rows(env.app_url, own), callers_rows(env.app_url, neighbours)
+    assert theirs["calls"], "the neighbour has calls of their own that must stay out"
+
+    subject = subject_of("household_a")  # e-mail and the shared phone
+    summary = write(datamap, subject, env, s3, out_bucket, "h.zip.age")
+    archive = read_bundle(s3, out_bucket, "h.zip.age")
+    for table in ("callers", "calls", "messages", "appointments"):
+        assert bundle_keys(archive, table) == mine[table], table
+        assert not bundle_keys(archive, table) & theirs[table], f"no {table} row of the neighbour"
+    for table in ("users", "payments", "support_tickets", "usage_events", "marketing_preferences"):
+        assert bundle_keys(archive, table) == set(), table
+    objects = ground_truth_objects(env.app_url, s3, env.bucket, mine["calls"])
+    their_objects = ground_truth_objects(env.app_url, s3, env.bucket, theirs["calls"])
+    in_bundle = {n.split("/", 2)[2] for n in archive.namelist() if n.startswith("files/")}
+    assert objects and in_bundle == set(objects) and not in_bundle & set(their_objects)
+    folders = {n.split("/")[2] for n in archive.namelist() if n.startswith("processors/crm/")}
+    assert folders == ground_truth_processors(env, member.email)["crm"] != set()
+    assert summary.source_counts["aircalls_app.callers"] == 1
+    assert summary.excluded_rows == {"aircalls_app.callers": 1}, "the neighbour's row was found and left out"
+    text = archive.read("index.html").decode() + archive.read("manifest.json").decode()
+    assert (neighbour.full_name or "-") not in text and str(neighbour.caller_ids[0]) not in text
+    result = gate(datamap, summary, subject, s3, out_bucket, "h.zip.age")
+    assert result.passed, result.describe_failures()
+
+
+@pytest.mark.parametrize("key", ["household_a", "household_b"])
+def test_a_shared_household_phone_alone_is_refused_before_anything_is_collected_or_written(
+    env: Deployment, datamap: DataMap, s3: Any, out_bucket: str, key: str
+) -> None:
+    member = cast_member(key)
+    subject = subject_of(key, email=None)  # the household phone only: nothing tells the two apart
+    asked_before = len(env.crm.request_log()) + len(env.payments.request_log())
+    with pytest.raises(AmbiguousSubject) as refused:
+        write(datamap, subject, env, s3, out_bucket, "amb.zip.age")
+    message = str(refused.value)
+    assert "aircalls_app.callers: 2 rows in business 4" in message
+    assert "identity that tells the people apart" in message
+    for identity in (member.phone, member.e164, member.full_name, member.email, member.e164[-7:]):  # type: ignore[index]
+        assert not identity or identity not in message, "counts, tables and businesses only"
+    assert refused.value.to_dict() == [{"table": "aircalls_app.callers", "business_id": 4, "rows": 2}]
+    assert s3.list_objects_v2(Bucket=out_bucket).get("KeyCount", 0) == 0, "no bundle, not even a partial one"
+    assert not s3.list_multipart_uploads(Bucket=out_bucket).get("Uploads"), "no upload was started"
+    assert len(env.crm.request_log()) + len(env.payments.request_log()) == asked_before, "no processor was asked"
+
+
+def test_gate_fails_on_a_planted_row_of_the_household_neighbour_who_shares_the_phone(
+    env: Deployment, datamap: DataMap, s3: Any, out_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import governance.connectors.postgres as pg
+
+    neighbour = cast_member("household_b")
+    with psycopg.connect(env.app_url) as conn:
+        planted_caller = conn.execute("SELECT * FROM app.callers WHERE id = %s", (neighbour.caller_ids[0],)).fetchone()
+        planted_call = conn.execute("SELECT * FROM app.calls WHERE caller_id = %s ORDER BY id LIMIT 1",
+                                    (neighbour.caller_ids[0],)).fetchone()  # fmt: skip
+    assert planted_caller and planted_call
+    original = pg.stream_table
+
+    def with_the_neighbour(conn: Any, dm: Any, footprint: Any, table: Any, **kw: Any) -> Iterator[Any]:
+        planted = {"callers": planted_caller, "calls": planted_call}.get(table.table)
+        for columns, batch in original(conn, dm, footprint, table, **kw):
+            yield columns, [*batch, planted] if planted else batch
+
+    monkeypatch.setattr(pg, "stream_table", with_the_neighbour)
+    subject = subject_of("household_a")
+    summary = write(datamap, subject, env, s3, out_bucket, "nb.zip.age", formats=("json",))
+    result = gate(datamap, summary, subject, s3, out_bucket, "nb.zip.age")
+    assert not result.passed
+    failed = {(c.suite, c.columns): c for c in result.failed()}
+    # The neighbour's caller row holds the shared phone, so it is "tied" by identity; narrowing
+    # says it matches fewer of the request's identities than household_a's row of the business.
+    narrowing = failed[("ties", "narrowing")]
+    assert narrowing.unexpected_count == 1 and narrowing.examples == ["fewer_identities"]
+    # Nothing the neighbour owns is tied: their call fails the tie check.
+    assert failed[("ties", "tie")].unexpected_count == 1
+    assert json.dumps(result.to_dict()).find(str(neighbour.e164)) == -1
+
+
+# --------------------------------------------------------------------------------------------
+# Processor paging, declared in the map
+
+
+def test_a_processor_added_to_the_map_with_paging_has_every_page_followed_with_no_code_change(
+    env: Deployment,
+) -> None:
+    import copy
+
+    import yaml
+
+    from governance.config import INCLUDE_DIR
+    from governance.datamap.loader import validate_datamap
+
+    raw = yaml.safe_load((INCLUDE_DIR / "datamap.yaml").read_text())
+    mirror = copy.deepcopy(next(p for p in raw["processors"] if p["name"] == "payments_processor"))
+    mirror.update(name="billing_mirror", description="A mirror of the payments processor that pages by two.")
+    charges = next(e for e in mirror["export"] if e["name"] == "charges")
+    charges["query"]["limit"] = "2"  # small pages: the payer's charges span many of them
+    unpaged = copy.deepcopy(mirror)
+    unpaged.update(name="billing_mirror_unpaged")
+    next(e for e in unpaged["export"] if e["name"] == "charges").pop("paging")
+    raw["processors"] += [mirror, unpaged]
+    datamap = validate_datamap(raw, source="datamap-with-a-paged-processor.yaml")
+
+    member = cast_member("payer")
+    truth = ground_truth_processors(env, member.email)
+    [customer] = truth["payments_processor"]
+    connection = ConnectionInfo("payments_processor", "http", host=env.payments.url, password=env.payments.api_key)
+    asked_before = len(env.payments.request_log())
+    with ProcessorClient(datamap.processor("billing_mirror"), connection, attempts=2, backoff_s=0.01) as client:  # type: ignore[arg-type]
+        paged = client.export(customer)["charges"]
+    pages = [r for r in env.payments.request_log()[asked_before:] if r["path"] == "/v1/charges"]
+    assert {c["id"] for c in paged} == truth["charges"] and len(paged) == len(truth["charges"]) > 10
+    assert len(pages) == -(-len(truth["charges"]) // 2), "one request per page of two"
+    with ProcessorClient(datamap.processor("billing_mirror_unpaged"), connection, attempts=2,  # type: ignore[arg-type]
+                         backoff_s=0.01) as client:  # fmt: skip
+        assert len(client.export(customer)["charges"]) == 2, "without paging in the map, only the first page"

@@ -223,6 +223,28 @@ def test_processor_without_an_erase_call(tmp_path: Path) -> None:
     assert_issue(path, error, "processors[crm].erase", "processor without an erase call")
 
 
+def test_paging_needs_exactly_one_source_of_the_next_cursor(tmp_path: Path) -> None:
+    def both(d: Map) -> None:
+        d["processors"][0]["lookup"]["paging"]["next_cursor_path"] = "paging.next.after"
+
+    path, error = broken(tmp_path, both)
+    assert_issue(path, error, "processors[payments_processor].lookup.paging", "exactly one of cursor_field",
+                 "next_cursor_path")  # fmt: skip
+
+
+def test_paging_whose_cursor_parameter_is_already_a_query_parameter(tmp_path: Path) -> None:
+    path, error = broken(tmp_path, lambda d: processor(d, "payments_processor")["lookup"]["paging"].update(
+        cursor_param="email"))  # fmt: skip
+    assert_issue(path, error, "processors[payments_processor].lookup.paging.cursor_param",
+                 "'email' is already a query parameter")  # fmt: skip
+
+
+def test_an_erase_call_that_pages(tmp_path: Path) -> None:
+    path, error = broken(tmp_path, lambda d: processor(d, "crm")["erase"].update(
+        paging={"cursor_param": "after", "cursor_field": "id"}))  # fmt: skip
+    assert_issue(path, error, "processors[crm].erase.paging", "an erase call does not page")
+
+
 def test_processor_call_with_an_unknown_placeholder(tmp_path: Path) -> None:
     path, error = broken(tmp_path, lambda d: processor(d, "crm")["erase"].update(path="/api/contacts/{contact}"))
     assert_issue(path, error, "processors[crm].erase", "placeholder {contact} is not one of the record id")

@@ -495,6 +495,38 @@ def test_processor_requests_are_filled_from_templates_and_never_print_the_identi
     assert plans.records_at({"id": "c1"}, None) == [{"id": "c1"}]
 
 
+def test_declared_paging_continues_from_the_last_record_while_the_processor_says_there_is_more(
+    datamap: DataMap,
+) -> None:
+    payments = datamap.processor("payments_processor")
+    assert payments is not None
+    charges = plans.build_processor_request(next(e for e in payments.export if e.name == "charges"), {"id": "cus_1"})
+    page = [{"id": "ch_3"}, {"id": "ch_2"}]
+    following = charges.next_page({"data": page, "has_more": True}, page)
+    assert following is not None and following.path == charges.path
+    assert dict(following.query) == {"customer": "cus_1", "starting_after": "ch_2"}
+    assert charges.next_page({"data": page, "has_more": False}, page) is None, "the last page"
+    assert charges.next_page({"data": [], "has_more": True}, []) is None, "an empty page ends paging"
+    assert charges.next_page({"data": page}, page) is None, "no has_more: nothing says there is more"
+    customer = plans.build_processor_request(payments.export[0], {"id": "cus_1"})
+    assert customer.paging is None and customer.next_page({"has_more": True}, [{"id": "x"}]) is None
+
+
+def test_declared_paging_can_take_the_next_cursor_from_the_response() -> None:
+    from governance.datamap.model import Paging, ProcessorExport
+
+    template = ProcessorExport(name="notes", method="GET", path="/notes", query={"contact": "{id}"},
+                               records_path="results", paging=Paging(cursor_param="after",
+                                                                      next_cursor_path="paging.next.after"))  # fmt: skip
+    request = plans.build_processor_request(template, {"id": "7"})
+    page = [{"id": 1}]
+    following = request.next_page({"results": page, "paging": {"next": {"after": "NTI1Cg"}}}, page)
+    assert following is not None and dict(following.query) == {"contact": "7", "after": "NTI1Cg"}
+    assert request.next_page({"results": page, "paging": {}}, page) is None
+    with pytest.raises(ValueError, match="exactly one of cursor_field"):
+        Paging(cursor_param="after")
+
+
 def test_export_query_selects_every_mapped_column_of_the_persons_rows(datamap: DataMap) -> None:
     step = plans.build_resolution_plan(datamap, ["phone"]).step(t("callers"))
     assert rendered(plans.build_export_query(datamap, step)) == (

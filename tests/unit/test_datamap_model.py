@@ -226,6 +226,12 @@ def test_processors_declare_lookup_export_and_idempotent_erase(datamap: DataMap)
     assert [e.name for e in payments.export] == ["customer", "charges"]
     for processor in (payments, crm):
         assert processor.recipient is not None and processor.recipient.country
+    # Stripe-like lists page: the map says how, the connector has no processor-specific code.
+    for paged in (payments.lookup, payments.export[1]):
+        assert paged.paging is not None
+        assert (paged.paging.cursor_param, paged.paging.cursor_field, paged.paging.has_more_path) == (
+            "starting_after", "id", "has_more")
+    assert payments.export[0].paging is None and crm.lookup.paging is None
 
 
 def test_every_personal_table_has_retention_rules(datamap: DataMap) -> None:

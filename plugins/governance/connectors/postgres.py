@@ -1,9 +1,15 @@
 """Identity resolution in PostgreSQL: where a person's rows are, inside one snapshot.
 
-``resolve_in_database`` runs a :class:`~governance.datamap.plans.ResolutionPlan` step by step on
-one connection. The caller opens that connection in a REPEATABLE READ (read-only for export)
-transaction, so every step and every later export query sees the same snapshot. Identities reach
-PostgreSQL only as bound parameters.
+``resolve_in_database`` runs a :class:`~governance.datamap.plans.ResolutionPlan` through the
+shared resolution (:func:`governance.resolution.resolve_subject`), so the rows found are narrowed
+to one person exactly as erasure narrows them: a row carrying another value of an identity the
+request names is left out, a household sharing a phone is settled by the e-mail, and rows that
+stay ambiguous are reported in ``DatabaseFootprint.ambiguities`` for the caller to refuse.
+
+The caller opens the connection in a REPEATABLE READ (read-only for export) transaction, so
+resolution and every later count and export query see the same snapshot; those queries are the
+plan's match minus the rows narrowing left out, so they return exactly the resolved rows.
+Identities reach PostgreSQL only as bound parameters.
 """
 
 from __future__ import annotations
@@ -13,21 +19,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg import sql
 
 from governance.datamap.model import DataMap, PrefixRef, TableRef
-from governance.datamap.plans import SCOPE_IDS, MentionStep, ResolutionPlan, build_export_query
+from governance.datamap.plans import SCOPE_IDS, MentionStep, ResolutionPlan, ResolutionStep
 from governance.identity import SubjectIdentities
+from governance.resolution import Ambiguity, MatchByIdentity, resolve_subject
 
 
 @dataclass
 class TableFootprint:
-    """The person's rows of one table: primary keys, and the columns later steps need."""
+    """The person's rows of one table: primary keys, and the columns later steps need.
+
+    ``excluded`` maps rows the identities found but narrowing left out (another person's) to
+    the reason; they are in neither ``keys`` nor any export.
+    """
 
     table: TableRef
     primary_key: str
     keys: list[Any] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
+    excluded: dict[Any, str] = field(default_factory=dict)
 
     @property
     def count(self) -> int:
@@ -46,18 +58,25 @@ class MentionFootprint:
 class DatabaseFootprint:
     """Everything resolution found in the databases, plus the params that found it.
 
-    ``params`` holds the identities, scope and every step's output params: the same mapping the
-    export queries and erasure statements run with.
+    ``params`` holds the identities, scope, every step's output params and the keys narrowing
+    left out per table: the mapping :func:`export_query` and :func:`count_query` run with.
+    ``ambiguities`` lists businesses where several rows match the identities equally well (more
+    than one person may share them): a caller serving one requester must refuse them.
     """
 
     plan: ResolutionPlan
     params: dict[str, Any]
     tables: dict[TableRef, TableFootprint]
     mentions: list[MentionFootprint]
+    ambiguities: list[Ambiguity] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         """Rows per table (``system.table``): safe for logs and XCom."""
         return {str(ref): fp.count for ref, fp in self.tables.items()}
+
+    def excluded_counts(self) -> dict[str, int]:
+        """Rows per table found by an identity but left out as another person's (safe for logs)."""
+        return {str(ref): len(fp.excluded) for ref, fp in self.tables.items() if fp.excluded}
 
     def mention_counts(self) -> dict[str, int]:
         return {f"{m.step.edge.child}.{m.step.edge.field}": len(m.keys) for m in self.mentions}
@@ -77,6 +96,11 @@ def identity_params(plan: ResolutionPlan, identities: SubjectIdentities) -> dict
     return {kind: [given[kind]] if kind in given else [] for kind in plan.identity_kinds}
 
 
+def excluded_param(table: TableRef) -> str:
+    """Name of the parameter holding the keys of ``table`` that narrowing left out."""
+    return f"excluded_{table.system}_{table.table}"
+
+
 def _only(params: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
     return {name: params[name] for name in names}
 
@@ -86,39 +110,85 @@ def resolve_in_database(
     plan: ResolutionPlan,
     identities: SubjectIdentities,
     *,
+    datamap: DataMap,
     scope_ids: Sequence[int] | None = None,
     extra_params: Mapping[str, Any] | None = None,
 ) -> DatabaseFootprint:
-    """Run every step of ``plan`` on ``conn`` (one snapshot) and return what it found.
+    """Run every step of ``plan`` (built from ``datamap``) on ``conn`` (one snapshot) and return
+    the person's rows, narrowed to one person.
 
     ``scope_ids`` is required exactly when the plan is business-scoped. Steps run parents before
-    children, each fed the keys its parents found; a table with no rows for the person yields an
-    empty footprint, not an error.
+    children, each fed the keys its narrowed parents kept; a table with no rows for the person
+    yields an empty footprint, not an error. Ambiguities are returned, not raised: refusing is
+    the caller's decision (the export refuses; nothing is ever exported for two people).
     """
-    if plan.business_scope and not scope_ids:
-        raise ValueError("a business-scoped resolution needs scope_ids")
-    systems = {step.table.system for step in plan.steps}
-    if len(systems) > 1:
-        # Ownership across databases cannot be joined in one snapshot; no map needs it yet.
-        raise NotImplementedError(f"resolution across several postgres systems ({sorted(systems)}) is not supported")
+    missing = sorted(set(plan.identity_kinds) - {kind for kind, _ in identities.items()})
+    if missing:
+        # Narrowing compares every identity the plan resolves by: a kind the request lacks would
+        # make every row holding one look like another person's.
+        raise ValueError(f"the plan resolves by {', '.join(missing)}, which the request does not give: "
+                         "build the plan from the request's identity kinds")  # fmt: skip
+    resolution = resolve_subject(conn, datamap, plan, MatchByIdentity(identities), scope_ids=scope_ids)
     params: dict[str, Any] = {**identity_params(plan, identities), **(extra_params or {})}
     if plan.business_scope:
         params[SCOPE_IDS] = [int(s) for s in scope_ids or []]
+    params.update(resolution.params)
     tables: dict[TableRef, TableFootprint] = {}
-    with conn.cursor(row_factory=dict_row) as cur:
-        for step in plan.steps:
-            rows = cur.execute(step.query, _only(params, step.input_params)).fetchall()
-            footprint = TableFootprint(step.table, step.primary_key, keys=[r[step.primary_key] for r in rows])
-            if step.materialise or any(o.source == step.table for o in plan.objects):
-                footprint.rows = [dict(r) for r in rows]
-            tables[step.table] = footprint
-            for param, column in step.output_params.items():
-                params[param] = sorted({r[column] for r in rows if r[column] is not None})
-        mentions = []
-        for mention in plan.mentions:
-            rows = cur.execute(mention.query, _only(params, mention.input_params)).fetchall()
-            mentions.append(MentionFootprint(mention, [r[mention.primary_key] for r in rows]))
-    return DatabaseFootprint(plan=plan, params=params, tables=tables, mentions=mentions)
+    for step in plan.steps:
+        resolved = resolution.tables[step.table]
+        keys = resolved.keys
+        footprint = TableFootprint(step.table, step.primary_key, keys=keys, excluded=dict(resolved.excluded))
+        if step.materialise or any(o.source == step.table for o in plan.objects):
+            footprint.rows = [resolved.rows[k] for k in keys]
+        tables[step.table] = footprint
+        params[excluded_param(step.table)] = sorted(resolved.excluded)
+    mentions = [
+        MentionFootprint(step, found.keys) for step, found in zip(plan.mentions, resolution.mentions, strict=True)
+    ]
+    return DatabaseFootprint(
+        plan=plan, params=params, tables=tables, mentions=mentions, ambiguities=list(resolution.ambiguities)
+    )
+
+
+def _narrowed_where(datamap: DataMap, step: ResolutionStep) -> sql.Composable:
+    """The plan's match for the step, minus the rows narrowing left out (``<> ALL('{}')`` is
+    true, so a table nothing was left out of costs nothing extra)."""
+    table = datamap.table(step.table)
+    return sql.SQL("({}) AND {} <> ALL({})").format(
+        step.where, sql.Identifier(table.primary_key), sql.Placeholder(excluded_param(step.table))
+    )
+
+
+def _input_params(step: ResolutionStep) -> tuple[str, ...]:
+    return (*step.input_params, excluded_param(step.table))
+
+
+def export_query(datamap: DataMap, step: ResolutionStep) -> sql.Composed:
+    """Every mapped column of the person's (narrowed) rows of ``step.table``, in key order."""
+    table = datamap.table(step.table)
+    schema = datamap.postgres_system(step.table.system).db_schema
+    return sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {}").format(
+        sql.SQL(", ").join(sql.Identifier(n) for n in table.field_names),
+        sql.Identifier(schema, step.table.table),
+        _narrowed_where(datamap, step),
+        sql.Identifier(table.primary_key),
+    )
+
+
+def count_query(datamap: DataMap, step: ResolutionStep) -> sql.Composed:
+    """How many of the person's (narrowed) rows ``step.table`` holds."""
+    schema = datamap.postgres_system(step.table.system).db_schema
+    return sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
+        sql.Identifier(schema, step.table.table), _narrowed_where(datamap, step)
+    )
+
+
+def count_rows(conn: psycopg.Connection[Any], datamap: DataMap, footprint: DatabaseFootprint, table: TableRef) -> int:
+    """The person's rows of ``table`` counted in the snapshot (must run in the resolution's
+    transaction): the source count an export bundle is checked against."""
+    step = footprint.plan.step(table)
+    row = conn.execute(count_query(datamap, step), _only(footprint.params, _input_params(step))).fetchone()
+    return int(row[0]) if row else 0
 
 
 def stream_table(
@@ -133,10 +203,10 @@ def stream_table(
     server-side cursor (memory stays flat however many rows the person has). Yields
     ``(column names, rows)``; must run in the same transaction as the resolution."""
     step = footprint.plan.step(table)
-    query = build_export_query(datamap, step)
+    query = export_query(datamap, step)
     with conn.cursor(name=f"export_{table.system}_{table.table}") as cur:
         cur.itersize = batch_rows
-        cur.execute(query, _only(footprint.params, step.input_params))
+        cur.execute(query, _only(footprint.params, _input_params(step)))
         columns: list[str] | None = None
         while True:
             batch = cur.fetchmany(batch_rows)

@@ -4,7 +4,9 @@ No processor is coded here: look-up, export and erase calls come from the map
 (``processors[].lookup/export/erase``); the Airflow connection gives the base URL and the secret.
 Transient failures (connection errors, 429, 5xx) are retried with exponential backoff, honouring
 ``Retry-After`` up to a cap; when retries run out, ProcessorUnavailable names the processor and
-the last status, never the URL (its path or query can hold an identity).
+the last status, never the URL (its path or query can hold an identity). List calls that page
+declare it in the map (``paging``); :meth:`ProcessorClient.fetch_records` follows the pages, so a
+processor with paging needs only a map edit.
 """
 
 from __future__ import annotations
@@ -119,6 +121,34 @@ class ProcessorClient:
             raise ProcessorRejected(f"{self.processor.name} {what}: unexpected HTTP {status}")
         raise ProcessorUnavailable(f"{self.processor.name} {what}: still failing after {self.attempts} attempts ({last})")
 
+    def fetch_records(self, request: ProcessorRequest, what: str) -> list[Any]:
+        """Every record a call returns (at its ``records_path``), following its declared paging
+        page by page; an empty list when the processor answers with an absent status. Each page
+        is retried like any call; a cursor that does not advance or more than ``max_pages`` pages
+        raise ProcessorRejected rather than return part of the records."""
+        records: list[Any] = []
+        seen: set[str] = set()
+        page_request: ProcessorRequest | None = request
+        pages = 0
+        while page_request is not None:
+            pages += 1
+            if request.paging is not None and pages > request.paging.max_pages:
+                raise ProcessorRejected(f"{self.processor.name} {what}: more than {request.paging.max_pages} pages")
+            status, body = self._send(page_request, what)
+            if status in request.absent_status:
+                if pages > 1:  # the records seen so far would be silently incomplete
+                    raise ProcessorRejected(f"{self.processor.name} {what}: page {pages} answered absent")
+                break
+            page = records_at(body, request.records_path)
+            records += page
+            page_request = page_request.next_page(body, page)
+            if page_request is not None and request.paging is not None:
+                cursor = page_request.query[request.paging.cursor_param]
+                if cursor in seen:
+                    raise ProcessorRejected(f"{self.processor.name} {what}: paging did not advance")
+                seen.add(cursor)
+        return records
+
     # -- the contract -------------------------------------------------------------------------
 
     def lookup(self, identities: SubjectIdentities) -> list[ProcessorRecord]:
@@ -130,23 +160,19 @@ class ProcessorClient:
             if kind not in given:
                 continue
             request = build_processor_request(self.processor.lookup, {kind: given[kind]})
-            status, body = self._send(request, "lookup")
-            if status in request.absent_status:
-                continue
-            for record in records_at(body, request.records_path):
+            for record in self.fetch_records(request, "lookup"):
                 record_id = str(record.get(request.id_field or "id")) if isinstance(record, Mapping) else None
                 if record_id:
                     found.setdefault(record_id, ProcessorRecord(self.processor.name, record_id, record))
         return [found[k] for k in sorted(found)]
 
     def export(self, record_id: str) -> dict[str, list[Any]]:
-        """Every declared export call for one record: ``{export name: [records]}``."""
-        out: dict[str, list[Any]] = {}
-        for template in self.processor.export:
-            request = build_processor_request(template, {"id": record_id})
-            status, body = self._send(request, f"export {template.name}")
-            out[template.name] = [] if status in request.absent_status else records_at(body, request.records_path)
-        return out
+        """Every declared export call for one record, every page of each:
+        ``{export name: [records]}``."""
+        return {
+            template.name: self.fetch_records(build_processor_request(template, {"id": record_id}), f"export {template.name}")
+            for template in self.processor.export
+        }
 
     def erase(self, record_id: str) -> Literal["erased", "absent"]:
         """Erase one record; 'absent' when the processor says it is already gone (idempotent)."""

@@ -636,6 +636,8 @@ class _Checks:
             )
         else:
             yield from self._request(f"{ppath}.erase", processor.erase, {"id"}, "the record id")
+            if processor.erase.paging is not None:
+                yield f"{ppath}.erase.paging", "an erase call does not page: remove paging"
 
     def _request(self, path: str, request: RequestTemplate, allowed: set[str], what: str) -> Iterator[tuple[str, str]]:
         try:
@@ -651,6 +653,10 @@ class _Checks:
         overlap = set(request.success_status) & set(request.absent_status)
         if overlap:
             yield f"{path}.absent_status", f"status {sorted(overlap)} cannot mean both success and absent"
+        if request.paging is not None and request.paging.cursor_param in request.query:
+            yield f"{path}.paging.cursor_param", (
+                f"{request.paging.cursor_param!r} is already a query parameter of the call: the cursor needs its own"
+            )
 
     # -- legal exceptions and retention ----------------------------------------------------
 

@@ -423,10 +423,38 @@ def template_placeholders(template: str) -> list[str]:
 # Processors (third parties over HTTP)
 
 
+class Paging(_Strict):
+    """How a list call continues onto its next page, declared, not coded.
+
+    The next request repeats the call with the cursor in the query parameter ``cursor_param``.
+    The cursor is either the ``cursor_field`` of the page's last record (Stripe-like lists:
+    ``starting_after`` = the last record's ``id``) or the value at the dot path
+    ``next_cursor_path`` of the response (``paging.next.after``). Pages are followed while a
+    cursor is found, the page is not empty and, when ``has_more_path`` is declared, the boolean
+    there is true; a call needing more than ``max_pages`` pages fails rather than export part of
+    a person's records.
+    """
+
+    cursor_param: str = Field(min_length=1, description="query parameter carrying the cursor")
+    cursor_field: str | None = Field(default=None, description="field of the last record that is the next cursor")
+    next_cursor_path: str | None = Field(default=None, description="dot path of the next cursor in the response")
+    has_more_path: str | None = Field(default=None, description="dot path of a boolean: more pages follow")
+    max_pages: int = Field(default=1000, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _one_cursor_source(self) -> Paging:
+        if (self.cursor_field is None) == (self.next_cursor_path is None):
+            raise ValueError(
+                "paging needs exactly one of cursor_field (the cursor is a field of the page's last record) "
+                "or next_cursor_path (the response says the next cursor)"
+            )
+        return self
+
+
 class RequestTemplate(_Strict):
     """One HTTP call, declared, not coded: placeholders ``{email}``, ``{phone}`` (identities) or
     ``{id}`` (the processor's record id) in ``path`` and ``query`` values are filled, URL-encoded,
-    at run time."""
+    at run time. A list call that returns its records in pages declares ``paging``."""
 
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
     path: str = Field(pattern=r"^/")
@@ -435,6 +463,7 @@ class RequestTemplate(_Strict):
     id_field: str | None = Field(default=None, description="field of each record holding its id")
     success_status: list[int] = Field(default_factory=lambda: [200])
     absent_status: list[int] = Field(default_factory=list, description="statuses meaning 'nothing there'")
+    paging: Paging | None = Field(default=None, description="how the call continues onto its next page")
 
     @property
     def placeholders(self) -> list[str]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -43,6 +43,7 @@ from governance.datamap.model import (
     IdentityMatch,
     LegalException,
     ObjectPrefix,
+    Paging,
     PrefixRef,
     ReferenceKind,
     RequestTemplate,
@@ -921,7 +922,8 @@ def render_key(template: str, values: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class ProcessorRequest:
-    """An HTTP call ready to send (relative to the connection's base URL)."""
+    """An HTTP call ready to send (relative to the connection's base URL). ``paging`` (from the
+    map) says how a list call continues: see :meth:`next_page`."""
 
     method: str
     path: str
@@ -930,6 +932,16 @@ class ProcessorRequest:
     id_field: str | None
     success_status: tuple[int, ...]
     absent_status: tuple[int, ...]
+    paging: Paging | None = None
+
+    def next_page(self, document: Any, page: Sequence[Any]) -> ProcessorRequest | None:
+        """The request for the page after ``page`` (the records of ``document``, the decoded
+        response), or None when this was the last page (or the call does not page)."""
+        cursor = next_page_cursor(self.paging, document, page) if self.paging is not None else None
+        if cursor is None:
+            return None
+        assert self.paging is not None
+        return replace(self, query={**self.query, self.paging.cursor_param: cursor})
 
     def __repr__(self) -> str:  # the path and query may carry an identity: never print them
         return f"ProcessorRequest({self.method} <{len(self.path)}-char path>, {len(self.query)} query params)"
@@ -949,7 +961,36 @@ def build_processor_request(template: RequestTemplate, values: Mapping[str, str]
         id_field=template.id_field,
         success_status=tuple(template.success_status),
         absent_status=tuple(template.absent_status),
+        paging=template.paging,
     )
+
+
+def _value_at(document: Any, path: str) -> Any:
+    node = document
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def next_page_cursor(paging: Paging, document: Any, page: Sequence[Any]) -> str | None:
+    """The cursor of the page after ``page`` by the map's ``paging`` declaration, or None when
+    ``page`` was the last: it is empty, ``has_more_path`` (when declared) is not true, or no
+    cursor is found (a last record without ``cursor_field``, nothing at ``next_cursor_path``)."""
+    if not page:
+        return None
+    if paging.has_more_path is not None and _value_at(document, paging.has_more_path) is not True:
+        return None
+    if paging.cursor_field is not None:
+        last = page[-1]
+        cursor = last.get(paging.cursor_field) if isinstance(last, Mapping) else None
+    else:
+        assert paging.next_cursor_path is not None
+        cursor = _value_at(document, paging.next_cursor_path)
+    if cursor is None or cursor == "" or isinstance(cursor, (Mapping, list, bool)):
+        return None
+    return str(cursor)
 
 
 def records_at(document: Any, records_path: str | None) -> list[Any]:

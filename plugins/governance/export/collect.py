@@ -1,35 +1,34 @@
 """Collecting a person's data into an encrypted export bundle, driven only by the data map.
 
-``export_bundle_to_s3`` is the bundle writer: it resolves the person in every database of the
-map inside one ``REPEATABLE READ READ ONLY`` transaction per database (resolution, the source
-counts and every export query see the same snapshot), streams each table's rows into the ZIP in
-the chosen formats, then the objects tied to those rows, then what each processor returns through
-its declared look-up and export calls, then ``index.html`` and ``manifest.json``. The ZIP goes
-through the age encryptor into an S3 multipart upload with server-side encryption: the bundle is
-never whole in memory or on disk, and an exception aborts the upload, so a failed collection
-leaves no object behind.
+``export_bundle_to_s3`` is the bundle writer. It first resolves the person in every database of
+the map, inside one ``REPEATABLE READ READ ONLY`` transaction per database (resolution, the
+source counts and every export query see the same snapshot), narrowed to one person by the rule
+erasure uses (:mod:`governance.resolution`): rows of someone who shares an identity with the
+person (a household phone) are left out with everything they own, and identities that fit
+several people equally well are refused (:class:`AmbiguousSubject`) before any processor is
+asked or anything is written. It then asks each processor through its declared look-up and
+export calls (one that is down fails the export before any row is streamed), streams each
+table's rows into the ZIP in the chosen formats, then the objects tied to those rows, then what
+the processors returned, then ``index.html`` and ``manifest.json``. The ZIP goes through the age
+encryptor into an S3 multipart upload with server-side encryption: the bundle is never whole in
+memory or on disk, and an exception aborts the upload, so a failed collection leaves no object
+behind.
 
-Processors are asked first: a processor that is down fails the export before the databases and
-the object store are read. Nothing here names a table, prefix or processor: adding one to the
-data map brings it into the bundle.
+Nothing here names a table, prefix or processor: adding one to the data map brings it into the
+bundle.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from governance.datamap.model import DataMap, ObjectStoreSystem, Processor
-from governance.datamap.plans import (
-    ObjectStep,
-    ResolutionPlan,
-    build_processor_request,
-    build_resolution_plan,
-    records_at,
-)
+from governance.datamap.plans import ObjectStep, ResolutionPlan, build_resolution_plan
 from governance.export.bundle import (
     INDEX_PATH,
     BundleManifest,
@@ -41,14 +40,41 @@ from governance.export.bundle import (
 from governance.export.formats import FORMATS, DataFormat, write_rows
 from governance.export.index import BundleContents, PrefixExport, ProcessorExport, TableExport, render_index
 from governance.identity import SubjectIdentities
+from governance.resolution import Ambiguity, describe_ambiguities
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from governance.connectors.postgres import DatabaseFootprint
 
 _COMPRESSIBLE_SUFFIXES = (".json", ".txt", ".csv", ".html", ".xml", ".vtt", ".srt")
-MAX_PROCESSOR_PAGES = 1000
 INDEX_FILES_SHOWN = 6  # object files the index links to per prefix (the manifest lists them all)
 
 
 class ExportCollectionError(RuntimeError):
     """The bundle could not be collected (the message names systems, never a person)."""
+
+
+class AmbiguousSubject(ExportCollectionError):
+    """The identities given fit more than one person equally well (two callers of one business
+    sharing a household phone, nothing to tell them apart): the export is refused before any
+    processor is asked or anything is written. There is no override: one requester never gets
+    two people's data. The message gives tables, businesses and counts, never an identity."""
+
+    def __init__(self, ambiguities: Sequence[Ambiguity], *, tables_read: Sequence[str] = ()) -> None:
+        self.ambiguities = list(ambiguities)
+        self.tables_read = sorted(tables_read)
+        super().__init__(
+            "export refused before anything was collected: the identities given fit more than one person ("
+            + describe_ambiguities(self.ambiguities)
+            + "). Record a new request with the identity that tells the people apart (for example the e-mail "
+            "address as well as the shared phone); a bundle never holds another person's data, so this cannot "
+            "be overridden."
+        )
+
+    def to_dict(self) -> list[dict[str, Any]]:
+        """The ambiguities as counts (safe for XCom and the request's outcome)."""
+        return [{"table": str(a.table), "business_id": a.scope, "rows": a.rows} for a in self.ambiguities]
 
 
 @dataclass(frozen=True)
@@ -107,6 +133,9 @@ class BundleSummary:
     found_data: bool
     tables_read: list[str] = field(default_factory=list)
     prefixes_read: list[str] = field(default_factory=list)
+    # Rows the identities found but narrowing left out as another person's, per table (counts for
+    # staff; the bundle itself never mentions them).
+    excluded_rows: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,39 +145,6 @@ class BundleSummary:
 class _ProcessorResult:
     export: ProcessorExport
     documents: list[tuple[str, Any]]  # (bundle path, JSON document)
-
-
-def processor_export_documents(client: Any, processor: Processor, record_id: str) -> dict[str, list[Any]]:
-    """Every declared export call for one record, following list pages.
-
-    A response that says ``has_more`` is followed with ``starting_after`` set to the last
-    record's id (the list convention of Stripe-like APIs), so a person with more than one page of
-    charges gets all of them. The data map cannot declare paging yet: see the report on issue 5.
-    """
-    out: dict[str, list[Any]] = {}
-    for template in processor.export:
-        records: list[Any] = []
-        cursor: str | None = None
-        for _page in range(MAX_PROCESSOR_PAGES):
-            request = build_processor_request(template, {"id": record_id})
-            if cursor is not None:
-                request = replace(request, query={**request.query, "starting_after": cursor})
-            status, body = client._send(request, f"export {template.name}")  # retries with backoff
-            if status in request.absent_status:
-                break
-            page = records_at(body, request.records_path)
-            records += page
-            last = page[-1] if page else None
-            next_cursor = str(last.get("id")) if isinstance(last, Mapping) and last.get("id") else None
-            if not (isinstance(body, Mapping) and body.get("has_more") is True and next_cursor):
-                break
-            if next_cursor == cursor:
-                raise ExportCollectionError(f"{processor.name} export {template.name}: paging did not advance")
-            cursor = next_cursor
-        else:
-            raise ExportCollectionError(f"{processor.name} export {template.name}: more than {MAX_PROCESSOR_PAGES} pages")
-        out[template.name] = records
-    return out
 
 
 def collect_processors(
@@ -175,7 +171,7 @@ def collect_processors(
             documents: list[tuple[str, Any]] = []
             for record in records:
                 folder = safe_path("processors", processor.name, safe_segment(record.record_id))
-                exported = processor_export_documents(client, processor, record.record_id) if processor.export else {}
+                exported = client.export(record.record_id) if processor.export else {}  # every page
                 if not exported:
                     documents.append((f"{folder}/record.json", dict(record.document)))
                 for name, docs in sorted(exported.items()):
@@ -209,28 +205,83 @@ def _referenced_keys(step: ObjectStep, rows: Sequence[Mapping[str, Any]]) -> set
     return {str(r[step.key_column]) for r in rows if r.get(step.key_column)}
 
 
+@dataclass
+class DatabaseSnapshot:
+    """One database's open export transaction and what resolution found in it."""
+
+    conn: psycopg.Connection[Any]
+    footprint: DatabaseFootprint
+
+
+def chosen_formats(formats: Sequence[str]) -> list[DataFormat]:
+    """The data formats in canonical order; ExportCollectionError when none is chosen."""
+    chosen = [f for f in FORMATS if f in set(formats)]
+    if not chosen:
+        raise ExportCollectionError("choose at least one data format (json, csv, html)")
+    return chosen
+
+
+def export_plan(datamap: DataMap, subject: ExportSubject) -> ResolutionPlan:
+    """The resolution plan for the subject's identity kinds and business scope."""
+    kinds = [k for k, _ in subject.identities.items()]
+    return build_resolution_plan(datamap, kinds, business_scope=bool(subject.business_scope))
+
+
+@contextmanager
+def subject_snapshots(
+    datamap: DataMap, plan: ResolutionPlan, subject: ExportSubject, targets: ExportTargets
+) -> Iterator[dict[str, DatabaseSnapshot]]:
+    """Open one ``REPEATABLE READ READ ONLY`` transaction per database and resolve the subject
+    in it, narrowed to one person. Raises :class:`AmbiguousSubject` when the identities fit
+    several people equally well, before the caller reads anything else; the transactions stay
+    open (same snapshot) for the counts and export queries until the block ends."""
+    import psycopg
+
+    from governance.connectors.postgres import resolve_in_database
+
+    with ExitStack() as stack:
+        snapshots: dict[str, DatabaseSnapshot] = {}
+        ambiguities: list[Ambiguity] = []
+        for system_name in sorted({s.table.system for s in plan.steps}):
+            system = datamap.postgres_system(system_name)
+            conn = stack.enter_context(
+                psycopg.connect(targets.conninfo_for(system.connection_id), application_name="governance-export")
+            )
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+            conn.execute("SET TIME ZONE 'UTC'")  # timestamps render the same in every run
+            footprint = resolve_in_database(
+                conn, plan, subject.identities, datamap=datamap, scope_ids=list(subject.business_scope or []) or None
+            )
+            snapshots[system_name] = DatabaseSnapshot(conn, footprint)
+            ambiguities += footprint.ambiguities
+        if ambiguities:
+            raise AmbiguousSubject(ambiguities, tables_read=[str(s.table) for s in plan.steps])
+        yield snapshots
+        for snapshot in snapshots.values():
+            snapshot.conn.rollback()  # read only: nothing to commit (a no-op once the tables are written)
+
+
 def write_bundle(
     writer: BundleWriter,
     datamap: DataMap,
     subject: ExportSubject,
     *,
+    plan: ResolutionPlan,
+    snapshots: Mapping[str, DatabaseSnapshot],
     formats: Sequence[DataFormat],
     targets: ExportTargets,
     generated_at: datetime,
     batch_rows: int = 2000,
 ) -> tuple[BundleContents, BundleManifest, dict[str, int]]:
-    """Collect everything into ``writer``; return what was written, the manifest and the source
-    counts (rows per table counted in the export's snapshot, objects found, processor records)."""
-    import psycopg
-
-    from governance.connectors.postgres import resolve_in_database, stream_table
+    """Collect everything into ``writer`` from the resolved ``snapshots`` (see
+    :func:`subject_snapshots`); return what was written, the manifest and the source counts
+    (rows per table counted in the export's snapshot, objects found, processor records)."""
+    from governance.connectors.postgres import count_rows, stream_table
     from governance.export.storage import fetch_objects
 
-    formats = [f for f in FORMATS if f in set(formats)]
-    if not formats:
-        raise ExportCollectionError("choose at least one data format (json, csv, html)")
+    formats = chosen_formats(formats)
     kinds = [k for k, _ in subject.identities.items()]
-    plan = build_resolution_plan(datamap, kinds, business_scope=bool(subject.business_scope))
     contents = BundleContents(
         request_id=subject.request_id,
         received_on=subject.received_on,
@@ -241,50 +292,39 @@ def write_bundle(
     )
     source_counts: dict[str, int] = {}
 
-    # 1. Processors first: one that is down fails the export before anything else is read.
+    # 1. Processors: one that is down fails the export before any row is streamed.
     processor_results = collect_processors(datamap, plan, subject, targets)
 
-    # 2. Databases: one snapshot each for resolution, counts and export queries.
-    footprints = {}
-    for system_name in sorted({s.table.system for s in plan.steps}):
-        system = datamap.postgres_system(system_name)
-        with psycopg.connect(targets.conninfo_for(system.connection_id), application_name="governance-export") as conn:
-            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            conn.read_only = True
-            conn.execute("SET TIME ZONE 'UTC'")  # timestamps render the same in every run
-            footprint = resolve_in_database(
-                conn, plan, subject.identities, scope_ids=list(subject.business_scope or []) or None
-            )
-            footprints[system_name] = footprint
-            steps = sorted((s for s in plan.steps if s.table.system == system_name), key=lambda s: s.table)
-            for step in steps:
-                params = {p: footprint.params[p] for p in step.input_params}
-                row = conn.execute(step.count_query, params).fetchone()
-                count = int(row[0]) if row else 0
-                source_counts[str(step.table)] = count
-                spec = datamap.table(step.table)
-                files: list[str] = []
-                if count:
-                    for fmt in formats:
-                        path = safe_path("data", step.table.system, f"{step.table.table}.{fmt}")
-                        with writer.entry(path, kind="data", dataset=str(step.table), fmt=fmt) as out:
-                            batches = stream_table(conn, datamap, footprint, step.table, batch_rows=batch_rows)
-                            write_rows(fmt, out, spec.field_names, batches,
-                                       **({"title": spec.description or step.table.table,
-                                           "description": str(step.table)} if fmt == "html" else {}))  # fmt: skip
-                        files.append(path)
-                contents.tables.append(TableExport(step.table, count, tuple(files)))
-            contents.mentions.update(footprint.mention_counts())
-            conn.rollback()  # read only: nothing to commit
+    # 2. Databases: the person's (narrowed) rows, counted and streamed in the resolution's snapshot.
+    for system_name, snapshot in sorted(snapshots.items()):
+        conn, footprint = snapshot.conn, snapshot.footprint
+        steps = sorted((s for s in plan.steps if s.table.system == system_name), key=lambda s: s.table)
+        for step in steps:
+            count = count_rows(conn, datamap, footprint, step.table)
+            source_counts[str(step.table)] = count
+            spec = datamap.table(step.table)
+            files: list[str] = []
+            if count:
+                for fmt in formats:
+                    path = safe_path("data", step.table.system, f"{step.table.table}.{fmt}")
+                    with writer.entry(path, kind="data", dataset=str(step.table), fmt=fmt) as out:
+                        batches = stream_table(conn, datamap, footprint, step.table, batch_rows=batch_rows)
+                        write_rows(fmt, out, spec.field_names, batches,
+                                   **({"title": spec.description or step.table.table,
+                                       "description": str(step.table)} if fmt == "html" else {}))  # fmt: skip
+                    files.append(path)
+            contents.tables.append(TableExport(step.table, count, tuple(files)))
+        contents.mentions.update(footprint.mention_counts())
+        conn.rollback()  # read only: ends the snapshot before the objects stream
 
     # 3. Objects tied to the person's rows, in key order. Keys are worked out first, then the
     #    rows they came from are let go: memory holds keys, not rows, while objects stream.
     object_work = []
     for object_step in plan.objects:
-        rows = footprints[object_step.source.system].tables[object_step.source].rows
+        rows = snapshots[object_step.source.system].footprint.tables[object_step.source].rows
         object_work.append((object_step, object_step.keys_for(rows), _referenced_keys(object_step, rows)))
-    for footprint in footprints.values():
-        for table_footprint in footprint.tables.values():
+    for snapshot in snapshots.values():
+        for table_footprint in snapshot.footprint.tables.values():
             table_footprint.rows = []
     for object_step, keys, referenced in object_work:
         prefix_system = datamap.system(object_step.prefix.system)
@@ -404,19 +444,29 @@ def export_bundle_to_s3(
     generated_at: datetime,
     work_factor: int | None = None,
 ) -> BundleSummary:
-    """Collect, zip, encrypt and upload ``subject``'s bundle to ``bucket/key`` in one stream."""
+    """Collect, zip, encrypt and upload ``subject``'s bundle to ``bucket/key`` in one stream.
+
+    Raises :class:`AmbiguousSubject` (nothing asked, read further or written) when the
+    identities fit more than one person."""
     from governance.export.age import DEFAULT_WORK_FACTOR, AgeWriter
     from governance.export.storage import MultipartUploadSink
 
-    with MultipartUploadSink(s3, bucket, key) as upload:
-        age = AgeWriter(upload, passphrase, work_factor=work_factor or DEFAULT_WORK_FACTOR)
-        writer = BundleWriter(age)
-        contents, manifest, source_counts = write_bundle(
-            writer, datamap, subject, formats=formats, targets=targets, generated_at=generated_at
-        )
-        writer.close()
-        age.close()
-        plaintext_bytes = age.plaintext_bytes
+    chosen = chosen_formats(formats)
+    plan = export_plan(datamap, subject)
+    with subject_snapshots(datamap, plan, subject, targets) as snapshots:
+        excluded_rows: dict[str, int] = {}
+        for snapshot in snapshots.values():
+            excluded_rows.update(snapshot.footprint.excluded_counts())
+        with MultipartUploadSink(s3, bucket, key) as upload:
+            age = AgeWriter(upload, passphrase, work_factor=work_factor or DEFAULT_WORK_FACTOR)
+            writer = BundleWriter(age)
+            contents, manifest, source_counts = write_bundle(
+                writer, datamap, subject, plan=plan, snapshots=snapshots, formats=chosen, targets=targets,
+                generated_at=generated_at,
+            )  # fmt: skip
+            writer.close()
+            age.close()
+            plaintext_bytes = age.plaintext_bytes
     return BundleSummary(
         request_id=subject.request_id,
         generated_at=manifest.generated_at,
@@ -432,4 +482,5 @@ def export_bundle_to_s3(
         found_data=contents.found_data,
         tables_read=sorted(str(t.ref) for t in contents.tables),
         prefixes_read=sorted(str(p.ref) for p in contents.prefixes),
+        excluded_rows=excluded_rows,
     )

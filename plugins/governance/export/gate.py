@@ -10,7 +10,12 @@ suite per question:
 * **ties**: every exported row is tied to the person: it holds one of their identities (compared
   as keyed hashes), or it is owned, through a declared ownership reference, by a row of theirs in
   the bundle; every object belongs to one of their rows; for a business-scoped request every row
-  carries that business; no row appears twice;
+  carries that business; no row appears twice. Rows tied by an identity are narrowed to one
+  person by the rule resolution uses (:func:`governance.resolution.narrow_to_one_person`): a row
+  carrying another value of an identity the request names, or matching fewer of them than
+  another row of the same table and business (the household neighbour who shares the phone), or
+  tied with one, is another person's; it fails the ``narrowing`` check and nothing it owns is
+  tied;
 * **files**: every entry's SHA-256 and size match the manifest, no entry is missing from either,
   and the encrypted object is the one the writer uploaded; the manifest names this request.
 
@@ -40,8 +45,12 @@ from governance.datamap.model import (
 from governance.datamap.plans import ObjectStep
 from governance.export.bundle import INDEX_PATH, MANIFEST_PATH, BundleManifest, files_digest
 from governance.export.formats import FORMATS, READ_PREFERENCE, BundleFormatError, DataFormat, read_rows
+from governance.resolution import DIFFERS, MATCHES, IdentityMatchRow, narrow_to_one_person
 
 ENCRYPTED_BUNDLE = "(encrypted bundle)"
+# Values of the ties suite's ``narrowing`` column: only KEPT passes.
+KEPT = "kept"
+AMBIGUOUS = "ambiguous"
 MAX_EXAMPLES = 5
 
 TokenFor = Callable[[str, str], str]  # (identity kind, value) -> keyed hash
@@ -226,7 +235,9 @@ def collect_gate_frames(
     tables = sorted({TableRef(*name.split(".", 1)) for name in manifest.tables} | set(data_files))
     known = set(datamap.table_refs())
     allowed = set(identity_tokens)
-    tied_values: dict[tuple[TableRef, str], set[str]] = {}
+    requested: dict[str, set[str]] = {}  # identity kind -> the person's tokens of that kind
+    for token in identity_tokens:
+        requested.setdefault(token.split(":", 2)[1], set()).add(token)
     tied_rows: dict[TableRef, list[dict[str, Any]]] = {}
     # Columns other rows point at through ownership (keys, never identities or content): only
     # their values become tokens, so the suite's parameters hold ids, not personal data.
@@ -255,13 +266,15 @@ def collect_gate_frames(
                                   "manifest_rows": manifest_rows})  # fmt: skip
             continue
         if ref not in known:
-            frames.ties.append({"dataset": dataset, "key": "-", "tie": f"unmapped:{dataset}", "scope": None})
+            frames.ties.append({"dataset": dataset, "key": "-", "tie": f"unmapped:{dataset}", "scope": None,
+                                "narrowing": KEPT})  # fmt: skip
             continue
         spec = datamap.table(ref)
         read_fmt: DataFormat = next((f for f in READ_PREFERENCE if f in formats), "json")
         for fmt in sorted(set(expected_formats) - set(formats)):  # a chosen format with no file
             frames.counts.append({"dataset": dataset, "format": fmt, "bundle_rows": 0, "source_rows": source,
                                   "manifest_rows": manifest_rows})  # fmt: skip
+        read: list[_RowTie] = []
         for fmt, path in sorted(formats.items()):
             if fmt not in FORMATS:
                 frames.facts.append({"fact": f"known_format:{path}", "expected": "yes", "actual": "no"})
@@ -272,12 +285,13 @@ def collect_gate_frames(
                     for record in read_rows(fmt, stream):
                         rows += 1
                         if fmt == read_fmt:
-                            _tie_row(datamap, ref, spec, record, frames, allowed, tied_values, tied_rows, token_for,
-                                     targeted=targeted.get(ref, set()), keep=object_columns.get(ref, set()))  # fmt: skip
+                            read.append(_row_tie(datamap, ref, spec, record, token_for,
+                                                 targeted=targeted.get(ref, set()), keep=object_columns.get(ref, set())))  # fmt: skip
                 except (BundleFormatError, UnicodeDecodeError):
                     frames.facts.append({"fact": f"readable:{path}", "expected": "yes", "actual": "no"})
             frames.counts.append({"dataset": dataset, "format": fmt, "bundle_rows": rows, "source_rows": source,
                                   "manifest_rows": manifest_rows})  # fmt: skip
+        _settle_ties(ref, read, frames, allowed, tied_rows, requested)
 
     # objects --------------------------------------------------------------------------------
     for prefix_ref in datamap.prefix_refs():
@@ -298,7 +312,8 @@ def collect_gate_frames(
                                   "manifest_rows": int(manifest.objects.get(dataset, {}).get("objects", 0))})  # fmt: skip
     for prefix_ref, entries in sorted(object_entries.items()):
         for system, key in entries:
-            frames.ties.append({"dataset": str(prefix_ref), "key": key, "tie": _object_token(system, key), "scope": None})
+            frames.ties.append({"dataset": str(prefix_ref), "key": key, "tie": _object_token(system, key), "scope": None,
+                                "narrowing": KEPT})  # fmt: skip
 
     # processors -------------------------------------------------------------------------------
     for name in sorted(set(manifest.processors) | set(processor_records)):
@@ -309,47 +324,86 @@ def collect_gate_frames(
     return frames, allowed
 
 
-def _tie_row(
+@dataclass
+class _RowTie:
+    """What the ties suite needs of one bundle row: keyed hashes, ids and keys, never content."""
+
+    key: str
+    scope: str | None
+    identities: list[tuple[str, str]]  # (kind, token) per identity column holding a value
+    owners: list[str]  # ownership tokens per ownership reference holding a value
+    targeted: dict[str, Any]  # values other rows' ownership references point at
+    kept: dict[str, Any]  # what object keys are rendered from
+
+
+def _row_tie(
     datamap: DataMap,
     ref: TableRef,
     spec: Any,
     record: Mapping[str, Any],
-    frames: _Frames,
-    allowed: set[str],
-    tied_values: dict[tuple[TableRef, str], set[str]],
-    tied_rows: dict[TableRef, list[dict[str, Any]]],
     token_for: TokenFor,
     *,
     targeted: set[str],
     keep: set[str],
-) -> None:
-    candidates: list[str] = []
+) -> _RowTie:
+    identities: list[tuple[str, str]] = []
     for identity in spec.identities:
         value = record.get(identity.field)
         if value is not None and value != "":
             match = identity.match or datamap.identity_kinds[identity.kind].match
-            candidates.append(_identity_token(identity.kind, match, value, token_for))
+            identities.append((identity.kind, _identity_token(identity.kind, match, value, token_for)))
+    owners: list[str] = []
     for reference in spec.references:
         if reference.kind is not ReferenceKind.ownership:
             continue
         value = record.get(reference.field)
         if value is not None and value != "":
             target, column = datamap.reference_target(ref, reference)
-            candidates.append(_own_token(target, column, value))
-    tie = next((c for c in candidates if c in allowed), candidates[0] if candidates else f"untied:{ref}")
-    scope_column = spec.scope_column
-    scope = record.get(scope_column) if scope_column else None
-    key = str(record.get(spec.primary_key))
-    frames.ties.append({"dataset": str(ref), "key": key, "tie": tie, "scope": None if scope is None else str(scope)})
-    if tie in allowed:
-        # What rows of other tables may point at: the columns ownership references target.
-        for column in targeted:
-            value = record.get(column)
-            if value is not None:
-                allowed.add(_own_token(ref, column, value))
-                tied_values.setdefault((ref, column), set()).add(str(value))
-        if keep:
-            tied_rows.setdefault(ref, []).append({c: record.get(c) for c in keep})
+            owners.append(_own_token(target, column, value))
+    scope = record.get(spec.scope_column) if spec.scope_column else None
+    return _RowTie(
+        key=str(record.get(spec.primary_key)),
+        scope=None if scope is None else str(scope),
+        identities=identities,
+        owners=owners,
+        targeted={c: record.get(c) for c in targeted},
+        kept={c: record.get(c) for c in keep} if keep else {},
+    )
+
+
+def _settle_ties(
+    ref: TableRef,
+    rows: Sequence[_RowTie],
+    frames: _Frames,
+    allowed: set[str],
+    tied_rows: dict[TableRef, list[dict[str, Any]]],
+    requested: Mapping[str, set[str]],
+) -> None:
+    """Tie each row of one table and narrow the rows tied by an identity to one person, as
+    resolution does; then let the rows that stay the person's tie what they own and their objects."""
+    ties: list[str] = []
+    matched: dict[int, IdentityMatchRow] = {}
+    for n, row in enumerate(rows):
+        owner = next((t for t in row.owners if t in allowed), None)
+        identity = next((t for _kind, t in row.identities if t in allowed), None)
+        candidates = [t for _kind, t in row.identities] + row.owners
+        ties.append(owner or identity or (candidates[0] if candidates else f"untied:{ref}"))
+        if owner is None and identity is not None:  # found by an identity, not through its owner
+            states = tuple(MATCHES if t in requested[kind] else DIFFERS for kind, t in row.identities if kind in requested)
+            matched[n] = IdentityMatchRow(row.scope, states)
+    left_out, ambiguous = narrow_to_one_person(matched)
+    ambiguous_scopes = {scope for scope, _rows in ambiguous}
+    for n, row in enumerate(rows):
+        narrowing = left_out.get(n) or (AMBIGUOUS if n in matched and matched[n].scope in ambiguous_scopes else KEPT)
+        frames.ties.append({"dataset": str(ref), "key": row.key, "tie": ties[n], "scope": row.scope,
+                            "narrowing": narrowing})  # fmt: skip
+        if ties[n] in allowed and narrowing == KEPT:
+            # What rows of other tables may point at: the columns ownership references target.
+            for column, value in row.targeted.items():
+                if value is not None:
+                    allowed.add(_own_token(ref, column, value))
+            if row.kept:
+                tied_rows.setdefault(ref, []).append(row.kept)
 
 
 def _run_suites(frames: _Frames, *, allowed: set[str], scope_ids: Sequence[int] | None) -> list[GateCheck]:
@@ -385,9 +439,10 @@ def _run_suites(frames: _Frames, *, allowed: set[str], scope_ids: Sequence[int] 
             ],
         ),
         "ties": (
-            pd.DataFrame(frames.ties, columns=["dataset", "key", "tie", "scope"]),
+            pd.DataFrame(frames.ties, columns=["dataset", "key", "tie", "scope", "narrowing"]),
             [
                 gxe.ExpectColumnValuesToBeInSet(column="tie", value_set={"$PARAMETER": "subject_ties"}),
+                gxe.ExpectColumnValuesToBeInSet(column="narrowing", value_set=[KEPT]),
                 gxe.ExpectCompoundColumnsToBeUnique(column_list=["dataset", "key"]),
                 *([gxe.ExpectColumnValuesToBeInSet(column="scope", value_set={"$PARAMETER": "scope_ids"})]
                   if scope_ids else []),  # fmt: skip

@@ -8,15 +8,22 @@ The DAG (``dags/dsr_export.py``) only wires these together:
    for privacy staff to say in the Airflow UI how the person's identity was verified (GDPR
    Art. 12(6)); a rejection ends the run with nothing collected.
 3. ``build_bundle``: collects, zips, encrypts and uploads the bundle to a staging key
-   (``governance.export.collect``); the passphrase is the request's, created on first use.
+   (``governance.export.collect``); the passphrase is the request's, created on first use. The
+   person is resolved first, narrowed to one person as erasure does: when the identities fit
+   several people equally well (a household phone and nothing to tell them apart) nothing is
+   collected or written, and the task returns the refusal (counts, tables, businesses) instead
+   of a bundle summary.
 4. ``check_bundle``: the Great Expectations quality gate on the staged object; a failure fails
-   the run (without retries: the same data fails the same way) and no link is issued.
+   the run (without retries: the same data fails the same way) and no link is issued. Skipped
+   for a refused request (and with it ``publish_bundle``).
 5. ``publish_bundle``: copies the checked bundle to the request's published key (server-side
    encrypted).
 6. ``close_export_request`` (runs after any failure, the run's only leaf): deletes staging
    objects and writes the request's outcome, the only writer of its final status. On success
    the download link goes to ``governance.privacy_requests.result_uri`` and nowhere else; when
-   the export did not complete it fails the task (no retries), so the run shows as failed.
+   the export did not complete it fails the task (no retries), so the run shows as failed. A
+   refused request is closed ``rejected`` with the refusal as its outcome, and the task fails
+   with the same words so staff see what to supply.
 
 What these functions return goes to XCom: request ids, counts, checksums, booleans. Never an
 identity, a bundle location, the link or the passphrase; exception messages name systems and
@@ -195,7 +202,7 @@ def _received_on(conninfo: str, request_id: str) -> datetime:
     return row[0]
 
 
-def _record_lineage(datamap: Any, summary: Mapping[str, Any], locations: Any) -> None:
+def _record_lineage(datamap: Any, summary: Mapping[str, Any], locations: Any, *, wrote: bool = True) -> None:
     """Datasets read and written, by name (tables, prefixes), never by object key."""
     from governance.datamap.model import ObjectStoreSystem
     from governance.lineage import record_object_read, record_object_write, record_table_read
@@ -211,15 +218,27 @@ def _record_lineage(datamap: Any, summary: Mapping[str, Any], locations: Any) ->
         prefix = store.prefix(prefix_name)
         if prefix is not None:
             record_object_read(store.bucket.resolve(), prefix.static_prefix)
-    record_object_write(locations.bucket, locations.dataset_prefix, objects=1)
+    if wrote:
+        record_object_write(locations.bucket, locations.dataset_prefix, objects=1)
+
+
+def is_refusal(summary: Mapping[str, Any] | None) -> bool:
+    """Whether ``build_bundle`` refused the request instead of building a bundle."""
+    return bool(summary) and bool((summary or {}).get("refused"))
 
 
 def build_bundle(handle: Mapping[str, Any], params: Mapping[str, Any], *, run_id: str) -> dict[str, Any]:
-    """Collect the person's data into the encrypted bundle at the run's staging key."""
+    """Collect the person's data into the encrypted bundle at the run's staging key.
+
+    Returns the bundle's summary, or, when the identities fit more than one person, the refusal
+    ``{request_id, refused: True, reason, ambiguities}`` (nothing collected, nothing written);
+    the last task closes such a request as rejected."""
+    import logging
+
     from governance.crypto import cipher_from_airflow
     from governance.datamap import load_datamap
     from governance.db import connect, conninfo_for
-    from governance.export.collect import ExportSubject, ExportTargets, export_bundle_to_s3
+    from governance.export.collect import AmbiguousSubject, ExportSubject, ExportTargets, export_bundle_to_s3
     from governance.export.state import ensure_passphrase, record_staged
     from governance.export.storage import bundle_locations
     from governance.objectstore import s3_client
@@ -241,17 +260,24 @@ def build_bundle(handle: Mapping[str, Any], params: Mapping[str, Any], *, run_id
         received_on=_received_on(conninfo, request_id).astimezone(UTC).date(),
         business_scope=(int(business_id),) if business_id else None,
     )
-    summary = export_bundle_to_s3(
-        datamap,
-        subject,
-        formats=formats,  # type: ignore[arg-type]
-        targets=ExportTargets.from_airflow(processor_attempts=PROCESSOR_ATTEMPTS, processor_backoff_s=PROCESSOR_BACKOFF_S),
-        s3=s3_client(locations.connection_id),
-        bucket=locations.bucket,
-        key=locations.staging_key(run_id),
-        passphrase=passphrase,
-        generated_at=_now(),
-    ).to_dict()
+    try:
+        summary = export_bundle_to_s3(
+            datamap,
+            subject,
+            formats=formats,  # type: ignore[arg-type]
+            targets=ExportTargets.from_airflow(processor_attempts=PROCESSOR_ATTEMPTS, processor_backoff_s=PROCESSOR_BACKOFF_S),
+            s3=s3_client(locations.connection_id),
+            bucket=locations.bucket,
+            key=locations.staging_key(run_id),
+            passphrase=passphrase,
+            generated_at=_now(),
+        ).to_dict()
+    except AmbiguousSubject as refusal:
+        # Not a fault to retry: the same identities fit the same people. Counts, tables and
+        # businesses only; the last task records the outcome.
+        logging.getLogger(__name__).warning("request %s: %s", request_id, refusal)
+        _record_lineage(datamap, {"tables_read": refusal.tables_read}, locations, wrote=False)
+        return {"request_id": request_id, "refused": True, "reason": str(refusal), "ambiguities": refusal.to_dict()}
     with connect(conninfo) as conn:
         record_staged(conn, request_id=request_id, run_id=run_id, summary=summary, at=_now())
     _record_lineage(datamap, summary, locations)
@@ -275,6 +301,8 @@ def check_bundle(handle: Mapping[str, Any], summary: Mapping[str, Any], *, run_i
     from governance.workflows.request_intake import load_identities
 
     request_id = str(handle["request_id"])
+    if is_refusal(summary):
+        _skip("the request was refused before anything was collected: there is no bundle to check")
     conninfo = conninfo_for(GOVERNANCE_CONN_ID)
     datamap = load_datamap()
     locations = bundle_locations(datamap, request_id)
@@ -368,12 +396,15 @@ def close_export_request(
     verification_response: Mapping[str, Any] | None,
     task_states: Mapping[str, Any],
     link_valid_days: Any = DEFAULT_LINK_VALID_DAYS,
+    built: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the request's outcome (the only writer of its final status) and tidy up.
 
     Staging objects of the request are always deleted (every version). A published bundle gets
     a presigned download link valid ``link_valid_days``, stored only in ``result_uri``; any other
-    outcome deletes a published object no valid link points to.
+    outcome deletes a published object no valid link points to. A request ``build_bundle``
+    refused (``built``, its result) is closed ``rejected`` with the refusal as the outcome, and
+    the task fails with it (no retries) so the run shows what staff must supply.
     """
     from governance.connectors.objects import delete_everywhere, head, keys_under
     from governance.datamap import load_datamap
@@ -392,6 +423,7 @@ def close_export_request(
     s3 = s3_client(locations.connection_id)
     removed = delete_everywhere(s3, locations.bucket, keys_under(s3, locations.bucket, locations.staging_folder))
     at = _now()
+    refused = is_refusal(built) and (built or {}).get("request_id") == request_id
     result: dict[str, Any]
     if published and published.get("published") and head(s3, locations.bucket, locations.published_key):
         days = parse_link_days(link_valid_days)
@@ -423,6 +455,10 @@ def close_export_request(
         if is_rejection(verification_response):
             with connect(conninfo) as conn:
                 status = close_rejected(conn, request_id, at=at, detail="identity not verified: rejected by privacy staff")
+        elif refused:
+            detail = str((built or {}).get("reason") or "refused before anything was collected")
+            with connect(conninfo) as conn:
+                status = close_rejected(conn, request_id, at=at, detail=detail)
         else:
             step = failed_step(task_states)
             detail = f"export failed at {_STEP_WORDS.get(step or '', step or 'an unknown step')}; see the run's task logs"
@@ -436,6 +472,8 @@ def close_export_request(
     result["staging_objects_removed"] = removed
     if result["status"] == "failed":
         _fail(f"request {request_id} is marked failed ({detail}); a re-run with its request id resumes it")
+    if refused and result["status"] == "rejected":
+        _fail(f"request {request_id} is rejected: {detail}")
     return result
 
 

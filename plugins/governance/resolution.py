@@ -1,0 +1,419 @@
+"""Where one person's rows are: identity resolution narrowed to exactly one person.
+
+Shared by every workflow that reads or changes a person's rows (export, erasure, the suppression
+list), so they all agree on who "the person" is. The data map's
+:class:`~governance.datamap.plans.ResolutionPlan` says which tables hold the person's rows
+(matched by an identity column, or owned by such rows) and in which order to visit them;
+:func:`resolve_subject` runs it in the caller's snapshot and applies **the narrowing rule**
+(:func:`narrow_to_one_person`):
+
+* A row found by one identity that carries a *different* value of another identity the request
+  names (the household phone on a row with someone else's e-mail) belongs to another person: it
+  is left out (``other_identity``), with its owned rows.
+* Where several rows of one table in one business still match (two callers sharing a phone, no
+  e-mail to tell them apart), the row matching more of the request's identities wins; the others
+  are left out (``fewer_identities``). A tie is an :class:`Ambiguity`: the rows may be different
+  people, so no workflow may act on them for one requester. Erasure's guard and the export refuse
+  it, asking for the identity that tells the people apart.
+
+Rows reached only through an owner are never narrowed: their owner already was. The quality gate
+of the export applies the same rule (:func:`narrow_to_one_person`) to the rows it reads back from a bundle.
+
+Each resolved row also comes with its business (scope), the references that tie it to its owners
+(so legal holds can follow them), the columns object keys are rendered from and, when an ``as_of``
+date is given, until when the law keeps a row of a table under a legal exception.
+
+Identities are matched by an :class:`IdentityMatcher`: by the normalised values themselves
+(:class:`MatchByIdentity`, a request being served) or by keyed hashes (erasure's
+``MatchByKeyedHash``, the suppression list after a restore). Either way they reach PostgreSQL only
+as bound parameters, and nothing here puts one in a message.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from governance.datamap.graph import IdentityColumn, ReferenceEdge
+from governance.datamap.model import DataMap, TableRef, TableSpec
+from governance.datamap.plans import SCOPE_IDS, ResolutionPlan, ResolutionStep, identity_expression, key_param
+from governance.identity import SubjectIdentities
+
+# What a row's identity column says about the request's identity of that kind.
+ABSENT, MATCHES, DIFFERS = 0, 1, 2
+
+# Reasons a matched row is left out of the person's rows.
+OTHER_IDENTITY = "other_identity"  # it carries another value of an identity the request names
+FEWER_IDENTITIES = "fewer_identities"  # another row of the same business matches more identities
+EXCLUDED_BY_PLAN = "excluded_by_plan"  # verification: the plan left it out already
+
+KEPT_UNTIL = "__kept_until"
+STILL_KEPT = "__still_kept"
+
+K = TypeVar("K", bound=Hashable)
+
+
+# --------------------------------------------------------------------------------------------
+# The rule
+
+
+@dataclass(frozen=True)
+class IdentityMatchRow:
+    """What narrowing needs of one row found by an identity: its business (``None`` for a table
+    without a scope column) and, per identity column of a kind the request names, whether the
+    column is ABSENT, MATCHES or DIFFERS."""
+
+    scope: Any
+    states: tuple[int, ...]
+
+
+def narrow_to_one_person(
+    rows: Mapping[K, IdentityMatchRow], *, settle_groups: bool = True
+) -> tuple[dict[K, str], list[tuple[Any, int]]]:
+    """The narrowing rule on rows of one table found by an identity (never rows reached only
+    through an owner).
+
+    Returns ``(left out, ties)``: the keys that are another person's, with the reason
+    (``other_identity``; with ``settle_groups`` also ``fewer_identities``), and, with
+    ``settle_groups``, ``(business, rows)`` for each business where several rows match the most
+    identities equally well (ordered by business). Rows of a tie are not left out: the caller
+    refuses the request instead.
+    """
+    left_out: dict[K, str] = {}
+    by_scope: dict[Any, list[K]] = defaultdict(list)
+    for key, row in rows.items():
+        if DIFFERS in row.states:
+            left_out[key] = OTHER_IDENTITY
+            continue
+        by_scope[row.scope].append(key)
+    ties: list[tuple[Any, int]] = []
+    if not settle_groups:
+        return left_out, ties
+    for scope, keys in sorted(by_scope.items(), key=lambda item: str(item[0])):
+        if len(keys) < 2:
+            continue
+        score = {k: sum(state == MATCHES for state in rows[k].states) for k in keys}
+        best = max(score.values())
+        winners = [k for k in keys if score[k] == best]
+        if len(winners) == 1:
+            for key in keys:
+                if key != winners[0]:
+                    left_out[key] = FEWER_IDENTITIES
+        else:
+            ties.append((scope, len(keys)))
+    return left_out, ties
+
+
+@dataclass(frozen=True)
+class Ambiguity:
+    """Several rows of one table in one business match the request equally well: they may be
+    different people (a household phone), so acting on all of them needs a narrower identity."""
+
+    table: TableRef
+    scope: Any
+    rows: int
+
+    def describe(self) -> str:
+        """Counts, table and business only: safe for logs, XCom and outcome details."""
+        return f"{self.table}: {self.rows} rows in business {self.scope} match the identities equally well"
+
+
+def describe_ambiguities(ambiguities: Iterable[Ambiguity]) -> str:
+    return "; ".join(a.describe() for a in ambiguities)
+
+
+# --------------------------------------------------------------------------------------------
+# Matching identities in SQL
+
+
+class IdentityMatcher(ABC):
+    """How identity columns are compared with the person's identities in SQL."""
+
+    @property
+    @abstractmethod
+    def kinds(self) -> tuple[str, ...]:
+        """Identity kinds the person is known by (the kinds a resolution plan is built for)."""
+
+    @abstractmethod
+    def matches(self, column: IdentityColumn) -> sql.Composable:
+        """A boolean SQL expression: the column holds one of the person's identities."""
+
+    @abstractmethod
+    def params(self) -> dict[str, Any]:
+        """Bound parameters the expressions above use."""
+
+    def restrict(self, datamap: DataMap, ref: TableRef, table: TableSpec) -> sql.Composable | None:
+        """An extra condition on rows matched by identity (none by default)."""
+        return None
+
+
+class MatchByIdentity(IdentityMatcher):
+    """Compare with the normalised identities, as the data map's match expressions do."""
+
+    def __init__(self, identities: SubjectIdentities) -> None:
+        self.identities = identities
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(sorted(kind for kind, _ in self.identities.items()))
+
+    def matches(self, column: IdentityColumn) -> sql.Composable:
+        return sql.SQL("{} = ANY({})").format(
+            identity_expression(sql.Identifier(column.field), column.match), sql.Placeholder(f"id_{column.kind}")
+        )
+
+    def params(self) -> dict[str, Any]:
+        return {f"id_{kind}": [value] for kind, value in self.identities.items()}
+
+    def __repr__(self) -> str:
+        return f"MatchByIdentity({self.identities!r})"
+
+
+# --------------------------------------------------------------------------------------------
+# What resolution returns
+
+
+@dataclass
+class TableRows:
+    """The person's rows of one table (after narrowing), by primary key.
+
+    ``rows`` maps each key to its selected columns (primary key, output and object-key columns,
+    scope column, owning references, and ``__kept_until``/``__still_kept`` under a legal
+    exception when resolved with ``as_of``). ``by_identity`` are the keys matched by an identity
+    rather than only through an owner. ``excluded`` maps keys left out to the reason.
+    """
+
+    table: TableRef
+    primary_key: str
+    scope_column: str | None
+    owned_via: tuple[ReferenceEdge, ...]
+    rows: dict[Any, dict[str, Any]] = field(default_factory=dict)
+    by_identity: set[Any] = field(default_factory=set)
+    excluded: dict[Any, str] = field(default_factory=dict)
+
+    @property
+    def keys(self) -> list[Any]:
+        return sorted(self.rows)
+
+
+@dataclass
+class MentionRows:
+    """Rows of ``edge.child`` naming one of the person's rows through ``edge.field``."""
+
+    edge: ReferenceEdge
+    primary_key: str
+    scope_column: str | None
+    rows: dict[Any, dict[str, Any]] = field(default_factory=dict)  # key -> {field, scope}
+
+    @property
+    def keys(self) -> list[Any]:
+        return sorted(self.rows)
+
+
+@dataclass
+class SubjectResolution:
+    """Everything resolution found for the person in one database, in plan order."""
+
+    plan: ResolutionPlan
+    tables: dict[TableRef, TableRows]
+    mentions: list[MentionRows]
+    params: dict[str, list[Any]]  # output params (keys of the person's rows), never identities
+    ambiguities: list[Ambiguity]
+
+    def counts(self) -> dict[str, int]:
+        return {str(ref): len(rows.rows) for ref, rows in self.tables.items()}
+
+    @property
+    def is_empty(self) -> bool:
+        return not any(t.rows for t in self.tables.values())
+
+
+# --------------------------------------------------------------------------------------------
+# Running a plan
+
+
+def _needed_columns(datamap: DataMap, plan: ResolutionPlan, step: ResolutionStep) -> list[str]:
+    table = datamap.table(step.table)
+    columns = [step.primary_key, *step.output_params.values()]
+    for obj in plan.objects:
+        if obj.source == step.table:
+            columns += list(obj.placeholder_columns.values())
+            if obj.key_column:
+                columns.append(obj.key_column)
+    if table.scope_column:
+        columns.append(table.scope_column)
+    columns += [edge.field for edge in step.owned_via]
+    return list(dict.fromkeys(columns))
+
+
+def _step_query(
+    datamap: DataMap,
+    plan: ResolutionPlan,
+    step: ResolutionStep,
+    matcher: IdentityMatcher,
+    *,
+    legal_params: dict[str, Any] | None,
+) -> tuple[sql.Composed, list[str]]:
+    """SELECT of one step's rows: the needed columns, one state per identity column and one
+    flag per owning reference; the WHERE rebuilt from the step's parts with ``matcher``. With
+    ``legal_params`` (a dict to fill), rows under a legal exception also say until when they are
+    kept."""
+    table = datamap.table(step.table)
+    schema = datamap.postgres_system(step.table.system).db_schema
+    columns = _needed_columns(datamap, plan, step)
+    select: list[sql.Composable] = [sql.Identifier(c) for c in columns]
+    for column in step.identity_matches:
+        select.append(
+            sql.SQL("CASE WHEN {col} IS NULL THEN {absent} WHEN {match} THEN {hit} ELSE {differs} END AS {alias}").format(
+                col=sql.Identifier(column.field), match=matcher.matches(column), absent=sql.Literal(ABSENT),
+                hit=sql.Literal(MATCHES), differs=sql.Literal(DIFFERS), alias=sql.Identifier(f"__id_{column.field}"),
+            )
+        )  # fmt: skip
+    for n, edge in enumerate(step.owned_via):
+        select.append(
+            sql.SQL("COALESCE({} = ANY({}), false) AS {}").format(
+                sql.Identifier(edge.field), sql.Placeholder(_key_param(datamap, edge)), sql.Identifier(f"__own_{n}")
+            )
+        )
+    exception = datamap.legal_exception_for(step.table)
+    if exception is not None and legal_params is not None:
+        period = f"legal_period_{exception.name}"
+        legal_params[period] = exception.period.sql_interval
+        age = sql.Identifier(exception.age_column)
+        until = sql.SQL("{} + {}::interval").format(age, sql.Placeholder(period))
+        select.append(sql.SQL("{} AS {}").format(until, sql.Identifier(KEPT_UNTIL)))
+        select.append(
+            sql.SQL("({age} IS NULL OR {until} > {as_of}) AS {alias}").format(
+                age=age, until=until, as_of=sql.Placeholder("as_of"), alias=sql.Identifier(STILL_KEPT)
+            )
+        )
+    alternatives: list[sql.Composable] = []
+    restrict = matcher.restrict(datamap, step.table, table) if step.identity_matches else None
+    for column in step.identity_matches:
+        match = matcher.matches(column)
+        alternatives.append(sql.SQL("({} AND {})").format(match, restrict) if restrict is not None else match)
+    for edge in step.owned_via:
+        alternatives.append(
+            sql.SQL("{} = ANY({})").format(sql.Identifier(edge.field), sql.Placeholder(_key_param(datamap, edge)))
+        )
+    where: sql.Composable = sql.SQL("({})").format(sql.SQL(" OR ").join(alternatives))
+    if step.scoped:
+        assert table.scope_column is not None
+        where = sql.SQL("{} AND {} = ANY({})").format(
+            where, sql.Identifier(table.scope_column), sql.Placeholder(SCOPE_IDS)
+        )
+    query = sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {}").format(
+        sql.SQL(", ").join(select), sql.Identifier(schema, step.table.table), where, sql.Identifier(step.primary_key)
+    )
+    return query, columns
+
+
+def _key_param(datamap: DataMap, edge: ReferenceEdge) -> str:
+    return key_param(datamap, edge.parent, edge.parent_field)
+
+
+def _narrow(
+    rows: TableRows, candidates: dict[Any, dict[str, Any]], identity_fields: Sequence[str], *, groups: bool
+) -> list[Ambiguity]:
+    """Apply :func:`narrow_to_one_person` to one table's candidate rows (``__id_<field>`` states), recording
+    what it leaves out in ``rows.excluded``; return the businesses that stay ambiguous."""
+    matched = {
+        key: IdentityMatchRow(
+            candidates[key].get(rows.scope_column) if rows.scope_column else None,
+            tuple(candidates[key][f"__id_{f}"] for f in identity_fields),
+        )
+        for key in candidates
+        if key in rows.by_identity and key not in rows.excluded
+    }
+    left_out, ties = narrow_to_one_person(matched, settle_groups=groups)
+    rows.excluded.update(left_out)
+    return [Ambiguity(rows.table, scope, count) for scope, count in ties]
+
+
+def resolve_subject(
+    conn: psycopg.Connection[Any],
+    datamap: DataMap,
+    plan: ResolutionPlan,
+    matcher: IdentityMatcher,
+    *,
+    as_of: datetime | None = None,
+    scope_ids: Sequence[int] | None = None,
+    narrow: bool = True,
+    exclude: Mapping[TableRef, set[Any]] | None = None,
+) -> SubjectResolution:
+    """Run ``plan`` on ``conn`` (the caller's snapshot) and return the person's rows.
+
+    Rows carrying another value of an identity the request names are always left out. With
+    ``narrow`` (serving a request), several rows of one table and business are settled by how
+    many identities they match, and ties are returned as ambiguities; without it (verification),
+    the keys in ``exclude`` (what the plan left out) are left out instead. Rows left out are not
+    followed: their owned rows are not the person's either. Steps run parents before children.
+    With ``as_of``, rows of tables under a legal exception carry until when they are kept.
+    """
+    if plan.business_scope and not scope_ids:
+        raise ValueError("a business-scoped resolution needs scope_ids")
+    systems = {step.table.system for step in plan.steps}
+    if len(systems) > 1:
+        # Ownership across databases cannot be joined in one snapshot; no map needs it yet.
+        raise NotImplementedError(f"resolution across several postgres systems ({sorted(systems)}) is not supported")
+    params: dict[str, Any] = {**matcher.params(), **({"as_of": as_of} if as_of is not None else {})}
+    if plan.business_scope:
+        params[SCOPE_IDS] = [int(s) for s in scope_ids or []]
+    outputs: dict[str, list[Any]] = {}
+    tables: dict[TableRef, TableRows] = {}
+    ambiguities: list[Ambiguity] = []
+    with conn.cursor(row_factory=dict_row) as cur:
+        for step in plan.steps:
+            table = datamap.table(step.table)
+            legal: dict[str, Any] | None = {} if as_of is not None else None
+            query, columns = _step_query(datamap, plan, step, matcher, legal_params=legal)
+            for edge in step.owned_via:
+                params.setdefault(_key_param(datamap, edge), [])
+            fetched = cur.execute(query, {**params, **matcher.params(), **(legal or {})}).fetchall()
+            rows = TableRows(step.table, step.primary_key, table.scope_column, step.owned_via)
+            candidates: dict[Any, dict[str, Any]] = {}
+            identity_fields = [c.field for c in step.identity_matches]
+            for record in fetched:
+                key = record[step.primary_key]
+                owned = any(record[f"__own_{n}"] for n in range(len(step.owned_via)))
+                hit = any(record[f"__id_{f}"] == MATCHES for f in identity_fields)
+                candidates[key] = dict(record)
+                if hit and not owned:
+                    rows.by_identity.add(key)
+                if exclude and key in exclude.get(step.table, set()):
+                    rows.excluded[key] = EXCLUDED_BY_PLAN
+            ambiguities += _narrow(rows, candidates, identity_fields, groups=narrow)
+            keep_columns = [*columns, *([KEPT_UNTIL, STILL_KEPT] if legal else [])]
+            for key, record in candidates.items():
+                if key not in rows.excluded:
+                    rows.rows[key] = {c: record[c] for c in keep_columns}
+            rows.by_identity &= set(rows.rows)
+            tables[step.table] = rows
+            for param, column in step.output_params.items():
+                values = sorted({r[column] for r in rows.rows.values() if r[column] is not None})
+                params[param] = values
+                outputs[param] = values
+        mentions: list[MentionRows] = []
+        for mention in plan.mentions:
+            child = datamap.table(mention.edge.child)
+            schema = datamap.postgres_system(mention.edge.child.system).db_schema
+            names = [child.primary_key, mention.edge.field, *([child.scope_column] if child.scope_column else [])]
+            query = sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {}").format(
+                sql.SQL(", ").join(sql.Identifier(n) for n in dict.fromkeys(names)),
+                sql.Identifier(schema, mention.edge.child.table),
+                mention.where, sql.Identifier(child.primary_key),
+            )  # fmt: skip
+            found = MentionRows(mention.edge, child.primary_key, child.scope_column)
+            if params.get(mention.parent_param):
+                for record in cur.execute(query, {n: params[n] for n in mention.input_params}).fetchall():
+                    found.rows[record[child.primary_key]] = dict(record)
+            mentions.append(found)
+    return SubjectResolution(plan=plan, tables=tables, mentions=mentions, params=outputs, ambiguities=ambiguities)
