@@ -170,3 +170,33 @@ def test_request_cli_reads_identities_from_stdin_and_prints_only_the_id(
             (request_id,),
         ).fetchone()
     assert row == ("erasure", 7, "cli", hasher_from_airflow().hash("email", "carol@example.com"))
+
+
+def test_final_outcomes_keep_a_completed_request_and_a_rejection_says_why(governance_db: str) -> None:
+    from governance.workflows.request_intake import close_request, mark_approved, reject_request
+
+    hasher, cipher = hasher_from_airflow(), cipher_from_airflow()
+    with psycopg.connect(governance_db) as conn:
+        done, refused = (
+            create_request(conn, kind=kind, identities=SubjectIdentities.parse(email=f"{kind}@example.com"),
+                           hasher=hasher, cipher=cipher, received_at=RECEIVED)  # fmt: skip
+            for kind in ("export", "erasure")
+        )
+    later = RECEIVED + timedelta(days=1)
+    mark_approved(done, approved_by=" officer ", at=later, conninfo=governance_db)
+    mark_approved(done, approved_by="someone else", at=later + timedelta(hours=1), conninfo=governance_db)
+    close_request(done, succeeded=True, at=later, result_uri="s3://bucket/cert.json", conninfo=governance_db)
+    assert reject_request(done, at=later, detail="too late", conninfo=governance_db) == "rejected"
+    close_request(done, succeeded=False, at=later, detail="a late failure", conninfo=governance_db)
+    reject_request(refused, at=later, detail="identities fit 2 people in app.callers (business 4)", conninfo=governance_db)
+    with pytest.raises(ValueError, match="say why"):
+        reject_request(refused, at=later, detail=" ", conninfo=governance_db)
+    with psycopg.connect(governance_db) as conn:
+        rows = dict(
+            (r[0], r[1:])
+            for r in conn.execute(
+                "SELECT request_id, status, result_uri, outcome_detail, approved_by, approved_at FROM governance.privacy_requests"
+            )
+        )
+    assert rows[done] == ("completed", "s3://bucket/cert.json", None, "officer", later)
+    assert rows[refused][:3] == ("rejected", None, "identities fit 2 people in app.callers (business 4)")

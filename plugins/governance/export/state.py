@@ -5,9 +5,9 @@
   ``python -m governance export-passphrase`` and counted when revealed.
 * Bundle records: per request and run, the counts, checksums and gate result of the bundle, so a
   cleared task or a later run can see what an earlier one produced. Never a location or link.
-* ``close_rejected``: the outcome ``rejected`` (identity not verified), which
-  ``governance.workflows.request_intake.close_request`` does not write; called only by the
-  DAG's last task, which stays the one writer of a request's final status.
+
+The request's own outcome is written by ``governance.workflows.request_intake`` (close_request,
+reject_request), called only by the DAG's last task.
 """
 
 from __future__ import annotations
@@ -164,17 +164,3 @@ def set_bundle_status(
         """,
         (status, published_at, link_expires_at, at, request_id, run_id),
     )
-
-
-def close_rejected(conn: psycopg.Connection[Any], request_id: str, *, at: datetime, detail: str) -> str:
-    """Final status ``rejected`` (identity not verified; nothing was collected). ``detail`` must
-    hold no personal data. A completed request is left as it is."""
-    conn.execute(
-        """
-        UPDATE governance.privacy_requests
-           SET status = 'rejected', outcome_detail = %s, updated_at = %s
-         WHERE request_id = %s AND status NOT IN ('completed', 'rejected')
-        """,
-        (detail, at, request_id),
-    )
-    return "rejected"

@@ -285,7 +285,7 @@ def record_approval(request_id: str, plan_id: str, payload: Mapping[str, Any], *
     """Record the UI approval: the request verified (how, by whom) and approved, the plan approved."""
     from governance.db import connect
     from governance.erasure import store
-    from governance.workflows.request_intake import mark_verified
+    from governance.workflows.request_intake import mark_approved, mark_verified
 
     params = dict(payload.get("params_input") or {})
     method = str(params.get("verification_method") or "").strip()
@@ -295,12 +295,8 @@ def record_approval(request_id: str, plan_id: str, payload: Mapping[str, Any], *
     approver = str(user.get("name") or user.get("id") or "unknown") if isinstance(user, Mapping) else str(user)
     gov = _gov()
     mark_verified(request_id, method=method, verified_by=approver, at=at, conninfo=gov)
+    mark_approved(request_id, approved_by=approver, at=at, conninfo=gov)
     with connect(gov) as conn:
-        conn.execute(
-            "UPDATE governance.privacy_requests SET approved_at = COALESCE(approved_at, %s),"
-            " approved_by = COALESCE(approved_by, %s), updated_at = %s WHERE request_id = %s",
-            (at, approver, at, request_id),
-        )
         store.set_status(conn, plan_id, "approved", at=at, only_from=("planned",), approved_at=at, approved_by=approver)
 
 

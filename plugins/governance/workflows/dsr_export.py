@@ -409,11 +409,11 @@ def close_export_request(
     from governance.connectors.objects import delete_everywhere, head, keys_under
     from governance.datamap import load_datamap
     from governance.db import connect, conninfo_for
-    from governance.export.state import close_rejected, set_bundle_status
+    from governance.export.state import set_bundle_status
     from governance.export.storage import bundle_locations
     from governance.lineage import record_object_write, record_table_write
     from governance.objectstore import s3_client
-    from governance.workflows.request_intake import close_request
+    from governance.workflows.request_intake import close_request, reject_request
 
     if not handle:
         _fail("no request was opened (the form was refused): nothing to close")
@@ -453,12 +453,12 @@ def close_export_request(
             # No valid link points at a published object of an unfinished request: remove it.
             removed += delete_everywhere(s3, locations.bucket, [locations.published_key])
         if is_rejection(verification_response):
-            with connect(conninfo) as conn:
-                status = close_rejected(conn, request_id, at=at, detail="identity not verified: rejected by privacy staff")
+            status = reject_request(
+                request_id, at=at, detail="identity not verified: rejected by privacy staff", conninfo=conninfo
+            )
         elif refused:
             detail = str((built or {}).get("reason") or "refused before anything was collected")
-            with connect(conninfo) as conn:
-                status = close_rejected(conn, request_id, at=at, detail=detail)
+            status = reject_request(request_id, at=at, detail=detail, conninfo=conninfo)
         else:
             step = failed_step(task_states)
             detail = f"export failed at {_STEP_WORDS.get(step or '', step or 'an unknown step')}; see the run's task logs"

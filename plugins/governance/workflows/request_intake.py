@@ -193,6 +193,25 @@ def mark_verified(request_id: str, *, method: str, verified_by: str, at: datetim
         )
 
 
+def mark_approved(request_id: str, *, approved_by: str, at: datetime, conninfo: str | None = None) -> None:
+    """Record that privacy staff approved the request (idempotent: the first approval is kept)."""
+    from governance.db import connect, conninfo_for
+
+    if _blank(approved_by):
+        raise InvalidRunConfiguration("an approval must name who approved")
+    with connect(conninfo or conninfo_for(GOVERNANCE_CONN_ID)) as conn:
+        conn.execute(
+            """
+            UPDATE governance.privacy_requests
+               SET approved_at = COALESCE(approved_at, %s),
+                   approved_by = COALESCE(approved_by, %s),
+                   updated_at = %s
+             WHERE request_id = %s
+            """,
+            (at, approved_by.strip(), at, request_id),
+        )
+
+
 def mark_in_progress(request_id: str, *, dag_run_id: str, at: datetime, conninfo: str | None = None) -> None:
     from governance.db import connect, conninfo_for
 
@@ -218,7 +237,7 @@ def close_request(
 ) -> str:
     """Set the request's outcome: the one writer of its final status (the DAG's last task).
 
-    ``completed`` records ``completed_at`` and ``result_uri``; ``failed`` keeps the request open
+    (``reject_request`` writes the third final status, ``rejected``.) ``completed`` records ``completed_at`` and ``result_uri``; ``failed`` keeps the request open
     for a re-run (a later success completes it). ``detail`` must hold no personal data.
     Returns the status written.
     """
@@ -239,3 +258,24 @@ def close_request(
             (status, succeeded, at, succeeded, result_uri, detail, at, request_id),
         )
     return status
+
+
+def reject_request(request_id: str, *, at: datetime, detail: str, conninfo: str | None = None) -> str:
+    """Final status ``rejected``: the request cannot be served as asked (identity not verified, or
+    identities that fit several people), and nothing was collected or changed. ``detail`` says
+    why, without personal data. A completed or already rejected request is left as it is.
+    Returns the status written."""
+    from governance.db import connect, conninfo_for
+
+    if _blank(detail):
+        raise ValueError("a rejection must say why")
+    with connect(conninfo or conninfo_for(GOVERNANCE_CONN_ID)) as conn:
+        conn.execute(
+            """
+            UPDATE governance.privacy_requests
+               SET status = 'rejected', outcome_detail = %s, updated_at = %s
+             WHERE request_id = %s AND status NOT IN ('completed', 'rejected')
+            """,
+            (detail, at, request_id),
+        )
+    return "rejected"
