@@ -68,7 +68,11 @@ def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
 
 
-@pytest.mark.parametrize(("kid", "key"), [("", new_key_b64()), ("k", "not-base64!"), ("k", _b64(b"short"))])
+@pytest.mark.parametrize(
+    ("kid", "key"),
+    [("", new_key_b64()), ("k", "not-base64!"), ("k", _b64(b"short"))],
+    ids=["empty-key-id", "not-base64", "too-short"],  # stable ids: never a random key in a test id
+)
 def test_malformed_key_material_is_refused_without_echoing_it(kid: str, key: str) -> None:
     with pytest.raises(KeyMaterialError) as info:
         Keyring.from_parts(kid, key)
