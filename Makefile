@@ -8,6 +8,10 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
+# pytest-xdist workers; each has its own Airflow metadata DB, S3 server, stand-ins and reference
+# template, so tests stay isolated (--dist loadfile keeps a module's fixtures in one worker).
+# PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= 2
 
 .PHONY: help venv lint test test-fast demo airflow services-start services-stop lock bench clean
 
@@ -29,7 +33,7 @@ lint: venv
 	$(VENV)/bin/mypy
 
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 test-fast: venv
 	$(PY) -m pytest -q tests/unit

@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -57,6 +59,32 @@ def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return found
 
 
+def _apply(conn: psycopg.Connection[Any], migration: Migration, attempts: int = 3) -> None:
+    """Run one migration in its own transaction.
+
+    The advisory lock serialises migrations of one database only (advisory locks are per
+    database), while roles are cluster-wide: two databases of one server migrated at the same
+    moment can both try to create the same role, and the loser fails ("role ... already exists",
+    or a unique violation on ``pg_authid``). Its transaction is rolled back whole, so it is simply run again (it then
+    finds the role).
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            with conn.transaction():
+                # A trusted file shipped in include/, not input: executed as written.
+                conn.execute(sql.SQL(migration.sql))
+                conn.execute(
+                    "INSERT INTO governance.schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                    (migration.version, migration.name, migration.checksum),
+                )
+            return
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject) as exc:
+            # Only the cluster-wide race is retried; any other duplicate is a real error.
+            if attempt == attempts or not ("pg_authid" in str(exc) or str(exc).startswith("role ")):
+                raise
+            time.sleep(0.2 * attempt)
+
+
 def migrate(conninfo: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
     """Apply pending migrations; return the names applied (empty when up to date)."""
     applied_now: list[str] = []
@@ -80,13 +108,7 @@ def migrate(conninfo: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
                             "add a new migration instead of editing an applied one"
                         )
                     continue
-                with conn.transaction():
-                    # A trusted file shipped in include/, not input: executed as written.
-                    conn.execute(sql.SQL(migration.sql))
-                    conn.execute(
-                        "INSERT INTO governance.schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
-                        (migration.version, migration.name, migration.checksum),
-                    )
+                _apply(conn, migration)
                 applied_now.append(migration.path.name)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))

@@ -200,3 +200,41 @@ def test_final_outcomes_keep_a_completed_request_and_a_rejection_says_why(govern
         )
     assert rows[done] == ("completed", "s3://bucket/cert.json", None, "officer", later)
     assert rows[refused][:3] == ("rejected", None, "identities fit 2 people in app.callers (business 4)")
+
+
+def test_two_databases_migrated_at_once_both_succeed_when_they_race_to_create_a_role(
+    make_db: Callable[[str], str], tmp_path: Path
+) -> None:
+    import threading
+    import uuid
+
+    role = f"gt_race_{uuid.uuid4().hex[:8]}"
+    directory = tmp_path / "migrations"
+    directory.mkdir()
+    # Both check, both wait, both create: the second CREATE ROLE hits pg_authid's unique index.
+    (directory / "0001_role.sql").write_text(
+        f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN "
+        f"PERFORM pg_sleep(0.5); CREATE ROLE {role} NOLOGIN; END IF; END $$;\n"
+    )
+    urls = [make_db("race_a"), make_db("race_b")]
+    errors: list[BaseException] = []
+
+    def run(url: str) -> None:
+        try:
+            migrate(url, directory)
+        except BaseException as exc:  # collected for the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(url,)) for url in urls]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert errors == []
+        for url in urls:
+            with psycopg.connect(url) as conn:
+                assert conn.execute("SELECT count(*) FROM governance.schema_migrations").fetchone() == (1,)
+    finally:
+        with psycopg.connect(urls[0], autocommit=True) as conn:
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
