@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate-datamap": ("governance.datamap.command", "validate the data map and print what is wrong"),
     "decrypt-bundle": ("governance.export.decrypt_command", "decrypt an export bundle (age, passphrase from stdin)"),
     "export-passphrase": ("governance.export.passphrase_command", "print an export bundle's passphrase for staff to send"),
+    "export-link": ("governance.export.link_command", "issue a new download link for a completed export's bundle (written to result_uri)"),
     "reapply-suppressions": ("governance.erasure.reapply", "erase suppressed people again after a restore (only data from before their erasure)"),
     "scrub-run-confs": ("governance.run_confs", "remove identities typed into trigger forms from ended runs' configurations and the action log"),
     "verify-ledger": ("governance.ledger", "verify the audit ledger's hash chain and its anchors in the object store"),

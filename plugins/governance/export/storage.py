@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 PART_SIZE = 8 * 1024 * 1024
@@ -59,6 +60,21 @@ class BundleLocations:
 
     def download_name(self) -> str:
         return self.published_key.rsplit("/", 1)[-1]
+
+
+def presigned_download_link(s3: Any, locations: BundleLocations, *, days: int) -> str:
+    """A presigned GET of the published bundle, valid ``days`` days, saved under its own name."""
+    return str(
+        s3.generate_presigned_url(
+            "get_object",
+            Params={
+                "Bucket": locations.bucket,
+                "Key": locations.published_key,
+                "ResponseContentDisposition": f'attachment; filename="{locations.download_name()}"',
+            },
+            ExpiresIn=int(timedelta(days=days).total_seconds()),
+        )
+    )
 
 
 def bundle_locations(datamap: Any, request_id: str) -> BundleLocations:

@@ -410,7 +410,7 @@ def close_export_request(
     from governance.datamap import load_datamap
     from governance.db import connect, conninfo_for
     from governance.export.state import set_bundle_status
-    from governance.export.storage import bundle_locations
+    from governance.export.storage import bundle_locations, presigned_download_link
     from governance.lineage import record_object_write, record_table_write
     from governance.objectstore import s3_client
     from governance.workflows.request_intake import close_request, reject_request
@@ -427,15 +427,7 @@ def close_export_request(
     result: dict[str, Any]
     if published and published.get("published") and head(s3, locations.bucket, locations.published_key):
         days = parse_link_days(link_valid_days)
-        link = s3.generate_presigned_url(
-            "get_object",
-            Params={
-                "Bucket": locations.bucket,
-                "Key": locations.published_key,
-                "ResponseContentDisposition": f'attachment; filename="{locations.download_name()}"',
-            },
-            ExpiresIn=int(timedelta(days=days).total_seconds()),
-        )
+        link = presigned_download_link(s3, locations, days=days)
         status = close_request(
             request_id, succeeded=True, at=at, result_uri=link, conninfo=conninfo,
             detail=f"bundle published ({published.get('ciphertext_bytes', 0)} bytes); link valid {days} day(s)",
