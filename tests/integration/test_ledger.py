@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import json
+import multiprocessing
 import secrets
 import threading
 from collections.abc import Iterator
@@ -193,6 +194,45 @@ def test_concurrent_writers_are_serialised_into_one_gap_free_chain(ledger_db: st
     assert errors == []
     assert [r["seq"] for r in rows(ledger_db)] == list(range(1, 61))
     assert verify(ledger_db, keyring).ok
+
+
+def _append_from_process(url: str, key_id: str, key_b64: str, writer: int, appends: int, shared: int,
+                         start: Any, returned: Any) -> None:  # fmt: skip
+    """A writer process (as each Airflow task is): its own facts, then facts every writer appends."""
+    count = 0
+    with LedgerWriter.connect(url, Keyring.from_parts(key_id, key_b64)) as ledger:
+        start.wait()
+        for i in range(appends):
+            count += len(ledger.append([entry(f"task_{writer}_{i}", run="concurrent")]))
+            if i < shared:
+                count += len(ledger.append([entry(f"shared_{i}", run="concurrent")]))
+    returned.put(count)
+
+
+def test_concurrent_writer_processes_chain_every_fact_once_gap_free(ledger_db: str, keyring: Keyring) -> None:
+    """Four processes append at once, each its own facts plus the same shared facts: one gap-free
+    chain that verifies, one row per fact, each reported by exactly one call."""
+    writers, appends, shared = 4, 30, 10
+    ctx = multiprocessing.get_context("spawn")
+    start, returned = ctx.Event(), ctx.Queue()
+    key_b64 = base64.b64encode(keyring.active_key).decode()
+    procs = [ctx.Process(target=_append_from_process,
+                         args=(ledger_db, keyring.active_id, key_b64, n, appends, shared, start, returned))
+             for n in range(writers)]  # fmt: skip
+    for p in procs:
+        p.start()
+    start.set()
+    counts = [returned.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+    assert [p.exitcode for p in procs] == [0] * writers
+    stored = rows(ledger_db)
+    facts = writers * appends + shared
+    assert [r["seq"] for r in stored] == list(range(1, facts + 1))
+    assert len({(r["task_id"], r["state"], r["try_number"]) for r in stored}) == facts
+    assert sum(counts) == facts  # a shared fact is reported by the call that recorded it, only
+    report = verify(ledger_db, keyring)
+    assert report.ok and report.rows == facts, report.summary()
 
 
 def test_anchor_of_the_head_is_written_outside_the_database(filled: str, keyring: Keyring, anchor_bucket: str,
