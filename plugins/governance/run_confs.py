@@ -175,7 +175,7 @@ def scrub_run_confs(
             entries = list(
                 session.scalars(
                     select(Log)
-                    .where(Log.dag_id.in_(dag_ids), Log.extra.is_not(None), Log.id > last_log)
+                    .where(Log.dag_id.in_(dag_ids), Log.extra.contains('"conf"'), Log.id > last_log)
                     .order_by(Log.id)
                     .limit(batch)
                 )
