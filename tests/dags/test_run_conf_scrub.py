@@ -182,3 +182,14 @@ def test_scrub_age_must_be_a_whole_number_of_seconds_minutes_hours_or_days(text:
     with pytest.raises(ValueError, match="s, m, h or d"):
         parse_age(text)
     assert parse_age("90m") == timedelta(minutes=90) and parse_age("2d") == timedelta(days=2)
+
+
+def test_airflow_masks_form_identities_the_way_the_api_action_log_records_a_trigger(airflow_db: str) -> None:
+    """The project's [core] sensitive_var_conn_names, as Airflow 3.3's action logging applies it to
+    a POST /dagRuns body (``redact(value, key)`` per top-level key)."""
+    from airflow._shared.secrets_masker import secrets_masker
+
+    body = {"conf": _form(email=EMAIL, phone=PHONE, business_id=7), "note": None}
+    masked = {k: secrets_masker.redact(v, k) for k, v in body.items()}
+    assert masked["conf"]["email"] == "***" and masked["conf"]["phone"] == "***"
+    assert masked["conf"]["business_id"] == 7 and masked["conf"]["formats"] == ["json", "csv"]
