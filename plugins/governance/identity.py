@@ -70,8 +70,8 @@ def normalise_email(raw: str) -> str:
 def normalise_phone(raw: str, region: str | None = None) -> str:
     """Return the E.164 form of a phone number, or raise InvalidIdentity.
 
-    Numbers without a ``+`` country code are read in ``region`` (default
-    ``GOVERNANCE_PHONE_REGION``, US). Possible numbers are accepted even when not assigned
+    Numbers without a ``+`` country code are read in ``region`` (default: ``GOVERNANCE_PHONE_REGION``,
+    else the data map's ``settings.default_phone_region``). Possible numbers are accepted even when not assigned
     (e.g. 555 numbers), because people and test data use them.
     """
     import phonenumbers
@@ -86,7 +86,8 @@ def normalise_phone(raw: str, region: str | None = None) -> str:
     if sum(ch.isdigit() for ch in value) < 4:
         raise InvalidIdentity("phone has too few digits")
     try:
-        number = phonenumbers.parse(value, region or default_phone_region())
+        # The default region (read from the data map) only matters without a country code.
+        number = phonenumbers.parse(value, region or (None if value.startswith("+") else default_phone_region()))
     except phonenumbers.NumberParseException as exc:
         reason = str(exc).split(") ", 1)[-1]  # phonenumbers' reason never includes the input
         raise InvalidIdentity(f"phone could not be read as a number: {reason}") from None
