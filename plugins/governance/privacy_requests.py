@@ -55,6 +55,16 @@ def validate_request_id(request_id: str) -> str:
     return value
 
 
+def request_id_arg(value: str) -> str:
+    """argparse ``type=`` for a request id argument: a malformed id is a usage error (exit 2)."""
+    import argparse
+
+    try:
+        return validate_request_id(value)
+    except InvalidRequest as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _context(request_id: str, kind: str) -> str:
     return f"privacy_requests:{request_id}:{kind}"
 

@@ -124,9 +124,8 @@ def scrub_run_confs(
     *, now: datetime, min_age: timedelta, dry_run: bool, governance_conninfo: str | None, batch: int = 500
 ) -> ScrubReport:
     """Scrub identities from ended privacy-request runs and their action-log entries."""
-    from airflow.models.dag import DagTag
-    from airflow.models.dagrun import DagRun
-    from airflow.models.log import Log
+    # The metadata ORM (not the DAG-authoring API): this command runs beside the scheduler.
+    from airflow.models import DagRun, DagTag, Log
     from airflow.utils.session import create_session
     from sqlalchemy import select
 

@@ -112,3 +112,9 @@ def test_no_link_is_issued_when_there_is_no_bundle_to_give(exported: dict[str, A
     with psycopg.connect(exported["url"]) as conn, pytest.raises(LinkRefused, match=message):
         refresh_link(conn, exported["s3"], exported["locations"], request_id=request_id, days=days, at=COMPLETED)
     assert _result_uri(exported["url"], exported["export"]) == "https://expired.example/link"
+
+
+def test_a_malformed_request_id_is_a_usage_error_before_anything_is_read(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["export-link", "exp-2026-%"])
+    assert exited.value.code == 2 and "xxx-YYYYMMDD" in capsys.readouterr().err

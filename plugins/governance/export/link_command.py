@@ -74,7 +74,9 @@ def refresh_link(conn: psycopg.Connection[Any], s3: Any, locations: Any, *, requ
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("request_id", help="the completed export request (exp-YYYYMMDD-...)")
+    from governance.privacy_requests import request_id_arg
+
+    parser.add_argument("request_id", type=request_id_arg, help="the completed export request (exp-YYYYMMDD-...)")
     parser.add_argument("--days", type=int, default=7, help="how long the new link is valid (1-7 days, default 7)")
 
 
@@ -84,13 +86,8 @@ def run(args: argparse.Namespace) -> int:
     from governance.db import connect, conninfo_for
     from governance.export.storage import bundle_locations
     from governance.objectstore import s3_client
-    from governance.privacy_requests import InvalidRequest, validate_request_id
 
-    try:
-        request_id = validate_request_id(args.request_id)
-    except InvalidRequest as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    request_id = args.request_id
     locations = bundle_locations(load_datamap(), request_id)
     try:
         with connect(conninfo_for(GOVERNANCE_CONN_ID)) as conn:

@@ -15,7 +15,9 @@ from datetime import UTC, datetime
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("request_id", help="the export request (exp-YYYYMMDD-...)")
+    from governance.privacy_requests import request_id_arg
+
+    parser.add_argument("request_id", type=request_id_arg, help="the export request (exp-YYYYMMDD-...)")
     parser.add_argument("--staff", default=None, help="who asks (default: the operating-system user)")
 
 
@@ -24,13 +26,8 @@ def run(args: argparse.Namespace) -> int:
     from governance.crypto import cipher_from_airflow
     from governance.db import connect, conninfo_for
     from governance.export.state import ExportStateError, reveal_passphrase
-    from governance.privacy_requests import InvalidRequest, validate_request_id
 
-    try:
-        request_id = validate_request_id(args.request_id)
-    except InvalidRequest as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    request_id = args.request_id
     staff = args.staff or getpass.getuser()
     try:
         with connect(conninfo_for(GOVERNANCE_CONN_ID)) as conn:
