@@ -34,7 +34,7 @@ from governance.privacy_requests import create_request
 from governance.seed import cast_member
 from governance.workflows import dsr_export as workflow
 from tests.dags.conftest import task_states, xcom_result
-from tests.fixtures.reference import Deployment, clone_deployment
+from tests.fixtures.reference import Deployment, cloned_deployment
 from tests.integration.test_export_bundle import assert_matches_ground_truth
 
 pytestmark = [pytest.mark.integration, pytest.mark.dagrun]
@@ -47,18 +47,10 @@ VERIFY_BY_CALL_BACK = "Verified: called back on the number we hold"
 @pytest.fixture(scope="module")
 def deployment(reference_deployment: Deployment, s3: Any) -> Iterator[Deployment]:
     """One private copy for the module: each test exports a different person or request."""
-    clone = clone_deployment(reference_deployment, s3, "dsr_export")
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            for key, value in clone.connection_env().items():
-                patch.setenv(key, value)
-            patch.setattr(workflow, "PROCESSOR_BACKOFF_S", 0.01)
-            patch.setattr(workflow, "PROCESSOR_ATTEMPTS", 3)
-            yield clone
-    finally:
-        clone.payments.stop()
-        clone.crm.stop()
-        clone.pg.drop(clone.database)
+    with cloned_deployment(reference_deployment, s3, "dsr_export") as (clone, patch):
+        patch.setattr(workflow, "PROCESSOR_BACKOFF_S", 0.01)
+        patch.setattr(workflow, "PROCESSOR_ATTEMPTS", 3)
+        yield clone
 
 
 @pytest.fixture
@@ -166,7 +158,9 @@ def passphrase_for(request_id: str, capfd: pytest.CaptureFixture[str]) -> str:
     """What ``python -m governance export-passphrase REQUEST_ID`` prints for staff."""
     capfd.readouterr()
     assert export_passphrase(argparse.Namespace(request_id=request_id, staff=OFFICER)) == 0
-    return capfd.readouterr().out.strip()
+    # The command prints the passphrase as its last line; Airflow's lineage thread may still log
+    # a late line of the previous run to the same captured stdout before it.
+    return capfd.readouterr().out.strip().splitlines()[-1]
 
 
 def recorded_request(deployment: Deployment, key: str, *, verified: bool, business_id: int | None = None) -> str:

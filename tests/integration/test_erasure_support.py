@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from governance.seed import cast_member
-from tests.fixtures.reference import Deployment, clone_deployment
+from tests.fixtures.reference import Deployment, cloned_deployment
 
 APP_TABLES = (
     "businesses", "users", "callers", "calls", "messages", "appointments", "support_tickets", "payments",
@@ -33,16 +33,8 @@ AS_OF = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 def shared_clone(reference_deployment: Deployment, s3: Any, request: pytest.FixtureRequest) -> Iterator[Deployment]:
     """One writable copy of the reference deployment for a whole module: its tests erase
     different people and each checks only what its own erasure did."""
-    clone = clone_deployment(reference_deployment, s3, request.module.__name__.rsplit(".", 1)[-1][5:])
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in clone.connection_env().items():
-            patch.setenv(key, value)
-        try:
-            yield clone
-        finally:
-            clone.payments.stop()
-            clone.crm.stop()
-            clone.pg.drop(clone.database)
+    with cloned_deployment(reference_deployment, s3, request.module.__name__.rsplit(".", 1)[-1][5:]) as (clone, _):
+        yield clone
 
 
 def snapshot(url: str) -> dict[str, dict[Any, str]]:
