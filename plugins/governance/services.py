@@ -46,7 +46,10 @@ def free_port(host: str = HOST) -> int:
 
 
 def port_is_free(port: int, host: str = HOST) -> bool:
+    """True when nothing listens on ``host:port``. SO_REUSEADDR, as the servers themselves bind: a
+    previous run's connections still in TIME_WAIT do not make the port look taken."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -313,8 +316,13 @@ def start_stack(state_dir: Path = STATE_DIR) -> dict[str, str]:
     state_file = state_dir / "services.json"
     state: dict[str, Any] = json.loads(state_file.read_text()) if state_file.exists() else {}
 
+    def save_state() -> None:  # after every spawn: a later failure must not orphan a process
+        state_file.write_text(json.dumps(state, indent=2))
+
     pg = EmbeddedPostgres(state_dir / "pgdata", ports.postgres)
+    state.update({"ports": ports.__dict__, "pgdata": str(pg.data_dir)})
     pg.start()
+    save_state()
     pg.create_database(APP_DATABASE)
     pg.create_database(AIRFLOW_DATABASE)
 
@@ -324,6 +332,7 @@ def start_stack(state_dir: Path = STATE_DIR) -> dict[str, str]:
         state["s3_pid"] = _spawn(
             [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(ports.s3)], state_dir / "s3.log"
         )
+        save_state()
     wait_for_port(ports.s3)
 
     keys = _load_or_create_keys(state_dir)
@@ -335,16 +344,17 @@ def start_stack(state_dir: Path = STATE_DIR) -> dict[str, str]:
             [
                 sys.executable, "-m", "governance.standins", "--host", HOST,
                 "--payments-port", str(ports.payments), "--crm-port", str(ports.crm),
-                "--api-key", keys["standin_api_key"], "--state-file", str(state_dir / "standins.json"),
+                f"--api-key={keys['standin_api_key']}", f"--state-file={state_dir / 'standins.json'}",
             ],
             state_dir / "standins.log",
         )  # fmt: skip
+        save_state()
     wait_for_port(ports.payments)
     wait_for_port(ports.crm)
 
     (state_dir / "lineage").mkdir(exist_ok=True)  # the OpenLineage file transport writes here
     state.update({"ports": ports.__dict__, "pgdata": str(pg.data_dir)})
-    state_file.write_text(json.dumps(state, indent=2))
+    save_state()
     env = airflow_environment(ports, keys, state_dir)
     env_file = state_dir / "airflow.env"
     env_file.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()))
