@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 # PYTEST_WORKERS=0 runs in one process.
 PYTEST_WORKERS ?= 2
 
-.PHONY: help venv lint test test-fast demo airflow services-start services-stop lock bench clean
+.PHONY: help venv lint test test-fast demo airflow airflow-stop services-start services-stop lock bench clean
 
 help:
 	@echo "make demo | make test | make airflow | make lint | make bench | make lock | make clean"
@@ -47,12 +47,15 @@ services-start: venv
 services-stop: venv
 	$(PY) -m governance services stop
 
-# The Airflow UI on the embedded services: http://127.0.0.1:8080, user "admin", password in
-# .state/airflow/simple_auth_manager_passwords.json.generated. Ctrl-C stops Airflow; then
-# `make services-stop`.
-airflow: services-start
-	source .state/airflow.env && $(VENV)/bin/airflow db migrate >/dev/null && \
-	  $(VENV)/bin/airflow standalone
+# The Airflow UI on the embedded services: http://127.0.0.1:8080 (GOVERNANCE_AIRFLOW_PORT), user
+# "admin", password in .state/airflow/simple_auth_manager_passwords.json.generated. Ctrl-C (or
+# `make airflow-stop` from another shell) stops Airflow and every task process; the services keep
+# running until `make services-stop`. exec: make's SIGTERM reaches the launcher itself.
+airflow: venv
+	exec $(PY) -m governance airflow
+
+airflow-stop: venv
+	$(PY) -m governance airflow --stop
 
 bench: venv
 	$(PY) benchmarks/parse.py

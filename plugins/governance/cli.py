@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reapply-suppressions": ("governance.erasure.reapply", "erase suppressed people again after a restore (only data from before their erasure)"),
     "scrub-run-confs": ("governance.run_confs", "remove identities typed into trigger forms from ended runs' configurations and the action log"),
     "verify-ledger": ("governance.ledger", "verify the audit ledger's hash chain and its anchors in the object store"),
+    "airflow": ("governance.standalone", "run the Airflow UI (airflow standalone) on the embedded services (make airflow)"),
     "demo": ("governance.demo", "run every DAG once on the reference deployment and summarise"),
 }
 

@@ -21,7 +21,7 @@ from psycopg import sql
 
 from governance.seed import CAST, TABLE_ORDER, SeedRefused, SeedReport, SeedTargets, seed_reference_deployment
 from governance.seed.generate import TABLE_COLUMNS, generate_reference_data, write_csv_files
-from governance.seed.load import app_schema_sql, load_database
+from governance.seed.load import app_schema_sql, load_database, seeded_already
 from tests.fixtures.services import PgServer
 from tests.fixtures.standins import Standins
 
@@ -370,3 +370,16 @@ def test_a_failed_copy_leaves_the_database_as_it_was(make_db: Callable[[str], st
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT to_regclass('app.users'), to_regnamespace('app')").fetchone()
     assert row == (None, None)
+
+
+def test_seeded_already_is_true_only_with_rows_and_objects_so_if_needed_reseeds_after_an_s3_restart(
+    seeded: Seeded, s3: Any, make_db: Callable[[str], str]
+) -> None:
+    assert seeded_already(SeedTargets(app_conninfo=seeded.url, s3=s3, bucket=seeded.bucket))
+    # The embedded S3 server lost its objects (a restart): rows without recordings are re-seeded.
+    assert not seeded_already(SeedTargets(app_conninfo=seeded.url, s3=s3, bucket=f"gt-gone-{uuid.uuid4().hex[:8]}"))
+    empty_bucket = f"gt-empty-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=empty_bucket)
+    assert not seeded_already(SeedTargets(app_conninfo=seeded.url, s3=s3, bucket=empty_bucket))
+    # An empty database is seeded whatever the bucket holds.
+    assert not seeded_already(SeedTargets(app_conninfo=make_db("seed_if_needed"), s3=s3, bucket=seeded.bucket))

@@ -37,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="empty the app tables, the seeded objects and the processor stand-ins first",
     )
     parser.add_argument(
+        "--if-needed",
+        action="store_true",
+        help="seed only when the app tables are empty or the objects bucket is gone (e.g. after the "
+        "in-memory S3 server restarted); then replace whatever is left, so rows and objects match",
+    )
+    parser.add_argument(
         "--work-dir",
         type=Path,
         default=None,
@@ -54,7 +60,13 @@ def _optional_processor(conn_id: str) -> ConnectionInfo | None:
 
 def run(args: argparse.Namespace) -> int:
     from governance.objectstore import s3_client_for
-    from governance.seed.load import SeedError, SeedRefused, SeedTargets, seed_reference_deployment
+    from governance.seed.load import (
+        SeedError,
+        SeedRefused,
+        SeedTargets,
+        seed_reference_deployment,
+        seeded_already,
+    )
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -74,9 +86,12 @@ def run(args: argparse.Namespace) -> int:
         crm_url=crm.base_url() if crm else None,
         crm_api_key=(crm.password or None) if crm else None,
     )
+    if args.if_needed and seeded_already(targets):
+        print("reference deployment already seeded (app tables hold rows, objects bucket present): kept as it is")
+        return 0
     try:
         report = seed_reference_deployment(
-            targets, scale=args.scale, seed=args.seed, work_dir=args.work_dir, replace=args.replace
+            targets, scale=args.scale, seed=args.seed, work_dir=args.work_dir, replace=args.replace or args.if_needed
         )
     except SeedRefused as exc:
         print(f"refused: {exc}", file=sys.stderr)

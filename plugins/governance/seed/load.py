@@ -306,6 +306,22 @@ def analyze(conninfo: str) -> float:
     return time.perf_counter() - started
 
 
+def seeded_already(targets: SeedTargets) -> bool:
+    """True when the app tables hold rows and the objects bucket exists with objects in it.
+
+    Used by ``seed --if-needed`` (``make airflow``): the embedded S3 server keeps objects in memory,
+    so after a restart the database is seeded but its recordings are gone, and both are re-seeded.
+    """
+    with psycopg.connect(targets.app_conninfo, autocommit=True, application_name="governance-seed") as conn:
+        if not _tables_with_rows(conn):
+            return False
+    if targets.s3 is None or targets.bucket is None:
+        return True  # no object store to check
+    if not _bucket_exists(targets.s3, targets.bucket):
+        return False
+    return bool(targets.s3.list_objects_v2(Bucket=targets.bucket, MaxKeys=1).get("KeyCount", 0))
+
+
 def _check_database(conninfo: str, *, replace: bool) -> None:
     with psycopg.connect(conninfo, autocommit=True, application_name="governance-seed") as conn:
         occupied = _tables_with_rows(conn)

@@ -1,0 +1,125 @@
+"""`make airflow` as a new user runs it: from the Makefile, on its own services and ports.
+
+It must start every Airflow component (the child processes are launched by the bare name
+``airflow``), serve the project's DAGs to a logged-in user, and on Ctrl-C leave no process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from governance.services import free_port, port_is_free
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT_DAGS = {"dsr_export", "dsr_erasure", "datamap_drift", "governance_healthcheck"}
+
+pytestmark = pytest.mark.integration
+
+
+def _clean_environment(state_dir: Path, airflow_port: int) -> dict[str, str]:
+    """The user's shell: none of the test session's Airflow or governance settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "GOVERNANCE_"))}
+    env.update(
+        {
+            "GOVERNANCE_STATE_DIR": str(state_dir),
+            "GOVERNANCE_PG_PORT": str(free_port()),
+            "GOVERNANCE_S3_PORT": str(free_port()),
+            "GOVERNANCE_PAYMENTS_PORT": str(free_port()),
+            "GOVERNANCE_CRM_PORT": str(free_port()),
+            "GOVERNANCE_AIRFLOW_PORT": str(airflow_port),
+        }
+    )
+    return env
+
+
+def _get_json(url: str, token: str | None = None) -> dict:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return dict(json.load(response))
+
+
+def _wait_for(predicate: Callable[[], object], timeout_s: float, what: str, log: Path) -> object:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(1)
+    raise AssertionError(f"{what} within {timeout_s:.0f} s; make airflow printed:\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture
+def running_make_airflow(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path, Path]]:
+    state_dir = tmp_path / "state"
+    port = free_port()
+    env = _clean_environment(state_dir, port)
+    log = tmp_path / "make-airflow.log"
+    with open(log, "wb") as out:
+        # A session of its own, like a terminal: SIGINT to the group is Ctrl-C.
+        proc = subprocess.Popen(["make", "airflow"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+    try:
+        yield proc, port, state_dir, log
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        subprocess.run([str(ROOT / ".venv/bin/python"), "-m", "governance", "services", "stop"], env=env, cwd=ROOT,
+                       check=False, capture_output=True)  # fmt: skip
+        for stray in psutil.process_iter(["environ"]):  # nothing of this test may outlive it
+            try:
+                if (stray.info["environ"] or {}).get("GOVERNANCE_STATE_DIR") == str(state_dir):
+                    stray.kill()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+
+def test_make_airflow_serves_the_dags_to_a_logged_in_user_and_ctrl_c_leaves_no_process(
+    running_make_airflow: tuple[subprocess.Popen[bytes], int, Path, Path],
+) -> None:
+    proc, port, state_dir, log = running_make_airflow
+    base = f"http://127.0.0.1:{port}"
+
+    _wait_for(lambda: "Airflow is up" in log.read_text(), 420, "make airflow did not say Airflow is up", log)
+    assert proc.poll() is None
+
+    def all_healthy() -> bool:
+        health = _get_json(f"{base}/api/v2/monitor/health")
+        return all(health[part]["status"] == "healthy" for part in ("metadatabase", "scheduler", "triggerer", "dag_processor"))
+
+    _wait_for(all_healthy, 120, "not every Airflow component was healthy", log)
+
+    passwords = state_dir / "airflow" / "simple_auth_manager_passwords.json.generated"
+    assert str(passwords) in log.read_text(), "make airflow must say where the login password is"
+    password = json.loads(passwords.read_text())["admin"]
+    body = json.dumps({"username": "admin", "password": password}).encode()
+    login = urllib.request.Request(f"{base}/auth/token", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(login, timeout=10) as response:
+        token = json.load(response)["access_token"]
+
+    def project_dags_listed() -> bool:
+        dags = _get_json(f"{base}/api/v2/dags?limit=100", token)["dags"]
+        return PROJECT_DAGS <= {d["dag_id"] for d in dags}
+
+    _wait_for(project_dags_listed, 240, "the project's DAGs were not listed", log)
+
+    # The embedded services (S3 server, stand-ins) keep running by design until `services stop`.
+    services = json.loads((state_dir / "services.json").read_text())
+    service_pids = {services["s3_pid"], services["standins_pid"]}
+    tree = [p for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+            if p.pid not in service_pids]  # fmt: skip
+    assert len(tree) > 4, "api-server, scheduler, dag-processor and triggerer run as processes"
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal
+    proc.wait(timeout=90)  # make itself ends by the SIGINT it received (non-zero), as in a terminal
+    _gone, alive = psutil.wait_procs(tree, timeout=10)
+    assert not alive, f"processes left after Ctrl-C: {[p.pid for p in alive]}"
+    assert port_is_free(port)
+    assert "make airflow: Airflow stopped" in log.read_text()
