@@ -4,7 +4,8 @@ Lives at the top of plugins/ because the plugins manager does not look inside ``
 (see plugins/.airflowignore); the code is in the ``governance`` package.
 
 * ``listeners``: ``governance.ledger_listener`` (per-task lineage isolation, a ledger row for
-  every task instance final state, end-of-run reconciliation and anchoring).
+  every task instance final state; reconciliation and anchoring run beside the scheduler:
+  ``python -m governance maintain``).
 * ``hook_lineage_readers``: Airflow only collects hook lineage (``S3Hook``, SQL hooks, the
   project's connectors) when a reader is registered; the ledger needs it even when OpenLineage
   is switched off.

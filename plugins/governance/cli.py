@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-link": ("governance.export.link_command", "issue a new download link for a completed export's bundle (written to result_uri)"),
     "reapply-suppressions": ("governance.erasure.reapply", "erase suppressed people again after a restore (only data from before their erasure)"),
     "scrub-run-confs": ("governance.run_confs", "remove identities typed into trigger forms from ended runs' configurations and the action log"),
+    "maintain": ("governance.maintenance", "beside the scheduler: scrub ended runs' identities, reconcile and anchor the audit ledger (loops; --once)"),
     "verify-ledger": ("governance.ledger", "verify the audit ledger's hash chain and its anchors in the object store"),
     "airflow": ("governance.standalone", "run the Airflow UI (airflow standalone) on the embedded services (make airflow)"),
     "demo": ("governance.demo", "run every DAG once on the reference deployment and summarise"),

@@ -60,8 +60,9 @@ def run(args: argparse.Namespace) -> int:
             cmd += ["--dag", dag_id]
         # Task logs stay in $AIRFLOW_HOME/logs; the console shows warnings and the summary.
         _run(cmd, {**env, "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING"})
-        _step("removing identities typed into trigger forms from ended runs (scrub-run-confs)")
-        _run([sys.executable, "-m", "governance", "scrub-run-confs"], {**env, "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING"})
+        _step("maintenance pass: scrub ended runs' identities, reconcile and anchor the audit ledger")
+        _run([sys.executable, "-m", "governance", "maintain", "--once", "--anchor-interval", "0s", "--lookback", "1h"],
+             {**env, "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING"})  # fmt: skip
     finally:
         if args.keep_running:
             print(f"\nservices left running; `source {STATE_DIR / 'airflow.env'}` to use them, `make services-stop` to stop")

@@ -32,7 +32,7 @@ import os
 import sys
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -329,6 +329,23 @@ class LedgerWriter:
             cur.close()
 
 
+def entry_from_task_instance(ti: Any, state: str, conf: Any, source: str) -> LedgerEntry:
+    """The ledger entry for a task instance known from Airflow's database (a TaskInstance or
+    TaskInstanceHistory row): nothing ran in this process, so no datasets."""
+    return LedgerEntry(
+        dag_id=ti.dag_id,
+        run_id=ti.run_id,
+        task_id=ti.task_id,
+        map_index=int(ti.map_index if ti.map_index is not None else -1),
+        try_number=int(ti.try_number or 0),
+        state=state,
+        started_at=ti.start_date,
+        ended_at=ti.end_date,
+        request_id=request_id_from_conf(conf),
+        source=source,
+    )
+
+
 def reconcile_run(
     writer: LedgerWriter,
     *,
@@ -407,6 +424,51 @@ def write_anchor(writer: LedgerWriter, s3: Any, bucket: str) -> LedgerAnchor | N
     return LedgerAnchor(anchor.seq, anchor.mac, anchor.key_id, anchor.at, anchor.anchor_mac, key)
 
 
+def latest_anchor(s3: Any, bucket: str, *, after: LedgerAnchor | None = None) -> LedgerAnchor | None:
+    """The anchor with the highest seq (keys sort by seq), listing only keys after ``after``'s."""
+    newest_key = after.object_key if after is not None else ""
+    pages = s3.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=ANCHOR_PREFIX, **({"StartAfter": newest_key} if newest_key else {})
+    )
+    for page in pages:
+        for obj in page.get("Contents", []):
+            newest_key = max(newest_key, obj["Key"])
+    if not newest_key:
+        return None
+    if after is not None and newest_key == after.object_key:
+        return after
+    body = s3.get_object(Bucket=bucket, Key=newest_key)["Body"].read()
+    return LedgerAnchor.from_json(body, newest_key)
+
+
+def anchor_if_due(
+    writer: LedgerWriter,
+    s3: Any,
+    bucket: str,
+    *,
+    interval: timedelta,
+    now: datetime,
+    latest: LedgerAnchor | None = None,
+) -> LedgerAnchor | None:
+    """Anchor the head when rows were added since the newest anchor and that anchor is at least
+    ``interval`` old (or there is none); the new anchor, or None when nothing was due.
+
+    ``latest`` is the newest anchor the caller already knows (a loop passes its last one, so only
+    newer keys are listed). With the check run every minute and a 5-minute interval, a tail cut
+    from the ledger stays undetectable for at most about 6 minutes.
+    """
+    head = writer.head()
+    if head is None:
+        return None
+    newest = latest_anchor(s3, bucket, after=latest)
+    if newest is not None:
+        if newest.seq >= head[0]:
+            return None
+        if now - datetime.fromisoformat(newest.at) < interval:
+            return None
+    return write_anchor(writer, s3, bucket)
+
+
 def read_anchors(s3: Any, bucket: str) -> list[LedgerAnchor]:
     """Every anchor in the bucket, by seq. An unreadable anchor is kept as a forged one (seq -1)."""
     anchors: list[LedgerAnchor] = []
@@ -441,17 +503,32 @@ class VerifyReport:
     anchors_checked: int
     latest_anchor_seq: int | None
     tampering: Tampering | None = None
+    anchor_store: str = ""
 
     @property
     def ok(self) -> bool:
         return self.tampering is None
 
+    @property
+    def unanchored(self) -> bool:
+        """Rows exist but no anchor covers any of them: a deleted tail, or a chain rebuilt with the
+        key, could not be told from an intact ledger."""
+        return self.rows > 0 and self.latest_anchor_seq is None
+
+    @property
+    def unanchored_rows(self) -> int:
+        """Rows after the newest anchor (what a tail cut could remove unnoticed right now)."""
+        return self.head_seq - (self.latest_anchor_seq or 0) if self.rows else 0
+
     def summary(self) -> str:
-        anchors = (
-            f"{self.anchors_checked} anchor(s) checked (latest at seq {self.latest_anchor_seq})"
-            if self.anchors_checked
-            else "no anchors checked"
-        )
+        store = f" in {self.anchor_store}" if self.anchor_store else ""
+        if self.anchors_checked:
+            anchors = f"{self.anchors_checked} anchor(s){store} checked (latest at seq {self.latest_anchor_seq}"
+            anchors += f"; {self.unanchored_rows} row(s) after it)" if self.unanchored_rows else ")"
+        elif self.anchor_store:
+            anchors = f"UNANCHORED: no anchor found{store}, so a deleted tail or a rebuilt chain would go unnoticed"
+        else:
+            anchors = "anchors not checked (--no-anchors): a deleted tail or a rebuilt chain would go unnoticed"
         if self.tampering is None:
             return f"audit ledger OK: {self.rows} row(s), head at seq {self.head_seq}, {anchors}"
         where = f"row {self.tampering.seq}" if self.tampering.seq is not None else "ledger"
@@ -489,7 +566,12 @@ def _chain_break(conn: psycopg.Connection, row: Mapping[str, Any], prev_seq: int
 
 
 def verify_ledger(
-    conn: psycopg.Connection, keyring: Keyring, anchors: Sequence[LedgerAnchor] | None = None, *, batch: int = 5000
+    conn: psycopg.Connection,
+    keyring: Keyring,
+    anchors: Sequence[LedgerAnchor] | None = None,
+    *,
+    batch: int = 5000,
+    anchor_store: str = "",
 ) -> VerifyReport:
     """Recompute the chain from row 1 and hold it against the anchors; stop at the first fault.
 
@@ -502,7 +584,7 @@ def verify_ledger(
     prev_seq, prev_mac, count = 0, GENESIS_MAC, 0
 
     def report(tampering: Tampering | None) -> VerifyReport:
-        return VerifyReport(count, prev_seq, len(anchors), latest, tampering)
+        return VerifyReport(count, prev_seq, len(anchors), latest, tampering, anchor_store)
 
     for forged in (a for a in anchors if not a.verifies(keyring)):
         return report(Tampering("anchor_forged", None, f"anchor {forged.object_key or forged.seq} does not verify"))
@@ -552,6 +634,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-anchors", action="store_true", help="check the chain only (a deleted tail then goes unnoticed)"
     )
+    parser.add_argument(
+        "--strict", action="store_true",
+        help="exit 1 also when the ledger has rows but no anchor (tamper evidence missing, not just unbroken)",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -564,12 +650,15 @@ def run(args: argparse.Namespace) -> int:
 
         conninfo = args.conninfo or conninfo_for(GOVERNANCE_CONN_ID)
         anchors: list[LedgerAnchor] | None = None
+        store = ""
         if not args.no_anchors:
             from governance.objectstore import s3_client
 
-            anchors = read_anchors(s3_client(OBJECTS_CONN_ID), args.bucket or anchor_bucket())
+            bucket = args.bucket or anchor_bucket()
+            store = f"s3://{bucket}/{ANCHOR_PREFIX}"
+            anchors = read_anchors(s3_client(OBJECTS_CONN_ID), bucket)
         with psycopg.connect(conninfo, application_name="governance-verify-ledger") as conn:
-            report = verify_ledger(conn, keyring, anchors)
+            report = verify_ledger(conn, keyring, anchors, anchor_store=store)
     except (ConnectionNotConfigured, KeyMaterialError) as exc:
         print(f"verify-ledger: {exc}", file=sys.stderr)
         return 2
@@ -583,4 +672,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"verify-ledger: cannot read the anchors: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     print(report.summary())
-    return 0 if report.ok else 1
+    if not report.ok:
+        return 1
+    return 1 if args.strict and (report.unanchored or args.no_anchors) else 0

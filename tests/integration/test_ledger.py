@@ -29,7 +29,9 @@ from governance.ledger import (
     LedgerAnchor,
     LedgerEntry,
     LedgerWriter,
+    anchor_if_due,
     compute_mac,
+    latest_anchor,
     read_anchors,
     reconcile_run,
     verify_ledger,
@@ -372,7 +374,7 @@ def test_verify_ledger_command_reports_ok_tampering_and_configuration_errors(
     with LedgerWriter.connect(filled, keyring) as writer:
         writer.append([entry("signed_with_the_configured_key")])
         write_anchor(writer, s3, anchor_bucket)
-    args = argparse.Namespace(conninfo=None, bucket=None, no_anchors=False)
+    args = argparse.Namespace(conninfo=None, bucket=None, no_anchors=False, strict=False)
 
     assert ledger.run(args) == 1  # rows 1..6 were signed with another key
     assert "TAMPERED (unknown_key) at row 1" in capsys.readouterr().out
@@ -397,5 +399,49 @@ def test_verify_ledger_command_exits_zero_on_an_intact_ledger(
     with LedgerWriter.connect(ledger_db, keyring) as writer:
         writer.append([entry("a"), entry("b", "failed")])
         write_anchor(writer, s3, anchor_bucket)
-    assert ledger.run(argparse.Namespace(conninfo=None, bucket=None, no_anchors=False)) == 0
-    assert "audit ledger OK: 2 row(s), head at seq 2, 1 anchor(s) checked" in capsys.readouterr().out
+    assert ledger.run(argparse.Namespace(conninfo=None, bucket=None, no_anchors=False, strict=False)) == 0
+    out = capsys.readouterr().out
+    assert "audit ledger OK: 2 row(s), head at seq 2, 1 anchor(s)" in out
+    assert f"in s3://{anchor_bucket}/{ANCHOR_PREFIX} checked" in out  # it says which anchor store it read
+
+
+def test_verify_ledger_says_unanchored_and_strict_fails_when_no_anchor_covers_the_rows(
+    ledger_db: str, anchor_bucket: str, s3: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An intact chain with no anchor cannot show a cut tail: "OK" alone would be misleading."""
+    from governance import ledger
+
+    with LedgerWriter.connect(ledger_db, ledger.ledger_keyring()) as writer:
+        writer.append([entry("a"), entry("b")])
+    lenient = argparse.Namespace(conninfo=None, bucket=None, no_anchors=False, strict=False)
+    assert ledger.run(lenient) == 0
+    out = capsys.readouterr().out
+    assert f"UNANCHORED: no anchor found in s3://{anchor_bucket}/{ANCHOR_PREFIX}" in out
+    assert ledger.run(argparse.Namespace(**{**vars(lenient), "strict": True})) == 1
+    assert ledger.run(argparse.Namespace(**{**vars(lenient), "strict": True, "no_anchors": True})) == 1
+    with LedgerWriter.connect(ledger_db, ledger.ledger_keyring()) as writer:
+        write_anchor(writer, s3, anchor_bucket)
+    capsys.readouterr()
+    assert ledger.run(argparse.Namespace(**{**vars(lenient), "strict": True})) == 0
+
+
+def test_anchors_are_written_only_when_rows_were_added_and_the_newest_is_older_than_the_interval(
+    ledger_db: str, keyring: Keyring, anchor_bucket: str, s3: Any
+) -> None:
+    interval = timedelta(minutes=5)
+    with LedgerWriter.connect(ledger_db, keyring) as writer:
+        assert anchor_if_due(writer, s3, anchor_bucket, interval=interval, now=T0) is None  # empty ledger
+        writer.append([entry("a")])
+        first = anchor_if_due(writer, s3, anchor_bucket, interval=interval, now=datetime.now(UTC))
+        assert first is not None and first.seq == 1
+        # Nothing new: no anchor however long it has been.
+        assert anchor_if_due(writer, s3, anchor_bucket, interval=interval, now=datetime.now(UTC) + 2 * interval) is None
+        writer.append([entry("b")])
+        # New rows, but the newest anchor is younger than the interval.
+        assert anchor_if_due(writer, s3, anchor_bucket, interval=interval, now=datetime.now(UTC)) is None
+        second = anchor_if_due(writer, s3, anchor_bucket, interval=interval, now=datetime.now(UTC) + interval,
+                               latest=first)  # fmt: skip
+        assert second is not None and second.seq == 2
+    assert [a.seq for a in read_anchors(s3, anchor_bucket)] == [1, 2]
+    assert latest_anchor(s3, anchor_bucket) == second
+    assert latest_anchor(s3, anchor_bucket, after=second) == second

@@ -7,6 +7,7 @@ folders, no literal secret, every variable documented, and one Airflow version e
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from collections.abc import Iterator
@@ -444,11 +445,23 @@ def test_identity_field_names_are_sensitive_to_airflows_secrets_masker(common_en
     assert names == set(config.AIRFLOW_SENSITIVE_NAMES.split(","))
 
 
-def test_maintenance_service_scrubs_run_confs_with_the_project_image_after_init(compose: dict[str, Any]) -> None:
+def test_maintenance_service_runs_the_maintain_loop_with_the_project_image_after_init(compose: dict[str, Any]) -> None:
     service = compose["services"]["governance-maintenance"]
     common = compose["x-airflow-common"]
     assert service["image"] == common["image"]
     command = service["command"] if isinstance(service["command"], str) else "\n".join(service["command"])
-    assert re.search(r"(^|\s)python -m governance scrub-run-confs(\s|$)", command)
+    match = re.search(r"(^|\s)python -m governance maintain(?P<args>[^\n]*)", command)
+    assert match, command
+    # The arguments are the command's own: parsing them must succeed, and scrubbing and anchoring
+    # happen at least every 5 minutes.
+    from governance import maintenance
+
+    parser = argparse.ArgumentParser()
+    maintenance.add_arguments(parser)
+    args = parser.parse_args(match.group("args").split())
+    assert not args.once and args.every <= 300
+    assert maintenance.parse_age(args.anchor_interval).total_seconds() <= 300
+    heartbeat = str(args.heartbeat)
+    assert heartbeat in " ".join(service["healthcheck"]["test"]), "the healthcheck reads the heartbeat the loop writes"
     assert service["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
     assert service["depends_on"]["postgres"]["condition"] == "service_healthy"

@@ -1,0 +1,207 @@
+"""``python -m governance maintain``: the governance work that needs Airflow's metadata database.
+
+Task code cannot open Airflow's metadata database in Airflow 3, and the scheduler must never wait
+on the project's work, so this runs beside them (the ``governance-maintenance`` service in
+docker-compose, a background process of ``make airflow``, once at the end of ``make demo``). Each
+pass:
+
+1. **scrubs** the identities typed into trigger forms from ended privacy-request runs
+   (:func:`governance.run_confs.scrub_run_confs`), as soon as they end;
+2. **reconciles** the audit ledger for every run that ended since the previous pass: the task
+   states the scheduler sets without running the task (skipped, upstream_failed) and any row a
+   task-side listener lost (a crashed worker) are appended; idempotent, so overlapping passes and
+   restarts never write a fact twice;
+3. **anchors** the ledger head in the object store when rows were added and the newest anchor is
+   older than ``--anchor-interval`` (default 5 minutes): a tail cut from the ledger goes unnoticed
+   for at most that long.
+
+It loops every ``--every`` seconds (default 60); ``--once`` makes one pass (cron, the demo, tests).
+Each pass writes a heartbeat file (``--heartbeat``) that the compose healthcheck reads. Prints one
+JSON line of counts per pass: never a configuration value, never personal data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from governance.config import GOVERNANCE_CONN_ID, OBJECTS_CONN_ID
+from governance.db import conninfo_for
+from governance.ledger import (
+    LEDGER_STATES,
+    LedgerAnchor,
+    LedgerEntry,
+    LedgerWriter,
+    anchor_bucket,
+    anchor_if_due,
+    entry_from_task_instance,
+    ledger_keyring,
+    reconcile_run,
+)
+from governance.objectstore import s3_client
+from governance.run_confs import parse_age, scrub_run_confs
+
+log = logging.getLogger(__name__)
+
+ENDED_STATES = ("success", "failed")
+DEFAULT_EVERY_SECONDS = 60
+DEFAULT_ANCHOR_INTERVAL = "5m"
+# The first pass after a start looks back this far, so a restart of this service misses nothing.
+DEFAULT_LOOKBACK = "1d"
+
+
+@dataclass
+class MaintenanceReport:
+    runs_reconciled: int = 0
+    ledger_rows_reconciled: int = 0
+    anchored_seq: int | None = None
+    scrub: dict[str, Any] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def _state_name(state: Any) -> str:
+    return str(getattr(state, "value", state) or "")
+
+
+def run_facts(session: Any, dag_run: Any) -> tuple[list[LedgerEntry], list[LedgerEntry]]:
+    """(current final states, earlier tries) of every task instance of an ended run."""
+    from airflow.models.taskinstancehistory import TaskInstanceHistory
+    from sqlalchemy import select
+
+    final = [
+        entry_from_task_instance(ti, _state_name(ti.state), dag_run.conf, "reconciled")
+        for ti in dag_run.get_task_instances(session=session)
+        if _state_name(ti.state) in LEDGER_STATES
+    ]
+    history = session.scalars(
+        select(TaskInstanceHistory).where(
+            TaskInstanceHistory.dag_id == dag_run.dag_id, TaskInstanceHistory.run_id == dag_run.run_id
+        )
+    )
+    # An archived try that was retried is stored as failed; it ended up_for_retry.
+    earlier = [
+        entry_from_task_instance(h, "up_for_retry" if _state_name(h.state) == "failed" else _state_name(h.state),
+                                 dag_run.conf, "reconciled")
+        for h in history
+        if _state_name(h.state) in LEDGER_STATES
+    ]  # fmt: skip
+    return final, earlier
+
+
+def reconcile_ended_runs(writer: LedgerWriter, *, ended_after: datetime, batch: int = 200) -> tuple[int, int]:
+    """Reconcile every run that ended after ``ended_after``; (runs looked at, rows written)."""
+    from airflow.models import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    runs_seen = rows_written = 0
+    last_id = 0
+    with create_session() as session:
+        while True:
+            runs = list(
+                session.scalars(
+                    select(DagRun)
+                    .where(DagRun.state.in_(ENDED_STATES), DagRun.end_date > ended_after, DagRun.id > last_id)
+                    .order_by(DagRun.id)
+                    .limit(batch)
+                )
+            )
+            if not runs:
+                break
+            last_id = runs[-1].id
+            for dag_run in runs:
+                final, earlier = run_facts(session, dag_run)
+                written = reconcile_run(writer, dag_id=dag_run.dag_id, run_id=dag_run.run_id,
+                                        final_states=final, earlier_tries=earlier)  # fmt: skip
+                runs_seen += 1
+                rows_written += len(written)
+    return runs_seen, rows_written
+
+
+@dataclass
+class Maintainer:
+    """One maintenance loop's state: where the previous pass got to."""
+
+    anchor_interval: timedelta
+    scrub_min_age: timedelta
+    ended_after: datetime
+    latest_anchor: LedgerAnchor | None = None
+
+    def run_once(self, now: datetime | None = None) -> MaintenanceReport:
+        """One pass; each step runs even when an earlier one failed (its error is reported)."""
+        now = now or datetime.now(UTC)
+        report = MaintenanceReport()
+        governance = conninfo_for(GOVERNANCE_CONN_ID)
+        try:
+            scrubbed = scrub_run_confs(now=now, min_age=self.scrub_min_age, dry_run=False, governance_conninfo=governance)
+            report.scrub = asdict(scrubbed)
+        except Exception as exc:
+            log.exception("maintenance: scrubbing run configurations failed")
+            report.errors.append(f"scrub: {type(exc).__name__}")
+        try:
+            with LedgerWriter.connect(governance, ledger_keyring(), application_name="governance-maintenance") as writer:
+                # Runs still ending while this pass reads are picked up by the next one: the
+                # watermark only moves to the start of this pass.
+                report.runs_reconciled, report.ledger_rows_reconciled = reconcile_ended_runs(
+                    writer, ended_after=self.ended_after
+                )
+                self.ended_after = now - timedelta(seconds=5)
+                anchor = anchor_if_due(writer, s3_client(OBJECTS_CONN_ID), anchor_bucket(),
+                                       interval=self.anchor_interval, now=now, latest=self.latest_anchor)  # fmt: skip
+                if anchor is not None:
+                    report.anchored_seq = anchor.seq
+                    self.latest_anchor = anchor
+        except Exception as exc:
+            log.exception("maintenance: ledger reconciliation or anchoring failed")
+            report.errors.append(f"ledger: {type(exc).__name__}")
+        return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--once", action="store_true", help="one pass, then exit (non-zero if a step failed)")
+    parser.add_argument("--every", type=float, default=DEFAULT_EVERY_SECONDS, metavar="SECONDS",
+                        help=f"seconds between passes (default {DEFAULT_EVERY_SECONDS})")  # fmt: skip
+    parser.add_argument("--anchor-interval", default=DEFAULT_ANCHOR_INTERVAL, metavar="AGE",
+                        help="anchor the ledger head when the newest anchor is older than this and rows were added "
+                             f"(default {DEFAULT_ANCHOR_INTERVAL}; 0s: every pass that added rows)")  # fmt: skip
+    parser.add_argument("--scrub-min-age", default="0s", metavar="AGE",
+                        help="scrub runs that ended at least this long ago (default 0s: as soon as they end)")  # fmt: skip
+    parser.add_argument("--lookback", default=DEFAULT_LOOKBACK, metavar="AGE",
+                        help=f"the first pass reconciles runs that ended this far back (default {DEFAULT_LOOKBACK})")  # fmt: skip
+    parser.add_argument("--heartbeat", type=Path, default=None,
+                        help="touch this file after every pass (the compose healthcheck reads its age)")  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        anchor_interval = parse_age(args.anchor_interval)
+        scrub_min_age = parse_age(args.scrub_min_age)
+        lookback = parse_age(args.lookback)
+    except ValueError as exc:
+        print(f"maintain: {exc}", file=sys.stderr)
+        return 2
+    if args.every <= 0:
+        print("maintain: --every must be a positive number of seconds", file=sys.stderr)
+        return 2
+    maintainer = Maintainer(anchor_interval, scrub_min_age, ended_after=datetime.now(UTC) - lookback)
+    while True:
+        report = maintainer.run_once()
+        print(json.dumps({**asdict(report), "at": datetime.now(UTC).isoformat(timespec="seconds")}, sort_keys=True),
+              flush=True)  # fmt: skip
+        if args.heartbeat is not None and report.ok:
+            args.heartbeat.parent.mkdir(parents=True, exist_ok=True)
+            args.heartbeat.touch()
+        if args.once:
+            return 0 if report.ok else 1
+        time.sleep(args.every)
