@@ -2,8 +2,9 @@
 
 Starts the embedded services, migrates Airflow's metadata database and the governance schema,
 seeds the reference deployment when it is not there yet, then runs ``airflow standalone`` (api-server,
-scheduler, dag-processor, triggerer; LocalExecutor) with the services' connections, and prints
-where to log in once the API server answers.
+scheduler, dag-processor, triggerer; LocalExecutor) with the services' connections, and the
+maintenance loop beside it (``python -m governance maintain``, as the governance-maintenance service
+in docker-compose), and prints where to log in once the API server answers.
 
 ``airflow standalone`` starts its components by the bare command name ``airflow``, so the venv's
 ``bin`` goes first on ``PATH``. Airflow runs in a process group of its own: Ctrl-C or SIGTERM
@@ -127,6 +128,13 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"== starting airflow standalone on http://{HOST}:{port}", flush=True)
     proc = subprocess.Popen(["airflow", "standalone"], env=env, cwd=PROJECT_ROOT, start_new_session=True)
+    # What the governance-maintenance service does in docker-compose: scrub ended runs' identities,
+    # reconcile and anchor the audit ledger, every minute (its output in .state/maintenance.log).
+    with open(STATE_DIR / "maintenance.log", "ab") as maintenance_log:
+        maintenance = subprocess.Popen(
+            [sys.executable, "-m", "governance", "maintain", "--every", "60"], env=env, cwd=PROJECT_ROOT,
+            stdout=maintenance_log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
     pid_file().write_text(f"{os.getpid()}\n")
     stopping = False
 
@@ -136,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
             return
         stopping = True
         print(f"\nmake airflow: {signal.Signals(signum).name}: stopping Airflow and its task processes", flush=True)
-        killed = stop_process_tree(proc.pid)
+        killed = stop_process_tree(proc.pid) + stop_process_tree(maintenance.pid)
         if killed:
             print(f"make airflow: {len(killed)} process(es) did not stop within {GRACE_SECONDS:.0f} s and were killed")
 
@@ -164,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if not stopping:
             stop_process_tree(proc.pid)
+            stop_process_tree(maintenance.pid)
         pid_file().unlink(missing_ok=True)
     print("make airflow: Airflow stopped", flush=True)
     return 0

@@ -111,6 +111,11 @@ def test_make_airflow_serves_the_dags_to_a_logged_in_user_and_ctrl_c_leaves_no_p
 
     _wait_for(project_dags_listed, 240, "the project's DAGs were not listed", log)
 
+    # The maintenance loop runs beside Airflow, as governance-maintenance does in docker-compose.
+    maintenance_log = state_dir / "maintenance.log"
+    _wait_for(lambda: maintenance_log.exists() and '"errors": []' in maintenance_log.read_text(), 120,
+              "the maintenance loop made no clean pass", maintenance_log)  # fmt: skip
+
     # The embedded services (S3 server, stand-ins) keep running by design until `services stop`.
     services = json.loads((state_dir / "services.json").read_text())
     service_pids = {services["s3_pid"], services["standins_pid"]}
