@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "request": ("governance.privacy_requests", "record a privacy request; identities are read from stdin"),
     "keys": ("governance.crypto", "generate key material for the keyed-hash and encryption connections"),
     "validate-datamap": ("governance.datamap.command", "validate the data map and print what is wrong"),
+    "datamap-schema": ("governance.datamap.schema", "print or write the data map's JSON Schema (generated from its model, for editors)"),
     "decrypt-bundle": ("governance.export.decrypt_command", "decrypt an export bundle (age, passphrase from stdin)"),
     "export-passphrase": ("governance.export.passphrase_command", "print an export bundle's passphrase for staff to send"),
     "export-link": ("governance.export.link_command", "issue a new download link for a completed export's bundle (written to result_uri)"),

@@ -151,6 +151,18 @@ class RetentionPeriod(_Strict):
             return {"years": years, "months": months, "days": days + 7 * weeks}
         return value
 
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        """What a map file holds (the parsed form above is internal): a duration or a day count."""
+        return {
+            "title": "Period",
+            "description": "ISO-8601 calendar duration (P30D, P13M, P7Y, P1Y6M; no time part) or a number of days",
+            "anyOf": [
+                {"type": "string", "pattern": r"^\s*[Pp](?:\d+[Yy])?(?:\d+[Mm])?(?:\d+[Ww])?(?:\d+[Dd])?\s*$"},
+                {"type": "integer", "minimum": 1},
+            ],
+        }
+
     @property
     def iso(self) -> str:
         """The period as an ISO-8601 duration, e.g. ``P7Y`` or ``P1Y6M``."""
