@@ -4,6 +4,8 @@ no identity in any task log or XCom; a form request waits for approval in the UI
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import threading
 import time
@@ -34,7 +36,7 @@ UNCHANGED = {"deleted": set(), "changed": set(), "added": set()}
 def form(**values: Any) -> dict[str, Any]:
     """A whole trigger form: dag.test() runs in one process, where a run's conf stays in the DAG's
     params for the next run, so every run names every field."""
-    return {"request_id": "", "email": "", "phone": "", "business_id": None, "dry_run": True,
+    return {"request_id": None, "email": None, "phone": None, "business_id": None, "dry_run": True,
             "override_guard": False, **values}  # fmt: skip
 
 
@@ -83,6 +85,18 @@ def _all_xcom(dag_run: Any) -> str:
     with create_session() as session:
         values = session.query(XComModel.value).filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id).all()
     return "\n".join(str(v[0]) for v in values)
+
+
+def test_the_approval_asks_how_the_person_was_verified_in_words_with_nothing_chosen_in_advance(
+    get_dag: Callable[[str], Any],
+) -> None:
+    from governance.workflows.dsr_erasure import NOT_VERIFIED, VERIFICATION_METHODS
+
+    param = get_dag("dsr_erasure").get_task("approve_erasure").params.get_param("verification_method")
+    assert param.value is None, "no method is pre-filled: one click must not record a method nobody used"
+    assert set(param.schema["enum"]) == {None, *VERIFICATION_METHODS, NOT_VERIFIED}
+    labels = param.schema["values_display"]
+    assert set(labels) == set(param.schema["enum"]) - {None} and all(" " in label and "_" not in label for label in labels.values())
 
 
 def test_form_dry_run_stores_the_plan_and_changes_nothing(
@@ -208,3 +222,42 @@ def _approve_when_asked(dag_id: str, task_id: str, timeout_s: float = 300) -> No
                 {"state": TaskInstanceState.FAILED}, synchronize_session=False
             )
         raise
+
+
+def test_an_erasure_that_fails_at_a_processor_fails_the_run_alerts_once_and_a_rerun_completes(
+    get_dag: Callable[[str], Any], reference_clone: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    subject = cast_member("caller_only")
+    caplog.set_level(logging.INFO, logger="governance.notifier")
+    request_id = _request("caller_only", approved=True)
+    contacts_before = len(reference_clone.crm.contacts())
+    reference_clone.crm.set_fault("error", status=503)
+    try:
+        failed = get_dag("dsr_erasure").test(run_conf=form(request_id=request_id, dry_run=False))
+    finally:
+        reference_clone.crm.clear_faults()
+    states = task_states(failed)
+    assert failed.state == DagRunState.FAILED, states
+    # the CRM is read while planning: the plan fails, nothing is executed anywhere
+    assert states["plan_erasure"] == "failed" and states["execute_database"] == "upstream_failed"
+    assert states["close_request"] == "success" and states["request_outcome"] == "failed"
+    assert len(reference_clone.crm.contacts()) == contacts_before
+    with psycopg.connect(reference_clone.app_url) as conn:
+        status, detail = conn.execute(
+            "SELECT status, outcome_detail FROM governance.privacy_requests WHERE request_id = %s", (request_id,)
+        ).fetchone()
+    assert status == "failed" and "before a plan was made" in detail
+    alerts = [r.getMessage() for r in caplog.records
+              if r.name == "governance.notifier" and r.getMessage().startswith("task_failed {")]  # fmt: skip
+    assert len(alerts) == 1, "one alert for the failed request, from its last task"
+    assert request_id in alerts[0] and '"plan_erasure"' in alerts[0] and "RequestNotServed" in alerts[0]
+
+    rerun = get_dag("dsr_erasure").test(run_conf=form(request_id=request_id, dry_run=False))
+    assert rerun.state == DagRunState.SUCCESS, task_states(rerun)
+    assert task_states(rerun)["request_outcome"] == "success"
+    with psycopg.connect(reference_clone.app_url) as conn:
+        assert conn.execute("SELECT status FROM governance.privacy_requests WHERE request_id = %s",
+                            (request_id,)).fetchone() == ("completed",)  # fmt: skip
+    contacts = reference_clone.crm.contacts()
+    assert len(contacts) == contacts_before - 1, "the person's contact, and only it, was erased"
+    assert subject.email not in json.dumps(contacts)

@@ -403,8 +403,10 @@ def close_export_request(
     Staging objects of the request are always deleted (every version). A published bundle gets
     a presigned download link valid ``link_valid_days``, stored only in ``result_uri``; any other
     outcome deletes a published object no valid link points to. A request ``build_bundle``
-    refused (``built``, its result) is closed ``rejected`` with the refusal as the outcome, and
-    the task fails with it (no retries) so the run shows what staff must supply.
+    refused (``built``, its result) is closed ``rejected`` with the refusal as the outcome and
+    ``served`` false, so the run's last task fails it and the run shows what staff must supply.
+    The task itself succeeds whenever the outcome was written (``request_outcome`` decides the
+    run's state from ``served``).
     """
     from governance.connectors.objects import delete_everywhere, head, keys_under
     from governance.datamap import load_datamap
@@ -416,9 +418,10 @@ def close_export_request(
     from governance.workflows.request_intake import close_request, reject_request
 
     if not handle:
-        _fail("no request was opened (the form was refused): nothing to close")
+        return {"closed": False, "served": False, "detail": "no request was opened: the form was refused"}
     request_id = str(handle["request_id"])
     conninfo = conninfo_for(GOVERNANCE_CONN_ID)
+    detail = ""
     locations = bundle_locations(load_datamap(), request_id)
     s3 = s3_client(locations.connection_id)
     removed = delete_everywhere(s3, locations.bucket, keys_under(s3, locations.bucket, locations.staging_folder))
@@ -435,7 +438,7 @@ def close_export_request(
         with connect(conninfo) as conn:
             set_bundle_status(conn, request_id=request_id, run_id=run_id, status="published", at=at,
                               link_expires_at=at + timedelta(days=days))  # fmt: skip
-        result = {"request_id": request_id, "status": status, "link_valid_days": days}
+        result = {"request_id": request_id, "status": status, "link_valid_days": days, "served": True}
     else:
         with connect(conninfo) as conn:
             current = conn.execute(
@@ -445,9 +448,8 @@ def close_export_request(
             # No valid link points at a published object of an unfinished request: remove it.
             removed += delete_everywhere(s3, locations.bucket, [locations.published_key])
         if is_rejection(verification_response):
-            status = reject_request(
-                request_id, at=at, detail="identity not verified: rejected by privacy staff", conninfo=conninfo
-            )
+            detail = "identity not verified: rejected by privacy staff"
+            status = reject_request(request_id, at=at, detail=detail, conninfo=conninfo)
         elif refused:
             detail = str((built or {}).get("reason") or "refused before anything was collected")
             status = reject_request(request_id, at=at, detail=detail, conninfo=conninfo)
@@ -457,15 +459,12 @@ def close_export_request(
             status = close_request(request_id, succeeded=False, at=at, detail=detail, conninfo=conninfo)
         with connect(conninfo) as conn:
             set_bundle_status(conn, request_id=request_id, run_id=run_id, status="discarded", at=at)
-        result = {"request_id": request_id, "status": status}
+        result = {"request_id": request_id, "status": status, "detail": detail,
+                  "served": status == "rejected" and not refused}  # fmt: skip
     record_table_write(GOVERNANCE_CONN_ID, "governance", "privacy_requests", rows=1)
     if removed:
         record_object_write(locations.bucket, locations.dataset_prefix, objects=removed)
     result["staging_objects_removed"] = removed
-    if result["status"] == "failed":
-        _fail(f"request {request_id} is marked failed ({detail}); a re-run with its request id resumes it")
-    if refused and result["status"] == "rejected":
-        _fail(f"request {request_id} is rejected: {detail}")
     return result
 
 

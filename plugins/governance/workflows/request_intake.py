@@ -58,6 +58,21 @@ class RequestHandle:
         return cls(**{**data, "identity_kinds": tuple(data["identity_kinds"])})
 
 
+# The trigger form's titles (governance.dag_params), so a refusal names the field the person sees.
+FIELD_TITLES = {"request_id": "Request id", "email": "E-mail address", "phone": "Phone number",
+                "business_id": "Business client id"}  # fmt: skip
+
+
+def identity_refusal(exc: Exception) -> str:
+    """``InvalidIdentity``'s reason in the form's words: "email is empty" reads "E-mail address is
+    empty". The reasons never quote the value typed."""
+    text = str(exc)
+    field, _, rest = text.partition(" ")
+    if text.startswith("give at least one identity"):
+        return "fill in at least one of E-mail address, Phone number or Request id"
+    return f"{FIELD_TITLES[field]} {rest}" if field in FIELD_TITLES and rest else text
+
+
 def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
@@ -74,9 +89,9 @@ def parse_business_id(value: Any) -> int | None:
     try:
         business_id = int(value)
     except (TypeError, ValueError):
-        raise InvalidRunConfiguration("business_id must be a whole number") from None
+        raise InvalidRunConfiguration("Business client id must be a whole number") from None
     if business_id <= 0:
-        raise InvalidRunConfiguration("business_id must be a positive id")
+        raise InvalidRunConfiguration("Business client id must be a positive number")
     return business_id
 
 
@@ -99,18 +114,30 @@ def open_request(
     if not _blank(conf.get("request_id")):
         try:
             request_id = validate_request_id(str(conf["request_id"]))
-        except InvalidRequest as exc:
-            raise InvalidRunConfiguration(str(exc)) from None
+        except InvalidRequest:
+            raise InvalidRunConfiguration(
+                "Request id is not a request id: they look like era-20261128-0123456789ab (three letters, the date, "
+                "twelve characters 0-9 and a-f)"
+            ) from None
+        if not _blank(conf.get("email")) or not _blank(conf.get("phone")):
+            raise InvalidRunConfiguration(
+                "give either a Request id or the person's E-mail address / Phone number, not both: a recorded "
+                "request already holds its identities"
+            )
         migrate(conninfo)
         with connect(conninfo) as conn:
             try:
                 request = load_request(conn, request_id, cipher=cipher)
             except UnknownRequest:
-                raise InvalidRunConfiguration(f"no privacy request {request_id}: check the id") from None
+                raise InvalidRunConfiguration(f"Request id {request_id} names no privacy request: check the id") from None
         if request.kind != kind:
-            raise InvalidRunConfiguration(f"{request_id} is an {request.kind} request, not {kind}")
+            raise InvalidRunConfiguration(
+                f"Request id {request_id} is an {request.kind} request, not an {kind} request: trigger dsr_{request.kind}"
+            )
         if business_id is not None and request.business_id not in (None, business_id):
-            raise InvalidRunConfiguration(f"{request_id} is scoped to another business than business_id")
+            raise InvalidRunConfiguration(
+                f"Business client id differs from the business request {request_id} was recorded for: leave it empty"
+            )
         verified = _is_verified(conninfo, request_id)
         return RequestHandle(
             request_id=request.request_id,
@@ -124,7 +151,7 @@ def open_request(
     try:
         identities = SubjectIdentities.parse(email=conf.get("email"), phone=conf.get("phone"))
     except InvalidIdentity as exc:
-        raise InvalidRunConfiguration(str(exc)) from None
+        raise InvalidRunConfiguration(identity_refusal(exc)) from None
     request_id = form_request_id(kind, run_id, received_at)
     migrate(conninfo)
     with connect(conninfo) as conn:
