@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -127,7 +129,7 @@ def test_form_dry_run_stores_the_plan_and_changes_nothing(
     _assert_no_identity("caller_only", logs, _all_xcom(dag_run))
 
 
-def test_request_approved_at_intake_is_erased_certified_and_closed_without_identities_in_logs_or_xcom(
+def test_request_approved_at_intake_is_erased_certified_and_closed_without_identities_then_stays_completed_until_reopened(
     get_dag: Callable[[str], Any], reference_clone: Deployment, s3: Any, capfd: pytest.CaptureFixture[str]
 ) -> None:
     subject = cast_member("both_user_and_caller")
@@ -152,6 +154,39 @@ def test_request_approved_at_intake_is_erased_certified_and_closed_without_ident
     logs = _task_logs(dag_run.run_id, out + err)
     assert "verify_erasure" in logs and "Returned value" in logs, "the test reads the run's task logs"
     _assert_no_identity("both_user_and_caller", logs, _all_xcom(dag_run), page)
+
+    # A completed request stays completed: a second run is refused before anything is read, no
+    # second certificate is written and the suppression entries keep their first erasure time.
+    def certificates_and_suppression() -> tuple[Any, ...]:
+        with psycopg.connect(reference_clone.app_url) as conn:
+            return (conn.execute("SELECT count(*) FROM governance.erasure_certificates c JOIN governance.erasure_plans p"
+                                 " USING (plan_id) WHERE p.request_id = %s", (request_id,)).fetchone(),
+                    conn.execute("SELECT identity_kind, erased_at FROM governance.suppression_list WHERE request_id = %s"
+                                 " ORDER BY 1", (request_id,)).fetchall())  # fmt: skip
+
+    before = certificates_and_suppression()
+    assert before[0] == (1,) and len(before[1]) == 2
+    again = get_dag("dsr_erasure").test(run_conf=form(request_id=request_id, dry_run=False))
+    assert again.state == DagRunState.FAILED
+    assert task_states(again)["open_request"] == "failed" and task_states(again)["plan_erasure"] == "upstream_failed"
+    assert certificates_and_suppression() == before
+    with psycopg.connect(reference_clone.app_url) as conn:
+        assert conn.execute("SELECT status, result_uri FROM governance.privacy_requests WHERE request_id = %s",
+                            (request_id,)).fetchone() == ("completed", uri)  # fmt: skip
+
+    # Serving it again needs an explicit reopening with a reason, recorded with who asked.
+    reopen = [sys.executable, "-m", "governance", "request", "reopen", request_id]
+    short = subprocess.run([*reopen, "--reason", "again"], capture_output=True, text=True, check=False)
+    assert short.returncode == 2 and "reason of at least" in short.stderr
+    done = subprocess.run([*reopen, "--reason", "restored from a backup taken before the erasure", "--by", "dpo"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with psycopg.connect(reference_clone.app_url) as conn:
+        assert conn.execute("SELECT status FROM governance.privacy_requests WHERE request_id = %s",
+                            (request_id,)).fetchone() == ("verified",)  # fmt: skip
+        assert conn.execute("SELECT reopened_by, reason, previous_status, previous_result FROM"
+                            " governance.request_reopenings WHERE request_id = %s", (request_id,)).fetchall() == [
+            ("dpo", "restored from a backup taken before the erasure", "completed", uri)]  # fmt: skip
 
 
 def test_form_request_waits_for_approval_in_the_ui_then_erases(

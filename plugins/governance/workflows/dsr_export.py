@@ -128,11 +128,6 @@ def open_export_request(params: Mapping[str, Any], *, run_id: str, received_at: 
         handle = open_request(params, kind="export", run_id=run_id, received_at=received_at)
     except (InvalidRunConfiguration, ExportRefused) as exc:
         _fail(f"cannot start this export: {exc}")
-    if handle.status in ("completed", "rejected"):
-        _fail(
-            f"request {handle.request_id} is already {handle.status}; record a new request to export again "
-            "(`python -m governance request new --kind export`)"
-        )
     return handle.to_xcom()
 
 

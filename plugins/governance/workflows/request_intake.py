@@ -25,6 +25,7 @@ from governance.privacy_requests import (
     RequestKind,
     UnknownRequest,
     create_request,
+    finished_request_refusal,
     load_request,
     validate_request_id,
 )
@@ -138,6 +139,9 @@ def open_request(
             raise InvalidRunConfiguration(
                 f"Business client id differs from the business request {request_id} was recorded for: leave it empty"
             )
+        refusal = finished_request_refusal(request)
+        if refusal:
+            raise InvalidRunConfiguration(refusal)
         verified = _is_verified(conninfo, request_id)
         return RequestHandle(
             request_id=request.request_id,
