@@ -407,3 +407,41 @@ def test_rebuilding_a_runs_bundle_gives_the_same_manifest_hashes_and_passes_the_
     assert first["files_digest"] == second["files_digest"]
     assert first["generated_at"] != second["generated_at"]
     assert workflow.check_bundle(handle, second, run_id="manual__rebuild")["passed"] is True
+
+
+def test_two_runs_of_one_request_never_overwrite_each_other_the_newest_claim_publishes_and_closes(
+    deployment: Deployment, s3: Any
+) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    request_id = recorded_request(deployment, "caller_only", verified=True)
+    handle = workflow.open_export_request({"request_id": request_id}, run_id="manual__a", received_at=datetime.now(UTC))
+    params = {"formats": ["json"], "link_valid_days": 1}
+    built_a = workflow.build_bundle(handle, params, run_id="manual__a")
+    built_b = workflow.build_bundle(handle, params, run_id="manual__b")  # started later: B holds the request
+    gate_a = workflow.check_bundle(handle, built_a, run_id="manual__a")
+    with pytest.raises(AirflowFailException, match="newer run"):
+        workflow.publish_bundle(handle, gate_a, run_id="manual__a")
+    assert export_keys(deployment, s3, request_id) == sorted(
+        [f"exports/{request_id}/staging/{k}" for k in _staging_names("manual__a", "manual__b")]
+    ), "A published nothing"
+    published_b = workflow.publish_bundle(handle, workflow.check_bundle(handle, built_b, run_id="manual__b"),
+                                          run_id="manual__b")  # fmt: skip
+    closed_a = workflow.close_export_request(handle, run_id="manual__a", published=None, verification_response=None,
+                                             task_states={"publish_bundle": "failed"}, built=built_a)  # fmt: skip
+    assert closed_a["status"] == "superseded" and closed_a["served"] is False
+    published_key = f"exports/{request_id}/aircalls-export-{request_id}.zip.age"
+    assert export_keys(deployment, s3, request_id) == sorted(
+        [published_key, f"exports/{request_id}/staging/{_staging_names('manual__b')[0]}"]
+    ), "A removed only its own staged bundle and left B's published one"
+    assert request_row(deployment, request_id)["status"] == "in_progress"
+    closed_b = workflow.close_export_request(handle, run_id="manual__b", published=published_b,
+                                             verification_response=None, task_states={}, built=built_b)  # fmt: skip
+    assert closed_b["served"] is True and request_row(deployment, request_id)["status"] == "completed"
+    assert export_keys(deployment, s3, request_id) == [published_key]
+
+
+def _staging_names(*run_ids: str) -> list[str]:
+    import hashlib
+
+    return [f"{hashlib.sha256(r.encode()).hexdigest()[:20]}.zip.age" for r in run_ids]

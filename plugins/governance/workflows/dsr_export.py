@@ -343,6 +343,7 @@ def publish_bundle(handle: Mapping[str, Any], gate_result: Mapping[str, Any], *,
     from governance.export.storage import SSE, ExportStorageError, bundle_locations
     from governance.lineage import record_object_write
     from governance.objectstore import s3_client
+    from governance.workflows.request_intake import claimed_by
 
     request_id = str(handle["request_id"])
     if not gate_result.get("passed"):
@@ -355,16 +356,21 @@ def publish_bundle(handle: Mapping[str, Any], gate_result: Mapping[str, Any], *,
     locations = bundle_locations(load_datamap(), request_id)
     s3 = s3_client(locations.connection_id)
     staged = locations.staging_key(run_id)
-    s3.copy(
-        {"Bucket": locations.bucket, "Key": staged},
-        locations.bucket,
-        locations.published_key,
-        ExtraArgs={"ServerSideEncryption": SSE, "ContentType": "application/octet-stream"},
-    )
-    head = s3.head_object(Bucket=locations.bucket, Key=locations.published_key)
-    if int(head["ContentLength"]) != int(record["ciphertext_bytes"]):
-        raise ExportStorageError("the published bundle differs in size from the checked one")
-    with connect(conninfo) as conn:
+    # The request's row stays locked while this run publishes: a newer run of the same request
+    # cannot take the claim between the check and the copy, and an older run never overwrites it.
+    with connect(conninfo) as conn, conn.transaction():
+        holder = claimed_by(conn, request_id, lock=True)
+        if holder != run_id:
+            _fail(f"request {request_id} is now served by a newer run ({holder}): this run stops without publishing")
+        s3.copy(
+            {"Bucket": locations.bucket, "Key": staged},
+            locations.bucket,
+            locations.published_key,
+            ExtraArgs={"ServerSideEncryption": SSE, "ContentType": "application/octet-stream"},
+        )
+        head = s3.head_object(Bucket=locations.bucket, Key=locations.published_key)
+        if int(head["ContentLength"]) != int(record["ciphertext_bytes"]):
+            raise ExportStorageError("the published bundle differs in size from the checked one")
         set_bundle_status(conn, request_id=request_id, run_id=run_id, status="published", at=_now(), published_at=_now())
     record_object_write(locations.bucket, locations.dataset_prefix, objects=1)
     return {"request_id": request_id, "published": True, "files_digest": record["files_digest"],
@@ -410,7 +416,7 @@ def close_export_request(
     from governance.export.storage import bundle_locations, presigned_download_link
     from governance.lineage import record_object_write, record_table_write
     from governance.objectstore import s3_client
-    from governance.workflows.request_intake import close_request, reject_request
+    from governance.workflows.request_intake import claimed_by, close_request, reject_request
 
     if not handle:
         return {"closed": False, "served": False, "detail": "no request was opened: the form was refused"}
@@ -419,6 +425,17 @@ def close_export_request(
     detail = ""
     locations = bundle_locations(load_datamap(), request_id)
     s3 = s3_client(locations.connection_id)
+    with connect(conninfo) as conn:
+        holder = claimed_by(conn, request_id)
+    if built is not None and holder != run_id:
+        # This run built a bundle, so it claimed the request; a newer run of the request holds it: remove only this run's staged bundle, and leave the
+        # request's outcome and published bundle to that run.
+        removed = delete_everywhere(s3, locations.bucket, [locations.staging_key(run_id)])
+        with connect(conninfo) as conn:
+            set_bundle_status(conn, request_id=request_id, run_id=run_id, status="discarded", at=_now())
+        detail = f"superseded by a newer run of the request ({holder}); its outcome stands"
+        return {"request_id": request_id, "status": "superseded", "detail": detail, "served": False,
+                "staging_objects_removed": removed}  # fmt: skip
     removed = delete_everywhere(s3, locations.bucket, keys_under(s3, locations.bucket, locations.staging_folder))
     at = _now()
     refused = is_refusal(built) and (built or {}).get("request_id") == request_id

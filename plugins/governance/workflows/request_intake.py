@@ -244,6 +244,12 @@ def mark_approved(request_id: str, *, approved_by: str, at: datetime, conninfo: 
 
 
 def mark_in_progress(request_id: str, *, dag_run_id: str, at: datetime, conninfo: str | None = None) -> None:
+    """Claim the request for ``dag_run_id``: the newest run to start working on a request holds it.
+
+    A run still ``in_progress`` for the request (a killed run, or one running concurrently) loses
+    the claim: ``holds_claim`` then tells it to stop before it publishes or writes an outcome, so
+    two runs of one request never overwrite each other's result.
+    """
     from governance.db import connect, conninfo_for
 
     with connect(conninfo or conninfo_for(GOVERNANCE_CONN_ID)) as conn:
@@ -251,10 +257,22 @@ def mark_in_progress(request_id: str, *, dag_run_id: str, at: datetime, conninfo
             """
             UPDATE governance.privacy_requests
                SET status = 'in_progress', dag_run_id = %s, updated_at = %s
-             WHERE request_id = %s AND status IN ('received', 'verified', 'failed')
+             WHERE request_id = %s AND status IN ('received', 'verified', 'failed', 'in_progress')
             """,
             (dag_run_id, at, request_id),
         )
+
+
+_CLAIM = "SELECT dag_run_id FROM governance.privacy_requests WHERE request_id = %s"
+_CLAIM_FOR_UPDATE = _CLAIM + " FOR UPDATE"
+
+
+def claimed_by(conn: Any, request_id: str, *, lock: bool = False) -> str | None:
+    """The run that holds the request (``mark_in_progress``); with ``lock``, the request's row is
+    locked until the caller's transaction ends, so the claim cannot move meanwhile."""
+    query = _CLAIM_FOR_UPDATE if lock else _CLAIM
+    row = conn.execute(query, (request_id,)).fetchone()
+    return None if row is None else row[0]
 
 
 def close_request(
