@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from governance.services import free_port, port_is_free
+from governance_dev.services import free_port, port_is_free
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT_DAGS = {"dsr_export", "dsr_erasure", "datamap_drift", "governance_healthcheck"}

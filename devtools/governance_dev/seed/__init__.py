@@ -1,15 +1,21 @@
-"""The reference deployment seeder: ``python -m governance seed --scale {small,large}``.
+"""The reference deployment seeder: ``python -m governance_dev seed --scale {small,large}``.
 
 The public API: :func:`seed_reference_deployment` with :class:`SeedTargets` and the resulting
-:class:`SeedReport`; the named test subjects in :data:`CAST` (:mod:`governance.seed.cast`); the pure
-generator in :mod:`governance.seed.generate`.
+:class:`SeedReport`; the named test subjects in :data:`CAST` (:mod:`governance_dev.seed.cast`); the pure
+generator in :mod:`governance_dev.seed.generate`.
 """
 
 from __future__ import annotations
 
-from governance.seed.cast import CAST, CAST_ID_BASE, CAST_KEYS, CastSubject, cast_member
-from governance.seed.generate import DEFAULT_SEED, SCALES, TABLE_ORDER, generate_reference_data
-from governance.seed.load import SeedError, SeedRefused, SeedReport, SeedTargets, seed_reference_deployment
+from governance_dev.seed.cast import CAST, CAST_ID_BASE, CAST_KEYS, CastSubject, cast_member
+from governance_dev.seed.generate import DEFAULT_SEED, SCALES, TABLE_ORDER, generate_reference_data
+from governance_dev.seed.load import (
+    SeedError,
+    SeedRefused,
+    SeedReport,
+    SeedTargets,
+    seed_reference_deployment,
+)
 
 __all__ = [
     "CAST",
