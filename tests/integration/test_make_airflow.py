@@ -73,7 +73,7 @@ def running_make_airflow(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[byte
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        subprocess.run([str(ROOT / ".venv/bin/python"), "-m", "governance", "services", "stop"], env=env, cwd=ROOT,
+        subprocess.run([str(ROOT / ".venv/bin/python"), "-m", "governance_dev", "services", "stop"], env=env, cwd=ROOT,
                        check=False, capture_output=True)  # fmt: skip
         for stray in psutil.process_iter(["environ"]):  # nothing of this test may outlive it
             try:
