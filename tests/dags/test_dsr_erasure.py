@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from airflow.utils.state import DagRunState
 
-from governance.seed import cast_member
+from governance_dev.seed import cast_member
 from tests.dags.conftest import task_states, xcom_result
 from tests.fixtures.reference import Deployment
 from tests.integration.test_erasure_support import (

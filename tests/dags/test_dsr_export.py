@@ -32,8 +32,8 @@ from governance.export.decrypt_command import run as decrypt_bundle
 from governance.export.passphrase_command import run as export_passphrase
 from governance.identity import SubjectIdentities
 from governance.privacy_requests import create_request
-from governance.seed import cast_member
 from governance.workflows import dsr_export as workflow
+from governance_dev.seed import cast_member
 from tests.dags.conftest import task_states, xcom_result
 from tests.fixtures.reference import Deployment, cloned_deployment
 from tests.integration.test_export_bundle import assert_matches_ground_truth

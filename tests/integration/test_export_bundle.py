@@ -40,7 +40,7 @@ from governance.export.collect import (
 )
 from governance.export.gate import GateResult, check_bundle
 from governance.identity import SubjectIdentities
-from governance.seed import cast_member
+from governance_dev.seed import cast_member
 from tests.fixtures.reference import Deployment
 
 pytestmark = pytest.mark.integration
@@ -422,7 +422,7 @@ def test_gate_fails_on_a_corrupted_file_in_the_written_bundle(
 def test_a_processor_that_stays_down_fails_the_export_and_leaves_no_object(
     env: Deployment, datamap: DataMap, s3: Any, out_bucket: str
 ) -> None:
-    from governance.services import free_port
+    from governance_dev.services import free_port
 
     dead = ConnectionInfo("crm", "http", host=f"http://127.0.0.1:{free_port()}", password="x")
     targets = targets_for(env, s3)

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import shlex
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERIGNORE = ROOT / ".dockerignore"
 REQUIREMENTS = ROOT / "requirements.txt"
+DEVTOOLS = ROOT / "devtools"
 
 AIRFLOW_SERVICES = (
     "airflow-apiserver",
@@ -223,6 +228,16 @@ def test_dockerfile_installs_the_pinned_requirements_and_the_governance_package(
     assert re.search(r"^COPY\s+(?:--\S+\s+)*pyproject\.toml\s", text, re.MULTILINE)
     assert re.search(r"^COPY\s+(?:--\S+\s+)*plugins/governance\s", text, re.MULTILINE)
     assert re.search(r"pip install[^\n]*--no-deps\s+/\S+", text)
+
+
+def test_dockerfile_and_build_context_leave_the_development_tools_out() -> None:
+    text = DOCKERFILE.read_text()
+    instructions = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    for line in instructions:
+        assert "devtools" not in line and "governance_dev" not in line, line
+        assert "requirements-dev" not in line, line
+    rules = [line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip().startswith("!")]
+    assert not any("devtools" in rule or "requirements-dev" in rule for rule in rules), rules
 
 
 def test_airflow_worker_can_be_scaled(compose: dict[str, Any]) -> None:
@@ -465,3 +480,55 @@ def test_maintenance_service_runs_the_maintain_loop_with_the_project_image_after
     assert heartbeat in " ".join(service["healthcheck"]["test"]), "the healthcheck reads the heartbeat the loop writes"
     assert service["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
     assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+# --- development tools in the stack -------------------------------------------------------------
+
+
+def _command_text(service: dict[str, Any]) -> str:
+    command = service.get("command") or ""
+    return command if isinstance(command, str) else "\n".join(command)
+
+
+def test_no_service_on_the_airflow_image_runs_the_development_package(compose: dict[str, Any]) -> None:
+    # The image has no governance_dev (Dockerfile: runtime only), so such a service would fail at start.
+    image = compose["x-airflow-common"]["image"]
+    for name, service in compose["services"].items():
+        if service.get("image") == image:
+            assert "governance_dev" not in _command_text(service), name
+            assert "governance_dev" not in str(service.get("entrypoint") or ""), name
+
+
+def test_processor_standins_run_from_the_mounted_development_package_on_a_plain_python_image(
+    compose: dict[str, Any],
+) -> None:
+    service = compose["services"]["processor-standins"]
+    assert service["profiles"] == ["standins"]
+    _airflow, python_version = dockerfile_base_image()
+    assert re.fullmatch(rf"python:{re.escape(python_version)}(-slim)?", service["image"]), service["image"]
+    env = _environment(service)
+    mounts = [fill_vars(str(v)).split(":") for v in service["volumes"]]
+    assert any(src.rstrip("/").endswith("/devtools") and dest == env["PYTHONPATH"] for src, dest, *_ in mounts), mounts
+    match = re.search(r"python -m governance_dev\.standins(?P<args>[^\n]*)", _command_text(service))
+    assert match, _command_text(service)
+    # The arguments are the stand-ins' own: parsing them must succeed.
+    from governance_dev.standins.__main__ import _parser
+
+    args = _parser().parse_args(shlex.split(match["args"].replace("$$", "$")))
+    assert args.host == "0.0.0.0" and {args.payments_port, args.crm_port} == {8101, 8102}
+    assert set(map(str, service["expose"])) == {"8101", "8102"}
+
+
+def test_processor_standins_need_only_the_standard_library() -> None:
+    # What the plain python image has: no site-packages (-S), only the mounted devtools on the path.
+    result = subprocess.run(
+        [sys.executable, "-S", "-m", "governance_dev.standins", "--help"],
+        env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(DEVTOOLS), "PYTHONNOUSERSITE": "1"},
+        cwd=DEVTOOLS,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--payments-port" in result.stdout

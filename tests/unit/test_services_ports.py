@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from governance.services import port_is_free
+from governance_dev.services import port_is_free
 
 
 def _leave_time_wait_on_a_listening_port() -> int:

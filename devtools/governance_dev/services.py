@@ -6,7 +6,7 @@
   ``pgserver`` itself only offers a Unix socket, so its binaries are driven with ``pg_ctl``
   directly. PostgreSQL refuses to run as root, so under root the server runs as a system user.
 * moto's S3 server on loopback (MinIO plays this part in docker-compose).
-* the processor stand-ins (``governance.standins``).
+* the processor stand-ins (``governance_dev.standins``).
 
 State (pids, ports) lives in ``.state/services.json``; ``.state/airflow.env`` holds the
 ``AIRFLOW_CONN_*`` variables that point Airflow and the CLI at these services.
@@ -342,7 +342,7 @@ def start_stack(state_dir: Path = STATE_DIR) -> dict[str, str]:
                 raise ServiceError(f"port {port} is taken: set GOVERNANCE_PAYMENTS_PORT/GOVERNANCE_CRM_PORT")
         state["standins_pid"] = _spawn(
             [
-                sys.executable, "-m", "governance.standins", "--host", HOST,
+                sys.executable, "-m", "governance_dev.standins", "--host", HOST,
                 "--payments-port", str(ports.payments), "--crm-port", str(ports.crm),
                 f"--api-key={keys['standin_api_key']}", f"--state-file={state_dir / 'standins.json'}",
             ],
@@ -397,7 +397,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         env_file = STATE_DIR / "airflow.env"
         if not env_file.exists():
-            print("services were never started: run `python -m governance services start`", file=sys.stderr)
+            print("services were never started: run `python -m governance_dev services start`", file=sys.stderr)
             return 1
         print(env_file.read_text(), end="")
     return 0
