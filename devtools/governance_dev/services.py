@@ -275,6 +275,9 @@ def airflow_environment(ports: StackPorts, keys: dict[str, Any], state_dir: Path
         # Lineage events (redacted) as JSON lines under .state/lineage; Marquez in docker-compose.
         **openlineage_env(events_dir=state_dir / "lineage"),
         "GOVERNANCE_OBJECTS_BUCKET": objects_bucket(),
+        # The embedded S3 server keeps objects in memory: ledger anchors are also kept on disk, so
+        # tamper evidence survives a restart of the services (governance.ledger.anchor_dir).
+        "GOVERNANCE_LEDGER_ANCHOR_DIR": str(state_dir / "ledger-anchors"),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": (
             f"postgresql+psycopg2://postgres@{HOST}:{ports.postgres}/{AIRFLOW_DATABASE}"
         ),
