@@ -532,3 +532,44 @@ def test_processor_standins_need_only_the_standard_library() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "--payments-port" in result.stdout
+
+
+def test_published_ports_listen_on_loopback_unless_a_bind_address_is_set(compose: dict[str, Any]) -> None:
+    published = [(name, port) for name, service in compose["services"].items() for port in service.get("ports", [])]
+    assert published, "the UI ports are published"
+    for name, port in published:
+        assert str(port).startswith("${GOVERNANCE_BIND_ADDRESS:-127.0.0.1}:"), f"{name} publishes {port} on every interface"
+
+
+def _init_guard(compose: dict[str, Any]) -> str:
+    script = compose["services"]["airflow-init"]["command"][-1].replace("$$", "$")
+    start, end = script.index("set -euo pipefail"), script.index("mkdir -p /opt/airflow/logs")
+    return script[start:end] + "echo guard passed\n"
+
+
+def test_airflow_init_refuses_to_start_with_the_placeholders_of_env_example(compose: dict[str, Any]) -> None:
+    guard = _init_guard(compose)
+    clean = {"PATH": os.environ["PATH"], "APP_DB_PASSWORD": "s3cret-generated"}
+    ok = subprocess.run(["bash", "-c", guard], env=clean, capture_output=True, text=True, check=False)
+    assert ok.returncode == 0 and "guard passed" in ok.stdout, ok.stderr
+    placeholders = {**clean, "AIRFLOW_CONN_CRM": '{"host": "https://crm.REPLACE_ME.invalid"}',
+                    "AIRFLOW__CORE__FERNET_KEY": "REPLACE_ME_fernet_key"}  # fmt: skip
+    refused = subprocess.run(["bash", "-c", guard], env=placeholders, capture_output=True, text=True, check=False)
+    assert refused.returncode == 1 and "guard passed" not in refused.stdout
+    assert "AIRFLOW_CONN_CRM" in refused.stderr and "AIRFLOW__CORE__FERNET_KEY" in refused.stderr
+    assert "crm.REPLACE_ME" not in refused.stderr, "names the variables, never prints their values"
+
+
+def test_minio_grants_the_objects_connection_only_the_actions_it_needs_on_its_two_buckets(
+    compose: dict[str, Any],
+) -> None:
+    script = compose["services"]["minio-init"]["command"][-1].replace("$$", "$")
+    policy_text = script.split("<<EOF\n", 1)[1].split("\nEOF", 1)[0]
+    policy = json.loads(policy_text.replace("$BUCKET", "data").replace("$ANCHOR_BUCKET", "anchors"))
+    actions = {a for statement in policy["Statement"] for a in statement["Action"]}
+    resources = {r for statement in policy["Statement"] for r in statement["Resource"]}
+    assert not any("*" in a for a in actions), "no wildcard actions"
+    assert resources == {"arn:aws:s3:::data", "arn:aws:s3:::data/*", "arn:aws:s3:::anchors", "arn:aws:s3:::anchors/*"}
+    anchor_actions = {a for s in policy["Statement"] for a in s["Action"] if "arn:aws:s3:::anchors/*" in s["Resource"]}
+    assert anchor_actions == {"s3:GetObject", "s3:PutObject"}, "anchors can be written and read, never deleted"
+    assert "|| true" not in script, "a failed step is not ignored"
