@@ -1,4 +1,4 @@
--- Governance schema, version 6: a completed or rejected request stays so unless reopened.
+-- Governance schema, version 7: a completed or rejected request stays so unless reopened.
 -- Running a finished request again is refused (its certificate or bundle stands); serving it again
 -- needs an explicit reopening with a reason and the user who asked, kept here for the auditor.
 -- The reason is staff's words about the request, never the person's identities.
