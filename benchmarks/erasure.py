@@ -111,7 +111,7 @@ def measure_person(app_url: str, key: str, repeat: int, as_of: datetime) -> dict
     import psycopg
 
     from governance.crypto import cipher_from_airflow, hasher_from_airflow
-    from governance.datamap import load_datamap
+    from governance.datamap import load_datamap, phone_region
     from governance.db import conninfo_for
     from governance.erasure import store
     from governance.erasure.executor import run_database_steps
@@ -121,7 +121,7 @@ def measure_person(app_url: str, key: str, repeat: int, as_of: datetime) -> dict
     from governance.workflows.dsr_erasure import _processor_client, compute_work
 
     subject = cast_member(key)
-    identities = SubjectIdentities.parse(email=subject.email, phone=subject.phone)
+    identities = SubjectIdentities.parse(email=subject.email, phone=subject.phone, region=phone_region())
     datamap = load_datamap()
     hasher = hasher_from_airflow()
     with psycopg.connect(app_url) as conn:

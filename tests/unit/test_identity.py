@@ -102,7 +102,7 @@ def test_impossible_or_wildcard_phones_are_refused(bad: str) -> None:
 
 def test_subject_needs_at_least_one_identity_and_hides_values_in_repr() -> None:
     with pytest.raises(InvalidIdentity, match="at least one"):
-        SubjectIdentities.parse(email="  ", phone=None)
-    subject = SubjectIdentities.parse(email="Alice@Example.com", phone="+1 555 010 2000")
+        SubjectIdentities.parse(email="  ", phone=None, region="US")
+    subject = SubjectIdentities.parse(email="Alice@Example.com", phone="+1 555 010 2000", region="US")
     assert subject.items() == [("email", "alice@example.com"), ("phone", "+15550102000")]
     assert "alice" not in repr(subject) and "555" not in str(subject)
