@@ -612,3 +612,23 @@ def test_reach_is_a_pure_function_of_the_map(datamap: DataMap, tmp_path: Path) -
     copy_path = tmp_path / "datamap.yaml"
     copy_path.write_text(SHIPPED.read_text())
     assert graph.subject_reach(load_datamap(copy_path), ["email"]) == graph.subject_reach(datamap, ["email"])
+
+
+def test_validate_datamap_explain_sql_prints_the_statements_the_workflows_run(
+    datamap: DataMap, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    from governance.datamap import command
+
+    assert command.run(argparse.Namespace(path=SHIPPED, explain=True, sql=True)) == 0
+    out = capsys.readouterr().out
+    resolution = plans.build_resolution_plan(datamap, datamap.identity_kinds)
+    for statement in all_statements(resolution, plans.build_erasure_plan(datamap, resolution)):
+        if statement.purpose.startswith("verify"):
+            continue
+        assert f"  {statement.text};" in out, statement
+    for statement in plans.build_retention_plan(datamap).all_statements:
+        assert f"  {statement.text};" in out, statement
+    assert command.run(argparse.Namespace(path=SHIPPED, explain=True, sql=False)) == 0
+    assert "SELECT" not in capsys.readouterr().out
