@@ -15,7 +15,15 @@ import pytest
 from psycopg.rows import dict_row
 
 from governance.datamap import load_datamap
-from governance.datamap.plans import AFTER_KEY, AS_OF, HELD_KEYS, HELD_SCOPE_IDS, KEYS, Statement, build_retention_plan
+from governance.datamap.plans import (
+    AFTER_KEY,
+    AS_OF,
+    HELD_KEYS,
+    HELD_SCOPE_IDS,
+    KEYS,
+    Statement,
+    build_retention_plan,
+)
 from tests.fixtures.reference import Deployment
 
 pytestmark = pytest.mark.integration
