@@ -355,7 +355,7 @@ def lookup_seconds(app_url: str, email: str, phone: str, repeat: int = 25) -> tu
 
     from governance.connectors.postgres import identity_params, resolve_in_database
     from governance.datamap import load_datamap, phone_region
-    from governance.datamap.plans import build_resolution_plan
+    from governance.datamap.plans import AS_OF, build_resolution_plan
     from governance.identity import SubjectIdentities
 
     identities = SubjectIdentities.parse(email=email, phone=phone, region=phone_region())
@@ -370,10 +370,10 @@ def lookup_seconds(app_url: str, email: str, phone: str, repeat: int = 25) -> tu
                 footprint = resolve_in_database(conn, plan, identities, datamap=datamap)
             times.append(time.perf_counter() - started)
         scans = []
-        params = {**identity_params(plan, identities), **footprint.params}
-        for step in plan.steps:
-            explained = conn.execute(b"EXPLAIN (FORMAT JSON) " + step.query.as_bytes(conn),
-                                     {p: params[p] for p in step.input_params}).fetchone()[0]  # fmt: skip
+        params = {**identity_params(plan, identities), **footprint.params, AS_OF: None}
+        for step in plan.steps:  # the statements resolution runs, as the plan built them
+            explained = conn.execute(b"EXPLAIN (FORMAT JSON) " + step.select.query.as_bytes(conn),
+                                     step.select.bind(params)).fetchone()[0]  # fmt: skip
             if '"Seq Scan"' in json.dumps(explained):
                 rows = conn.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
                                     (f"app.{step.table.table}",)).fetchone()  # fmt: skip
