@@ -923,7 +923,10 @@ class ObjectRetention:
 @dataclass(frozen=True)
 class RetentionPlan:
     """The retention sweep: object rules first, then table rules, children before parents (so
-    a parent whose rule needs it unreferenced can go in the same sweep)."""
+    a parent whose rule needs it unreferenced can go in the same sweep).
+
+    No DAG runs these yet (``retention_sweep`` is planned); the integration test
+    ``test_retention_statements`` executes every one of them with the values a sweep binds."""
 
     objects: tuple[ObjectRetention, ...]
     statements: tuple[RetentionStatement, ...]
