@@ -133,7 +133,7 @@ def worker_project(cfg: dict[str, Any]) -> dict[str, Any]:
     import governance.export.storage  # noqa: F401
     from governance.connections import ConnectionInfo
     from governance.connectors.processors import ProcessorClient
-    from governance.datamap import load_datamap
+    from governance.datamap import load_datamap, phone_region
     from governance.datamap.taxonomy import default_taxonomy
     from governance.export.collect import ExportSubject, ExportTargets, export_bundle_to_s3
     from governance.identity import SubjectIdentities
@@ -147,7 +147,7 @@ def worker_project(cfg: dict[str, Any]) -> dict[str, Any]:
     targets = ExportTargets(conninfo_for=lambda _c: cfg["app"], s3_for=lambda _c: s3,
                             processor_client_for=lambda p: ProcessorClient(p, infos[p.name]))  # fmt: skip
     subject = ExportSubject(request_id="exp-20260101-0000000be0c4", identities=SubjectIdentities.parse(
-        email=cfg["email"], phone=cfg["phone"]), received_on=date(2026, 1, 1))  # fmt: skip
+        email=cfg["email"], phone=cfg["phone"], region=phone_region()), received_on=date(2026, 1, 1))  # fmt: skip
     base = _rss_mb()
     started = time.perf_counter()
     with PeakSampler() as sampler:
@@ -354,11 +354,11 @@ def lookup_seconds(app_url: str, email: str, phone: str, repeat: int = 25) -> tu
     import psycopg
 
     from governance.connectors.postgres import identity_params, resolve_in_database
-    from governance.datamap import load_datamap
-    from governance.datamap.plans import build_resolution_plan
+    from governance.datamap import load_datamap, phone_region
+    from governance.datamap.plans import AS_OF, build_resolution_plan
     from governance.identity import SubjectIdentities
 
-    identities = SubjectIdentities.parse(email=email, phone=phone)
+    identities = SubjectIdentities.parse(email=email, phone=phone, region=phone_region())
     datamap = load_datamap()
     plan = build_resolution_plan(datamap, ["email", "phone"])
     times = []
@@ -370,10 +370,10 @@ def lookup_seconds(app_url: str, email: str, phone: str, repeat: int = 25) -> tu
                 footprint = resolve_in_database(conn, plan, identities, datamap=datamap)
             times.append(time.perf_counter() - started)
         scans = []
-        params = {**identity_params(plan, identities), **footprint.params}
-        for step in plan.steps:
-            explained = conn.execute(b"EXPLAIN (FORMAT JSON) " + step.query.as_bytes(conn),
-                                     {p: params[p] for p in step.input_params}).fetchone()[0]  # fmt: skip
+        params = {**identity_params(plan, identities), **footprint.params, AS_OF: None}
+        for step in plan.steps:  # the statements resolution runs, as the plan built them
+            explained = conn.execute(b"EXPLAIN (FORMAT JSON) " + step.select.query.as_bytes(conn),
+                                     step.select.bind(params)).fetchone()[0]  # fmt: skip
             if '"Seq Scan"' in json.dumps(explained):
                 rows = conn.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
                                     (f"app.{step.table.table}",)).fetchone()  # fmt: skip

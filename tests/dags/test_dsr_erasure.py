@@ -58,7 +58,7 @@ def _request(key: str, *, approved: bool) -> str:
     now = datetime.now(UTC)
     with connect(conninfo) as conn:
         request_id = create_request(
-            conn, kind="erasure", identities=SubjectIdentities.parse(email=subject.email, phone=subject.phone),
+            conn, kind="erasure", identities=SubjectIdentities.parse(email=subject.email, phone=subject.phone, region="US"),
             hasher=hasher_from_airflow(), cipher=cipher_from_airflow(), received_at=now, source="intake",
         )  # fmt: skip
     if approved:

@@ -26,7 +26,7 @@ from tests.fixtures.reference import Deployment
 
 def _subject(key: str, *, email: bool = True, phone: bool = True) -> SubjectIdentities:
     member = cast_member(key)
-    return SubjectIdentities.parse(email=member.email if email else None, phone=member.phone if phone else None)
+    return SubjectIdentities.parse(email=member.email if email else None, phone=member.phone if phone else None, region="US")
 
 
 def _resolve(url: str, subject: SubjectIdentities, scope: list[int] | None = None) -> Any:
@@ -65,8 +65,8 @@ def test_resolution_finds_exactly_the_rows_hand_written_sql_finds(reference_depl
 
 def test_identity_variants_resolve_to_the_same_rows(reference_deployment: Deployment) -> None:
     member = cast_member("both_user_and_caller")
-    typed = SubjectIdentities.parse(email=member.email, phone=member.phone)
-    shouted = SubjectIdentities.parse(email=f"  {(member.email or '').upper()} ", phone=f"+1 {member.e164[2:]}")  # type: ignore[index]
+    typed = SubjectIdentities.parse(email=member.email, phone=member.phone, region="US")
+    shouted = SubjectIdentities.parse(email=f"  {(member.email or '').upper()} ", phone=f"+1 {member.e164[2:]}", region="US")  # type: ignore[index]
     _dm, first = _resolve(reference_deployment.app_url, typed)
     _dm, second = _resolve(reference_deployment.app_url, shouted)
     assert first.counts() == second.counts() and not first.is_empty
@@ -74,7 +74,7 @@ def test_identity_variants_resolve_to_the_same_rows(reference_deployment: Deploy
 
 def test_business_scope_limits_resolution_to_that_business(reference_deployment: Deployment) -> None:
     member = cast_member("multi_business_caller")
-    subject = SubjectIdentities.parse(phone=member.phone)
+    subject = SubjectIdentities.parse(phone=member.phone, region="US")
     one_business = member.caller_business_ids[0]
     _dm, scoped = _resolve(reference_deployment.app_url, subject, scope=[one_business])
     _dm, everywhere = _resolve(reference_deployment.app_url, subject)

@@ -132,7 +132,7 @@ def subject_of(key: str, *, email: str | None = "typed", phone: str | None = "ty
     return ExportSubject(
         request_id=request_id,
         identities=SubjectIdentities.parse(
-            email=member.email if email == "typed" else email, phone=member.phone if phone == "typed" else phone
+            email=member.email if email == "typed" else email, phone=member.phone if phone == "typed" else phone, region="US"
         ),
         received_on=date(2026, 1, 15),
         business_scope=(business,) if business else None,

@@ -349,13 +349,17 @@ def execute_database(summary: Mapping[str, Any], *, approval: Mapping[str, Any] 
     from governance.datamap.plans import keyed_hash_params
     from governance.db import connect, conninfo_for
     from governance.erasure import store
-    from governance.erasure.executor import execute_database_work
+    from governance.erasure.executor import PlanOutdated, approved_statements, execute_database_work
     from governance.workflows.request_intake import mark_in_progress
 
     plan_id = str(summary["plan_id"])
     work, row, datamap = _load(plan_id)
     if row["dry_run"]:
         _fail(f"plan {plan_id} is a dry run: nothing is executed")
+    try:  # the statements approved are the statements run: a changed data map stops here
+        approved_statements(datamap, work)
+    except PlanOutdated as exc:
+        _fail(str(exc))
     if row["status"] == "planned":
         if not _approved(approval):
             _fail(f"plan {plan_id} was not approved: nothing was changed")
