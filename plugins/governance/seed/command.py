@@ -59,7 +59,8 @@ def _optional_processor(conn_id: str) -> ConnectionInfo | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from governance.objectstore import s3_client_for
+    from governance.db import conninfo_for
+    from governance.objectstore import s3_client
     from governance.seed.load import (
         SeedError,
         SeedRefused,
@@ -70,16 +71,16 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
-        app = get_connection(config.APP_CONN_ID)
-        objects = get_connection(config.OBJECTS_CONN_ID)
+        app_conninfo = conninfo_for(config.APP_CONN_ID)
+        objects = s3_client(config.OBJECTS_CONN_ID)
     except ConnectionNotConfigured as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     payments = _optional_processor(config.PAYMENTS_CONN_ID)
     crm = _optional_processor(config.CRM_CONN_ID)
     targets = SeedTargets(
-        app_conninfo=app.postgres_conninfo(),
-        s3=s3_client_for(objects),
+        app_conninfo=app_conninfo,
+        s3=objects,
         bucket=config.objects_bucket(),
         payments_url=payments.base_url() if payments else None,
         payments_api_key=(payments.password or None) if payments else None,
