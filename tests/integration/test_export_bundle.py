@@ -22,8 +22,9 @@ from typing import Any
 
 import psycopg
 import pytest
+from airflow.sdk import Connection
 
-from governance.connections import ConnectionInfo
+from governance.connectors.base import processor_connector
 from governance.connectors.processors import ProcessorClient, ProcessorUnavailable
 from governance.crypto import IdentityHasher, Keyring, new_key_b64
 from governance.datamap import load_datamap
@@ -113,14 +114,16 @@ def ground_truth_processors(deployment: Deployment, email: str | None) -> dict[s
 
 def targets_for(deployment: Deployment, s3: Any) -> ExportTargets:
     infos = {
-        "payments_processor": ConnectionInfo("payments_processor", "http", host=deployment.payments.url,
+        "payments_processor": Connection(conn_id="payments_processor", conn_type="http", host=deployment.payments.url,
                                              password=deployment.payments.api_key),
-        "crm": ConnectionInfo("crm", "http", host=deployment.crm.url, password=deployment.crm.api_key),
+        "crm": Connection(conn_id="crm", conn_type="http", host=deployment.crm.url, password=deployment.crm.api_key),
+        "support_desk": Connection(conn_id="support_desk", conn_type="http", host=deployment.support_desk.url,
+                                   login="governance", password=deployment.support_desk.api_key),
     }  # fmt: skip
     return ExportTargets(
         conninfo_for=lambda _conn_id: deployment.app_url,
         s3_for=lambda _conn_id: s3,
-        processor_client_for=lambda p: ProcessorClient(p, infos[p.name], attempts=2, backoff_s=0.01),
+        processor_client_for=lambda p: processor_connector(p, infos[p.name], attempts=2, backoff_s=0.01),
     )
 
 
@@ -402,7 +405,7 @@ def test_a_processor_that_stays_down_fails_the_export_and_leaves_no_object(
 ) -> None:
     from governance.services import free_port
 
-    dead = ConnectionInfo("crm", "http", host=f"http://127.0.0.1:{free_port()}", password="x")
+    dead = Connection(conn_id="crm", conn_type="http", host=f"http://127.0.0.1:{free_port()}", password="x")
     targets = targets_for(env, s3)
     down = ExportTargets(
         conninfo_for=targets.conninfo_for,
@@ -517,7 +520,7 @@ def test_a_table_and_a_processor_added_to_the_map_are_exported_with_no_code_chan
     targets = targets_for(reference_clone, s3)
     extended = ExportTargets(
         conninfo_for=targets.conninfo_for, s3_for=targets.s3_for,
-        processor_client_for=lambda p: ProcessorClient(p, ConnectionInfo("crm", "http", host=reference_clone.crm.url,
+        processor_client_for=lambda p: ProcessorClient(p, Connection(conn_id="crm", conn_type="http", host=reference_clone.crm.url,
             password=reference_clone.crm.api_key), attempts=2, backoff_s=0.01) if p.name == "crm_archive"
         else targets.processor_client_for(p),
     )  # fmt: skip
@@ -670,7 +673,7 @@ def test_a_processor_added_to_the_map_with_paging_has_every_page_followed_with_n
     member = cast_member("payer")
     truth = ground_truth_processors(env, member.email)
     [customer] = truth["payments_processor"]
-    connection = ConnectionInfo("payments_processor", "http", host=env.payments.url, password=env.payments.api_key)
+    connection = Connection(conn_id="payments_processor", conn_type="http", host=env.payments.url, password=env.payments.api_key)
     asked_before = len(env.payments.request_log())
     with ProcessorClient(datamap.processor("billing_mirror"), connection, attempts=2, backoff_s=0.01) as client:  # type: ignore[arg-type]
         paged = client.export(customer)["charges"]

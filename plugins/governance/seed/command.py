@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     payments = _optional_processor(config.PAYMENTS_CONN_ID)
     crm = _optional_processor(config.CRM_CONN_ID)
+    support_desk = _optional_processor(config.SUPPORT_DESK_CONN_ID)
     targets = SeedTargets(
         app_conninfo=app_conninfo,
         s3=objects,
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         payments_api_key=(payments.password or None) if payments else None,
         crm_url=crm.base_url() if crm else None,
         crm_api_key=(crm.password or None) if crm else None,
+        support_desk_url=support_desk.base_url() if support_desk else None,
     )
     if args.if_needed and seeded_already(targets):
         print("reference deployment already seeded (app tables hold rows, objects bucket present): kept as it is")
