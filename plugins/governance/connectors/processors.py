@@ -70,13 +70,20 @@ class ProcessorHook(HttpHook):
 
     def test_connection(self) -> tuple[bool, str]:
         try:
-            session = self.get_conn()
-            response = session.get(self.url_from_endpoint(self.test_path), timeout=10)
+            return probe(self.get_conn(), self.url_from_endpoint(self.test_path))
         except Exception as exc:
             return False, f"{type(exc).__name__}: {exc}"
-        if response.status_code in (401, 403) or response.status_code >= 500:
-            return False, f"HTTP {response.status_code}"
-        return True, f"reachable (HTTP {response.status_code})"
+
+
+def probe(session: Any, url: str) -> tuple[bool, str]:
+    """GET ``url`` with ``session``: reachable and authorised unless 401/403, 5xx or no answer."""
+    try:
+        response = session.get(url, timeout=10)
+    except Exception as exc:
+        return False, f"{type(exc).__name__}: {exc}"
+    if response.status_code in (401, 403) or response.status_code >= 500:
+        return False, f"HTTP {response.status_code}"
+    return True, f"reachable (HTTP {response.status_code})"
 
 
 class ProcessorClient(ProcessorConnector):
@@ -121,8 +128,8 @@ class ProcessorClient(ProcessorConnector):
         return cls(processor, **kwargs)
 
     def test(self) -> tuple[bool, str]:
-        """The connection test of the processor's hook (as the UI runs it)."""
-        return self.hook.test_connection()
+        """GET the base URL with the session and the map's auth: fails on 401/403, 5xx, no answer."""
+        return probe(self.session, self.base_url + "/")
 
     def close(self) -> None:
         self.session.close()
