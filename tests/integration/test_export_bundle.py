@@ -100,12 +100,13 @@ def ground_truth_objects(url: str, s3: Any, bucket: str, call_ids: set[int]) -> 
 def ground_truth_processors(deployment: Deployment, email: str | None) -> dict[str, set[str]]:
     """Record ids each processor stand-in holds for the e-mail (case-insensitive)."""
     if not email:
-        return {"payments_processor": set(), "crm": set(), "charges": set()}
+        return {"payments_processor": set(), "crm": set(), "charges": set(), "support_desk": set()}
     wanted = email.strip().lower()
     customers = {c["id"] for c in deployment.payments.customers() if (c.get("email") or "").lower() == wanted}
     charges = {c["id"] for c in deployment.payments.charges() if c.get("customer") in customers}
     contacts = {str(c["id"]) for c in deployment.crm.contacts() if (c.get("email") or "").lower() == wanted}
-    return {"payments_processor": customers, "crm": contacts, "charges": charges}
+    requesters = {str(r["id"]) for r in deployment.support_desk.requesters() if (r.get("email") or "").lower() == wanted}
+    return {"payments_processor": customers, "crm": contacts, "charges": charges, "support_desk": requesters}
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,8 +211,9 @@ def assert_matches_ground_truth(archive: zipfile.ZipFile, deployment: Deployment
     for key, data in objects.items():
         assert archive.read(in_bundle[key]) == data, f"{key} is byte-identical"
     processors = ground_truth_processors(deployment, email) if not business else {"payments_processor": set(),
-                                                                                  "crm": set(), "charges": set()}  # fmt: skip
-    for name in ("payments_processor", "crm"):
+                                                                                  "crm": set(), "charges": set(),
+                                                                                  "support_desk": set()}  # fmt: skip
+    for name in ("payments_processor", "crm", "support_desk"):
         folders = {n.split("/")[2] for n in archive.namelist() if n.startswith(f"processors/{name}/")}
         assert folders == processors[name], name
     charges = {c["id"] for n in archive.namelist() if n.endswith("/charges.json") for c in json.loads(archive.read(n))}
@@ -584,6 +586,9 @@ def test_household_member_named_by_email_and_shared_phone_gets_only_their_own_ro
     assert objects and in_bundle == set(objects) and not in_bundle & set(their_objects)
     folders = {n.split("/")[2] for n in archive.namelist() if n.startswith("processors/crm/")}
     assert folders == ground_truth_processors(env, member.email)["crm"] != set()
+    # The support desk is a Python connector (OAuth, a search body): exported through the same path.
+    desk = {n.split("/")[2] for n in archive.namelist() if n.startswith("processors/support_desk/")}
+    assert desk == ground_truth_processors(env, member.email)["support_desk"] != set()
     assert summary.source_counts["aircalls_app.callers"] == 1
     assert summary.excluded_rows == {"aircalls_app.callers": 1}, "the neighbour's row was found and left out"
     text = archive.read("index.html").decode() + archive.read("manifest.json").decode()
