@@ -68,7 +68,7 @@ def _seed_helpers() -> Any:
     return module
 
 
-def _configure(app_url: str, s3_endpoint: str, payments: Any, crm: Any, bucket: str) -> None:
+def _configure(app_url: str, s3_endpoint: str, payments: Any, crm: Any, bucket: str, desk: Any) -> None:
     """Airflow connections for the workflow functions (before Airflow is imported)."""
     from urllib.parse import urlsplit
 
@@ -86,6 +86,8 @@ def _configure(app_url: str, s3_endpoint: str, payments: Any, crm: Any, bucket: 
                                                      "extra": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"}}),
         "AIRFLOW_CONN_PAYMENTS_PROCESSOR": json.dumps({"conn_type": "http", "host": payments.url, "password": payments.api_key}),
         "AIRFLOW_CONN_CRM": json.dumps({"conn_type": "http", "host": crm.url, "password": crm.api_key}),
+        "AIRFLOW_CONN_SUPPORT_DESK": json.dumps({"conn_type": "http", "host": desk.url, "login": "governance",
+                                                 "password": desk.api_key}),
         "GOVERNANCE_OBJECTS_BUCKET": bucket,
     })  # fmt: skip
     os.environ.setdefault("AIRFLOW_CONN_GOVERNANCE_HASH_KEY", json.dumps(generate_key_connection("hash", "bench-hash")))
@@ -246,7 +248,7 @@ def _run_scales(
     from governance.migrations import migrate
     from governance_dev.seed import SeedTargets, seed_reference_deployment
     from governance_dev.services import create_database, drop_database
-    from governance_dev.standins import start_standins
+    from governance_dev.standins import start_standins, start_support_desk
 
     with helpers.moto_server() as s3:
         endpoint = s3.meta.endpoint_url
@@ -255,18 +257,20 @@ def _run_scales(
             create_database(admin_url, name)
             url = helpers.database_url(admin_url, name)
             payments, crm = start_standins(api_key="bench-key")
+            desk = start_support_desk(api_key="bench-key")
             bucket = f"bench-erasure-{scale}-{uuid.uuid4().hex[:6]}"
             try:
                 print(f"seeding {scale} into {name} ...", flush=True)
                 t0 = time.perf_counter()
                 seed_reference_deployment(
                     SeedTargets(app_conninfo=url, s3=s3, bucket=bucket, payments_url=payments.url,
-                                payments_api_key=payments.api_key, crm_url=crm.url, crm_api_key=crm.api_key),
+                                payments_api_key=payments.api_key, crm_url=crm.url, crm_api_key=crm.api_key,
+                                support_desk_url=desk.url),
                     scale=scale,
                 )  # fmt: skip
                 print(f"  seeded in {time.perf_counter() - t0:.0f} s", flush=True)
                 migrate(url)
-                _configure(url, endpoint, payments, crm, bucket)
+                _configure(url, endpoint, payments, crm, bucket, desk)
                 results[scale] = []
                 for key in people:
                     result = measure_person(url, key, args.repeat, as_of)
@@ -282,6 +286,7 @@ def _run_scales(
             finally:
                 payments.stop()
                 crm.stop()
+                desk.stop()
                 drop_database(admin_url, name)
 
 

@@ -23,6 +23,7 @@ ENCRYPTION_KEY_CONN_ID = "governance_encryption_key"
 LEDGER_KEY_CONN_ID = "governance_ledger_key"
 PAYMENTS_CONN_ID = "payments_processor"
 CRM_CONN_ID = "crm"
+SUPPORT_DESK_CONN_ID = "support_desk"
 ALERTS_CONN_ID = "governance_alerts"
 
 GOVERNANCE_SCHEMA = "governance"

@@ -1,33 +1,52 @@
-"""S3 API access (MinIO, the embedded server or AWS) from the ``aircalls_objects`` connection."""
+"""S3 API access (AWS, MinIO or the embedded server) through the amazon provider's ``S3Hook``.
+
+The ``aircalls_objects`` connection (type ``aws``) is read by the hook, so everything it supports
+applies: an access key pair in login/password (or none: the instance role / environment),
+``role_arn`` and ``assume_role_method`` to assume a role, ``region_name``, ``endpoint_url`` (or
+``service_config.s3.endpoint_url``) for MinIO or a local server, ``config_kwargs`` for botocore,
+``verify``, profiles; and ``test_connection`` from the UI.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from governance.connections import ConnectionInfo, get_connection
+if TYPE_CHECKING:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+# Used when the connection sets no config_kwargs: path-style addressing (MinIO and local servers
+# need it; AWS accepts it) and bounded standard retries.
+DEFAULT_CLIENT_CONFIG: dict[str, Any] = {
+    "s3": {"addressing_style": "path"},
+    "retries": {"max_attempts": 5, "mode": "standard"},
+    "signature_version": "s3v4",
+}
 
 
-def s3_client_for(info: ConnectionInfo) -> Any:
-    """A boto3 S3 client for an ``aws`` connection: login/password are the access key pair,
-    ``extra.endpoint_url`` points at MinIO or a local server, ``extra.region_name`` the region."""
-    import boto3
+def s3_hook(conn_id: str) -> S3Hook:
+    """The ``S3Hook`` for the Airflow connection ``conn_id``; the connection's own
+    ``config_kwargs`` win over :data:`DEFAULT_CLIENT_CONFIG`."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
     from botocore.config import Config
 
-    extra = info.extra
-    return boto3.client(
-        "s3",
-        endpoint_url=extra.get("endpoint_url") or None,
-        aws_access_key_id=info.login or extra.get("aws_access_key_id"),
-        aws_secret_access_key=info.password or extra.get("aws_secret_access_key"),
-        region_name=extra.get("region_name", "us-east-1"),
-        config=Config(
-            s3={"addressing_style": "path"},
-            retries={"max_attempts": 5, "mode": "standard"},
-            signature_version="s3v4",
-        ),
-    )
+    from governance.connections import not_configured
+
+    hook = S3Hook(aws_conn_id=conn_id)
+    try:
+        # The hook falls back to an empty connection (ambient credentials, AWS endpoints) when the
+        # id is missing; for a governed system that is a configuration error, not a default.
+        hook.get_connection(conn_id)
+    except Exception as exc:
+        if type(exc).__name__ == "AirflowNotFoundException":
+            raise not_configured(conn_id) from exc
+        raise
+    wrapper = hook.conn_config
+    if wrapper.botocore_config is None:
+        wrapper.botocore_config = Config(**DEFAULT_CLIENT_CONFIG)
+    return hook
 
 
 def s3_client(conn_id: str) -> Any:
-    """A boto3 S3 client for the Airflow connection ``conn_id``."""
-    return s3_client_for(get_connection(conn_id))
+    """The boto3 S3 client of the connection's ``S3Hook`` (credentials, assumed role, region and
+    endpoint as the hook resolves them)."""
+    return s3_hook(conn_id).get_conn()

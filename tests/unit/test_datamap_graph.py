@@ -178,7 +178,7 @@ def test_mention_references_are_reported_separately_from_owned_rows(datamap: Dat
 def test_processors_are_looked_up_with_the_identities_they_accept(datamap: DataMap) -> None:
     plan = plans.build_resolution_plan(datamap, ["email", "phone"])
     assert {(p.processor, p.identity_kinds) for p in plan.processors} == {
-        ("payments_processor", ("email",)), ("crm", ("email",)),
+        ("payments_processor", ("email",)), ("crm", ("email",)), ("support_desk", ("email",)),
     }
 
 
@@ -363,7 +363,7 @@ def test_erasure_plan_deletes_owned_rows_and_clears_mentions(datamap: DataMap) -
     )
     statements = list(erasure.statements)
     assert statements.index(clear) < statements.index(by_key[("users", "delete_rows")])
-    assert erasure.processors == ("payments_processor", "crm")
+    assert erasure.processors == ("payments_processor", "crm", "support_desk")
 
 
 def test_legal_exception_minimises_kept_payments_and_deletes_expired_ones(datamap: DataMap) -> None:

@@ -112,7 +112,9 @@ def test_plan_deletes_owned_rows_children_first_and_clears_the_mention(datamap: 
     assert objects["recordings"].keys == ["recordings/20/50.wav", "recordings/20/51.wav"]
     assert objects["transcripts"].keys == ["transcripts/20/50.json", "transcripts/20/51.json"]
     assert objects["exports"].folders == ["exports/exp-20261101-0123456789ab/"]
-    assert [(p.processor, p.record_ids) for p in work.processors] == [("payments_processor", []), ("crm", ["c-1"])]
+    assert [(p.processor, p.record_ids) for p in work.processors] == [
+        ("payments_processor", []), ("crm", ["c-1"]), ("support_desk", [])
+    ]
 
 
 def test_payments_within_the_legal_period_are_minimised_with_their_end_date_the_rest_deleted(datamap: DataMap) -> None:

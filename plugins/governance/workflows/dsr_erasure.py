@@ -81,13 +81,13 @@ def _object_client(datamap: Any) -> Callable[[str], Any]:
 
 
 def _processor_client(datamap: Any) -> Callable[[str], Any]:
-    from governance.connectors.processors import ProcessorClient
+    from governance.connectors.base import processor_connector
 
     def client_for(name: str) -> Any:
         processor = datamap.processor(name)
         if processor is None:
             raise LookupError(f"processor {name} is not in the data map any more")
-        return ProcessorClient.from_airflow(processor)
+        return processor_connector(processor)
 
     return client_for
 
