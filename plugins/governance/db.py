@@ -47,7 +47,12 @@ class GovernancePostgresHook(PostgresHook):
         self._captured: dict[str, Any] | None = None
 
     def _create_connection(self, conn_args: dict[str, Any]) -> Any:
+        from governance.deadlines import Deadlines
+
         conn_args.setdefault("application_name", self.application_name)
+        # Server-side deadlines (statement, lock, idle in transaction) for every session; options
+        # the connection's extras set come after, so they win.
+        conn_args["options"] = " ".join(filter(None, [Deadlines.from_env().pg_options(), conn_args.get("options")]))
         if self._captured is not None:  # connection_args(): the arguments, no connection
             self._captured.update(conn_args)
             return None

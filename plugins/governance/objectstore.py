@@ -15,12 +15,34 @@ if TYPE_CHECKING:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
 # Used when the connection sets no config_kwargs: path-style addressing (MinIO and local servers
-# need it; AWS accepts it) and bounded standard retries.
+# need it; AWS accepts it). Timeouts and retries come from governance.deadlines (always applied:
+# a connection's own config_kwargs may tighten them, never leave a call without a deadline).
 DEFAULT_CLIENT_CONFIG: dict[str, Any] = {
     "s3": {"addressing_style": "path"},
-    "retries": {"max_attempts": 5, "mode": "standard"},
     "signature_version": "s3v4",
 }
+
+
+class ObjectStoreUnavailable(RuntimeError):
+    """The object store did not answer within the configured deadlines (governance.deadlines)."""
+
+
+def not_answering(exc: BaseException, client: Any) -> ObjectStoreUnavailable | None:
+    """An ``ObjectStoreUnavailable`` naming the endpoint when ``exc`` is a connect or read timeout
+    (or a refused connection) after botocore's retries; None for any other error."""
+    from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
+
+    if not isinstance(exc, ConnectTimeoutError | ReadTimeoutError | EndpointConnectionError):
+        return None
+    from governance.deadlines import Deadlines
+
+    deadlines = Deadlines.from_env()
+    endpoint = getattr(getattr(client, "meta", None), "endpoint_url", "?")
+    return ObjectStoreUnavailable(
+        f"object store not answering at {endpoint}: {type(exc).__name__} after {deadlines.s3_max_attempts} "
+        f"attempt(s) (connect {deadlines.s3_connect_s:g} s, read {deadlines.s3_read_s:g} s); what was done is "
+        "recorded and a retry continues from there"
+    )
 
 
 def s3_hook(conn_id: str) -> S3Hook:
@@ -40,9 +62,13 @@ def s3_hook(conn_id: str) -> S3Hook:
         if type(exc).__name__ == "AirflowNotFoundException":
             raise not_configured(conn_id) from exc
         raise
+    from governance.deadlines import Deadlines
+
     wrapper = hook.conn_config
-    if wrapper.botocore_config is None:
-        wrapper.botocore_config = Config(**DEFAULT_CLIENT_CONFIG)
+    bounded = Config(**Deadlines.from_env().s3_config())
+    base = wrapper.botocore_config if wrapper.botocore_config is not None else Config(**DEFAULT_CLIENT_CONFIG)
+    # What the connection sets itself wins; what it leaves unset gets the project's deadlines.
+    wrapper.botocore_config = bounded.merge(base)
     return hook
 
 

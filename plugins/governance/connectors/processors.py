@@ -98,15 +98,18 @@ class ProcessorClient(ProcessorConnector):
         attempts: int = 5,
         backoff_s: float = 0.5,
         max_backoff_s: float = 8.0,
-        timeout_s: float = 15.0,
+        timeout_s: float | tuple[float, float] | None = None,
     ) -> None:
+        from governance.deadlines import Deadlines
+
         assert processor.auth is not None, "the map validates that a templated processor declares auth"
         self.processor = processor
         self.hook = ProcessorHook(processor.connection_id, connection=connection)
         self.attempts = max(1, attempts)
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
-        self.timeout_s = timeout_s
+        # (connect, read) seconds per attempt: governance.deadlines unless given.
+        self.timeout_s = timeout_s if timeout_s is not None else Deadlines.from_env().http_timeout
         # The hook's session: base URL, TLS, proxies, extra headers, basic auth from login/password.
         self.session = self.hook.get_conn()
         self.base_url = self.hook.url_from_endpoint("").rstrip("/")

@@ -49,11 +49,12 @@ class SupportDeskConnector(ProcessorConnector):
         attempts: int = 5,
         backoff_s: float = 0.5,
         max_backoff_s: float = 8.0,
-        timeout_s: float = 15.0,
+        timeout_s: float | tuple[float, float] | None = None,
         poll_interval_s: float = 0.2,
         poll_timeout_s: float = 600.0,
     ) -> None:
         from governance.connectors.processors import ProcessorHook
+        from governance.deadlines import Deadlines
 
         self.processor = processor
         self.hook = ProcessorHook(processor.connection_id, connection=connection)
@@ -66,7 +67,8 @@ class SupportDeskConnector(ProcessorConnector):
         self.attempts = max(1, attempts)
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
-        self.timeout_s = timeout_s
+        # (connect, read) seconds per call: governance.deadlines unless given.
+        self.timeout_s = timeout_s if timeout_s is not None else Deadlines.from_env().http_timeout
         self.poll_interval_s = poll_interval_s
         self.poll_timeout_s = poll_timeout_s
         self._token: str | None = None

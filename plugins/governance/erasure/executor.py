@@ -50,6 +50,19 @@ class ErasureStepFailed(RuntimeError):
     """A step failed; the message names the step and the database error class, never a value."""
 
 
+# SQLSTATE classes of a connection that went away (admin shutdown, crash, network): nothing of the
+# open transaction was applied, and a new connection may well succeed.
+_CONNECTION_LOST_STATES = ("57P01", "57P02", "57P03")
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is a lost database connection rather than an error in the statement."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = getattr(exc, "sqlstate", None)
+    return state is None or state.startswith("08") or state in _CONNECTION_LOST_STATES
+
+
 class PlanOutdated(RuntimeError):
     """The data map no longer produces the statements the plan was approved with: nothing is
     run, the plan must be made (and approved) again."""
@@ -127,7 +140,7 @@ def run_database_steps(
                         cur.execute(statement.query, statement.bind({**values, KEYS: batch}))
                     except psycopg.Error as exc:
                         state = getattr(exc, "sqlstate", None) or "?"
-                        if state in RETRYABLE_SQLSTATES:
+                        if state in RETRYABLE_SQLSTATES or connection_lost(exc):
                             raise
                         raise ErasureStepFailed(
                             f"{step.step_id} failed: {type(exc).__name__} (SQLSTATE {state})"
@@ -173,12 +186,24 @@ def execute_database_work(
                 break
             except psycopg.Error as exc:
                 state = getattr(exc, "sqlstate", None) or "?"
-                if state not in RETRYABLE_SQLSTATES or attempt == attempts:
+                lost = connection_lost(exc)
+                if lost and attempt == attempts:
+                    # A lost connection quotes no data: its cause stays chained for the operator.
                     raise ErasureStepFailed(
-                        f"erasure in {system_name} failed: {type(exc).__name__} (SQLSTATE {state})"
+                        f"erasure in {system_name}: the database connection was lost ({type(exc).__name__}, "
+                        f"SQLSTATE {state}) {attempts} time(s); each transaction was rolled back, so nothing of "
+                        "this step was applied; the task will retry"
+                    ) from exc
+                if not (lost or state in RETRYABLE_SQLSTATES) or attempt == attempts:
+                    # Statement errors can quote row values (constraint details): class and SQLSTATE only.
+                    raise ErasureStepFailed(
+                        f"erasure in {system_name} failed: {type(exc).__name__} (SQLSTATE {state}); the "
+                        "transaction was rolled back, nothing of this step was applied"
                     ) from None
-                log.warning("erasure in %s: %s (SQLSTATE %s), retrying the transaction", system_name, type(exc).__name__, state)
-                time.sleep(0.2 * attempt)
+                what = "the connection was lost" if lost else f"{type(exc).__name__} (SQLSTATE {state})"
+                log.warning("erasure in %s: %s; the transaction was rolled back, retrying in %.1f s", system_name,
+                            what, 0.5 * attempt)  # fmt: skip
+                time.sleep(0.5 * attempt)
         results[system_name] = {"rows": rows, "skipped": False}
     return results
 

@@ -402,8 +402,18 @@ def delete_objects(summary: Mapping[str, Any]) -> dict[str, Any]:
     work, _row, datamap = _load(plan_id)
     done = _progress(plan_id)
     lock, _identities = _lock(work)
+    from governance.objectstore import not_answering
+
+    client_for = _object_client(datamap)
     with lock:
-        deleted = delete_planned_objects(work, client_for=_object_client(datamap), done=done, on_step=_recorder(plan_id))
+        try:
+            deleted = delete_planned_objects(work, client_for=client_for, done=done, on_step=_recorder(plan_id))
+        except Exception as exc:
+            unavailable = not_answering(exc, client_for(work.objects[0].system)) if work.objects else None
+            if unavailable is not None:
+                log.error("erasure %s: %s", plan_id, unavailable)
+                raise unavailable from exc
+            raise
     from governance.datamap.model import PrefixRef
     from governance.lineage import record_object_write
 
