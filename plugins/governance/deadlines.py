@@ -17,10 +17,11 @@ variable                                  default     bounds
 ``GOVERNANCE_PG_STATEMENT_TIMEOUT_S``     900         one SQL statement (an erasure batch, an export
                                                       page): ``statement_timeout``
 ``GOVERNANCE_PG_LOCK_TIMEOUT_S``          60          waiting for a row or table lock
-``GOVERNANCE_PG_IDLE_IN_TX_TIMEOUT_S``    300         a transaction left open by a stalled worker
+``GOVERNANCE_PG_IDLE_IN_TX_TIMEOUT_S``    900         a transaction left open by a stalled worker
 ========================================  ==========  ==============================================
 
-So one S3 call fails after at most ``attempts x (connect or read timeout)`` plus botocore's
+(An export streams objects to the store inside its database snapshot, so the idle-in-transaction
+bound must exceed the slowest single upload.) So one S3 call fails after at most ``attempts x (connect or read timeout)`` plus botocore's
 backoff (about 95 s with the defaults), well under the five minutes an operator should wait to
 hear that the object store is frozen. Task ``execution_timeout`` values (``dag_defaults``) sit
 above these, as the last resort for work that is slow rather than stuck.
@@ -56,7 +57,7 @@ class Deadlines:
     http_read_s: float = 30.0
     pg_statement_s: float = 900.0
     pg_lock_s: float = 60.0
-    pg_idle_in_transaction_s: float = 300.0
+    pg_idle_in_transaction_s: float = 900.0
 
     @classmethod
     def from_env(cls) -> Deadlines:

@@ -103,7 +103,7 @@ def test_sessions_carry_the_statement_lock_and_idle_deadlines_and_a_long_stateme
     with psycopg.connect(conninfo_for("deadline_db")) as conn:
         settings = {name: conn.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
                     for name in ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")}
-        assert settings == {"statement_timeout": "1s", "lock_timeout": "2s", "idle_in_transaction_session_timeout": "5min"}
+        assert settings == {"statement_timeout": "1s", "lock_timeout": "2s", "idle_in_transaction_session_timeout": "15min"}
         with pytest.raises(psycopg.errors.QueryCanceled):
             conn.execute("SELECT pg_sleep(5)")
 
