@@ -295,7 +295,8 @@ def test_an_erasure_that_fails_at_a_processor_fails_the_run_alerts_once_and_a_re
         status, detail = conn.execute(
             "SELECT status, outcome_detail FROM governance.privacy_requests WHERE request_id = %s", (request_id,)
         ).fetchone()
-    assert status == "failed" and "before a plan was made" in detail
+    assert status == "failed" and "before a plan was made: a processor did not answer" in detail
+    assert "crm" in detail and "HTTP 503" in detail, "the request names the system and the cause"
     alerts = [r.getMessage() for r in caplog.records
               if r.name == "governance.notifier" and r.getMessage().startswith("task_failed {")]  # fmt: skip
     assert len(alerts) == 1, "one alert for the failed request, from its last task"
