@@ -515,8 +515,8 @@ def test_processor_standins_run_from_the_mounted_development_package_on_a_plain_
     from governance_dev.standins.__main__ import _parser
 
     args = _parser().parse_args(shlex.split(match["args"].replace("$$", "$")))
-    assert args.host == "0.0.0.0" and {args.payments_port, args.crm_port} == {8101, 8102}
-    assert set(map(str, service["expose"])) == {"8101", "8102"}
+    assert args.host == "0.0.0.0" and {args.payments_port, args.crm_port, args.support_desk_port} == {8101, 8102, 8103}
+    assert set(map(str, service["expose"])) == {"8101", "8102", "8103"}
 
 
 def test_processor_standins_need_only_the_standard_library() -> None:
