@@ -207,7 +207,7 @@ def plan_erasure(
     from governance.erasure import store
     from governance.erasure.guard import refusal_message
     from governance.erasure.locking import subject_lock
-    from governance.erasure.planner import approval_markdown
+    from governance.erasure.readable import erasure_plan_text
     from governance.migrations import migrate
     from governance.workflows.request_intake import RequestHandle, load_identities
 
@@ -220,10 +220,11 @@ def plan_erasure(
             if existing is not None:  # carry on with the plan already approved or under way
                 store.record_progress(conn, existing["plan_id"], f"run:{run_id}", affected=0, at=_now())
                 summary = dict(existing["summary"])
+                before = store.latest_dry_run_summary(conn, request.request_id, other_than=existing["plan_id"])
                 log.info("erasure %s: continuing plan %s (%s) from an earlier run", request.request_id,
                          existing["plan_id"], existing["status"])  # fmt: skip
                 return {**summary, "status": existing["status"], "dry_run": False, "continued": True,
-                        "approval_markdown": approval_markdown(summary)}  # fmt: skip
+                        "approval_markdown": erasure_plan_text(summary, dry_run=False, dry_run_summary=before)}  # fmt: skip
     datamap = load_datamap()
     hasher = hasher_from_airflow()
     identities = load_identities(request.request_id, conninfo=gov)
@@ -246,6 +247,7 @@ def plan_erasure(
             store.save_plan(conn, work, status=status, dag_id=dag_id, dag_run_id=run_id, dry_run=dry_run, as_of=as_of,
                             override=override, refusal=refusal, at=_now())  # fmt: skip
             store.supersede_planned(conn, request.request_id, keep=plan_id, at=_now())
+            before = None if dry_run else store.latest_dry_run_summary(conn, request.request_id, other_than=plan_id)
     from governance.lineage import record_table_read
 
     for system_name, table in sorted({(s.system, s.table) for s in work.database}):
@@ -255,7 +257,7 @@ def plan_erasure(
     log.info("erasure plan %s for %s: %s; objects %s; processors %s; kept %s", plan_id, request.request_id,
              work.table_counts(), summary["objects"], summary["processors"],
              [(k["where"], k["count"], k["reason"]) for k in summary["kept"]])  # fmt: skip
-    text = approval_markdown(summary)
+    text = erasure_plan_text(summary, dry_run=dry_run, dry_run_summary=before, datamap=datamap)
     log.info("the plan%s:\n%s", " (dry run: nothing changes)" if dry_run else "", text)
     if work.guard.refused:
         _fail(refusal or "refused")
