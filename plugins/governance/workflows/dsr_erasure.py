@@ -296,6 +296,13 @@ def record_approval(request_id: str, plan_id: str, payload: Mapping[str, Any], *
     user = payload.get("responded_by_user") or {}
     approver = str(user.get("name") or user.get("id") or "unknown") if isinstance(user, Mapping) else str(user)
     gov = _gov()
+    with connect(gov) as conn:  # four eyes, wherever the approval was given (page or Required actions)
+        recorder = conn.execute(
+            "SELECT actor FROM governance.request_actions WHERE request_id = %s AND action = 'recorded' LIMIT 1",
+            (request_id,),
+        ).fetchone()
+    if recorder is not None and recorder[0] == approver:
+        _fail(f"{approver} recorded this request and may not approve it too (four eyes): nothing was changed")
     mark_verified(request_id, method=method, verified_by=approver, at=at, conninfo=gov)
     mark_approved(request_id, approved_by=approver, at=at, conninfo=gov)
     with connect(gov) as conn:
