@@ -119,9 +119,15 @@ def standalone(reference_clone: Deployment, make_db: Callable[[str], str], tmp_p
     try:
         def healthy() -> bool:
             health = _get_json(f"{base}/api/v2/monitor/health")
-            return all(health[p]["status"] == "healthy" for p in ("metadatabase", "scheduler", "dag_processor"))
+            return all(health[p]["status"] == "healthy" for p in ("metadatabase", "scheduler"))
+
+        def dags_parsed() -> bool:
+            with psycopg.connect(metadata_url) as conn:
+                found = {r[0] for r in conn.execute("SELECT dag_id FROM dag WHERE NOT is_stale").fetchall()}
+            return {"dsr_erasure", "dsr_export"} <= found
 
         _wait(healthy, 420, "airflow standalone was not healthy", log)
+        _wait(dags_parsed, 300, "the privacy-request DAGs were not parsed", log)
         passwords = json.loads(_wait(lambda: (home / "simple_auth_manager_passwords.json.generated").read_text(), 60,
                                      "no simple auth manager passwords", log))  # fmt: skip
         yield {"base": base, "passwords": passwords, "log": log, "home": home, "metadata_url": metadata_url,
@@ -228,7 +234,10 @@ def test_privacy_staff_erase_and_export_from_the_page_and_airflow_keeps_no_ident
     # -- alice records an erasure: the dry run's plan appears in plain language ------------------
     alice.login("alice", passwords["alice"], "01-login")
     browser.get(f"{base}/plugin/privacy-requests")  # the nav entry inside the Airflow UI
-    time.sleep(3)
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 60).until(lambda d: alice.present("iframe") and "Privacy requests" in d.page_source)
+    time.sleep(2)
     alice.shot("02-airflow-nav-privacy-requests")
     alice.page("/")
     assert "Record a new request" in alice.find("body").text
@@ -246,6 +255,7 @@ def test_privacy_staff_erase_and_export_from_the_page_and_airflow_keeps_no_ident
     assert "Calls answered by the AI receptionist" in plan and "Account holders" in plan
     assert "Cleared" in plan and "Deleted" in plan
     assert "clear mention" not in plan and "clear_mention" not in plan
+    alice.reload_until(lambda: alice.present("#start-erasure"), 300, "the dry run did not finish")
     alice.shot("04-dry-run-plan")
 
     alice.find("#start-erasure").click()

@@ -211,7 +211,7 @@ def readable_plan(summary: Mapping[str, Any], datamap: DataMap | None) -> Readab
                 item = kept_by_table.pop(where, None)
                 if item is not None:
                     lines.append(PlanLine("kept", what, count, "records", _kept_detail(item), _until_words(item), where))
-                else:
+                elif count:
                     lines.append(PlanLine("kept", what, count, "records",
                                           "Kept because the law makes us keep it; personal details removed meanwhile.",
                                           None, where))  # fmt: skip
