@@ -222,8 +222,8 @@ class RequestView:
         return None
 
     def latest_plan(self, *, dry_run: bool) -> dict[str, Any] | None:
-        for plan in self.plans:  # newest first
-            if bool(plan["dry_run"]) == dry_run and plan["status"] != "superseded":
+        for plan in self.plans:  # newest first; a dry run's plan is superseded by the next plan, still shown
+            if bool(plan["dry_run"]) == dry_run and (dry_run or plan["status"] != "superseded"):
                 return plan
         return None
 
