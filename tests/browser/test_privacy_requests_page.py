@@ -211,6 +211,13 @@ class Staff:
                     raise
                 time.sleep(5)
 
+    def submit(self, css: str, until: Callable[[Any], Any], timeout_s: float = 120) -> None:
+        """Click ``css`` and wait for the page it leads to (``until(driver)`` true)."""
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.find(css).click()
+        WebDriverWait(self.driver, timeout_s, poll_frequency=1).until(until)
+
     def page(self, path: str = "/") -> None:
         self.get(f"{self.base}/privacy-requests{path}")
 
@@ -257,8 +264,7 @@ def test_privacy_staff_erase_and_export_from_the_page_and_airflow_keeps_no_ident
     alice.select("#kind", value="erasure")
     alice.find("#email").send_keys(ERASURE_EMAIL)
     alice.shot("03-record-erasure")
-    alice.find("#record").click()
-    assert "/privacy-requests/requests/era-" in browser.current_url
+    alice.submit("#record", lambda d: "/privacy-requests/requests/era-" in d.current_url)
     erasure_id = _request_id_from(browser.current_url)
     for typed in TYPED:
         assert typed.lower() not in browser.current_url.lower()
@@ -271,13 +277,12 @@ def test_privacy_staff_erase_and_export_from_the_page_and_airflow_keeps_no_ident
     alice.reload_until(lambda: alice.present("#start-erasure"), 300, "the dry run did not finish")
     alice.shot("04-dry-run-plan")
 
-    alice.find("#start-erasure").click()
+    alice.submit("#start-erasure", lambda d: not alice.present("#start-erasure"))
     alice.reload_until(lambda: alice.present("#approve-form"), 300, "the erasure did not wait for approval")
     assert "What changed since the dry run" in alice.find("body").text
     alice.shot("05-awaiting-approval")
     alice.select("#verification_method", index=1)
-    alice.find("#approve").click()
-    assert "Four eyes" in alice.find("body").text
+    alice.submit("#approve", lambda d: "Four eyes" in d.find_element("css selector", "body").text)
     alice.shot("06-recorder-may-not-approve")
 
     # -- bob approves; the request completes with its certificate --------------------------------
@@ -286,7 +291,7 @@ def test_privacy_staff_erase_and_export_from_the_page_and_airflow_keeps_no_ident
     bob.page(f"/requests/{erasure_id}")
     bob.select("#verification_method", index=1)
     bob.shot("08-approve")
-    bob.find("#approve").click()
+    bob.submit("#approve", lambda d: not bob.present("#approve-form"))
     bob.reload_until(lambda: "completed" in bob.find("#state").text, 420, "the erasure did not complete")
     assert bob.present("#certificate-link")
     record = bob.find("#actions").text
@@ -300,21 +305,21 @@ def test_privacy_staff_erase_and_export_from_the_page_and_airflow_keeps_no_ident
     bob.page("/")
     bob.select("#kind", value="export")
     bob.find("#email").send_keys(EXPORT_EMAIL)
-    bob.find("#record").click()
+    bob.submit("#record", lambda d: "/privacy-requests/requests/exp-" in d.current_url)
     export_id = _request_id_from(browser.current_url)
     assert export_id.startswith("exp-")
     bob.reload_until(lambda: bob.present("#verify-form"), 300, "the export did not ask for verification")
     bob.shot("11-export-verify")
     bob.select("#verify_option", index=1)
-    bob.find("#verify").click()
+    bob.submit("#verify", lambda d: not bob.present("#verify-form"))
     bob.reload_until(lambda: "completed" in bob.find("#state").text, 420, "the export did not complete")
     bob.shot("12-export-completed")
-    bob.find("#show-link").click()
+    bob.submit("#show-link", lambda d: bob.present("#download-link"))
     link = bob.find("#download-link").text
     assert link.startswith("http") and export_id in link
     bob.shot("13-download-link")
     bob.page(f"/requests/{export_id}")
-    bob.find("#reveal-passphrase").click()
+    bob.submit("#reveal-passphrase", lambda d: bob.present("#passphrase"))
     assert len(bob.find("#passphrase").text) >= 20
     bob.shot("14-passphrase")
     bob.page("/?sort=received&desc=1")
