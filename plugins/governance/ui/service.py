@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from psycopg.rows import dict_row
@@ -234,6 +234,18 @@ class RequestView:
         return None
 
 
+def hitl_settle_seconds() -> float:
+    """How long a Required action must have been waiting before the page offers to answer it.
+
+    Airflow 3.3.2 races when a response arrives before the executor has reported the exit of the
+    process that parked the task: the scheduler then retries the task, which asks again and loses
+    the answer (seen under load, about 1-2 s after parking). ``[governance] hitl_settle_seconds``.
+    """
+    from airflow.configuration import conf
+
+    return float(conf.get("governance", "hitl_settle_seconds", fallback="10") or 10)
+
+
 def _runs(request_id: str, run_ids: dict[tuple[str, str], dict[str, Any]]) -> list[RunInfo]:
     """State of each known run in Airflow, and which Required action it waits for."""
     if not run_ids:
@@ -253,6 +265,7 @@ def _runs(request_id: str, run_ids: dict[tuple[str, str], dict[str, Any]]) -> li
             .where(or_(*[and_(TaskInstance.dag_id == d, TaskInstance.run_id == r) for d, r in run_ids]))
             .where(HITLDetail.responded_at.is_(None))
             .where(TaskInstance.state.in_(["deferred", "awaiting_input"]))
+            .where(HITLDetail.created_at <= _now() - timedelta(seconds=hitl_settle_seconds()))
         ).all()  # fmt: skip
         waits = {(w.dag_id, w.run_id): w.task_id for w in waiting}
         for dag_run in found:
