@@ -4,6 +4,11 @@
 # docker-compose file recommends: dependencies are installed once, at build time, from the same
 # pinned requirements.txt the tests run against. The base image's Airflow version must equal the
 # apache-airflow pin in requirements.txt (tests/unit/test_compose.py checks it).
+#
+# Runtime only: requirements.txt holds what the DAGs and the governance package import. The
+# development lock (requirements-dev.txt: tests, lint, embedded services) and the development
+# package (devtools/: seeder, stand-ins, demo) never enter the image; .dockerignore keeps them out
+# of the build context, and tests/unit/test_runtime_split.py imports every DAG with requirements.txt alone.
 FROM apache/airflow:3.3.2-python3.11
 
 # Pinning apache-airflow to the image's own version alongside the lock file keeps pip from

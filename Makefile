@@ -18,18 +18,24 @@ PYTEST_WORKERS ?= 2
 help:
 	@echo "make demo | make test | make airflow | make lint | make bench | make lock | make clean"
 
-$(STAMP): requirements.txt pyproject.toml
+# uv itself, in the venv (make lock needs only this, not the locked packages).
+$(UV):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	$(UV) pip install --quiet --python $(PY) -r requirements.txt
-	$(UV) pip install --quiet --python $(PY) --no-deps -e .
+
+# The development venv: the runtime lock (what the Airflow image installs) plus the development
+# lock (tests, lint, embedded services, seeder), then both packages editable: governance
+# (plugins/) and governance_dev (devtools/, never in the image).
+$(STAMP): $(UV) requirements.txt requirements-dev.txt pyproject.toml devtools/pyproject.toml
+	$(UV) pip install --quiet --python $(PY) -r requirements.txt -r requirements-dev.txt
+	$(UV) pip install --quiet --python $(PY) --no-deps -e . -e devtools
 	touch $(STAMP)
 
 venv: $(STAMP)
 
 lint: venv
-	$(VENV)/bin/ruff check plugins dags tests benchmarks
+	$(VENV)/bin/ruff check plugins devtools dags tests benchmarks
 	$(VENV)/bin/mypy
 
 test: lint
@@ -39,31 +45,33 @@ test-fast: venv
 	$(PY) -m pytest -q tests/unit
 
 demo: venv
-	$(PY) -m governance demo
+	$(PY) -m governance_dev demo
 
 services-start: venv
-	$(PY) -m governance services start
+	$(PY) -m governance_dev services start
 
 services-stop: venv
-	$(PY) -m governance services stop
+	$(PY) -m governance_dev services stop
 
 # The Airflow UI on the embedded services: http://127.0.0.1:8080 (GOVERNANCE_AIRFLOW_PORT), user
 # "admin", password in .state/airflow/simple_auth_manager_passwords.json.generated. Ctrl-C (or
 # `make airflow-stop` from another shell) stops Airflow and every task process; the services keep
 # running until `make services-stop`. exec: make's SIGTERM reaches the launcher itself.
 airflow: venv
-	exec $(PY) -m governance airflow
+	exec $(PY) -m governance_dev airflow
 
 airflow-stop: venv
-	$(PY) -m governance airflow --stop
+	$(PY) -m governance_dev airflow --stop
 
 bench: venv
 	$(PY) benchmarks/parse.py
 	$(PY) benchmarks/seed.py --scale large
 
-lock:
-	$(UV) pip compile requirements.in -o requirements.txt --python-version 3.11
+# Runtime first: the development lock is constrained by it (-c requirements.txt).
+lock: $(UV)
+	$(UV) pip compile --quiet requirements.in -o requirements.txt --python-version 3.11
+	$(UV) pip compile --quiet requirements-dev.in -o requirements-dev.txt --python-version 3.11
 
 clean:
-	-$(PY) -m governance services stop
+	-$(PY) -m governance_dev services stop
 	rm -rf .state .pytest_cache .mypy_cache .ruff_cache

@@ -117,8 +117,8 @@ def measure_person(app_url: str, key: str, repeat: int, as_of: datetime) -> dict
     from governance.erasure.executor import run_database_steps
     from governance.identity import SubjectIdentities
     from governance.privacy_requests import create_request
-    from governance.seed import cast_member
     from governance.workflows.dsr_erasure import _processor_client, compute_work
+    from governance_dev.seed import cast_member
 
     subject = cast_member(key)
     identities = SubjectIdentities.parse(email=subject.email, phone=subject.phone)
@@ -171,8 +171,8 @@ def measure_person(app_url: str, key: str, repeat: int, as_of: datetime) -> dict
 
 def end_to_end(key: str, as_of: datetime) -> dict[str, float]:
     """Erase ``key`` for real, task function by task function; seconds per phase."""
-    from governance.seed import cast_member
     from governance.workflows import dsr_erasure as wf
+    from governance_dev.seed import cast_member
 
     subject = cast_member(key)
     run_id = f"bench_e2e_{uuid.uuid4().hex[:8]}"
@@ -236,9 +236,9 @@ def _run_scales(
     results: dict[str, list[dict[str, Any]]], e2e: dict[str, dict[str, float]],
 ) -> None:
     from governance.migrations import migrate
-    from governance.seed import SeedTargets, seed_reference_deployment
-    from governance.services import create_database, drop_database
-    from governance.standins import start_standins
+    from governance_dev.seed import SeedTargets, seed_reference_deployment
+    from governance_dev.services import create_database, drop_database
+    from governance_dev.standins import start_standins
 
     with helpers.moto_server() as s3:
         endpoint = s3.meta.endpoint_url

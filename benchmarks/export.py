@@ -72,7 +72,7 @@ def s3_client(endpoint: str) -> Any:
 @contextmanager
 def moto_server() -> Iterator[str]:
     """An S3 API (moto) in a child process on a free loopback port; yields its endpoint."""
-    from governance.services import free_port
+    from governance_dev.services import free_port
 
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -395,9 +395,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps((worker_project if mode == "project" else worker_raw)(json.loads(cfg))))
         return 0
 
-    from governance.seed import SeedTargets, cast_member, seed_reference_deployment
-    from governance.services import create_database, drop_database
-    from governance.standins import start_standins
+    from governance_dev.seed import SeedTargets, cast_member, seed_reference_deployment
+    from governance_dev.services import create_database, drop_database
+    from governance_dev.standins import start_standins
 
     admin_url = os.environ.get("GOVERNANCE_TEST_PG_URL", DEFAULT_PG_URL)
     suffix = uuid.uuid4().hex[:8]

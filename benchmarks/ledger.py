@@ -40,7 +40,7 @@ from psycopg.types.json import Jsonb
 from governance.crypto import Keyring
 from governance.ledger import LedgerEntry, LedgerWriter, verify_ledger
 from governance.migrations import migrate
-from governance.services import EmbeddedPostgres, create_database, drop_database, free_port
+from governance_dev.services import EmbeddedPostgres, create_database, drop_database, free_port
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 RAW_TABLE = """CREATE TABLE bench_raw_ledger (

@@ -35,15 +35,15 @@ from psycopg import sql
 
 from governance.connections import ConnectionInfo
 from governance.objectstore import s3_client_for
-from governance.seed.generate import TABLE_COLUMNS, TABLE_ORDER
-from governance.seed.load import (
+from governance_dev.seed.generate import TABLE_COLUMNS, TABLE_ORDER
+from governance_dev.seed.load import (
     SeedReport,
     SeedTargets,
     app_schema_sql,
     load_database,
     seed_reference_deployment,
 )
-from governance.services import create_database, drop_database, free_port
+from governance_dev.services import create_database, drop_database, free_port
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 GOAL = 0.8
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with nullcontext(None) if args.skip_objects else moto_server() as s3:
             if not args.skip_objects:
-                from governance.standins import start_standins
+                from governance_dev.standins import start_standins
 
                 standins = start_standins(api_key="bench-key")
             targets = SeedTargets(

@@ -25,6 +25,7 @@ from governance.dag_defaults import GOVERNANCE_TAG, START_DATE, default_args
 
 @dag(
     dag_id="datamap_drift",
+    description="Daily: tables, columns and objects the data map does not cover yet (values never reported)",
     schedule="@daily",
     start_date=START_DATE,
     catchup=False,

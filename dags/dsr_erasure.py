@@ -22,6 +22,9 @@ subject to legal retention), and proves it:
    (`python -m governance reapply-suppressions`).
 7. **issue_certificate** and **close_request** run after failures too: the certificate (JSON and
    HTML, keyed hashes only) and the request's outcome.
+8. **request_outcome** fails the run when the request was not served (a step failed, or the
+   outcome is failed), naming the failed steps: a green run is a served request (or a dry run),
+   and a failed request alerts once.
 """
 
 from __future__ import annotations
@@ -32,22 +35,41 @@ from typing import Any
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
 
-from governance.dag_defaults import GOVERNANCE_TAG, START_DATE, default_args
+from governance.dag_defaults import (
+    GOVERNANCE_TAG,
+    REQUEST_OUTCOME_TASK_ID,
+    START_DATE,
+    default_args,
+    request_outcome,
+)
 from governance.dag_params import subject_params
 
-VERIFICATION_METHODS = [
-    "email_link", "account_login", "phone_callback", "id_document", "business_client_attestation",
-]  # fmt: skip
+# How the identity was verified, in the approver's words (codes are what the request records; a
+# test keeps them in step with governance.workflows.dsr_erasure.VERIFICATION_METHODS). No default:
+# the approver chooses, so one click never records a method nobody used (approving with none
+# chosen, or with "not verified", changes nothing and says so).
+VERIFICATION_CHOICES = {
+    "account_login": "They asked while signed in to their aircalls account",
+    "phone_callback": "We called back the phone number we hold for them",
+    "email_link": "They confirmed through a link sent to the e-mail address we hold",
+    "id_document": "We checked an identity document",
+    "business_client_attestation": "The business client vouched for their caller",
+    "not_verified": "Not verified (choose Reject)",
+}
 PLAN = "ti.xcom_pull(task_ids='plan_erasure')"
+RUN_ORDER = ("open_request", "plan_erasure", "choose_path", "approve_erasure", "already_approved", "execute_database",
+             "delete_objects", "erase_processors", "verify_erasure", "record_suppression", "issue_certificate",
+             "close_request")  # fmt: skip
 
 
 @dag(
     dag_id="dsr_erasure",
+    description="Erase one person everywhere the data map reaches, after a dry run and an approval, with a certificate",
     schedule=None,
     start_date=START_DATE,
     catchup=False,
     max_active_runs=8,
-    default_args=default_args(),
+    default_args=default_args(alert_only_from=REQUEST_OUTCOME_TASK_ID),
     params={
         **subject_params(kind="erasure"),
         "dry_run": Param(
@@ -109,10 +131,11 @@ def dsr_erasure() -> None:
         body="{{ " + PLAN + "['approval_markdown'] }}",
         params={
             "verification_method": Param(
-                "email_link",
-                type="string",
-                enum=VERIFICATION_METHODS,
-                title="How was the person's identity verified?",
+                None,
+                type=["null", "string"],
+                enum=[None, *VERIFICATION_CHOICES],
+                values_display=VERIFICATION_CHOICES,
+                title="How did you verify the person's identity?",
                 description="Recorded on the request and in the certificate. Approve only once it was verified.",
             )
         },
@@ -186,7 +209,11 @@ def dsr_erasure() -> None:
     executed >> suppressed
     certificate = issue_certificate()
     [handle, verified, suppressed] >> certificate
-    certificate >> close_request()
+    closed = close_request()
+    certificate >> closed
+    # The run fails when the request was not served (any step failed, or the outcome says so).
+    outcome = request_outcome(order=RUN_ORDER)
+    [handle, summary, path, approve_erasure, executed, verified, suppressed, certificate, closed] >> outcome
 
 
 dsr_erasure()

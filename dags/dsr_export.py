@@ -29,7 +29,8 @@ asking on behalf of its caller). *Formats* chooses JSON, CSV and/or HTML for the
    counts of the same snapshot, every row and file belongs to the person, checksums match.
    If it fails, the run fails and no link is issued.
 5. `publish_bundle` moves the checked bundle to the request's folder.
-6. `close_request` always runs last: it removes staging objects and sets the request's outcome.
+6. `close_request` always runs: it removes staging objects and sets the request's outcome, and
+   `request_outcome` (the last task) fails the run when the request was not served.
    On success the download link (valid 7 days by default) is stored in
    `governance.privacy_requests.result_uri`, and nowhere else.
 
@@ -46,7 +47,13 @@ from typing import Any
 from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import Param, TriggerRule, chain, dag, get_current_context, task
 
-from governance.dag_defaults import GOVERNANCE_TAG, START_DATE, default_args
+from governance.dag_defaults import (
+    GOVERNANCE_TAG,
+    REQUEST_OUTCOME_TASK_ID,
+    START_DATE,
+    default_args,
+    request_outcome,
+)
 from governance.dag_params import subject_params
 
 # Kept here (not imported from the workflow module) so parsing stays wiring only; a test checks
@@ -59,16 +66,19 @@ VERIFICATION_OPTIONS = [
     "Verified: by the business client who asked for them",
     "Reject: the identity could not be verified",
 ]
+RUN_ORDER = ("open_request", "route_verification", "verify_identity", "record_verification", "build_bundle",
+             "check_bundle", "publish_bundle", "close_request")  # fmt: skip
 REQUEST_ID = "{{ ti.xcom_pull(task_ids='open_request')['request_id'] }}"
 
 
 @dag(
     dag_id="dsr_export",
+    description="Give one person a copy of their data: an encrypted bundle from every system, checked, with a link",
     schedule=None,
     start_date=START_DATE,
     catchup=False,
     max_active_runs=4,
-    default_args=default_args(),
+    default_args=default_args(alert_only_from=REQUEST_OUTCOME_TASK_ID),
     tags=[GOVERNANCE_TAG, "privacy-request", "export"],
     doc_md=__doc__,
     params={
@@ -180,9 +190,11 @@ def dsr_export() -> None:
     summary = build_bundle(handle, verified)
     gate = check_bundle(handle, summary)
     published = publish_bundle(handle, gate)
-    # The last task runs whatever happened before it, writes the outcome, and fails the run when
-    # the export did not complete (it is the run's only leaf, so its state is the run's).
-    [handle, published] >> close_request()
+    # close_request runs whatever happened before it and writes the outcome; request_outcome, the
+    # run's only leaf, fails the run when the request was not served.
+    closed = close_request()
+    [handle, published] >> closed
+    [handle, verified, verify_identity, summary, gate, published, closed] >> request_outcome(order=RUN_ORDER)
 
 
 dsr_export()

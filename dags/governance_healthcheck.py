@@ -18,6 +18,7 @@ from governance.dag_defaults import GOVERNANCE_TAG, START_DATE, default_args
 
 @dag(
     dag_id="governance_healthcheck",
+    description="Daily: every governed system, the keys and the governance schema answer and work",
     schedule="@daily",
     start_date=START_DATE,
     catchup=False,

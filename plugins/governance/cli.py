@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 from collections.abc import Sequence
 
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "services": ("governance.services", "start, stop or inspect the embedded services (PostgreSQL, S3, processors)"),
     "migrate": ("governance.migrations", "create or upgrade the governance schema (idempotent)"),
-    "seed": ("governance.seed.command", "load the reference deployment (app schema, objects, processors)"),
     "request": ("governance.privacy_requests", "record a privacy request; identities are read from stdin"),
     "keys": ("governance.crypto", "generate key material for the keyed-hash and encryption connections"),
     "validate-datamap": ("governance.datamap.command", "validate the data map and print what is wrong"),
@@ -29,9 +28,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "scrub-run-confs": ("governance.run_confs", "remove identities typed into trigger forms from ended runs' configurations and the action log"),
     "maintain": ("governance.maintenance", "beside the scheduler: scrub ended runs' identities, reconcile and anchor the audit ledger (loops; --once)"),
     "verify-ledger": ("governance.ledger", "verify the audit ledger's hash chain and its anchors in the object store"),
-    "airflow": ("governance.standalone", "run the Airflow UI (airflow standalone) on the embedded services (make airflow)"),
-    "demo": ("governance.demo", "run every DAG once on the reference deployment and summarise"),
 }
+
+# Development commands that moved to the development package (devtools/, ``python -m governance_dev``),
+# which the Airflow image does not contain. They are not forwarded: the runtime never runs
+# development code, so one name always means one thing; the error names the new command.
+DEVELOPMENT_COMMANDS = ("demo", "seed", "services", "airflow")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DEVELOPMENT_COMMANDS:
+        print(
+            f"python -m governance: {argv[0]!r} is a development command; run "
+            f"`python -m governance_dev {shlex.join(argv)}` (or its make target). The development package "
+            "is installed by `make venv` (pip install -e devtools) and is not part of the Airflow image.",
+            file=sys.stderr,
+        )
+        return 2
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         build_parser().parse_args(argv or ["--help"])
         return 2

@@ -1,8 +1,11 @@
 """Trigger-form fields shared by the privacy-request DAGs (rendered by the Airflow UI from Params).
 
-Only ``airflow.sdk`` is imported, so DAG files may import this at parse time. The form's checks
-(patterns, minimum) stop obvious mistakes in the browser and the REST API (HTTP 400); the first
-task re-checks everything with ``governance.identity`` before any system is read.
+Only ``airflow.sdk`` is imported, so DAG files may import this at parse time. Every field is
+optional (null-able), so a request can start from an e-mail alone, a phone alone, or a request id
+alone. The form checks only types and lengths: the first task checks the fields with
+``governance.identity`` before any system is read and fails with a message that names the field
+in words ("Phone number has too few digits"), never with a pattern. Usual national formats such
+as ``(628) 555-0141`` are accepted and read in the deployment's default region.
 """
 
 from __future__ import annotations
@@ -11,42 +14,45 @@ from typing import Any
 
 from airflow.sdk import Param
 
-# Blank, or one address without wildcards or spaces. The full normalisation runs in the first task.
-EMAIL_PATTERN = r"^$|^\s*[^\s@%*?\[\]\\]+@[^\s@%*?\[\]\\]+\.[^\s@%*?\[\]\\.]{2,}\s*$"
-# Blank, or digits with the usual separators; no wildcards.
-PHONE_PATTERN = r"^$|^\s*\+?[0-9][0-9 ().\-]{3,24}\s*$"
-REQUEST_ID_PATTERN = r"^$|^[a-z]{3}-[0-9]{8}-[0-9a-f]{12}$"
+# Generous bounds that no real identity reaches; the first task does the real checks and names
+# the field in words when one fails (a regular expression in the form would be shown raw).
+MAX_EMAIL_LENGTH = 320
+MAX_PHONE_LENGTH = 40
+REQUEST_ID_LENGTH = 25
 
 
 def subject_params(*, kind: str) -> dict[str, Any]:
     """``request_id``, ``email``, ``phone`` and ``business_id`` for a ``kind`` request form."""
     return {
         "request_id": Param(
-            "",
-            type="string",
-            pattern=REQUEST_ID_PATTERN,
+            None,
+            type=["null", "string"],
+            maxLength=REQUEST_ID_LENGTH,
             title="Request id",
             description=(
                 f"An existing {kind} request (from intake or `python -m governance request new`). "
-                "When given, the identities are read from the request and the e-mail and phone fields are ignored."
+                "When given, the identities are read from the request: leave the e-mail and phone empty."
             ),
             section="Request",
         ),
         "email": Param(
-            "",
-            type="string",
-            pattern=EMAIL_PATTERN,
+            None,
+            type=["null", "string"],
+            maxLength=MAX_EMAIL_LENGTH,
             title="E-mail address",
-            description="The person's e-mail address, as they gave it. Case and surrounding spaces do not matter.",
+            description=(
+                "The person's e-mail address, as they gave it. Case and surrounding spaces do not matter. "
+                "Give an e-mail, a phone, or both."
+            ),
             section="The person",
         ),
         "phone": Param(
-            "",
-            type="string",
-            pattern=PHONE_PATTERN,
+            None,
+            type=["null", "string"],
+            maxLength=MAX_PHONE_LENGTH,
             title="Phone number",
             description=(
-                "The person's phone number in any format; a number without +country code is read in the "
+                "The person's phone number as they gave it, e.g. (628) 555-0141 or +44 20 7946 0958; a number without +country code is read in the "
                 "deployment's default region (the data map's settings.default_phone_region, US by default)."
             ),
             section="The person",

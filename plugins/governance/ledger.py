@@ -33,6 +33,7 @@ import sys
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -101,6 +102,19 @@ def ledger_keyring() -> Keyring:
 def anchor_bucket() -> str:
     """Bucket holding the anchors: ``GOVERNANCE_LEDGER_ANCHOR_BUCKET`` or the objects bucket."""
     return os.environ.get("GOVERNANCE_LEDGER_ANCHOR_BUCKET") or objects_bucket()
+
+
+def anchor_dir() -> Path | None:
+    """A directory that keeps a copy of every anchor: ``GOVERNANCE_LEDGER_ANCHOR_DIR``, or None.
+
+    The object store is where anchors live in production (a bucket with S3 Object Lock in
+    compliance mode, so not even the ledger's writer can delete one). The reference deployment's
+    S3 server keeps objects in memory, so a restart of the services would lose every anchor and
+    with it the tamper evidence; ``make demo`` and ``make airflow`` therefore also keep them in a
+    directory on disk (``.state/ledger-anchors``), and verification reads both.
+    """
+    value = os.environ.get("GOVERNANCE_LEDGER_ANCHOR_DIR", "").strip()
+    return Path(value) if value else None
 
 
 def request_id_from_conf(conf: Any) -> str | None:
@@ -413,15 +427,48 @@ def anchor_object_key(seq: int) -> str:
     return f"{ANCHOR_PREFIX}{seq:020d}.json"
 
 
-def write_anchor(writer: LedgerWriter, s3: Any, bucket: str) -> LedgerAnchor | None:
-    """Put the current head into the object store; None when the ledger is empty."""
+def write_anchor(
+    writer: LedgerWriter, s3: Any, bucket: str, *, directory: Path | None = None
+) -> LedgerAnchor | None:
+    """Put the current head into the object store (and ``directory`` when given, written
+    atomically); None when the ledger is empty."""
     head = writer.head()
     if head is None:
         return None
     anchor = LedgerAnchor.create(head[0], head[1], writer.keyring)
     key = anchor_object_key(anchor.seq)
-    s3.put_object(Bucket=bucket, Key=key, Body=anchor.to_json().encode(), ContentType="application/json")
+    body = anchor.to_json().encode()
+    s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / key.rsplit("/", 1)[-1]
+        partial = target.with_suffix(".partial")
+        with partial.open("wb") as out:
+            out.write(body)
+            out.flush()
+            os.fsync(out.fileno())
+        partial.replace(target)
     return LedgerAnchor(anchor.seq, anchor.mac, anchor.key_id, anchor.at, anchor.anchor_mac, key)
+
+
+def read_directory_anchors(directory: Path | None) -> list[LedgerAnchor]:
+    """The anchors kept in ``directory`` (see ``anchor_dir``), by seq; unreadable ones as forged."""
+    if directory is None or not directory.is_dir():
+        return []
+    anchors: list[LedgerAnchor] = []
+    for path in sorted(directory.glob("*.json")):
+        key = f"{ANCHOR_PREFIX}{path.name}"
+        try:
+            anchors.append(LedgerAnchor.from_json(path.read_bytes(), key))
+        except (ValueError, KeyError, TypeError):
+            anchors.append(LedgerAnchor(-1, "", "", "", "", key))
+    return anchors
+
+
+def merge_anchors(*sources: Sequence[LedgerAnchor]) -> list[LedgerAnchor]:
+    """One list of the anchors of several stores, by seq (an anchor kept in both counts once)."""
+    unique = {(a.seq, a.mac, a.anchor_mac, a.object_key): a for source in sources for a in source}
+    return sorted(unique.values(), key=lambda a: a.seq)
 
 
 def latest_anchor(s3: Any, bucket: str, *, after: LedgerAnchor | None = None) -> LedgerAnchor | None:
@@ -449,6 +496,7 @@ def anchor_if_due(
     interval: timedelta,
     now: datetime,
     latest: LedgerAnchor | None = None,
+    directory: Path | None = None,
 ) -> LedgerAnchor | None:
     """Anchor the head when rows were added since the newest anchor and that anchor is at least
     ``interval`` old (or there is none); the new anchor, or None when nothing was due.
@@ -461,12 +509,15 @@ def anchor_if_due(
     if head is None:
         return None
     newest = latest_anchor(s3, bucket, after=latest)
+    kept = read_directory_anchors(directory)
+    if kept and (newest is None or kept[-1].seq > newest.seq):
+        newest = kept[-1]  # the object store lost its anchors (a restarted in-memory server)
     if newest is not None:
         if newest.seq >= head[0]:
             return None
         if now - datetime.fromisoformat(newest.at) < interval:
             return None
-    return write_anchor(writer, s3, bucket)
+    return write_anchor(writer, s3, bucket, directory=directory)
 
 
 def read_anchors(s3: Any, bucket: str) -> list[LedgerAnchor]:
@@ -532,7 +583,8 @@ class VerifyReport:
         if self.tampering is None:
             return f"audit ledger OK: {self.rows} row(s), head at seq {self.head_seq}, {anchors}"
         where = f"row {self.tampering.seq}" if self.tampering.seq is not None else "ledger"
-        return f"audit ledger TAMPERED ({self.tampering.kind}) at {where}: {self.tampering.detail}"
+        read = f" (anchors read from {self.anchor_store})" if self.anchor_store else ""
+        return f"audit ledger TAMPERED ({self.tampering.kind}) at {where}: {self.tampering.detail}{read}"
 
 
 def _stream_rows(conn: psycopg.Connection, batch: int) -> Generator[dict[str, Any], None, None]:
@@ -657,6 +709,10 @@ def run(args: argparse.Namespace) -> int:
             bucket = args.bucket or anchor_bucket()
             store = f"s3://{bucket}/{ANCHOR_PREFIX}"
             anchors = read_anchors(s3_client(OBJECTS_CONN_ID), bucket)
+            directory = anchor_dir()
+            if directory is not None:
+                store += f" and {directory}"
+                anchors = merge_anchors(anchors, read_directory_anchors(directory))
         with psycopg.connect(conninfo, application_name="governance-verify-ledger") as conn:
             report = verify_ledger(conn, keyring, anchors, anchor_store=store)
     except (ConnectionNotConfigured, KeyMaterialError) as exc:

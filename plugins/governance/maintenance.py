@@ -40,6 +40,7 @@ from governance.ledger import (
     LedgerEntry,
     LedgerWriter,
     anchor_bucket,
+    anchor_dir,
     anchor_if_due,
     entry_from_task_instance,
     ledger_keyring,
@@ -157,7 +158,7 @@ class Maintainer:
                     writer, ended_after=self.ended_after
                 )
                 self.ended_after = now - timedelta(seconds=5)
-                anchor = anchor_if_due(writer, s3_client(OBJECTS_CONN_ID), anchor_bucket(),
+                anchor = anchor_if_due(writer, s3_client(OBJECTS_CONN_ID), anchor_bucket(), directory=anchor_dir(),
                                        interval=self.anchor_interval, now=now, latest=self.latest_anchor)  # fmt: skip
                 if anchor is not None:
                     report.anchored_seq = anchor.seq

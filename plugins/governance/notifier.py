@@ -56,6 +56,7 @@ DEFAULT_SMTP_CONN_ID = "smtp_default"
 # request_id field (an e-mail, a phone, free text) is not forwarded: it would put what the person
 # typed into logs and alert channels.
 _REQUEST_ID_PATTERN = re.compile(r"[a-z]{3}-[0-9]{8}-[0-9a-f]{12}")
+_TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,250}")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class TaskFailureAlert:
     exception_type: str | None
     request_id: str | None
     log_url: str | None = None
+    failed_tasks: tuple[str, ...] = ()
 
     def log_fields(self) -> dict[str, Any]:
         """The fields of the ERROR log line (no URL: the log line already sits beside the task)."""
@@ -79,6 +81,7 @@ class TaskFailureAlert:
             "try_number": self.try_number,
             "exception_type": self.exception_type,
             "request_id": self.request_id,
+            **({"failed_tasks": list(self.failed_tasks)} if self.failed_tasks else {}),
         }
 
     def webhook_payload(self) -> dict[str, Any]:
@@ -126,6 +129,13 @@ def failure_alert_from_context(context: Mapping[str, Any]) -> TaskFailureAlert:
     except Exception:  # RuntimeTaskInstance.log_url reads config; an alert must not depend on it
         log_url = None
 
+    # A request workflow's last task raises governance.workflows.outcome.RequestNotServed, which
+    # carries the request id and the failed steps' task ids (ids only) for the alert.
+    fields = getattr(exception, "alert_fields", None)
+    fields = fields if isinstance(fields, Mapping) else {}
+    request_id = safe_request_id(getattr(dag_run, "conf", None)) or safe_request_id(fields)
+    failed = fields.get("failed_tasks")
+    failed_tasks = tuple(str(t) for t in failed if _TASK_ID_PATTERN.fullmatch(str(t))) if isinstance(failed, list) else ()
     return TaskFailureAlert(
         dag_id=_text_attr(ti, "dag_id") or _text_attr(dag_run, "dag_id") or _text_attr(dag, "dag_id"),
         run_id=_text_attr(ti, "run_id") or context.get("run_id") or _text_attr(dag_run, "run_id"),
@@ -133,8 +143,9 @@ def failure_alert_from_context(context: Mapping[str, Any]) -> TaskFailureAlert:
         try_number=try_number if isinstance(try_number, int) and not isinstance(try_number, bool) else None,
         # A string "exception" (a reason message) is not a class name and may quote data: dropped.
         exception_type=type(exception).__name__ if isinstance(exception, BaseException) else None,
-        request_id=safe_request_id(getattr(dag_run, "conf", None)),
+        request_id=request_id,
         log_url=log_url,
+        failed_tasks=failed_tasks,
     )
 
 
@@ -153,12 +164,19 @@ class GovernanceFailureNotifier(BaseNotifier):
     See the module docstring for the full contract. ``notify`` never raises.
     """
 
-    def __init__(self, *, conn_id: str = ALERTS_CONN_ID) -> None:
+    def __init__(self, *, conn_id: str = ALERTS_CONN_ID, only_task_id: str | None = None) -> None:
         super().__init__()
         self.conn_id = conn_id
+        # Request workflows alert once per run, from their last task (request_outcome), which
+        # fails whenever any step failed and names it: the steps' own failures are only logged.
+        self.only_task_id = only_task_id
 
     def notify(self, context: Context) -> None:
         """Log the failure, then deliver it to the configured channels; never raises."""
+        ti = context.get("ti") or context.get("task_instance")
+        if self.only_task_id and _text_attr(ti, "task_id") not in (None, self.only_task_id):
+            logger.info("task failed; the run's %s task alerts for it", self.only_task_id)
+            return
         try:
             alert = failure_alert_from_context(context)
         except Exception as exc:  # a malformed context must not hide the task's own failure

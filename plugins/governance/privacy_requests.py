@@ -189,6 +189,69 @@ def request_ids_for_subject(
     return [str(r[0]) for r in rows]
 
 
+FINISHED_STATUSES = ("completed", "rejected")
+MIN_REOPEN_REASON = 10
+
+
+def finished_request_refusal(request: PrivacyRequest) -> str | None:
+    """Why a run may not serve ``request`` again (None when it may): a completed or rejected
+    request stands until it is reopened with a reason (``request reopen``)."""
+    if request.status not in FINISHED_STATUSES:
+        return None
+    when = f" on {request.completed_at:%Y-%m-%d}" if request.completed_at else ""
+    if request.status == "completed" and request.kind == "erasure":
+        kept = f"; its certificate is {request.result_uri}" if request.result_uri else ""
+    elif request.status == "completed":
+        kept = f"; a new link to its bundle: python -m governance export-link {request.request_id}"
+    else:
+        kept = ""
+    return (
+        f"Request id {request.request_id} was {request.status}{when}{kept}. Nothing was read or changed. To serve it "
+        f"again, reopen it with a reason: python -m governance request reopen {request.request_id} --reason '...'"
+    )
+
+
+def reopen_request(
+    conn: psycopg.Connection[Any], request_id: str, *, reason: str, by: str, at: datetime
+) -> str:
+    """Reopen a completed or rejected request so a new run may serve it; returns the status it
+    goes back to (``verified`` when its identity was verified, else ``received``).
+
+    The reopening (when, who, why, what it was) is recorded in ``governance.request_reopenings``.
+    InvalidRequest when the reason is too short or the request is not finished; UnknownRequest
+    when there is no such request.
+    """
+    request_id = validate_request_id(request_id)
+    reason, by = (reason or "").strip(), (by or "").strip()
+    if len(reason) < MIN_REOPEN_REASON:
+        raise InvalidRequest(f"give a reason of at least {MIN_REOPEN_REASON} characters for reopening")
+    if not by:
+        raise InvalidRequest("say who reopens the request")
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT status, result_uri, verified_at FROM governance.privacy_requests WHERE request_id = %s FOR UPDATE",
+            (request_id,),
+        ).fetchone()
+        if row is None:
+            raise UnknownRequest(f"no privacy request {request_id}")
+        status, result_uri, verified_at = row
+        if status not in FINISHED_STATUSES:
+            raise InvalidRequest(f"request {request_id} is {status}, not completed or rejected: nothing to reopen")
+        new_status = "verified" if verified_at is not None else "received"
+        conn.execute(
+            "INSERT INTO governance.request_reopenings"
+            " (request_id, reopened_at, reopened_by, reason, previous_status, previous_result)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            (request_id, at, by, reason, status, result_uri),
+        )
+        conn.execute(
+            "UPDATE governance.privacy_requests SET status = %s, completed_at = NULL,"
+            " outcome_detail = %s, updated_at = %s WHERE request_id = %s",
+            (new_status, f"reopened by {by}: {reason}", at, request_id),
+        )
+    return new_status
+
+
 def read_identities(stream: Any) -> SubjectIdentities:
     """Parse identities from JSON or ``key: value`` lines on ``stream`` (stdin for the CLI)."""
     text = stream.read()
@@ -223,6 +286,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     new.add_argument("--business-id", type=int, default=None, help="only this business client's data")
     show = sub.add_parser("show", help="print a request's status (never its identities)")
     show.add_argument("request_id")
+    reopen = sub.add_parser(
+        "reopen", help="let a completed or rejected request be served again (recorded with the reason and user)"
+    )
+    reopen.add_argument("request_id")
+    reopen.add_argument("--reason", required=True, help="why it is served again (staff's words, no identities)")
+    reopen.add_argument("--by", default=None, help="who asks (default: the operating-system user running this)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -259,6 +328,22 @@ def run(args: argparse.Namespace) -> int:
     except InvalidRequest as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.action == "reopen":
+        import getpass
+
+        migrate(conninfo)
+        try:
+            with connect(conninfo) as conn:
+                status = reopen_request(conn, request_id, reason=args.reason, by=args.by or getpass.getuser(),
+                                        at=datetime.now(UTC))  # fmt: skip
+        except UnknownRequest as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except InvalidRequest as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"{request_id} reopened ({status}): trigger its DAG with this request id to serve it again")
+        return 0
     with connect(conninfo) as conn, conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
             "SELECT request_id, kind, status, source, received_at, due_at, completed_at, business_id"

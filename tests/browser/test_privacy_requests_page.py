@@ -30,7 +30,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from governance.services import free_port
+from governance_dev.services import free_port
 from tests.fixtures.reference import Deployment
 
 ROOT = Path(__file__).resolve().parents[2]

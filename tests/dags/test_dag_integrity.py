@@ -66,6 +66,8 @@ def test_every_dag_has_owner_retries_tags_doc_and_the_failure_notifier(dagbag: A
     for dag_id, dag in dagbag.dags.items():
         assert dag.tags and "governance" in dag.tags, dag_id
         assert dag.doc_md and len(dag.doc_md.strip()) > 80, f"{dag_id} needs a doc_md saying what it does"
+        # the DAG list shows the description: one line in plain words
+        assert dag.description and "\n" not in dag.description and 30 < len(dag.description) <= 120, dag_id
         assert dag.tasks, dag_id
         for task in dag.tasks:
             where = f"{dag_id}.{task.task_id}"

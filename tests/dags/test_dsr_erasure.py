@@ -4,7 +4,11 @@ no identity in any task log or XCom; a form request waits for approval in the UI
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +20,7 @@ import psycopg
 import pytest
 from airflow.utils.state import DagRunState
 
-from governance.seed import cast_member
+from governance_dev.seed import cast_member
 from tests.dags.conftest import task_states, xcom_result
 from tests.fixtures.reference import Deployment
 from tests.integration.test_erasure_support import (
@@ -34,7 +38,7 @@ UNCHANGED = {"deleted": set(), "changed": set(), "added": set()}
 def form(**values: Any) -> dict[str, Any]:
     """A whole trigger form: dag.test() runs in one process, where a run's conf stays in the DAG's
     params for the next run, so every run names every field."""
-    return {"request_id": "", "email": "", "phone": "", "business_id": None, "dry_run": True,
+    return {"request_id": None, "email": None, "phone": None, "business_id": None, "dry_run": True,
             "override_guard": False, **values}  # fmt: skip
 
 
@@ -85,6 +89,18 @@ def _all_xcom(dag_run: Any) -> str:
     return "\n".join(str(v[0]) for v in values)
 
 
+def test_the_approval_asks_how_the_person_was_verified_in_words_with_nothing_chosen_in_advance(
+    get_dag: Callable[[str], Any],
+) -> None:
+    from governance.workflows.dsr_erasure import NOT_VERIFIED, VERIFICATION_METHODS
+
+    param = get_dag("dsr_erasure").get_task("approve_erasure").params.get_param("verification_method")
+    assert param.value is None, "no method is pre-filled: one click must not record a method nobody used"
+    assert set(param.schema["enum"]) == {None, *VERIFICATION_METHODS, NOT_VERIFIED}
+    labels = param.schema["values_display"]
+    assert set(labels) == set(param.schema["enum"]) - {None} and all(" " in label and "_" not in label for label in labels.values())
+
+
 def test_form_dry_run_stores_the_plan_and_changes_nothing(
     get_dag: Callable[[str], Any], reference_clone: Deployment, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -113,7 +129,7 @@ def test_form_dry_run_stores_the_plan_and_changes_nothing(
     _assert_no_identity("caller_only", logs, _all_xcom(dag_run))
 
 
-def test_request_approved_at_intake_is_erased_certified_and_closed_without_identities_in_logs_or_xcom(
+def test_request_approved_at_intake_is_erased_certified_and_closed_without_identities_then_stays_completed_until_reopened(
     get_dag: Callable[[str], Any], reference_clone: Deployment, s3: Any, capfd: pytest.CaptureFixture[str]
 ) -> None:
     subject = cast_member("both_user_and_caller")
@@ -138,6 +154,39 @@ def test_request_approved_at_intake_is_erased_certified_and_closed_without_ident
     logs = _task_logs(dag_run.run_id, out + err)
     assert "verify_erasure" in logs and "Returned value" in logs, "the test reads the run's task logs"
     _assert_no_identity("both_user_and_caller", logs, _all_xcom(dag_run), page)
+
+    # A completed request stays completed: a second run is refused before anything is read, no
+    # second certificate is written and the suppression entries keep their first erasure time.
+    def certificates_and_suppression() -> tuple[Any, ...]:
+        with psycopg.connect(reference_clone.app_url) as conn:
+            return (conn.execute("SELECT count(*) FROM governance.erasure_certificates c JOIN governance.erasure_plans p"
+                                 " USING (plan_id) WHERE p.request_id = %s", (request_id,)).fetchone(),
+                    conn.execute("SELECT identity_kind, erased_at FROM governance.suppression_list WHERE request_id = %s"
+                                 " ORDER BY 1", (request_id,)).fetchall())  # fmt: skip
+
+    before = certificates_and_suppression()
+    assert before[0] == (1,) and len(before[1]) == 2
+    again = get_dag("dsr_erasure").test(run_conf=form(request_id=request_id, dry_run=False))
+    assert again.state == DagRunState.FAILED
+    assert task_states(again)["open_request"] == "failed" and task_states(again)["plan_erasure"] == "upstream_failed"
+    assert certificates_and_suppression() == before
+    with psycopg.connect(reference_clone.app_url) as conn:
+        assert conn.execute("SELECT status, result_uri FROM governance.privacy_requests WHERE request_id = %s",
+                            (request_id,)).fetchone() == ("completed", uri)  # fmt: skip
+
+    # Serving it again needs an explicit reopening with a reason, recorded with who asked.
+    reopen = [sys.executable, "-m", "governance", "request", "reopen", request_id]
+    short = subprocess.run([*reopen, "--reason", "again"], capture_output=True, text=True, check=False)
+    assert short.returncode == 2 and "reason of at least" in short.stderr
+    done = subprocess.run([*reopen, "--reason", "restored from a backup taken before the erasure", "--by", "dpo"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with psycopg.connect(reference_clone.app_url) as conn:
+        assert conn.execute("SELECT status FROM governance.privacy_requests WHERE request_id = %s",
+                            (request_id,)).fetchone() == ("verified",)  # fmt: skip
+        assert conn.execute("SELECT reopened_by, reason, previous_status, previous_result FROM"
+                            " governance.request_reopenings WHERE request_id = %s", (request_id,)).fetchall() == [
+            ("dpo", "restored from a backup taken before the erasure", "completed", uri)]  # fmt: skip
 
 
 def test_form_request_waits_for_approval_in_the_ui_then_erases(
@@ -208,3 +257,42 @@ def _approve_when_asked(dag_id: str, task_id: str, timeout_s: float = 300) -> No
                 {"state": TaskInstanceState.FAILED}, synchronize_session=False
             )
         raise
+
+
+def test_an_erasure_that_fails_at_a_processor_fails_the_run_alerts_once_and_a_rerun_completes(
+    get_dag: Callable[[str], Any], reference_clone: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    subject = cast_member("caller_only")
+    caplog.set_level(logging.INFO, logger="governance.notifier")
+    request_id = _request("caller_only", approved=True)
+    contacts_before = len(reference_clone.crm.contacts())
+    reference_clone.crm.set_fault("error", status=503)
+    try:
+        failed = get_dag("dsr_erasure").test(run_conf=form(request_id=request_id, dry_run=False))
+    finally:
+        reference_clone.crm.clear_faults()
+    states = task_states(failed)
+    assert failed.state == DagRunState.FAILED, states
+    # the CRM is read while planning: the plan fails, nothing is executed anywhere
+    assert states["plan_erasure"] == "failed" and states["execute_database"] == "upstream_failed"
+    assert states["close_request"] == "success" and states["request_outcome"] == "failed"
+    assert len(reference_clone.crm.contacts()) == contacts_before
+    with psycopg.connect(reference_clone.app_url) as conn:
+        status, detail = conn.execute(
+            "SELECT status, outcome_detail FROM governance.privacy_requests WHERE request_id = %s", (request_id,)
+        ).fetchone()
+    assert status == "failed" and "before a plan was made" in detail
+    alerts = [r.getMessage() for r in caplog.records
+              if r.name == "governance.notifier" and r.getMessage().startswith("task_failed {")]  # fmt: skip
+    assert len(alerts) == 1, "one alert for the failed request, from its last task"
+    assert request_id in alerts[0] and '"plan_erasure"' in alerts[0] and "RequestNotServed" in alerts[0]
+
+    rerun = get_dag("dsr_erasure").test(run_conf=form(request_id=request_id, dry_run=False))
+    assert rerun.state == DagRunState.SUCCESS, task_states(rerun)
+    assert task_states(rerun)["request_outcome"] == "success"
+    with psycopg.connect(reference_clone.app_url) as conn:
+        assert conn.execute("SELECT status FROM governance.privacy_requests WHERE request_id = %s",
+                            (request_id,)).fetchone() == ("completed",)  # fmt: skip
+    contacts = reference_clone.crm.contacts()
+    assert len(contacts) == contacts_before - 1, "the person's contact, and only it, was erased"
+    assert subject.email not in json.dumps(contacts)

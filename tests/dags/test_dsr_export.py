@@ -17,6 +17,7 @@ import threading
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,8 @@ from governance.export.decrypt_command import run as decrypt_bundle
 from governance.export.passphrase_command import run as export_passphrase
 from governance.identity import SubjectIdentities
 from governance.privacy_requests import create_request
-from governance.seed import cast_member
 from governance.workflows import dsr_export as workflow
+from governance_dev.seed import cast_member
 from tests.dags.conftest import task_states, xcom_result
 from tests.fixtures.reference import Deployment, cloned_deployment
 from tests.integration.test_export_bundle import assert_matches_ground_truth
@@ -165,7 +166,6 @@ def passphrase_for(request_id: str, capfd: pytest.CaptureFixture[str]) -> str:
 
 def recorded_request(deployment: Deployment, key: str, *, verified: bool, business_id: int | None = None) -> str:
     """A request recorded by intake (not the form), optionally already verified."""
-    from datetime import UTC, datetime
 
     from governance.workflows.request_intake import mark_verified
 
@@ -196,7 +196,11 @@ def test_the_form_and_the_approval_step_offer_what_the_workflow_expects() -> Non
     assert all(schema.get("title") and schema.get("description") and schema.get("section") for schema in params.values())
     assert dag.get_task(workflow.HITL_TASK_ID).options == workflow.HITL_OPTIONS
     leaves = [t.task_id for t in dag.tasks if not t.downstream_task_ids]
-    assert leaves == ["close_request"] and dag.get_task("close_request").trigger_rule == TriggerRule.ALL_DONE
+    assert leaves == ["request_outcome"] and dag.get_task("close_request").trigger_rule == TriggerRule.ALL_DONE
+    assert dag.get_task("request_outcome").trigger_rule == TriggerRule.ALL_DONE
+    # every identity field may be left empty (null), and none carries a pattern shown raw on refusal
+    for name in ("request_id", "email", "phone"):
+        assert dag.params[name] is None and params[name]["type"] == ["null", "string"] and "pattern" not in params[name]
 
 
 def test_form_export_waits_for_verification_then_publishes_a_bundle_matching_ground_truth(
@@ -297,7 +301,8 @@ def test_a_failed_quality_gate_fails_the_run_and_issues_no_link(
     states = task_states(dag_run)
     assert dag_run.state == DagRunState.FAILED
     assert states["build_bundle"] == "success" and states["check_bundle"] == "failed"
-    assert states["publish_bundle"] == "upstream_failed" and states["close_request"] == "failed"
+    assert states["publish_bundle"] == "upstream_failed" and states["close_request"] == "success"
+    assert states["request_outcome"] == "failed", "the run fails because the request was not served"
     row = request_row(deployment, request_id)
     assert row["status"] == "failed" and row["result_uri"] is None and "quality gate" in row["outcome_detail"]
     assert export_keys(deployment, s3, request_id) == []
@@ -315,8 +320,9 @@ def test_a_rejected_verification_ends_the_request_with_nothing_collected(
     with answering_approval(workflow.REJECT_OPTION):
         dag_run = export_dag.test(run_conf={"phone": cast_member("call_handler").phone})
     states = task_states(dag_run)
-    assert dag_run.state == DagRunState.SUCCESS, states
+    assert dag_run.state == DagRunState.SUCCESS, states  # a rejection by staff answers the request
     assert states["record_verification"] == "skipped" and states["build_bundle"] == "skipped"
+    assert states["request_outcome"] == "success"
     request_id = xcom_result(dag_run, "open_request")["request_id"]
     row = request_row(deployment, request_id)
     assert row["status"] == "rejected" and row["result_uri"] is None and row["verified_at"] is None
@@ -336,7 +342,8 @@ def test_a_household_phone_alone_is_rejected_with_nothing_collected_and_says_whi
     states = task_states(dag_run)
     assert dag_run.state == DagRunState.FAILED, "the run shows the refusal"
     assert states["build_bundle"] == "success" and states["check_bundle"] == "skipped"
-    assert states["publish_bundle"] == "skipped" and states["close_request"] == "failed"
+    assert states["publish_bundle"] == "skipped" and states["close_request"] == "success"
+    assert states["request_outcome"] == "failed"
     row = request_row(deployment, request_id)
     assert row["status"] == "rejected" and row["result_uri"] is None and row["completed_at"] is None
     detail = row["outcome_detail"]
@@ -362,11 +369,20 @@ def test_an_unknown_request_id_or_bad_identities_are_refused_before_anything_is_
 ) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
-    with pytest.raises(Exception, match="email"):  # the form's own check (jsonschema), before any run
-        export_dag.test(run_conf={"email": "not an address"})
-    for blank in ({"email": "", "phone": ""}, {"email": "%@example.com"}, {"phone": "12"}):
-        with pytest.raises(AirflowFailException, match="cannot start this export"):
-            workflow.open_export_request(blank, run_id="manual__x", received_at=__import__("datetime").datetime.now())
+    refusals = {  # what a person typed -> the field named in words, never a pattern or the value
+        (("email", ""), ("phone", None)): "fill in at least one of E-mail address, Phone number or Request id",
+        (("email", "%@example.com"),): "E-mail address contains a wildcard character",
+        (("email", "not an address"),): "E-mail address is not a valid address",
+        (("phone", "12"),): "Phone number has too few digits",
+        (("request_id", "exp-1"),): "Request id is not a request id",
+        (("request_id", "exp-20260101-0123456789ab"), ("email", "x@example.com")): "not both",
+    }
+    for fields, words in refusals.items():
+        with pytest.raises(AirflowFailException, match="cannot start this export") as refused:
+            workflow.open_export_request(dict(fields), run_id="manual__x", received_at=datetime.now(UTC))
+        assert words in str(refused.value) and "^" not in str(refused.value)
+    dag_run = export_dag.test(run_conf={"request_id": None, "email": "not an address", "phone": None})
+    assert dag_run.state == DagRunState.FAILED and task_states(dag_run)["open_request"] == "failed"
 
     unknown = "exp-20260101-0123456789ab"
     calls_before = len(deployment.crm.request_log()) + len(deployment.payments.request_log())
@@ -391,3 +407,41 @@ def test_rebuilding_a_runs_bundle_gives_the_same_manifest_hashes_and_passes_the_
     assert first["files_digest"] == second["files_digest"]
     assert first["generated_at"] != second["generated_at"]
     assert workflow.check_bundle(handle, second, run_id="manual__rebuild")["passed"] is True
+
+
+def test_two_runs_of_one_request_never_overwrite_each_other_the_newest_claim_publishes_and_closes(
+    deployment: Deployment, s3: Any
+) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    request_id = recorded_request(deployment, "caller_only", verified=True)
+    handle = workflow.open_export_request({"request_id": request_id}, run_id="manual__a", received_at=datetime.now(UTC))
+    params = {"formats": ["json"], "link_valid_days": 1}
+    built_a = workflow.build_bundle(handle, params, run_id="manual__a")
+    built_b = workflow.build_bundle(handle, params, run_id="manual__b")  # started later: B holds the request
+    gate_a = workflow.check_bundle(handle, built_a, run_id="manual__a")
+    with pytest.raises(AirflowFailException, match="newer run"):
+        workflow.publish_bundle(handle, gate_a, run_id="manual__a")
+    assert export_keys(deployment, s3, request_id) == sorted(
+        [f"exports/{request_id}/staging/{k}" for k in _staging_names("manual__a", "manual__b")]
+    ), "A published nothing"
+    published_b = workflow.publish_bundle(handle, workflow.check_bundle(handle, built_b, run_id="manual__b"),
+                                          run_id="manual__b")  # fmt: skip
+    closed_a = workflow.close_export_request(handle, run_id="manual__a", published=None, verification_response=None,
+                                             task_states={"publish_bundle": "failed"}, built=built_a)  # fmt: skip
+    assert closed_a["status"] == "superseded" and closed_a["served"] is False
+    published_key = f"exports/{request_id}/aircalls-export-{request_id}.zip.age"
+    assert export_keys(deployment, s3, request_id) == sorted(
+        [published_key, f"exports/{request_id}/staging/{_staging_names('manual__b')[0]}"]
+    ), "A removed only its own staged bundle and left B's published one"
+    assert request_row(deployment, request_id)["status"] == "in_progress"
+    closed_b = workflow.close_export_request(handle, run_id="manual__b", published=published_b,
+                                             verification_response=None, task_states={}, built=built_b)  # fmt: skip
+    assert closed_b["served"] is True and request_row(deployment, request_id)["status"] == "completed"
+    assert export_keys(deployment, s3, request_id) == [published_key]
+
+
+def _staging_names(*run_ids: str) -> list[str]:
+    import hashlib
+
+    return [f"{hashlib.sha256(r.encode()).hexdigest()[:20]}.zip.age" for r in run_ids]

@@ -20,7 +20,7 @@ from governance.datamap import load_datamap
 from governance.datamap.model import TableRef
 from governance.datamap.plans import build_resolution_plan
 from governance.identity import SubjectIdentities
-from governance.seed import cast_member
+from governance_dev.seed import cast_member
 from tests.fixtures.reference import Deployment
 
 

@@ -17,7 +17,7 @@ import pytest
 from governance.crypto import hasher_from_airflow
 from governance.erasure.locking import subject_lock
 from governance.identity import SubjectIdentities
-from governance.seed import cast_member
+from governance_dev.seed import cast_member
 from tests.fixtures.reference import Deployment
 from tests.integration.test_erasure_support import conf_for
 

@@ -14,7 +14,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from governance.crypto import hasher_from_airflow
-from governance.seed import cast_member
+from governance_dev.seed import cast_member
 from tests.fixtures.reference import Deployment
 from tests.integration.test_erasure_support import (
     AS_OF,

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from governance.seed import cast_member
+from governance_dev.seed import cast_member
 from tests.fixtures.reference import Deployment, cloned_deployment
 
 APP_TABLES = (

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -38,7 +40,7 @@ from governance.export.collect import (
 )
 from governance.export.gate import GateResult, check_bundle
 from governance.identity import SubjectIdentities
-from governance.seed import cast_member
+from governance_dev.seed import cast_member
 from tests.fixtures.reference import Deployment
 
 pytestmark = pytest.mark.integration
@@ -153,6 +155,24 @@ def read_bundle(s3: Any, bucket: str, key: str, passphrase: str = PASSPHRASE) ->
     return zipfile.ZipFile(plain)
 
 
+@contextmanager
+def files_written() -> Iterator[list[str]]:
+    """Paths of the files this process opens for writing inside the block (a Python audit hook:
+    it sees every ``open``, including zipfile's and tempfile's)."""
+    written: list[str] = []
+    active = [True]
+
+    def hook(event: str, args: tuple[Any, ...]) -> None:
+        if active[0] and event == "open" and isinstance(args[0], str) and args[1] and set(str(args[1])) & set("wax+"):
+            written.append(args[0])
+
+    sys.addaudithook(hook)  # audit hooks cannot be removed: this one goes quiet after the block
+    try:
+        yield written
+    finally:
+        active[0] = False
+
+
 def bundle_rows(archive: zipfile.ZipFile, table: str) -> list[dict[str, Any]]:
     name = f"data/aircalls_app/{table}.json"
     if name not in archive.namelist():
@@ -248,8 +268,10 @@ def test_bundle_holds_exactly_what_ground_truth_finds_and_passes_the_gate(
     for identity in (member.email, member.phone, member.e164, member.full_name):
         if identity:
             assert identity.lower() not in index.lower() and identity not in json.dumps(manifest)
-    result = gate(datamap, summary, subject, s3, out_bucket, "exports/x/bundle.zip.age")
+    with files_written() as written:
+        result = gate(datamap, summary, subject, s3, out_bucket, "exports/x/bundle.zip.age")
     assert result.passed, result.describe_failures()
+    assert written and all(path.endswith(".age") for path in written), f"plaintext reached the disk: {written}"
     if key == "payer":
         assert len(ground_truth_processors(env, member.email)["charges"]) > 10, "more than one page of charges"
 
@@ -400,7 +422,7 @@ def test_gate_fails_on_a_corrupted_file_in_the_written_bundle(
 def test_a_processor_that_stays_down_fails_the_export_and_leaves_no_object(
     env: Deployment, datamap: DataMap, s3: Any, out_bucket: str
 ) -> None:
-    from governance.services import free_port
+    from governance_dev.services import free_port
 
     dead = ConnectionInfo("crm", "http", host=f"http://127.0.0.1:{free_port()}", password="x")
     targets = targets_for(env, s3)

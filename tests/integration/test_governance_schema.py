@@ -238,3 +238,28 @@ def test_two_databases_migrated_at_once_both_succeed_when_they_race_to_create_a_
     finally:
         with psycopg.connect(urls[0], autocommit=True) as conn:
             conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_only_a_finished_request_can_be_reopened_and_only_with_a_reason(governance_db: str) -> None:
+    from governance.privacy_requests import reopen_request
+    from governance.workflows.request_intake import close_request
+
+    subject = SubjectIdentities.parse(email="reopen@example.com")
+    with psycopg.connect(governance_db) as conn:
+        request_id = create_request(conn, kind="erasure", identities=subject, hasher=hasher_from_airflow(),
+                                    cipher=cipher_from_airflow(), received_at=RECEIVED)  # fmt: skip
+        with pytest.raises(InvalidRequest, match="is received, not completed or rejected"):
+            reopen_request(conn, request_id, reason="a reason long enough", by="dpo", at=RECEIVED)
+        with pytest.raises(UnknownRequest):
+            reopen_request(conn, "era-20261102-000000000000", reason="a reason long enough", by="dpo", at=RECEIVED)
+    close_request(request_id, succeeded=True, at=RECEIVED, result_uri="s3://b/cert.json", detail="erased",
+                  conninfo=governance_db)  # fmt: skip
+    with psycopg.connect(governance_db) as conn:
+        for reason, by in (("short", "dpo"), ("a reason long enough", " ")):
+            with pytest.raises(InvalidRequest):
+                reopen_request(conn, request_id, reason=reason, by=by, at=RECEIVED)
+        assert reopen_request(conn, request_id, reason="a reason long enough", by="dpo", at=RECEIVED) == "received"
+        rows = conn.execute("SELECT status, completed_at FROM governance.privacy_requests WHERE request_id = %s",
+                            (request_id,)).fetchall()  # fmt: skip
+        reopenings = conn.execute("SELECT count(*) FROM governance.request_reopenings").fetchone()
+    assert rows == [("received", None)] and reopenings == (1,)

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -445,3 +446,30 @@ def test_anchors_are_written_only_when_rows_were_added_and_the_newest_is_older_t
     assert [a.seq for a in read_anchors(s3, anchor_bucket)] == [1, 2]
     assert latest_anchor(s3, anchor_bucket) == second
     assert latest_anchor(s3, anchor_bucket, after=second) == second
+
+
+def test_anchors_kept_on_disk_still_catch_a_deleted_tail_after_the_object_store_lost_them(
+    ledger_db: str, anchor_bucket: str, s3: Any, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """The reference S3 server keeps objects in memory; a restart must not erase tamper evidence."""
+    from governance import ledger
+
+    kept = tmp_path / "ledger-anchors"
+    keyring = ledger.ledger_keyring()
+    with LedgerWriter.connect(ledger_db, keyring) as writer:
+        writer.append([entry("a"), entry("b"), entry("c")])
+        anchor = anchor_if_due(writer, s3, anchor_bucket, interval=timedelta(0), now=datetime.now(UTC), directory=kept)
+    assert anchor is not None and (kept / f"{anchor.seq:020d}.json").is_file()
+    for obj in s3.list_objects_v2(Bucket=anchor_bucket, Prefix=ANCHOR_PREFIX).get("Contents", []):
+        s3.delete_object(Bucket=anchor_bucket, Key=obj["Key"])  # what a restart of the in-memory server does
+    with LedgerWriter.connect(ledger_db, keyring) as writer:
+        again = anchor_if_due(writer, s3, anchor_bucket, interval=timedelta(hours=1), now=datetime.now(UTC),
+                              directory=kept)  # fmt: skip
+    assert again is None, "the anchor kept on disk is still the newest: nothing was due"
+    with attacker(ledger_db) as conn:
+        conn.execute("DELETE FROM governance.audit_ledger WHERE seq = 3")
+    monkeypatch.setenv("GOVERNANCE_LEDGER_ANCHOR_DIR", str(kept))
+    assert ledger.run(argparse.Namespace(conninfo=None, bucket=None, no_anchors=False, strict=True)) == 1
+    out = capsys.readouterr().out
+    assert "TAMPERED (tail_deleted) at row 3" in out and f"and {kept}" in out

@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from governance.services import free_port, port_is_free
+from governance_dev.services import free_port, port_is_free
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT_DAGS = {"dsr_export", "dsr_erasure", "datamap_drift", "governance_healthcheck"}
@@ -73,7 +73,7 @@ def running_make_airflow(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[byte
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        subprocess.run([str(ROOT / ".venv/bin/python"), "-m", "governance", "services", "stop"], env=env, cwd=ROOT,
+        subprocess.run([str(ROOT / ".venv/bin/python"), "-m", "governance_dev", "services", "stop"], env=env, cwd=ROOT,
                        check=False, capture_output=True)  # fmt: skip
         for stray in psutil.process_iter(["environ"]):  # nothing of this test may outlive it
             try:

@@ -458,3 +458,13 @@ def test_smtp_server_down_does_not_raise_and_the_webhook_is_still_posted(
 
     assert len(receiver.requests) == 1
     assert "failure e-mail not sent: ConnectionRefusedError" in caplog.text
+
+
+def test_a_request_workflows_steps_do_not_alert_only_its_last_task_does(
+    receiver: WebhookReceiver, failure_context: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _alerts_connection(monkeypatch, receiver.port)
+    GovernanceFailureNotifier(only_task_id="request_outcome").notify(failure_context)  # a step of the run
+    assert receiver.requests == [], "a failed step is alerted by the run's request_outcome task, not twice"
+    GovernanceFailureNotifier(only_task_id=TASK_ID).notify(failure_context)
+    assert len(receiver.requests) == 1 and json.loads(receiver.requests[0].body)["task_id"] == TASK_ID

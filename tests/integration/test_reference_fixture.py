@@ -6,7 +6,7 @@ from typing import Any
 
 import psycopg
 
-from governance.seed import cast_member
+from governance_dev.seed import cast_member
 from tests.fixtures.reference import Deployment
 
 

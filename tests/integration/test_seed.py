@@ -19,9 +19,16 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from governance.seed import CAST, TABLE_ORDER, SeedRefused, SeedReport, SeedTargets, seed_reference_deployment
-from governance.seed.generate import TABLE_COLUMNS, generate_reference_data, write_csv_files
-from governance.seed.load import app_schema_sql, load_database, seeded_already
+from governance_dev.seed import (
+    CAST,
+    TABLE_ORDER,
+    SeedRefused,
+    SeedReport,
+    SeedTargets,
+    seed_reference_deployment,
+)
+from governance_dev.seed.generate import TABLE_COLUMNS, generate_reference_data, write_csv_files
+from governance_dev.seed.load import app_schema_sql, load_database, seeded_already
 from tests.fixtures.services import PgServer
 from tests.fixtures.standins import Standins
 

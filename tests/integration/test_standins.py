@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import requests
 
-from governance.standins import CrmStandin, PaymentsProcessorStandin, start_standins
+from governance_dev.standins import CrmStandin, PaymentsProcessorStandin, start_standins
 
 if TYPE_CHECKING:
     # Imported only for annotations: importing the plugin module here would stop pytest rewriting it.
@@ -582,7 +582,7 @@ def test_start_standins_with_state_dir_keeps_one_file_per_service(tmp_path: Path
 def test_request_log_and_server_logs_never_hold_emails_or_query_strings(
     clean_standins: Standins, pay: Api, crm: Api, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="governance.standins")
+    caplog.set_level(logging.DEBUG, logger="governance_dev.standins")
     secret = "private.person@example.org"
     pay.post("/v1/customers", data={"email": secret})
     pay.get("/v1/customers", params={"email": secret})
@@ -607,7 +607,7 @@ def test_cli_prints_urls_serves_until_sigterm_and_keeps_state_file(tmp_path: Pat
     cmd = [
         sys.executable,
         "-m",
-        "governance.standins",
+        "governance_dev.standins",
         "--payments-port",
         "0",
         "--crm-port",

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import shlex
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERIGNORE = ROOT / ".dockerignore"
 REQUIREMENTS = ROOT / "requirements.txt"
+DEVTOOLS = ROOT / "devtools"
 
 AIRFLOW_SERVICES = (
     "airflow-apiserver",
@@ -223,6 +228,16 @@ def test_dockerfile_installs_the_pinned_requirements_and_the_governance_package(
     assert re.search(r"^COPY\s+(?:--\S+\s+)*pyproject\.toml\s", text, re.MULTILINE)
     assert re.search(r"^COPY\s+(?:--\S+\s+)*plugins/governance\s", text, re.MULTILINE)
     assert re.search(r"pip install[^\n]*--no-deps\s+/\S+", text)
+
+
+def test_dockerfile_and_build_context_leave_the_development_tools_out() -> None:
+    text = DOCKERFILE.read_text()
+    instructions = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    for line in instructions:
+        assert "devtools" not in line and "governance_dev" not in line, line
+        assert "requirements-dev" not in line, line
+    rules = [line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip().startswith("!")]
+    assert not any("devtools" in rule or "requirements-dev" in rule for rule in rules), rules
 
 
 def test_airflow_worker_can_be_scaled(compose: dict[str, Any]) -> None:
@@ -465,3 +480,96 @@ def test_maintenance_service_runs_the_maintain_loop_with_the_project_image_after
     assert heartbeat in " ".join(service["healthcheck"]["test"]), "the healthcheck reads the heartbeat the loop writes"
     assert service["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
     assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+# --- development tools in the stack -------------------------------------------------------------
+
+
+def _command_text(service: dict[str, Any]) -> str:
+    command = service.get("command") or ""
+    return command if isinstance(command, str) else "\n".join(command)
+
+
+def test_no_service_on_the_airflow_image_runs_the_development_package(compose: dict[str, Any]) -> None:
+    # The image has no governance_dev (Dockerfile: runtime only), so such a service would fail at start.
+    image = compose["x-airflow-common"]["image"]
+    for name, service in compose["services"].items():
+        if service.get("image") == image:
+            assert "governance_dev" not in _command_text(service), name
+            assert "governance_dev" not in str(service.get("entrypoint") or ""), name
+
+
+def test_processor_standins_run_from_the_mounted_development_package_on_a_plain_python_image(
+    compose: dict[str, Any],
+) -> None:
+    service = compose["services"]["processor-standins"]
+    assert service["profiles"] == ["standins"]
+    _airflow, python_version = dockerfile_base_image()
+    assert re.fullmatch(rf"python:{re.escape(python_version)}(-slim)?", service["image"]), service["image"]
+    env = _environment(service)
+    mounts = [fill_vars(str(v)).split(":") for v in service["volumes"]]
+    assert any(src.rstrip("/").endswith("/devtools") and dest == env["PYTHONPATH"] for src, dest, *_ in mounts), mounts
+    match = re.search(r"python -m governance_dev\.standins(?P<args>[^\n]*)", _command_text(service))
+    assert match, _command_text(service)
+    # The arguments are the stand-ins' own: parsing them must succeed.
+    from governance_dev.standins.__main__ import _parser
+
+    args = _parser().parse_args(shlex.split(match["args"].replace("$$", "$")))
+    assert args.host == "0.0.0.0" and {args.payments_port, args.crm_port} == {8101, 8102}
+    assert set(map(str, service["expose"])) == {"8101", "8102"}
+
+
+def test_processor_standins_need_only_the_standard_library() -> None:
+    # What the plain python image has: no site-packages (-S), only the mounted devtools on the path.
+    result = subprocess.run(
+        [sys.executable, "-S", "-m", "governance_dev.standins", "--help"],
+        env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(DEVTOOLS), "PYTHONNOUSERSITE": "1"},
+        cwd=DEVTOOLS,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--payments-port" in result.stdout
+
+
+def test_published_ports_listen_on_loopback_unless_a_bind_address_is_set(compose: dict[str, Any]) -> None:
+    published = [(name, port) for name, service in compose["services"].items() for port in service.get("ports", [])]
+    assert published, "the UI ports are published"
+    for name, port in published:
+        assert str(port).startswith("${GOVERNANCE_BIND_ADDRESS:-127.0.0.1}:"), f"{name} publishes {port} on every interface"
+
+
+def _init_guard(compose: dict[str, Any]) -> str:
+    script = compose["services"]["airflow-init"]["command"][-1].replace("$$", "$")
+    start, end = script.index("set -euo pipefail"), script.index("mkdir -p /opt/airflow/logs")
+    return script[start:end] + "echo guard passed\n"
+
+
+def test_airflow_init_refuses_to_start_with_the_placeholders_of_env_example(compose: dict[str, Any]) -> None:
+    guard = _init_guard(compose)
+    clean = {"PATH": os.environ["PATH"], "APP_DB_PASSWORD": "s3cret-generated"}
+    ok = subprocess.run(["bash", "-c", guard], env=clean, capture_output=True, text=True, check=False)
+    assert ok.returncode == 0 and "guard passed" in ok.stdout, ok.stderr
+    placeholders = {**clean, "AIRFLOW_CONN_CRM": '{"host": "https://crm.REPLACE_ME.invalid"}',
+                    "AIRFLOW__CORE__FERNET_KEY": "REPLACE_ME_fernet_key"}  # fmt: skip
+    refused = subprocess.run(["bash", "-c", guard], env=placeholders, capture_output=True, text=True, check=False)
+    assert refused.returncode == 1 and "guard passed" not in refused.stdout
+    assert "AIRFLOW_CONN_CRM" in refused.stderr and "AIRFLOW__CORE__FERNET_KEY" in refused.stderr
+    assert "crm.REPLACE_ME" not in refused.stderr, "names the variables, never prints their values"
+
+
+def test_minio_grants_the_objects_connection_only_the_actions_it_needs_on_its_two_buckets(
+    compose: dict[str, Any],
+) -> None:
+    script = compose["services"]["minio-init"]["command"][-1].replace("$$", "$")
+    policy_text = script.split("<<EOF\n", 1)[1].split("\nEOF", 1)[0]
+    policy = json.loads(policy_text.replace("$BUCKET", "data").replace("$ANCHOR_BUCKET", "anchors"))
+    actions = {a for statement in policy["Statement"] for a in statement["Action"]}
+    resources = {r for statement in policy["Statement"] for r in statement["Resource"]}
+    assert not any("*" in a for a in actions), "no wildcard actions"
+    assert resources == {"arn:aws:s3:::data", "arn:aws:s3:::data/*", "arn:aws:s3:::anchors", "arn:aws:s3:::anchors/*"}
+    anchor_actions = {a for s in policy["Statement"] for a in s["Action"] if "arn:aws:s3:::anchors/*" in s["Resource"]}
+    assert anchor_actions == {"s3:GetObject", "s3:PutObject"}, "anchors can be written and read, never deleted"
+    assert "|| true" not in script, "a failed step is not ignored"

@@ -14,6 +14,7 @@ from governance.export.age import (
     CHUNK_SIZE,
     MAX_WORK_FACTOR,
     AgeError,
+    AgeRandomAccessReader,
     AgeWriter,
     decrypt_bytes,
     decrypt_chunks,
@@ -90,3 +91,31 @@ def test_the_writer_holds_at_most_one_chunk_and_the_reader_yields_chunks() -> No
     chunks = list(decrypt_chunks(sink, PASSPHRASE))
     assert max(len(c) for c in chunks) == CHUNK_SIZE
     assert b"".join(chunks) == piece * 8
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_the_random_access_view_reads_any_range_as_the_plaintext_at_every_chunk_boundary(size: int) -> None:
+    data = os.urandom(size)
+    view = AgeRandomAccessReader(io.BytesIO(encrypt_bytes(data, PASSPHRASE, work_factor=10)), PASSPHRASE)
+    assert view.seek(0, io.SEEK_END) == size
+    for start, length in ((0, size), (max(size - 3, 0), 10), (CHUNK_SIZE - 2, 5), (size // 2, CHUNK_SIZE + 7)):
+        view.seek(start)
+        assert view.read(length) == data[start : start + length]
+    view.seek(0)
+    assert view.read() == data
+
+
+def test_the_random_access_view_opens_pyrage_files_and_refuses_an_altered_chunk_when_it_is_read() -> None:
+    data = os.urandom(3 * CHUNK_SIZE + 5)
+    sealed = bytearray(pyrage.passphrase.encrypt(data, PASSPHRASE))
+    view = AgeRandomAccessReader(io.BytesIO(bytes(sealed)), PASSPHRASE)
+    view.seek(2 * CHUNK_SIZE + 1)
+    assert view.read(4) == data[2 * CHUNK_SIZE + 1 : 2 * CHUNK_SIZE + 5]
+    sealed[-10] ^= 1  # inside the last chunk (5 bytes and its 16-byte tag)
+    altered = AgeRandomAccessReader(io.BytesIO(bytes(sealed)), PASSPHRASE)
+    assert altered.read(16) == data[:16], "untouched chunks still read"
+    altered.seek(3 * CHUNK_SIZE)
+    with pytest.raises(AgeError, match="altered or truncated"):
+        altered.read(1)
+    with pytest.raises(AgeError, match="wrong passphrase"):
+        AgeRandomAccessReader(io.BytesIO(bytes(sealed)), "another-passphrase-entirely")

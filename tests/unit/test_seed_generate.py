@@ -13,7 +13,7 @@ import pandas as pd
 import phonenumbers
 import pytest
 
-from governance.seed.cast import (
+from governance_dev.seed.cast import (
     BUSINESS_A,
     BUSINESS_B,
     CAST,
@@ -23,7 +23,7 @@ from governance.seed.cast import (
     cast_phones_e164,
     heavy_call_count,
 )
-from governance.seed.generate import (
+from governance_dev.seed.generate import (
     SCALES,
     TABLE_COLUMNS,
     TABLE_ORDER,

@@ -1,10 +1,17 @@
-"""The embedded services' port checks (`make demo` twice in a row must work)."""
+"""The embedded services' port checks (`make demo` twice in a row must work) and their bounded stop."""
 
 from __future__ import annotations
 
+import json
+import signal
 import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
-from governance.services import port_is_free
+from governance_dev.services import port_is_free, stop_stack
 
 
 def _leave_time_wait_on_a_listening_port() -> int:
@@ -33,3 +40,22 @@ def test_a_port_something_listens_on_counts_as_taken() -> None:
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
         assert not port_is_free(int(listener.getsockname()[1]))
+
+
+def test_services_stop_kills_a_process_that_ignores_sigterm_after_the_grace_period_and_says_so(tmp_path: Path) -> None:
+    stubborn = subprocess.Popen([sys.executable, "-c", IGNORE_SIGTERM], stdout=subprocess.PIPE)
+    assert stubborn.stdout is not None and stubborn.stdout.readline() == b"ready\n"
+    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    for child in (stubborn, polite):  # reap them as init reaps the detached services
+        threading.Thread(target=child.wait, daemon=True).start()
+    (tmp_path / "services.json").write_text(json.dumps({"s3_pid": stubborn.pid, "standins_pid": polite.pid,
+                                                         "pgdata": str(tmp_path / "no-pgdata")}))  # fmt: skip
+    started = time.monotonic()
+    killed = stop_stack(tmp_path, grace_s=1.0)
+    assert killed == [f"the S3 server (pid {stubborn.pid}) did not exit within 1 s of SIGTERM and was killed"]
+    assert stubborn.wait(timeout=5) == -signal.SIGKILL and polite.wait(timeout=5) == -signal.SIGTERM
+    assert time.monotonic() - started < 10, "the wait is bounded"
+    assert "s3_pid" not in json.loads((tmp_path / "services.json").read_text())
+
+
+IGNORE_SIGTERM = "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import io
 import os
 from collections.abc import Iterator
 from hashlib import sha256
@@ -327,6 +328,87 @@ def decrypt_to(source: BinarySource, sink: BinarySink, passphrase: str, *, max_w
 
 
 def decrypt_bytes(ciphertext: bytes, passphrase: str) -> bytes:
-    import io
-
     return b"".join(decrypt_chunks(io.BytesIO(ciphertext), passphrase))
+
+
+class AgeRandomAccessReader(io.RawIOBase):
+    """A seekable, read-only view of the plaintext of an age file held in a seekable ``source``.
+
+    Each read decrypts (and authenticates) only the 64 KiB chunks it touches, one at a time, so
+    a ZIP inside an encrypted bundle can be read entry by entry with no plaintext ever written to
+    disk and one chunk in memory. Call :func:`verify` (or read everything) first when the whole
+    file must be known intact: a chunk is authenticated only when it is read.
+    """
+
+    def __init__(self, source: Any, passphrase: str, *, max_work_factor: int = MAX_WORK_FACTOR) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+        super().__init__()
+        _check_passphrase(passphrase)
+        source.seek(0, io.SEEK_END)
+        total = source.tell()
+        source.seek(0)
+        reader = _Reader(source)
+        file_key = _read_file_key(reader, passphrase, max_work_factor)
+        nonce = reader.read(NONCE_SIZE)
+        if len(nonce) != NONCE_SIZE:
+            raise AgeError("the age file is truncated (no payload)")
+        self._payload_at = source.tell() - len(reader._buffer)
+        payload = total - self._payload_at
+        sealed = CHUNK_SIZE + TAG_SIZE
+        self._chunks = max(1, -(-payload // sealed))
+        self._size = payload - self._chunks * TAG_SIZE
+        if self._size < 0:
+            raise AgeError("the age payload was altered or truncated")
+        self._source = source
+        self._aead = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
+        self._pos = 0
+        self._cached: tuple[int, bytes] | None = None
+
+    def _chunk(self, index: int) -> bytes:
+        from cryptography.exceptions import InvalidTag
+
+        if self._cached is not None and self._cached[0] == index:
+            return self._cached[1]
+        sealed_size = CHUNK_SIZE + TAG_SIZE
+        self._source.seek(self._payload_at + index * sealed_size)
+        sealed = self._source.read(sealed_size)
+        try:
+            plain = self._aead.decrypt(_chunk_nonce(index, index == self._chunks - 1), sealed, None)
+        except InvalidTag:
+            raise AgeError("the age payload was altered or truncated") from None
+        self._cached = (index, plain)
+        return plain
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        written = 0
+        while written < len(view) and self._pos < self._size:
+            index, within = divmod(self._pos, CHUNK_SIZE)
+            chunk = self._chunk(index)
+            take = min(len(view) - written, len(chunk) - within)
+            view[written : written + take] = chunk[within : within + take]
+            written += take
+            self._pos += take
+        return written
+
+
+def verify(source: BinarySource, passphrase: str, *, max_work_factor: int = MAX_WORK_FACTOR) -> int:
+    """Authenticate a whole age file without keeping its plaintext; return the plaintext size."""
+    return sum(len(chunk) for chunk in decrypt_chunks(source, passphrase, max_work_factor=max_work_factor))

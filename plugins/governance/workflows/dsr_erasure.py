@@ -35,6 +35,8 @@ VERIFICATION_METHODS = {
     "id_document": "Identity document checked by privacy staff",
     "business_client_attestation": "The business client attested for its caller",
 }
+# The approval form's choice for "I could not verify them" (with Reject); approving with it erases nothing.
+NOT_VERIFIED = "not_verified"
 # Task ids the branch chooses between (kept in step with dags/dsr_erasure.py).
 APPROVAL_TASK = "approve_erasure"
 PRE_APPROVED_TASK = "already_approved"
@@ -101,7 +103,7 @@ def open_erasure_request(conf: Mapping[str, Any], *, run_id: str, received_at: d
     try:
         handle = open_request(conf, kind="erasure", run_id=run_id, received_at=received_at)
     except InvalidRunConfiguration as exc:
-        _fail(f"nothing was read or changed: {exc}")
+        _fail(f"cannot start this erasure: {exc}. Nothing was read or changed.")
     log.info("erasure request %s (%s; identities: %s; business scope: %s)", handle.request_id, handle.source,
              ",".join(handle.identity_kinds), handle.business_id)  # fmt: skip
     return handle.to_xcom()
@@ -291,6 +293,9 @@ def record_approval(request_id: str, plan_id: str, payload: Mapping[str, Any], *
 
     params = dict(payload.get("params_input") or {})
     method = str(params.get("verification_method") or "").strip()
+    if method == NOT_VERIFIED:
+        _fail("the plan was approved, but the identity is marked not verified: nothing was changed. Verify the "
+              "person, then clear this task and answer again (or Reject)")  # fmt: skip
     if method not in VERIFICATION_METHODS:
         _fail("the approval does not say how the person's identity was verified: nothing was changed")
     user = payload.get("responded_by_user") or {}
@@ -549,7 +554,7 @@ def close_erasure_request(handle: Mapping[str, Any] | None, *, run_id: str) -> d
     from governance.workflows.request_intake import close_request
 
     if not handle:
-        return {"closed": False, "reason": "no request: the run configuration was refused"}
+        return {"closed": False, "served": False, "detail": "no request: the run configuration was refused"}
     request_id = str(handle["request_id"])
     gov = _gov()
     with connect(gov) as conn:
@@ -562,11 +567,12 @@ def close_erasure_request(handle: Mapping[str, Any] | None, *, run_id: str) -> d
             ).fetchone()
     if row is not None and row["dry_run"]:
         log.info("erasure %s: dry run; the request stays open (trigger again with this request id)", request_id)
-        return {"request_id": request_id, "outcome": "dry_run", "plan_id": row["plan_id"]}
+        return {"request_id": request_id, "outcome": "dry_run", "plan_id": row["plan_id"], "served": True}
     if row is not None and row["status"] == "verified" and certificate is not None and certificate[1]:
         status = close_request(request_id, succeeded=True, at=_now(), result_uri=certificate[0],
                                detail=f"erased; plan {row['plan_id']}", conninfo=gov)  # fmt: skip
-        return {"request_id": request_id, "status": status, "result_uri": certificate[0], "plan_id": row["plan_id"]}
+        return {"request_id": request_id, "status": status, "result_uri": certificate[0], "plan_id": row["plan_id"],
+                "served": True}  # fmt: skip
     if row is None:
         detail = "failed before a plan was made (see the run's task logs)"
     elif row["status"] == "refused":
@@ -581,4 +587,4 @@ def close_erasure_request(handle: Mapping[str, Any] | None, *, run_id: str) -> d
     if certificate is not None:
         detail += f" (certificate {certificate[0]})"
     status = close_request(request_id, succeeded=False, at=_now(), detail=detail, conninfo=gov)
-    return {"request_id": request_id, "status": status, "detail": detail}
+    return {"request_id": request_id, "status": status, "detail": detail, "served": False}

@@ -128,11 +128,6 @@ def open_export_request(params: Mapping[str, Any], *, run_id: str, received_at: 
         handle = open_request(params, kind="export", run_id=run_id, received_at=received_at)
     except (InvalidRunConfiguration, ExportRefused) as exc:
         _fail(f"cannot start this export: {exc}")
-    if handle.status in ("completed", "rejected"):
-        _fail(
-            f"request {handle.request_id} is already {handle.status}; record a new request to export again "
-            "(`python -m governance request new --kind export`)"
-        )
     return handle.to_xcom()
 
 
@@ -348,6 +343,7 @@ def publish_bundle(handle: Mapping[str, Any], gate_result: Mapping[str, Any], *,
     from governance.export.storage import SSE, ExportStorageError, bundle_locations
     from governance.lineage import record_object_write
     from governance.objectstore import s3_client
+    from governance.workflows.request_intake import claimed_by
 
     request_id = str(handle["request_id"])
     if not gate_result.get("passed"):
@@ -360,16 +356,21 @@ def publish_bundle(handle: Mapping[str, Any], gate_result: Mapping[str, Any], *,
     locations = bundle_locations(load_datamap(), request_id)
     s3 = s3_client(locations.connection_id)
     staged = locations.staging_key(run_id)
-    s3.copy(
-        {"Bucket": locations.bucket, "Key": staged},
-        locations.bucket,
-        locations.published_key,
-        ExtraArgs={"ServerSideEncryption": SSE, "ContentType": "application/octet-stream"},
-    )
-    head = s3.head_object(Bucket=locations.bucket, Key=locations.published_key)
-    if int(head["ContentLength"]) != int(record["ciphertext_bytes"]):
-        raise ExportStorageError("the published bundle differs in size from the checked one")
-    with connect(conninfo) as conn:
+    # The request's row stays locked while this run publishes: a newer run of the same request
+    # cannot take the claim between the check and the copy, and an older run never overwrites it.
+    with connect(conninfo) as conn, conn.transaction():
+        holder = claimed_by(conn, request_id, lock=True)
+        if holder != run_id:
+            _fail(f"request {request_id} is now served by a newer run ({holder}): this run stops without publishing")
+        s3.copy(
+            {"Bucket": locations.bucket, "Key": staged},
+            locations.bucket,
+            locations.published_key,
+            ExtraArgs={"ServerSideEncryption": SSE, "ContentType": "application/octet-stream"},
+        )
+        head = s3.head_object(Bucket=locations.bucket, Key=locations.published_key)
+        if int(head["ContentLength"]) != int(record["ciphertext_bytes"]):
+            raise ExportStorageError("the published bundle differs in size from the checked one")
         set_bundle_status(conn, request_id=request_id, run_id=run_id, status="published", at=_now(), published_at=_now())
     record_object_write(locations.bucket, locations.dataset_prefix, objects=1)
     return {"request_id": request_id, "published": True, "files_digest": record["files_digest"],
@@ -403,8 +404,10 @@ def close_export_request(
     Staging objects of the request are always deleted (every version). A published bundle gets
     a presigned download link valid ``link_valid_days``, stored only in ``result_uri``; any other
     outcome deletes a published object no valid link points to. A request ``build_bundle``
-    refused (``built``, its result) is closed ``rejected`` with the refusal as the outcome, and
-    the task fails with it (no retries) so the run shows what staff must supply.
+    refused (``built``, its result) is closed ``rejected`` with the refusal as the outcome and
+    ``served`` false, so the run's last task fails it and the run shows what staff must supply.
+    The task itself succeeds whenever the outcome was written (``request_outcome`` decides the
+    run's state from ``served``).
     """
     from governance.connectors.objects import delete_everywhere, head, keys_under
     from governance.datamap import load_datamap
@@ -413,14 +416,26 @@ def close_export_request(
     from governance.export.storage import bundle_locations, presigned_download_link
     from governance.lineage import record_object_write, record_table_write
     from governance.objectstore import s3_client
-    from governance.workflows.request_intake import close_request, reject_request
+    from governance.workflows.request_intake import claimed_by, close_request, reject_request
 
     if not handle:
-        _fail("no request was opened (the form was refused): nothing to close")
+        return {"closed": False, "served": False, "detail": "no request was opened: the form was refused"}
     request_id = str(handle["request_id"])
     conninfo = conninfo_for(GOVERNANCE_CONN_ID)
+    detail = ""
     locations = bundle_locations(load_datamap(), request_id)
     s3 = s3_client(locations.connection_id)
+    with connect(conninfo) as conn:
+        holder = claimed_by(conn, request_id)
+    if built is not None and holder != run_id:
+        # This run built a bundle, so it claimed the request; a newer run of the request holds it: remove only this run's staged bundle, and leave the
+        # request's outcome and published bundle to that run.
+        removed = delete_everywhere(s3, locations.bucket, [locations.staging_key(run_id)])
+        with connect(conninfo) as conn:
+            set_bundle_status(conn, request_id=request_id, run_id=run_id, status="discarded", at=_now())
+        detail = f"superseded by a newer run of the request ({holder}); its outcome stands"
+        return {"request_id": request_id, "status": "superseded", "detail": detail, "served": False,
+                "staging_objects_removed": removed}  # fmt: skip
     removed = delete_everywhere(s3, locations.bucket, keys_under(s3, locations.bucket, locations.staging_folder))
     at = _now()
     refused = is_refusal(built) and (built or {}).get("request_id") == request_id
@@ -435,7 +450,7 @@ def close_export_request(
         with connect(conninfo) as conn:
             set_bundle_status(conn, request_id=request_id, run_id=run_id, status="published", at=at,
                               link_expires_at=at + timedelta(days=days))  # fmt: skip
-        result = {"request_id": request_id, "status": status, "link_valid_days": days}
+        result = {"request_id": request_id, "status": status, "link_valid_days": days, "served": True}
     else:
         with connect(conninfo) as conn:
             current = conn.execute(
@@ -445,9 +460,8 @@ def close_export_request(
             # No valid link points at a published object of an unfinished request: remove it.
             removed += delete_everywhere(s3, locations.bucket, [locations.published_key])
         if is_rejection(verification_response):
-            status = reject_request(
-                request_id, at=at, detail="identity not verified: rejected by privacy staff", conninfo=conninfo
-            )
+            detail = "identity not verified: rejected by privacy staff"
+            status = reject_request(request_id, at=at, detail=detail, conninfo=conninfo)
         elif refused:
             detail = str((built or {}).get("reason") or "refused before anything was collected")
             status = reject_request(request_id, at=at, detail=detail, conninfo=conninfo)
@@ -457,15 +471,12 @@ def close_export_request(
             status = close_request(request_id, succeeded=False, at=at, detail=detail, conninfo=conninfo)
         with connect(conninfo) as conn:
             set_bundle_status(conn, request_id=request_id, run_id=run_id, status="discarded", at=at)
-        result = {"request_id": request_id, "status": status}
+        result = {"request_id": request_id, "status": status, "detail": detail,
+                  "served": status == "rejected" and not refused}  # fmt: skip
     record_table_write(GOVERNANCE_CONN_ID, "governance", "privacy_requests", rows=1)
     if removed:
         record_object_write(locations.bucket, locations.dataset_prefix, objects=removed)
     result["staging_objects_removed"] = removed
-    if result["status"] == "failed":
-        _fail(f"request {request_id} is marked failed ({detail}); a re-run with its request id resumes it")
-    if refused and result["status"] == "rejected":
-        _fail(f"request {request_id} is rejected: {detail}")
     return result
 
 

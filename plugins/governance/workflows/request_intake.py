@@ -25,6 +25,7 @@ from governance.privacy_requests import (
     RequestKind,
     UnknownRequest,
     create_request,
+    finished_request_refusal,
     load_request,
     validate_request_id,
 )
@@ -58,6 +59,21 @@ class RequestHandle:
         return cls(**{**data, "identity_kinds": tuple(data["identity_kinds"])})
 
 
+# The trigger form's titles (governance.dag_params), so a refusal names the field the person sees.
+FIELD_TITLES = {"request_id": "Request id", "email": "E-mail address", "phone": "Phone number",
+                "business_id": "Business client id"}  # fmt: skip
+
+
+def identity_refusal(exc: Exception) -> str:
+    """``InvalidIdentity``'s reason in the form's words: "email is empty" reads "E-mail address is
+    empty". The reasons never quote the value typed."""
+    text = str(exc)
+    field, _, rest = text.partition(" ")
+    if text.startswith("give at least one identity"):
+        return "fill in at least one of E-mail address, Phone number or Request id"
+    return f"{FIELD_TITLES[field]} {rest}" if field in FIELD_TITLES and rest else text
+
+
 def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
@@ -74,9 +90,9 @@ def parse_business_id(value: Any) -> int | None:
     try:
         business_id = int(value)
     except (TypeError, ValueError):
-        raise InvalidRunConfiguration("business_id must be a whole number") from None
+        raise InvalidRunConfiguration("Business client id must be a whole number") from None
     if business_id <= 0:
-        raise InvalidRunConfiguration("business_id must be a positive id")
+        raise InvalidRunConfiguration("Business client id must be a positive number")
     return business_id
 
 
@@ -99,18 +115,33 @@ def open_request(
     if not _blank(conf.get("request_id")):
         try:
             request_id = validate_request_id(str(conf["request_id"]))
-        except InvalidRequest as exc:
-            raise InvalidRunConfiguration(str(exc)) from None
+        except InvalidRequest:
+            raise InvalidRunConfiguration(
+                "Request id is not a request id: they look like era-20261128-0123456789ab (three letters, the date, "
+                "twelve characters 0-9 and a-f)"
+            ) from None
+        if not _blank(conf.get("email")) or not _blank(conf.get("phone")):
+            raise InvalidRunConfiguration(
+                "give either a Request id or the person's E-mail address / Phone number, not both: a recorded "
+                "request already holds its identities"
+            )
         migrate(conninfo)
         with connect(conninfo) as conn:
             try:
                 request = load_request(conn, request_id, cipher=cipher)
             except UnknownRequest:
-                raise InvalidRunConfiguration(f"no privacy request {request_id}: check the id") from None
+                raise InvalidRunConfiguration(f"Request id {request_id} names no privacy request: check the id") from None
         if request.kind != kind:
-            raise InvalidRunConfiguration(f"{request_id} is an {request.kind} request, not {kind}")
+            raise InvalidRunConfiguration(
+                f"Request id {request_id} is an {request.kind} request, not an {kind} request: trigger dsr_{request.kind}"
+            )
         if business_id is not None and request.business_id not in (None, business_id):
-            raise InvalidRunConfiguration(f"{request_id} is scoped to another business than business_id")
+            raise InvalidRunConfiguration(
+                f"Business client id differs from the business request {request_id} was recorded for: leave it empty"
+            )
+        refusal = finished_request_refusal(request)
+        if refusal:
+            raise InvalidRunConfiguration(refusal)
         verified = _is_verified(conninfo, request_id)
         return RequestHandle(
             request_id=request.request_id,
@@ -124,7 +155,7 @@ def open_request(
     try:
         identities = SubjectIdentities.parse(email=conf.get("email"), phone=conf.get("phone"))
     except InvalidIdentity as exc:
-        raise InvalidRunConfiguration(str(exc)) from None
+        raise InvalidRunConfiguration(identity_refusal(exc)) from None
     request_id = form_request_id(kind, run_id, received_at)
     migrate(conninfo)
     with connect(conninfo) as conn:
@@ -213,6 +244,12 @@ def mark_approved(request_id: str, *, approved_by: str, at: datetime, conninfo: 
 
 
 def mark_in_progress(request_id: str, *, dag_run_id: str, at: datetime, conninfo: str | None = None) -> None:
+    """Claim the request for ``dag_run_id``: the newest run to start working on a request holds it.
+
+    A run still ``in_progress`` for the request (a killed run, or one running concurrently) loses
+    the claim: ``holds_claim`` then tells it to stop before it publishes or writes an outcome, so
+    two runs of one request never overwrite each other's result.
+    """
     from governance.db import connect, conninfo_for
 
     with connect(conninfo or conninfo_for(GOVERNANCE_CONN_ID)) as conn:
@@ -220,10 +257,22 @@ def mark_in_progress(request_id: str, *, dag_run_id: str, at: datetime, conninfo
             """
             UPDATE governance.privacy_requests
                SET status = 'in_progress', dag_run_id = %s, updated_at = %s
-             WHERE request_id = %s AND status IN ('received', 'verified', 'failed')
+             WHERE request_id = %s AND status IN ('received', 'verified', 'failed', 'in_progress')
             """,
             (dag_run_id, at, request_id),
         )
+
+
+_CLAIM = "SELECT dag_run_id FROM governance.privacy_requests WHERE request_id = %s"
+_CLAIM_FOR_UPDATE = _CLAIM + " FOR UPDATE"
+
+
+def claimed_by(conn: Any, request_id: str, *, lock: bool = False) -> str | None:
+    """The run that holds the request (``mark_in_progress``); with ``lock``, the request's row is
+    locked until the caller's transaction ends, so the claim cannot move meanwhile."""
+    query = _CLAIM_FOR_UPDATE if lock else _CLAIM
+    row = conn.execute(query, (request_id,)).fetchone()
+    return None if row is None else row[0]
 
 
 def close_request(

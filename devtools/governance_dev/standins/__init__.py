@@ -2,9 +2,9 @@
 
 Small standard-library HTTP servers that keep state, answer on loopback and can be told to fail or be
 slow, for tests, the demo and benchmarks (DESIGN.md section 2). Each serves its processor's API plus
-``/_admin`` endpoints (health, load, reset, state, faults); see :mod:`governance.standins.base`.
+``/_admin`` endpoints (health, load, reset, state, faults); see :mod:`governance_dev.standins.base`.
 
-Run both from a shell with ``python -m governance.standins --payments-port 0 --crm-port 0``.
+Run both from a shell with ``python -m governance_dev.standins --payments-port 0 --crm-port 0``.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from governance.standins.base import Fault, FaultMode, StandinServer, StateStore
-from governance.standins.crm import CrmStandin
-from governance.standins.payments import PaymentsProcessorStandin
+from governance_dev.standins.base import Fault, FaultMode, StandinServer, StateStore
+from governance_dev.standins.crm import CrmStandin
+from governance_dev.standins.payments import PaymentsProcessorStandin
 
 __all__ = [
     "CrmStandin",

@@ -1,4 +1,4 @@
-"""``python -m governance seed``: load the reference deployment into the configured systems.
+"""``python -m governance_dev seed``: load the reference deployment into the configured systems.
 
 Targets come from Airflow connections: ``aircalls_app`` (PostgreSQL), ``aircalls_objects`` (S3 API;
 bucket from ``GOVERNANCE_OBJECTS_BUCKET``), ``payments_processor`` and ``crm`` (HTTP; the API key
@@ -16,11 +16,11 @@ from pathlib import Path
 from governance import config
 from governance.connections import ConnectionInfo, ConnectionNotConfigured, get_connection
 
-log = logging.getLogger("governance.seed")
+log = logging.getLogger("governance_dev.seed")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from governance.seed.generate import DEFAULT_SEED, SCALES
+    from governance_dev.seed.generate import DEFAULT_SEED, SCALES
 
     parser.add_argument(
         "--scale",
@@ -60,7 +60,7 @@ def _optional_processor(conn_id: str) -> ConnectionInfo | None:
 
 def run(args: argparse.Namespace) -> int:
     from governance.objectstore import s3_client_for
-    from governance.seed.load import (
+    from governance_dev.seed.load import (
         SeedError,
         SeedRefused,
         SeedTargets,

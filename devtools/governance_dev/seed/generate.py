@@ -12,7 +12,7 @@ give identical frames and byte-identical CSV files (for the pinned numpy, pandas
 Faker is used only for people (names in several locales and scripts, addresses, job titles, e-mail
 domains), drawn once into small pools; rows pick from the pools with vectorised numpy indexing, so
 millions of rows cost no per-row Python. Row ids count up from 1 in time order (as an
-auto-increment would); the cast (:mod:`governance.seed.cast`) is appended with reserved ids.
+auto-increment would); the cast (:mod:`governance_dev.seed.cast`) is appended with reserved ids.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import pandas as pd
 from numpy.typing import NDArray
 from pandas.api.types import union_categoricals
 
-from governance.seed.cast import (
+from governance_dev.seed.cast import (
     BUSINESS_A,
     CALL_HANDLER_SHARE_PERCENT,
     CAST,

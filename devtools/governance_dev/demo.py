@@ -43,7 +43,7 @@ def _run(cmd: list[str], env: dict[str, str]) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.inside:
         return run_dags(args.dag)
-    from governance.services import STATE_DIR, start_stack, stop_stack
+    from governance_dev.services import STATE_DIR, start_stack, stop_stack
 
     started = time.monotonic()
     _step("starting embedded services (PostgreSQL, S3 API, processor stand-ins)")
@@ -53,9 +53,9 @@ def run(args: argparse.Namespace) -> int:
         _run([sys.executable, "-m", "airflow", "db", "migrate"], env)
         _run([sys.executable, "-m", "governance", "migrate"], env)
         _step(f"seeding the reference deployment ({args.scale})")
-        _run([sys.executable, "-m", "governance", "seed", "--scale", args.scale, "--replace"], env)
+        _run([sys.executable, "-m", "governance_dev", "seed", "--scale", args.scale, "--replace"], env)
         _step("running every DAG once")
-        cmd = [sys.executable, "-m", "governance", "demo", "--inside"]
+        cmd = [sys.executable, "-m", "governance_dev", "demo", "--inside"]
         for dag_id in args.dag or []:
             cmd += ["--dag", dag_id]
         # Task logs stay in $AIRFLOW_HOME/logs; the console shows warnings and the summary.
@@ -101,7 +101,7 @@ def run_dags(only: list[str] | None) -> int:
     return 1 if failed else 0
 
 
-# The cast members the demo's request DAGs serve (see governance.seed.cast).
+# The cast members the demo's request DAGs serve (see governance_dev.seed.cast).
 DEMO_EXPORT_SUBJECT = "caller_only"
 DEMO_ERASURE_SUBJECT = "both_user_and_caller"
 
@@ -131,8 +131,8 @@ def _verified_request(kind: RequestKind, cast_key: str, now: Any) -> str:
     from governance.db import connect, conninfo_for
     from governance.identity import SubjectIdentities
     from governance.privacy_requests import create_request
-    from governance.seed import cast_member
     from governance.workflows.request_intake import mark_verified
+    from governance_dev.seed import cast_member
 
     member = cast_member(cast_key)
     conninfo = conninfo_for(GOVERNANCE_CONN_ID)

@@ -1,4 +1,4 @@
-"""``python -m governance.standins``: run both processor stand-ins until SIGTERM or SIGINT.
+"""``python -m governance_dev.standins``: run both processor stand-ins until SIGTERM or SIGINT.
 
 Prints one JSON line ``{"payments_url": ..., "crm_url": ...}`` to stdout once both accept
 connections (port 0 picks a free port), so a launcher can read the URLs; logs go to stderr.
@@ -16,14 +16,14 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from governance.standins.base import StateStore
-from governance.standins.crm import CrmStandin
-from governance.standins.payments import PaymentsProcessorStandin
+from governance_dev.standins.base import StateStore
+from governance_dev.standins.crm import CrmStandin
+from governance_dev.standins.payments import PaymentsProcessorStandin
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m governance.standins",
+        prog="python -m governance_dev.standins",
         description="Run the payments_processor and crm stand-in servers until SIGTERM/SIGINT.",
     )
     parser.add_argument(

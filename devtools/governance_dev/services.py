@@ -6,7 +6,7 @@
   ``pgserver`` itself only offers a Unix socket, so its binaries are driven with ``pg_ctl``
   directly. PostgreSQL refuses to run as root, so under root the server runs as a system user.
 * moto's S3 server on loopback (MinIO plays this part in docker-compose).
-* the processor stand-ins (``governance.standins``).
+* the processor stand-ins (``governance_dev.standins``).
 
 State (pids, ports) lives in ``.state/services.json``; ``.state/airflow.env`` holds the
 ``AIRFLOW_CONN_*`` variables that point Airflow and the CLI at these services.
@@ -275,6 +275,9 @@ def airflow_environment(ports: StackPorts, keys: dict[str, Any], state_dir: Path
         # Lineage events (redacted) as JSON lines under .state/lineage; Marquez in docker-compose.
         **openlineage_env(events_dir=state_dir / "lineage"),
         "GOVERNANCE_OBJECTS_BUCKET": objects_bucket(),
+        # The embedded S3 server keeps objects in memory: ledger anchors are also kept on disk, so
+        # tamper evidence survives a restart of the services (governance.ledger.anchor_dir).
+        "GOVERNANCE_LEDGER_ANCHOR_DIR": str(state_dir / "ledger-anchors"),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": (
             f"postgresql+psycopg2://postgres@{HOST}:{ports.postgres}/{AIRFLOW_DATABASE}"
         ),
@@ -342,7 +345,7 @@ def start_stack(state_dir: Path = STATE_DIR) -> dict[str, str]:
                 raise ServiceError(f"port {port} is taken: set GOVERNANCE_PAYMENTS_PORT/GOVERNANCE_CRM_PORT")
         state["standins_pid"] = _spawn(
             [
-                sys.executable, "-m", "governance.standins", "--host", HOST,
+                sys.executable, "-m", "governance_dev.standins", "--host", HOST,
                 "--payments-port", str(ports.payments), "--crm-port", str(ports.crm),
                 f"--api-key={keys['standin_api_key']}", f"--state-file={state_dir / 'standins.json'}",
             ],
@@ -362,23 +365,46 @@ def start_stack(state_dir: Path = STATE_DIR) -> dict[str, str]:
     return env
 
 
-def stop_stack(state_dir: Path = STATE_DIR) -> None:
-    """Stop what start_stack started; data stays in .state for the next start."""
+# How long `services stop` lets a process exit after SIGTERM before it sends SIGKILL.
+STOP_GRACE_S = float(os.environ.get("GOVERNANCE_STOP_GRACE_SECONDS", "15"))
+
+
+def stop_process(pid: int, *, grace_s: float = STOP_GRACE_S) -> str:
+    """SIGTERM ``pid``, wait up to ``grace_s`` for it to exit, then SIGKILL it (and wait up to 5 s).
+
+    Returns ``"gone"`` (it was not running), ``"stopped"`` or ``"killed"``; raises ServiceError
+    when it survives SIGKILL too.
+    """
+    if not _pid_alive(pid):
+        return "gone"
+    os.kill(pid, signal.SIGTERM)
+    for signal_sent, wait_s in (("stopped", grace_s), ("killed", 5.0)):
+        if signal_sent == "killed":
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if not _pid_alive(pid):
+                return signal_sent
+            time.sleep(0.1)
+    raise ServiceError(f"process {pid} did not exit even after SIGKILL")
+
+
+def stop_stack(state_dir: Path = STATE_DIR, *, grace_s: float = STOP_GRACE_S) -> list[str]:
+    """Stop what start_stack started, each process given ``grace_s`` to exit before it is killed;
+    data stays in .state for the next start. Returns what had to be killed, in words."""
     state_file = state_dir / "services.json"
     if not state_file.exists():
-        return
+        return []
     state = json.loads(state_file.read_text())
-    for key in ("standins_pid", "s3_pid"):
+    killed: list[str] = []
+    for key, name in (("standins_pid", "the processor stand-ins"), ("s3_pid", "the S3 server")):
         pid = state.pop(key, None)
-        if pid and _pid_alive(int(pid)):
-            os.kill(int(pid), signal.SIGTERM)
-            for _ in range(50):
-                if not _pid_alive(int(pid)):
-                    break
-                time.sleep(0.1)
+        if pid and stop_process(int(pid), grace_s=grace_s) == "killed":
+            killed.append(f"{name} (pid {pid}) did not exit within {grace_s:g} s of SIGTERM and was killed")
     ports = StackPorts(**state["ports"]) if "ports" in state else StackPorts.from_env()
     EmbeddedPostgres(Path(state.get("pgdata", state_dir / "pgdata")), ports.postgres).stop()
     state_file.write_text(json.dumps(state, indent=2))
+    return killed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -392,12 +418,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"  PostgreSQL  {json.loads(env['AIRFLOW_CONN_AIRCALLS_APP'])['port']} (databases aircalls, airflow)")
         print(f"  S3 API      {json.loads(env['AIRFLOW_CONN_AIRCALLS_OBJECTS'])['extra']['endpoint_url']}")
     elif args.action == "stop":
-        stop_stack()
+        for line in stop_stack():
+            print(f"warning: {line}", file=sys.stderr)
         print("services stopped")
     else:
         env_file = STATE_DIR / "airflow.env"
         if not env_file.exists():
-            print("services were never started: run `python -m governance services start`", file=sys.stderr)
+            print("services were never started: run `python -m governance_dev services start`", file=sys.stderr)
             return 1
         print(env_file.read_text(), end="")
     return 0

@@ -2,7 +2,7 @@
 
 :func:`seed_reference_deployment` is the one entry point. It checks the targets first (an ``app``
 schema that already holds rows, or a bucket that already holds recordings, is refused unless
-``replace=True``), generates the data (:mod:`governance.seed.generate`) into CSV files, then:
+``replace=True``), generates the data (:mod:`governance_dev.seed.generate`) into CSV files, then:
 
 1. PostgreSQL, in one transaction: the schema DDL (``include/sql/app_schema.sql``), TRUNCATE when
    replacing, then ``COPY app.<table> FROM STDIN (FORMAT csv)`` per table, parents first, each file
@@ -34,7 +34,7 @@ import psycopg
 from psycopg import sql
 
 from governance import config
-from governance.seed.generate import (
+from governance_dev.seed.generate import (
     DEFAULT_SEED,
     TABLE_COLUMNS,
     TABLE_ORDER,
@@ -47,7 +47,7 @@ from governance.seed.generate import (
     write_csv_files,
 )
 
-log = logging.getLogger("governance.seed")
+log = logging.getLogger("governance_dev.seed")
 
 #: Bytes handed to COPY per write: large enough that per-call overhead vanishes.
 COPY_CHUNK_BYTES = 1 << 20

@@ -9,7 +9,7 @@ in docker-compose), and prints where to log in once the API server answers.
 ``airflow standalone`` starts its components by the bare command name ``airflow``, so the venv's
 ``bin`` goes first on ``PATH``. Airflow runs in a process group of its own: Ctrl-C or SIGTERM
 stops every component and every task process with it (SIGTERM, then SIGKILL after a grace period).
-``python -m governance airflow --stop`` (``make airflow-stop``) stops one started in the background.
+``python -m governance_dev airflow --stop`` (``make airflow-stop``) stops one started in the background.
 The embedded services keep running afterwards (``make services-stop``); data stays in ``.state``.
 """
 
@@ -29,7 +29,7 @@ from types import FrameType
 import psutil
 
 from governance.config import PROJECT_ROOT
-from governance.services import HOST, STATE_DIR, ServiceError, port_is_free, start_stack
+from governance_dev.services import HOST, STATE_DIR, ServiceError, port_is_free, start_stack
 
 GRACE_SECONDS = 30.0
 READY_TIMEOUT_SECONDS = 300.0
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     _run_step("migrating the governance schema", [sys.executable, "-m", "governance", "migrate"], env)
     _run_step(
         "seeding the reference deployment (small) unless it is there",
-        [sys.executable, "-m", "governance", "seed", "--scale", "small", "--if-needed"],
+        [sys.executable, "-m", "governance_dev", "seed", "--scale", "small", "--if-needed"],
         env,
     )
     print(f"== starting airflow standalone on http://{HOST}:{port}", flush=True)

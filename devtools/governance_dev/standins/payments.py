@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
-from governance.standins.base import (
+from governance_dev.standins.base import (
     HttpError,
     Request,
     Response,

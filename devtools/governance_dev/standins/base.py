@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
-log = logging.getLogger("governance.standins")
+log = logging.getLogger("governance_dev.standins")
 
 FaultMode = Literal["error", "slow", "drop"]
 FAULT_MODES: tuple[FaultMode, ...] = ("error", "slow", "drop")

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from governance.standins.base import (
+from governance_dev.standins.base import (
     HttpError,
     Request,
     Response,

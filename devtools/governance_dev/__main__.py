@@ -1,0 +1,7 @@
+from __future__ import annotations
+
+import sys
+
+from governance_dev.cli import main
+
+sys.exit(main())
