@@ -51,7 +51,7 @@ pytestmark = [
 
 
 def _identity_variants() -> list[str]:
-    from governance.seed import cast_member
+    from governance_dev.seed import cast_member
 
     values = {v.strip() for v in TYPED} | {v.strip().lower() for v in TYPED}
     for key in ("call_handler", "caller_only"):
