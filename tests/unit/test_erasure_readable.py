@@ -70,3 +70,12 @@ def test_without_a_data_map_names_are_still_words() -> None:
                "tables": {"aircalls_app.usage_events": {"delete_rows": 4}}, "objects": {}, "processors": {},
                "kept": [], "excluded": [], "guard": {}}  # fmt: skip
     assert readable_plan(summary, None).lines[0].what == "Usage events"
+
+
+def test_statements_follow_the_plain_words_when_the_summary_has_them(datamap: DataMap) -> None:
+    summary = work_for(datamap, resolution(datamap)).summary()
+    summary["statements"] = [{"step": "db:aircalls_app:001:calls:delete_rows", "rows": 2, "sql": "DELETE FROM app.calls WHERE id = ANY(%(keys)s)"},
+                             {"step": "db:aircalls_app:002:users:delete_rows", "rows": 0, "sql": "DELETE FROM app.users"}]  # fmt: skip
+    text = plan_markdown(summary, datamap)
+    assert text.index("| What | Outcome") < text.index("**Statements that run**")
+    assert "DELETE FROM app.calls WHERE id = ANY(%(keys)s);" in text and "DELETE FROM app.users" not in text

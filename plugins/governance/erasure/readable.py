@@ -283,6 +283,11 @@ def plan_markdown(
     if changes:
         lines += ["", "**What changed since the dry run:**"]
         lines += [f"- {change}" for change in changes]
+    # For engineers, after the plain words: the statements that run, when the summary has them.
+    statements = [st for st in summary.get("statements") or [] if st.get("rows") and st.get("sql")]
+    if statements:
+        lines += ["", "**Statements that run** (for engineers; each keyed by the planned rows' primary keys, bound at run time):",
+                  "", "```sql"] + [f"-- {st['step']} ({st['rows']} rows)\n{st['sql']};" for st in statements] + ["```"]  # fmt: skip
     if closing:
         lines += ["", closing]
     lines += ["", f"Plan {plan.plan_id}."]
