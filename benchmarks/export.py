@@ -129,11 +129,12 @@ class PeakSampler:
 def worker_project(cfg: dict[str, Any]) -> dict[str, Any]:
     from datetime import UTC, date, datetime
 
+    from airflow.sdk import Connection
+
     import governance.export.age  # (imported before the baseline is taken)
     import governance.export.storage  # noqa: F401
-    from governance.connections import ConnectionInfo
-    from governance.connectors.processors import ProcessorClient
-    from governance.datamap import load_datamap
+    from governance.connectors.base import processor_connector
+    from governance.datamap import load_datamap, phone_region
     from governance.datamap.taxonomy import default_taxonomy
     from governance.export.collect import ExportSubject, ExportTargets, export_bundle_to_s3
     from governance.identity import SubjectIdentities
@@ -142,12 +143,14 @@ def worker_project(cfg: dict[str, Any]) -> dict[str, Any]:
     datamap = load_datamap()
     default_taxonomy()
     s3 = s3_client(cfg["s3"])
-    infos = {"payments_processor": ConnectionInfo("p", "http", host=cfg["payments"], password=API_KEY),
-             "crm": ConnectionInfo("c", "http", host=cfg["crm"], password=API_KEY)}  # fmt: skip
+    infos = {"payments_processor": Connection(conn_id="p", conn_type="http", host=cfg["payments"], password=API_KEY),
+             "crm": Connection(conn_id="c", conn_type="http", host=cfg["crm"], password=API_KEY),
+             "support_desk": Connection(conn_id="d", conn_type="http", host=cfg["support_desk"], login="governance",
+                                        password=API_KEY)}  # fmt: skip
     targets = ExportTargets(conninfo_for=lambda _c: cfg["app"], s3_for=lambda _c: s3,
-                            processor_client_for=lambda p: ProcessorClient(p, infos[p.name]))  # fmt: skip
+                            processor_client_for=lambda p: processor_connector(p, infos[p.name]))  # fmt: skip
     subject = ExportSubject(request_id="exp-20260101-0000000be0c4", identities=SubjectIdentities.parse(
-        email=cfg["email"], phone=cfg["phone"]), received_on=date(2026, 1, 1))  # fmt: skip
+        email=cfg["email"], phone=cfg["phone"], region=phone_region()), received_on=date(2026, 1, 1))  # fmt: skip
     base = _rss_mb()
     started = time.perf_counter()
     with PeakSampler() as sampler:
@@ -354,11 +357,11 @@ def lookup_seconds(app_url: str, email: str, phone: str, repeat: int = 25) -> tu
     import psycopg
 
     from governance.connectors.postgres import identity_params, resolve_in_database
-    from governance.datamap import load_datamap
-    from governance.datamap.plans import build_resolution_plan
+    from governance.datamap import load_datamap, phone_region
+    from governance.datamap.plans import AS_OF, build_resolution_plan
     from governance.identity import SubjectIdentities
 
-    identities = SubjectIdentities.parse(email=email, phone=phone)
+    identities = SubjectIdentities.parse(email=email, phone=phone, region=phone_region())
     datamap = load_datamap()
     plan = build_resolution_plan(datamap, ["email", "phone"])
     times = []
@@ -370,10 +373,10 @@ def lookup_seconds(app_url: str, email: str, phone: str, repeat: int = 25) -> tu
                 footprint = resolve_in_database(conn, plan, identities, datamap=datamap)
             times.append(time.perf_counter() - started)
         scans = []
-        params = {**identity_params(plan, identities), **footprint.params}
-        for step in plan.steps:
-            explained = conn.execute(b"EXPLAIN (FORMAT JSON) " + step.query.as_bytes(conn),
-                                     {p: params[p] for p in step.input_params}).fetchone()[0]  # fmt: skip
+        params = {**identity_params(plan, identities), **footprint.params, AS_OF: None}
+        for step in plan.steps:  # the statements resolution runs, as the plan built them
+            explained = conn.execute(b"EXPLAIN (FORMAT JSON) " + step.select.query.as_bytes(conn),
+                                     step.select.bind(params)).fetchone()[0]  # fmt: skip
             if '"Seq Scan"' in json.dumps(explained):
                 rows = conn.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
                                     (f"app.{step.table.table}",)).fetchone()  # fmt: skip
@@ -397,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from governance_dev.seed import SeedTargets, cast_member, seed_reference_deployment
     from governance_dev.services import create_database, drop_database
-    from governance_dev.standins import start_standins
+    from governance_dev.standins import start_standins, start_support_desk
 
     admin_url = os.environ.get("GOVERNANCE_TEST_PG_URL", DEFAULT_PG_URL)
     suffix = uuid.uuid4().hex[:8]
@@ -406,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     create_database(admin_url, small_db)
     large_url, small_url = database_url(admin_url, large_db), database_url(admin_url, small_db)
     payments, crm = start_standins(api_key=API_KEY)
+    desk = start_support_desk(api_key=API_KEY)
     try:
         with moto_server() as endpoint, tempfile.TemporaryDirectory(prefix="bench-export-") as work:
             s3 = s3_client(endpoint)
@@ -414,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seeding the {args.scale} reference deployment (large: several minutes) ...", flush=True)
             started = time.perf_counter()
             seed_reference_deployment(SeedTargets(app_conninfo=large_url, s3=s3, bucket=bucket, payments_url=payments.url,
-                                                  payments_api_key=API_KEY, crm_url=crm.url, crm_api_key=API_KEY),
+                                                  payments_api_key=API_KEY, crm_url=crm.url, crm_api_key=API_KEY,
+                                                  support_desk_url=desk.url),
                                       scale=args.scale, work_dir=Path(work) / "large")  # fmt: skip
             print(f"  large seed: {time.perf_counter() - started:.0f} s", flush=True)
             seed_reference_deployment(SeedTargets(app_conninfo=small_url, s3=s3, bucket=small_bucket),
@@ -432,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
 
             # 1 and 2. writer, project vs raw, alternating
             base_cfg = {"app": large_url, "s3": endpoint, "bucket": bucket, "out_bucket": out_bucket,
-                        "payments": payments.url, "crm": crm.url, "key": "bench.zip.age"}  # fmt: skip
+                        "payments": payments.url, "crm": crm.url, "support_desk": desk.url, "key": "bench.zip.age"}  # fmt: skip
             heavy_cfg = {**base_cfg, "email": heavy.email, "phone": heavy.e164}
             project: list[dict[str, Any]] = []
             raw: list[dict[str, Any]] = []
@@ -453,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         payments.stop()
         crm.stop()
+        desk.stop()
         if args.keep:
             print(f"kept: {large_url} {small_url}")
         else:

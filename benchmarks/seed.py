@@ -30,11 +30,12 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+import boto3
 import psycopg
+from botocore.config import Config
 from psycopg import sql
 
-from governance.connections import ConnectionInfo
-from governance.objectstore import s3_client_for
+from governance.objectstore import DEFAULT_CLIENT_CONFIG
 from governance_dev.seed.generate import TABLE_COLUMNS, TABLE_ORDER
 from governance_dev.seed.load import (
     SeedReport,
@@ -84,14 +85,13 @@ def moto_server() -> Iterator[Any]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        client = s3_client_for(
-            ConnectionInfo(
-                conn_id="bench_s3",
-                conn_type="aws",
-                login="bench",
-                password="bench",
-                extra={"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-east-1"},
-            )
+        client = boto3.client(
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{port}",
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+            region_name="us-east-1",
+            config=Config(**DEFAULT_CLIENT_CONFIG),
         )
         deadline = time.monotonic() + 30
         while True:

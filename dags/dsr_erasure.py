@@ -140,6 +140,8 @@ def dsr_erasure() -> None:
             )
         },
         response_timeout=timedelta(days=14),
+        # Waiting for a person is not work: the task may wait as long as the answer may take.
+        execution_timeout=timedelta(days=14) + timedelta(days=1),
     )
 
     @task

@@ -134,6 +134,8 @@ def dsr_export() -> None:
         ),
         options=VERIFICATION_OPTIONS,
         response_timeout=timedelta(days=7),
+        # Waiting for a person is not work: the task may wait as long as the answer may take.
+        execution_timeout=timedelta(days=7) + timedelta(days=1),
     )
 
     @task(task_id="record_verification", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)

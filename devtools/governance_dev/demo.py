@@ -128,6 +128,7 @@ def _verified_request(kind: RequestKind, cast_key: str, now: Any) -> str:
     """Record a request for a cast member and mark it verified, as intake would."""
     from governance.config import GOVERNANCE_CONN_ID
     from governance.crypto import cipher_from_airflow, hasher_from_airflow
+    from governance.datamap import phone_region
     from governance.db import connect, conninfo_for
     from governance.identity import SubjectIdentities
     from governance.privacy_requests import create_request
@@ -140,7 +141,7 @@ def _verified_request(kind: RequestKind, cast_key: str, now: Any) -> str:
         request_id = create_request(
             conn,
             kind=kind,
-            identities=SubjectIdentities.parse(email=member.email, phone=member.phone),
+            identities=SubjectIdentities.parse(email=member.email, phone=member.phone, region=phone_region()),
             hasher=hasher_from_airflow(),
             cipher=cipher_from_airflow(),
             received_at=now,

@@ -220,6 +220,7 @@ class StackPorts:
     s3: int
     payments: int
     crm: int
+    support_desk: int = 59103
 
     @classmethod
     def from_env(cls) -> StackPorts:
@@ -228,6 +229,7 @@ class StackPorts:
             s3=int(os.environ.get("GOVERNANCE_S3_PORT", "59000")),
             payments=int(os.environ.get("GOVERNANCE_PAYMENTS_PORT", "59101")),
             crm=int(os.environ.get("GOVERNANCE_CRM_PORT", "59102")),
+            support_desk=int(os.environ.get("GOVERNANCE_SUPPORT_DESK_PORT", "59103")),
         )
 
 
@@ -268,6 +270,11 @@ def airflow_environment(ports: StackPorts, keys: dict[str, Any], state_dir: Path
         ),
         "AIRFLOW_CONN_CRM": json.dumps(
             {"conn_type": "http", "host": f"http://{HOST}", "port": ports.crm, "password": keys["standin_api_key"]}
+        ),
+        # OAuth 2 client credentials: login is the client id, password the client secret.
+        "AIRFLOW_CONN_SUPPORT_DESK": json.dumps(
+            {"conn_type": "http", "host": f"http://{HOST}", "port": ports.support_desk, "login": "governance",
+             "password": keys["standin_api_key"]}  # fmt: skip
         ),
         "AIRFLOW_CONN_GOVERNANCE_HASH_KEY": json.dumps(keys["hash_key"]),
         "AIRFLOW_CONN_GOVERNANCE_ENCRYPTION_KEY": json.dumps(keys["encryption_key"]),
@@ -340,13 +347,16 @@ def start_stack(state_dir: Path = STATE_DIR) -> dict[str, str]:
 
     keys = _load_or_create_keys(state_dir)
     if not (state.get("standins_pid") and _pid_alive(int(state["standins_pid"]))):
-        for port in (ports.payments, ports.crm):
+        for port in (ports.payments, ports.crm, ports.support_desk):
             if not port_is_free(port):
-                raise ServiceError(f"port {port} is taken: set GOVERNANCE_PAYMENTS_PORT/GOVERNANCE_CRM_PORT")
+                raise ServiceError(
+                    f"port {port} is taken: set GOVERNANCE_PAYMENTS_PORT/GOVERNANCE_CRM_PORT/GOVERNANCE_SUPPORT_DESK_PORT"
+                )
         state["standins_pid"] = _spawn(
             [
                 sys.executable, "-m", "governance_dev.standins", "--host", HOST,
                 "--payments-port", str(ports.payments), "--crm-port", str(ports.crm),
+                "--support-desk-port", str(ports.support_desk),
                 f"--api-key={keys['standin_api_key']}", f"--state-file={state_dir / 'standins.json'}",
             ],
             state_dir / "standins.log",
@@ -354,6 +364,7 @@ def start_stack(state_dir: Path = STATE_DIR) -> dict[str, str]:
         save_state()
     wait_for_port(ports.payments)
     wait_for_port(ports.crm)
+    wait_for_port(ports.support_desk)
 
     (state_dir / "lineage").mkdir(exist_ok=True)  # the OpenLineage file transport writes here
     state.update({"ports": ports.__dict__, "pgdata": str(pg.data_dir)})

@@ -23,6 +23,7 @@ ENCRYPTION_KEY_CONN_ID = "governance_encryption_key"
 LEDGER_KEY_CONN_ID = "governance_ledger_key"
 PAYMENTS_CONN_ID = "payments_processor"
 CRM_CONN_ID = "crm"
+SUPPORT_DESK_CONN_ID = "support_desk"
 ALERTS_CONN_ID = "governance_alerts"
 
 GOVERNANCE_SCHEMA = "governance"
@@ -41,17 +42,3 @@ def datamap_path() -> Path:
 def objects_bucket() -> str:
     """Bucket holding recordings, transcripts and exports."""
     return os.environ.get("GOVERNANCE_OBJECTS_BUCKET", "aircalls-data")
-
-
-def default_phone_region() -> str:
-    """ISO-3166 region used to read phone numbers typed without a country code.
-
-    ``GOVERNANCE_PHONE_REGION`` when set (a deployment's override), else the data map's
-    ``settings.default_phone_region`` (US unless the map says otherwise).
-    """
-    override = os.environ.get("GOVERNANCE_PHONE_REGION", "").strip()
-    if override:
-        return override.upper()
-    from governance.datamap import load_datamap  # cached per file version
-
-    return str(load_datamap().settings.default_phone_region).upper()

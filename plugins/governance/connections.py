@@ -1,15 +1,18 @@
-"""Reading Airflow connections for the governed systems.
+"""Reading Airflow connections that no provider hook serves: the key connections (hash and
+encryption keys, read by :mod:`governance.crypto`) and the alerts webhook (the notifier).
 
-Every system is reached through an Airflow connection (environment ``AIRFLOW_CONN_<ID>``, the
-metadata database or a secrets backend), inside tasks and from the command line alike. Airflow is
-imported lazily: importing ``airflow.sdk`` costs seconds, and pure modules must not pay for it.
+The governed systems are reached through the providers' hooks instead: ``PostgresHook``
+(:mod:`governance.db`), ``S3Hook`` (:mod:`governance.objectstore`) and ``HttpHook``
+(:mod:`governance.connectors.processors`). Connections come from the environment
+(``AIRFLOW_CONN_<ID>``), the metadata database or a secrets backend, inside tasks and from the
+command line alike. Airflow is imported lazily: importing ``airflow.sdk`` costs seconds, and pure
+modules (and DAG parsing) must not pay for it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
 
 
 class ConnectionNotConfigured(LookupError):
@@ -29,18 +32,9 @@ class ConnectionInfo:
     schema: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def postgres_conninfo(self) -> str:
-        """A libpq URL for a ``postgres`` connection (``schema`` holds the database name)."""
-        auth = quote(self.login or "postgres", safe="")
-        if self.password:
-            auth += ":" + quote(self.password, safe="")
-        host = self.host or "127.0.0.1"
-        port = self.port or 5432
-        database = quote(self.schema or "postgres", safe="")
-        return f"postgresql://{auth}@{host}:{port}/{database}"
-
     def base_url(self) -> str:
-        """An http(s) base URL for an ``http`` connection, without a trailing slash."""
+        """An http(s) base URL for an ``http`` connection, without a trailing slash (the alerts
+        webhook; processors get theirs from ``HttpHook``)."""
         host = self.host
         if "://" not in host:
             scheme = self.extra.get("scheme") or (self.conn_type if self.conn_type in ("http", "https") else "http")
@@ -48,6 +42,14 @@ class ConnectionInfo:
         if self.port:
             host = f"{host.rstrip('/')}:{self.port}"
         return host.rstrip("/")
+
+
+def not_configured(conn_id: str) -> ConnectionNotConfigured:
+    """The error for a missing connection: names the id and how to set it, never any contents."""
+    return ConnectionNotConfigured(
+        f"Airflow connection {conn_id!r} is not configured: set AIRFLOW_CONN_{conn_id.upper()} "
+        "or add it in the Airflow UI (see README, 'Connections')"
+    )
 
 
 def get_connection(conn_id: str) -> ConnectionInfo:
@@ -60,10 +62,7 @@ def get_connection(conn_id: str) -> ConnectionInfo:
     try:
         conn = BaseHook.get_connection(conn_id)
     except Exception as exc:  # Airflow raises AirflowNotFoundException, or a comms error outside tasks
-        raise ConnectionNotConfigured(
-            f"Airflow connection {conn_id!r} is not configured: set AIRFLOW_CONN_{conn_id.upper()} "
-            "or add it in the Airflow UI (see README, 'Configuration')"
-        ) from exc
+        raise not_configured(conn_id) from exc
     return ConnectionInfo(
         conn_id=conn_id,
         conn_type=conn.conn_type or "",

@@ -38,6 +38,9 @@ def default_args(*, alert_only_from: str | None = None, **overrides: Any) -> dic
         "retry_delay": timedelta(seconds=float(os.environ.get("GOVERNANCE_RETRY_DELAY_SECONDS", "30"))),
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=10),
+        # The last resort for work that is slow rather than stuck (every call inside a task has its
+        # own, much shorter deadline: governance.deadlines). Tasks with more work set their own.
+        "execution_timeout": timedelta(hours=2),
         "on_failure_callback": [GovernanceFailureNotifier(only_task_id=alert_only_from)],
     }
     args.update(overrides)

@@ -7,8 +7,11 @@ so ``  Alice@Example.COM `` matches ``alice@example.com`` and ``+1 (555) 010-200
 * e-mail: Unicode NFC, surrounding white space trimmed, lower-cased one character at a time with
   the simple (1:1) Unicode mapping, which is what PostgreSQL's ``lower()`` does under a UTF-8
   ``LC_CTYPE`` (no context-dependent final sigma, no ``İ`` -> ``i̇`` expansion).
-* phone: parsed with ``phonenumbers`` against a default region for numbers typed without a
-  country code, accepted when *possible* (length fits the region's plan), formatted as E.164.
+* phone: parsed with ``phonenumbers`` against the region the caller passes in for numbers typed
+  without a country code (the deployment's, :func:`governance.datamap.phone_region`), accepted
+  when *possible* (length fits the region's plan), formatted as E.164.
+
+Pure: nothing here reads configuration or the data map; the region is always passed in.
 
 Anything that could widen a match (empty values, SQL or shell wildcards, control characters) is
 refused with InvalidIdentity before any system is touched.
@@ -20,8 +23,6 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Literal
-
-from governance.config import default_phone_region
 
 IdentityKind = Literal["email", "phone"]
 IDENTITY_KINDS: tuple[IdentityKind, ...] = ("email", "phone")
@@ -67,12 +68,13 @@ def normalise_email(raw: str) -> str:
     return _lower_like_postgres(value)
 
 
-def normalise_phone(raw: str, region: str | None = None) -> str:
+def normalise_phone(raw: str, *, region: str | None) -> str:
     """Return the E.164 form of a phone number, or raise InvalidIdentity.
 
-    Numbers without a ``+`` country code are read in ``region`` (default: ``GOVERNANCE_PHONE_REGION``,
-    else the data map's ``settings.default_phone_region``). Possible numbers are accepted even when not assigned
-    (e.g. 555 numbers), because people and test data use them.
+    Numbers without a ``+`` country code are read in ``region`` (ISO 3166 alpha-2, the
+    deployment's :func:`governance.datamap.phone_region`); with ``region=None`` only numbers with
+    a country code are accepted. Possible numbers are accepted even when not assigned (e.g. 555
+    numbers), because people and test data use them.
     """
     import phonenumbers
 
@@ -86,8 +88,8 @@ def normalise_phone(raw: str, region: str | None = None) -> str:
     if sum(ch.isdigit() for ch in value) < 4:
         raise InvalidIdentity("phone has too few digits")
     try:
-        # The default region (read from the data map) only matters without a country code.
-        number = phonenumbers.parse(value, region or (None if value.startswith("+") else default_phone_region()))
+        # The region only matters without a country code.
+        number = phonenumbers.parse(value, None if value.startswith("+") else (region.upper() if region else None))
     except phonenumbers.NumberParseException as exc:
         reason = str(exc).split(") ", 1)[-1]  # phonenumbers' reason never includes the input
         raise InvalidIdentity(f"phone could not be read as a number: {reason}") from None
@@ -96,11 +98,11 @@ def normalise_phone(raw: str, region: str | None = None) -> str:
     return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
 
 
-def normalise(kind: IdentityKind, raw: str) -> str:
+def normalise(kind: IdentityKind, raw: str, *, region: str | None) -> str:
     if kind == "email":
         return normalise_email(raw)
     if kind == "phone":
-        return normalise_phone(raw)
+        return normalise_phone(raw, region=region)
     raise InvalidIdentity(f"unknown identity kind {kind!r}; expected one of {', '.join(IDENTITY_KINDS)}")
 
 
@@ -112,15 +114,16 @@ class SubjectIdentities:
     phone: str | None = None
 
     @classmethod
-    def parse(cls, *, email: str | None = None, phone: str | None = None) -> SubjectIdentities:
-        """Normalise the given identities; blank ones count as absent, at least one is required."""
+    def parse(cls, *, email: str | None = None, phone: str | None = None, region: str | None = None) -> SubjectIdentities:
+        """Normalise the given identities; blank ones count as absent, at least one is required.
+        ``region`` reads a phone typed without a country code (see :func:`normalise_phone`)."""
         email = email if email and email.strip() else None
         phone = phone if phone and phone.strip() else None
         if email is None and phone is None:
             raise InvalidIdentity("give at least one identity: an email or a phone")
         return cls(
             email=normalise_email(email) if email is not None else None,
-            phone=normalise_phone(phone) if phone is not None else None,
+            phone=normalise_phone(phone, region=region) if phone is not None else None,
         )
 
     def items(self) -> list[tuple[IdentityKind, str]]:

@@ -276,7 +276,9 @@ def read_identities(stream: Any) -> SubjectIdentities:
     unknown = sorted(set(fields) - {"email", "phone"})
     if unknown:
         raise InvalidIdentity(f"unknown identity field(s) {', '.join(unknown)}; expected email and/or phone")
-    return SubjectIdentities.parse(email=fields.get("email"), phone=fields.get("phone"))
+    from governance.datamap import phone_region
+
+    return SubjectIdentities.parse(email=fields.get("email"), phone=fields.get("phone"), region=phone_region())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -23,10 +23,12 @@ Each resolved row also comes with its business (scope), the references that tie 
 (so legal holds can follow them), the columns object keys are rendered from and, when an ``as_of``
 date is given, until when the law keeps a row of a table under a legal exception.
 
-Identities are matched by an :class:`IdentityMatcher`: by the normalised values themselves
-(:class:`MatchByIdentity`, a request being served) or by keyed hashes (erasure's
-``MatchByKeyedHash``, the suppression list after a restore). Either way they reach PostgreSQL only
-as bound parameters, and nothing here puts one in a message.
+The SQL is the plan's (``ResolutionStep.select``, ``MentionStep.select``): nothing here builds
+any. Identities are bound by an :class:`IdentityMatcher`: the normalised values themselves
+(:class:`MatchByIdentity`, a request being served) or keyed hashes (erasure's
+``MatchByKeyedHash``, the suppression list after a restore), for a plan built with the same
+``matching``. Either way they reach PostgreSQL only as bound parameters, and nothing here puts
+one in a message.
 """
 
 from __future__ import annotations
@@ -39,24 +41,32 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg import sql
 from psycopg.rows import dict_row
 
-from governance.datamap.graph import IdentityColumn, ReferenceEdge
-from governance.datamap.model import DataMap, TableRef, TableSpec
-from governance.datamap.plans import SCOPE_IDS, ResolutionPlan, ResolutionStep, identity_expression, key_param
+from governance.datamap.graph import ReferenceEdge
+from governance.datamap.model import DataMap, TableRef
+from governance.datamap.plans import (
+    ABSENT as ABSENT,
+)
+from governance.datamap.plans import (
+    AS_OF,
+    DIFFERS,
+    KEPT_UNTIL,
+    MATCHES,
+    PLANNED_KEYS_PREFIX,
+    SCOPE_IDS,
+    STILL_KEPT,
+    Matching,
+    ResolutionPlan,
+    key_param,
+    owner_flag_column,
+)
 from governance.identity import SubjectIdentities
-
-# What a row's identity column says about the request's identity of that kind.
-ABSENT, MATCHES, DIFFERS = 0, 1, 2
 
 # Reasons a matched row is left out of the person's rows.
 OTHER_IDENTITY = "other_identity"  # it carries another value of an identity the request names
 FEWER_IDENTITIES = "fewer_identities"  # another row of the same business matches more identities
 EXCLUDED_BY_PLAN = "excluded_by_plan"  # verification: the plan left it out already
-
-KEPT_UNTIL = "__kept_until"
-STILL_KEPT = "__still_kept"
 
 K = TypeVar("K", bound=Hashable)
 
@@ -131,11 +141,14 @@ def describe_ambiguities(ambiguities: Iterable[Ambiguity]) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Matching identities in SQL
+# Matching identities
 
 
 class IdentityMatcher(ABC):
-    """How identity columns are compared with the person's identities in SQL."""
+    """The values identity columns are compared with: the parameters the resolution plan's
+    statements bind (the SQL itself is the plan's, built for ``matching``)."""
+
+    matching: Matching
 
     @property
     @abstractmethod
@@ -143,20 +156,14 @@ class IdentityMatcher(ABC):
         """Identity kinds the person is known by (the kinds a resolution plan is built for)."""
 
     @abstractmethod
-    def matches(self, column: IdentityColumn) -> sql.Composable:
-        """A boolean SQL expression: the column holds one of the person's identities."""
-
-    @abstractmethod
     def params(self) -> dict[str, Any]:
-        """Bound parameters the expressions above use."""
-
-    def restrict(self, datamap: DataMap, ref: TableRef, table: TableSpec) -> sql.Composable | None:
-        """An extra condition on rows matched by identity (none by default)."""
-        return None
+        """Bound parameters the plan's match expressions use."""
 
 
 class MatchByIdentity(IdentityMatcher):
-    """Compare with the normalised identities, as the data map's match expressions do."""
+    """Compare with the normalised identities (``{kind: [value]}``)."""
+
+    matching: Matching = "identity"
 
     def __init__(self, identities: SubjectIdentities) -> None:
         self.identities = identities
@@ -165,13 +172,8 @@ class MatchByIdentity(IdentityMatcher):
     def kinds(self) -> tuple[str, ...]:
         return tuple(sorted(kind for kind, _ in self.identities.items()))
 
-    def matches(self, column: IdentityColumn) -> sql.Composable:
-        return sql.SQL("{} = ANY({})").format(
-            identity_expression(sql.Identifier(column.field), column.match), sql.Placeholder(f"id_{column.kind}")
-        )
-
     def params(self) -> dict[str, Any]:
-        return {f"id_{kind}": [value] for kind, value in self.identities.items()}
+        return {kind: [value] for kind, value in self.identities.items()}
 
     def __repr__(self) -> str:
         return f"MatchByIdentity({self.identities!r})"
@@ -240,83 +242,7 @@ class SubjectResolution:
 # Running a plan
 
 
-def _needed_columns(datamap: DataMap, plan: ResolutionPlan, step: ResolutionStep) -> list[str]:
-    table = datamap.table(step.table)
-    columns = [step.primary_key, *step.output_params.values()]
-    for obj in plan.objects:
-        if obj.source == step.table:
-            columns += list(obj.placeholder_columns.values())
-            if obj.key_column:
-                columns.append(obj.key_column)
-    if table.scope_column:
-        columns.append(table.scope_column)
-    columns += [edge.field for edge in step.owned_via]
-    return list(dict.fromkeys(columns))
-
-
-def _step_query(
-    datamap: DataMap,
-    plan: ResolutionPlan,
-    step: ResolutionStep,
-    matcher: IdentityMatcher,
-    *,
-    legal_params: dict[str, Any] | None,
-) -> tuple[sql.Composed, list[str]]:
-    """SELECT of one step's rows: the needed columns, one state per identity column and one
-    flag per owning reference; the WHERE rebuilt from the step's parts with ``matcher``. With
-    ``legal_params`` (a dict to fill), rows under a legal exception also say until when they are
-    kept."""
-    table = datamap.table(step.table)
-    schema = datamap.postgres_system(step.table.system).db_schema
-    columns = _needed_columns(datamap, plan, step)
-    select: list[sql.Composable] = [sql.Identifier(c) for c in columns]
-    for column in step.identity_matches:
-        select.append(
-            sql.SQL("CASE WHEN {col} IS NULL THEN {absent} WHEN {match} THEN {hit} ELSE {differs} END AS {alias}").format(
-                col=sql.Identifier(column.field), match=matcher.matches(column), absent=sql.Literal(ABSENT),
-                hit=sql.Literal(MATCHES), differs=sql.Literal(DIFFERS), alias=sql.Identifier(f"__id_{column.field}"),
-            )
-        )  # fmt: skip
-    for n, edge in enumerate(step.owned_via):
-        select.append(
-            sql.SQL("COALESCE({} = ANY({}), false) AS {}").format(
-                sql.Identifier(edge.field), sql.Placeholder(_key_param(datamap, edge)), sql.Identifier(f"__own_{n}")
-            )
-        )
-    exception = datamap.legal_exception_for(step.table)
-    if exception is not None and legal_params is not None:
-        period = f"legal_period_{exception.name}"
-        legal_params[period] = exception.period.sql_interval
-        age = sql.Identifier(exception.age_column)
-        until = sql.SQL("{} + {}::interval").format(age, sql.Placeholder(period))
-        select.append(sql.SQL("{} AS {}").format(until, sql.Identifier(KEPT_UNTIL)))
-        select.append(
-            sql.SQL("({age} IS NULL OR {until} > {as_of}) AS {alias}").format(
-                age=age, until=until, as_of=sql.Placeholder("as_of"), alias=sql.Identifier(STILL_KEPT)
-            )
-        )
-    alternatives: list[sql.Composable] = []
-    restrict = matcher.restrict(datamap, step.table, table) if step.identity_matches else None
-    for column in step.identity_matches:
-        match = matcher.matches(column)
-        alternatives.append(sql.SQL("({} AND {})").format(match, restrict) if restrict is not None else match)
-    for edge in step.owned_via:
-        alternatives.append(
-            sql.SQL("{} = ANY({})").format(sql.Identifier(edge.field), sql.Placeholder(_key_param(datamap, edge)))
-        )
-    where: sql.Composable = sql.SQL("({})").format(sql.SQL(" OR ").join(alternatives))
-    if step.scoped:
-        assert table.scope_column is not None
-        where = sql.SQL("{} AND {} = ANY({})").format(
-            where, sql.Identifier(table.scope_column), sql.Placeholder(SCOPE_IDS)
-        )
-    query = sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {}").format(
-        sql.SQL(", ").join(select), sql.Identifier(schema, step.table.table), where, sql.Identifier(step.primary_key)
-    )
-    return query, columns
-
-
-def _key_param(datamap: DataMap, edge: ReferenceEdge) -> str:
+def _owner_param(datamap: DataMap, edge: ReferenceEdge) -> str:
     return key_param(datamap, edge.parent, edge.parent_field)
 
 
@@ -349,7 +275,7 @@ def resolve_subject(
     narrow: bool = True,
     exclude: Mapping[TableRef, set[Any]] | None = None,
 ) -> SubjectResolution:
-    """Run ``plan`` on ``conn`` (the caller's snapshot) and return the person's rows.
+    """Run ``plan``'s statements on ``conn`` (the caller's snapshot) and return the person's rows.
 
     Rows carrying another value of an identity the request names are always left out. With
     ``narrow`` (serving a request), several rows of one table and business are settled by how
@@ -360,11 +286,13 @@ def resolve_subject(
     """
     if plan.business_scope and not scope_ids:
         raise ValueError("a business-scoped resolution needs scope_ids")
+    if plan.matching != matcher.matching:
+        raise ValueError(f"the plan matches by {plan.matching}, the matcher by {matcher.matching}")
     systems = {step.table.system for step in plan.steps}
     if len(systems) > 1:
         # Ownership across databases cannot be joined in one snapshot; no map needs it yet.
         raise NotImplementedError(f"resolution across several postgres systems ({sorted(systems)}) is not supported")
-    params: dict[str, Any] = {**matcher.params(), **({"as_of": as_of} if as_of is not None else {})}
+    params: dict[str, Any] = {**matcher.params(), AS_OF: as_of}
     if plan.business_scope:
         params[SCOPE_IDS] = [int(s) for s in scope_ids or []]
     outputs: dict[str, list[Any]] = {}
@@ -373,17 +301,16 @@ def resolve_subject(
     with conn.cursor(row_factory=dict_row) as cur:
         for step in plan.steps:
             table = datamap.table(step.table)
-            legal: dict[str, Any] | None = {} if as_of is not None else None
-            query, columns = _step_query(datamap, plan, step, matcher, legal_params=legal)
-            for edge in step.owned_via:
-                params.setdefault(_key_param(datamap, edge), [])
-            fetched = cur.execute(query, {**params, **matcher.params(), **(legal or {})}).fetchall()
+            for name in step.select.input_params:  # nothing found upstream, nothing planned: match nothing
+                if name.startswith(PLANNED_KEYS_PREFIX) or any(name == _owner_param(datamap, e) for e in step.owned_via):
+                    params.setdefault(name, [])
+            fetched = cur.execute(step.select.query, step.select.bind(params)).fetchall()
             rows = TableRows(step.table, step.primary_key, table.scope_column, step.owned_via)
             candidates: dict[Any, dict[str, Any]] = {}
             identity_fields = [c.field for c in step.identity_matches]
             for record in fetched:
                 key = record[step.primary_key]
-                owned = any(record[f"__own_{n}"] for n in range(len(step.owned_via)))
+                owned = any(record[owner_flag_column(n)] for n in range(len(step.owned_via)))
                 hit = any(record[f"__id_{f}"] == MATCHES for f in identity_fields)
                 candidates[key] = dict(record)
                 if hit and not owned:
@@ -391,7 +318,8 @@ def resolve_subject(
                 if exclude and key in exclude.get(step.table, set()):
                     rows.excluded[key] = EXCLUDED_BY_PLAN
             ambiguities += _narrow(rows, candidates, identity_fields, groups=narrow)
-            keep_columns = [*columns, *([KEPT_UNTIL, STILL_KEPT] if legal else [])]
+            legal = as_of is not None and datamap.legal_exception_for(step.table) is not None
+            keep_columns = [*step.columns, *([KEPT_UNTIL, STILL_KEPT] if legal else [])]
             for key, record in candidates.items():
                 if key not in rows.excluded:
                     rows.rows[key] = {c: record[c] for c in keep_columns}
@@ -404,16 +332,9 @@ def resolve_subject(
         mentions: list[MentionRows] = []
         for mention in plan.mentions:
             child = datamap.table(mention.edge.child)
-            schema = datamap.postgres_system(mention.edge.child.system).db_schema
-            names = [child.primary_key, mention.edge.field, *([child.scope_column] if child.scope_column else [])]
-            query = sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {}").format(
-                sql.SQL(", ").join(sql.Identifier(n) for n in dict.fromkeys(names)),
-                sql.Identifier(schema, mention.edge.child.table),
-                mention.where, sql.Identifier(child.primary_key),
-            )  # fmt: skip
             found = MentionRows(mention.edge, child.primary_key, child.scope_column)
             if params.get(mention.parent_param):
-                for record in cur.execute(query, {n: params[n] for n in mention.input_params}).fetchall():
+                for record in cur.execute(mention.select.query, mention.select.bind(params)).fetchall():
                     found.rows[record[child.primary_key]] = dict(record)
             mentions.append(found)
     return SubjectResolution(plan=plan, tables=tables, mentions=mentions, params=outputs, ambiguities=ambiguities)

@@ -73,6 +73,11 @@ def test_every_dag_has_owner_retries_tags_doc_and_the_failure_notifier(dagbag: A
             where = f"{dag_id}.{task.task_id}"
             assert task.owner not in ("", "airflow"), where
             assert task.retries >= 1, where
+            # every task has a deadline; one that waits for a person outlives the wait
+            assert task.execution_timeout is not None, where
+            response_timeout = getattr(task, "response_timeout", None)
+            if response_timeout is not None:
+                assert task.execution_timeout > response_timeout, where
             callbacks = task.on_failure_callback or []
             callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
             assert any(isinstance(cb, GovernanceFailureNotifier) for cb in callbacks), where

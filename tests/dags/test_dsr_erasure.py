@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import requests
 from airflow.utils.state import DagRunState
 
 from governance_dev.seed import cast_member
@@ -58,12 +59,18 @@ def _request(key: str, *, approved: bool) -> str:
     now = datetime.now(UTC)
     with connect(conninfo) as conn:
         request_id = create_request(
-            conn, kind="erasure", identities=SubjectIdentities.parse(email=subject.email, phone=subject.phone),
+            conn, kind="erasure", identities=SubjectIdentities.parse(email=subject.email, phone=subject.phone, region="US"),
             hasher=hasher_from_airflow(), cipher=cipher_from_airflow(), received_at=now, source="intake",
         )  # fmt: skip
     if approved:
         mark_verified(request_id, method="email_link", verified_by="intake-desk", at=now, conninfo=conninfo)
     return request_id
+
+
+def _support_desk_ids(deployment: Deployment, email: str) -> list[int]:
+    """Ids of the support desk's requesters with ``email``, read from the stand-in over HTTP."""
+    state = requests.get(deployment.support_desk.url + "/_admin/state", timeout=10).json()
+    return [r["id"] for r in state["requesters"] if (r.get("email") or "").lower() == email.lower()]
 
 
 def _task_logs(run_id: str, captured: str) -> str:
@@ -134,10 +141,17 @@ def test_request_approved_at_intake_is_erased_certified_and_closed_without_ident
 ) -> None:
     subject = cast_member("both_user_and_caller")
     recordings = recording_keys_of_callers(reference_clone.app_url, subject.caller_ids)
+    desk_ids = _support_desk_ids(reference_clone, subject.email or "")
+    assert len(desk_ids) == 1, "the support desk (a Python connector) holds the person"
     request_id = _request("both_user_and_caller", approved=True)
     dag_run = get_dag("dsr_erasure").test(run_conf=form(request_id=request_id, dry_run=False))
     states = task_states(dag_run)
     assert dag_run.state == DagRunState.SUCCESS, states
+    # The support desk erased the person through its asynchronous job, polled to completion.
+    assert _support_desk_ids(reference_clone, subject.email or "") == []
+    state = requests.get(reference_clone.support_desk.url + "/_admin/state", timeout=10).json()
+    assert [(j["requester_id"], j["status"]) for j in state["jobs"]] == [(desk_ids[0], "completed")]
+    assert desk_ids[0] in state["deleted"]
     assert states["approve_erasure"] == "skipped" and states["already_approved"] == "success"
     with psycopg.connect(reference_clone.app_url) as conn:
         users = conn.execute("SELECT count(*) FROM app.users WHERE id = %s", (subject.user_id,)).fetchone()[0]
@@ -281,7 +295,8 @@ def test_an_erasure_that_fails_at_a_processor_fails_the_run_alerts_once_and_a_re
         status, detail = conn.execute(
             "SELECT status, outcome_detail FROM governance.privacy_requests WHERE request_id = %s", (request_id,)
         ).fetchone()
-    assert status == "failed" and "before a plan was made" in detail
+    assert status == "failed" and "before a plan was made: a processor did not answer" in detail
+    assert "crm" in detail and "HTTP 503" in detail, "the request names the system and the cause"
     alerts = [r.getMessage() for r in caplog.records
               if r.name == "governance.notifier" and r.getMessage().startswith("task_failed {")]  # fmt: skip
     assert len(alerts) == 1, "one alert for the failed request, from its last task"

@@ -172,7 +172,7 @@ def recorded_request(deployment: Deployment, key: str, *, verified: bool, busine
     member = cast_member(key)
     with psycopg.connect(deployment.app_url) as conn:
         request_id = create_request(
-            conn, kind="export", identities=SubjectIdentities.parse(email=member.email, phone=member.phone),
+            conn, kind="export", identities=SubjectIdentities.parse(email=member.email, phone=member.phone, region="US"),
             hasher=hasher_from_airflow(), cipher=cipher_from_airflow(), received_at=datetime.now(UTC),
             business_id=business_id, source="intake",
         )  # fmt: skip

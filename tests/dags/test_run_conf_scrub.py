@@ -117,7 +117,7 @@ def probe(synced_dags: None, governance_url: str) -> Iterator[dict[str, Any]]:
     request_id = form_request_id("export", served_run, RECEIVED)
     with psycopg.connect(governance_url) as conn:
         create_request(
-            conn, kind="export", identities=SubjectIdentities.parse(email=EMAIL, phone=PHONE),
+            conn, kind="export", identities=SubjectIdentities.parse(email=EMAIL, phone=PHONE, region="US"),
             hasher=hasher_from_airflow(), cipher=cipher_from_airflow(), received_at=RECEIVED,
             business_id=7, source="trigger_form", request_id=request_id,
         )  # fmt: skip

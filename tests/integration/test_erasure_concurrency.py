@@ -62,7 +62,7 @@ def test_two_people_of_one_business_erase_in_parallel_while_a_held_person_waits(
     one, two = cast_member("shared_business_user_1"), cast_member("shared_business_user_2")
     url = reference_clone.app_url
     gov = url  # the governance schema lives in the app database in the reference deployment
-    held = SubjectIdentities.parse(email=one.email, phone=one.phone)
+    held = SubjectIdentities.parse(email=one.email, phone=one.phone, region="US")
     with subject_lock(gov, hasher_from_airflow(), held):
         first = _start("shared_business_user_1", "parallel_one")
         second = _start("shared_business_user_2", "parallel_two")

@@ -115,7 +115,9 @@ def test_caller_without_account_loses_calls_messages_appointments_recordings_and
     for key in recordings:
         assert all_versions(s3, shared_clone.bucket, key) == [], key
     assert not [c for c in shared_clone.crm.contacts() if c["email"].lower() == (subject.email or "").lower()]
-    assert run.summary["processors"] == {"payments_processor": 0, "crm": 1}
+    assert run.summary["processors"] == {"payments_processor": 0, "crm": 1, "support_desk": 1}
+    assert not [r for r in shared_clone.support_desk.requesters()
+                if (r["email"] or "").lower() == (subject.email or "").lower()]  # fmt: skip
 
 
 def test_erasing_one_user_of_a_shared_business_leaves_the_other_user_and_the_business(
@@ -175,7 +177,7 @@ def test_request_scoped_to_one_business_erases_only_that_business_rows(
     d = diff(before, snapshot(url))
     _only_planned_changes(d, plan_keys(url, run.summary["plan_id"]))
     assert d["callers"]["deleted"] == {at_c}
-    assert run.summary["processors_skipped"] == ["payments_processor", "crm"]
+    assert run.summary["processors_skipped"] == ["payments_processor", "crm", "support_desk"]
     assert len(shared_clone.crm.contacts()) == contacts_before
 
 

@@ -17,6 +17,7 @@ from governance.crypto import hasher_from_airflow
 from governance_dev.seed import cast_member
 from tests.fixtures.reference import Deployment
 from tests.integration.test_erasure_support import (
+    APPROVAL,
     AS_OF,
     all_versions,
     conf_for,
@@ -216,3 +217,45 @@ def test_a_form_request_is_not_executed_without_approval(shared_clone: Deploymen
     with pytest.raises(AirflowFailException, match="does not say how the person's identity was verified"):
         run_erasure(conf_for("call_handler"), "unverified", approval={"chosen_options": ["Approve"], "params_input": {}})
     assert diff(before, snapshot(shared_clone.app_url)) == {t: UNCHANGED for t in before}
+
+
+def test_the_plan_shows_the_statements_that_run_and_a_changed_data_map_stops_execution(
+    shared_clone: Deployment, tmp_path: Any, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    import json
+
+    from governance.config import datamap_path
+    from governance.datamap import load_datamap
+    from governance.erasure.executor import approved_statements
+    from governance.erasure.planner import ErasureWork
+    from governance.workflows import dsr_erasure as wf
+
+    subject = cast_member("payer")
+    # The dry run's plan carries every statement as it runs: SQL with placeholders, no values.
+    dry = run_erasure(conf_for("payer"), "sql_dry_run", dry_run=True)
+    shown = [s for s in dry.summary["statements"] if s["rows"]]
+    assert {s["step"].split(":")[3] for s in shown} >= {"users", "payments"}
+    assert any(s["sql"].startswith('DELETE FROM "app"."users" WHERE "id" = ANY(%(keys)s)') for s in shown)
+    text = json.dumps(dry.summary) + dry.summary["approval_markdown"]
+    for value in (subject.email or "", (subject.email or "").lower(), subject.e164 or "", subject.phone or ""):
+        assert value not in text
+    assert "```sql" in dry.summary["approval_markdown"]
+
+    # What was planned (and would be approved) is what the executor runs.
+    planned_run = run_erasure(conf_for("payer"), "sql_changed_map", until="plan")
+    work = ErasureWork.from_json(plan_keys(shared_clone.app_url, planned_run.summary["plan_id"]))
+    statements = approved_statements(load_datamap(), work)
+    assert {s.step_id: s.sql for s in work.database} == {k: v.text for k, v in statements.items()}
+
+    # The map changes before the approval is acted on: nothing runs, the message says why.
+    changed = tmp_path / "datamap.yaml"
+    changed.write_text(datamap_path().read_text().replace("    schema: app\n", "    schema: app_moved\n", 1))
+    monkeypatch.setenv("GOVERNANCE_DATAMAP", str(changed))
+    before = snapshot(shared_clone.app_url)
+    with pytest.raises(AirflowFailException, match=r"statements differ .*plan the erasure again"):
+        wf.execute_database(planned_run.summary, approval=APPROVAL, run_id=run_id_for("sql_changed_map"))
+    assert diff(before, snapshot(shared_clone.app_url)) == {t: UNCHANGED for t in before}
+    with psycopg.connect(shared_clone.app_url) as conn:
+        status = conn.execute("SELECT status FROM governance.erasure_plans WHERE plan_id = %s",
+                              (planned_run.summary["plan_id"],)).fetchone()  # fmt: skip
+    assert status == ("planned",)

@@ -24,8 +24,9 @@ from typing import Any
 
 import psycopg
 import pytest
+from airflow.sdk import Connection
 
-from governance.connections import ConnectionInfo
+from governance.connectors.base import processor_connector
 from governance.connectors.processors import ProcessorClient, ProcessorUnavailable
 from governance.crypto import IdentityHasher, Keyring, new_key_b64
 from governance.datamap import load_datamap
@@ -101,12 +102,13 @@ def ground_truth_objects(url: str, s3: Any, bucket: str, call_ids: set[int]) -> 
 def ground_truth_processors(deployment: Deployment, email: str | None) -> dict[str, set[str]]:
     """Record ids each processor stand-in holds for the e-mail (case-insensitive)."""
     if not email:
-        return {"payments_processor": set(), "crm": set(), "charges": set()}
+        return {"payments_processor": set(), "crm": set(), "charges": set(), "support_desk": set()}
     wanted = email.strip().lower()
     customers = {c["id"] for c in deployment.payments.customers() if (c.get("email") or "").lower() == wanted}
     charges = {c["id"] for c in deployment.payments.charges() if c.get("customer") in customers}
     contacts = {str(c["id"]) for c in deployment.crm.contacts() if (c.get("email") or "").lower() == wanted}
-    return {"payments_processor": customers, "crm": contacts, "charges": charges}
+    requesters = {str(r["id"]) for r in deployment.support_desk.requesters() if (r.get("email") or "").lower() == wanted}
+    return {"payments_processor": customers, "crm": contacts, "charges": charges, "support_desk": requesters}
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,14 +117,16 @@ def ground_truth_processors(deployment: Deployment, email: str | None) -> dict[s
 
 def targets_for(deployment: Deployment, s3: Any) -> ExportTargets:
     infos = {
-        "payments_processor": ConnectionInfo("payments_processor", "http", host=deployment.payments.url,
+        "payments_processor": Connection(conn_id="payments_processor", conn_type="http", host=deployment.payments.url,
                                              password=deployment.payments.api_key),
-        "crm": ConnectionInfo("crm", "http", host=deployment.crm.url, password=deployment.crm.api_key),
+        "crm": Connection(conn_id="crm", conn_type="http", host=deployment.crm.url, password=deployment.crm.api_key),
+        "support_desk": Connection(conn_id="support_desk", conn_type="http", host=deployment.support_desk.url,
+                                   login="governance", password=deployment.support_desk.api_key),
     }  # fmt: skip
     return ExportTargets(
         conninfo_for=lambda _conn_id: deployment.app_url,
         s3_for=lambda _conn_id: s3,
-        processor_client_for=lambda p: ProcessorClient(p, infos[p.name], attempts=2, backoff_s=0.01),
+        processor_client_for=lambda p: processor_connector(p, infos[p.name], attempts=2, backoff_s=0.01),
     )
 
 
@@ -132,7 +136,7 @@ def subject_of(key: str, *, email: str | None = "typed", phone: str | None = "ty
     return ExportSubject(
         request_id=request_id,
         identities=SubjectIdentities.parse(
-            email=member.email if email == "typed" else email, phone=member.phone if phone == "typed" else phone
+            email=member.email if email == "typed" else email, phone=member.phone if phone == "typed" else phone, region="US"
         ),
         received_on=date(2026, 1, 15),
         business_scope=(business,) if business else None,
@@ -227,8 +231,9 @@ def assert_matches_ground_truth(archive: zipfile.ZipFile, deployment: Deployment
     for key, data in objects.items():
         assert archive.read(in_bundle[key]) == data, f"{key} is byte-identical"
     processors = ground_truth_processors(deployment, email) if not business else {"payments_processor": set(),
-                                                                                  "crm": set(), "charges": set()}  # fmt: skip
-    for name in ("payments_processor", "crm"):
+                                                                                  "crm": set(), "charges": set(),
+                                                                                  "support_desk": set()}  # fmt: skip
+    for name in ("payments_processor", "crm", "support_desk"):
         folders = {n.split("/")[2] for n in archive.namelist() if n.startswith(f"processors/{name}/")}
         assert folders == processors[name], name
     charges = {c["id"] for n in archive.namelist() if n.endswith("/charges.json") for c in json.loads(archive.read(n))}
@@ -424,7 +429,7 @@ def test_a_processor_that_stays_down_fails_the_export_and_leaves_no_object(
 ) -> None:
     from governance_dev.services import free_port
 
-    dead = ConnectionInfo("crm", "http", host=f"http://127.0.0.1:{free_port()}", password="x")
+    dead = Connection(conn_id="crm", conn_type="http", host=f"http://127.0.0.1:{free_port()}", password="x")
     targets = targets_for(env, s3)
     down = ExportTargets(
         conninfo_for=targets.conninfo_for,
@@ -539,7 +544,7 @@ def test_a_table_and_a_processor_added_to_the_map_are_exported_with_no_code_chan
     targets = targets_for(reference_clone, s3)
     extended = ExportTargets(
         conninfo_for=targets.conninfo_for, s3_for=targets.s3_for,
-        processor_client_for=lambda p: ProcessorClient(p, ConnectionInfo("crm", "http", host=reference_clone.crm.url,
+        processor_client_for=lambda p: ProcessorClient(p, Connection(conn_id="crm", conn_type="http", host=reference_clone.crm.url,
             password=reference_clone.crm.api_key), attempts=2, backoff_s=0.01) if p.name == "crm_archive"
         else targets.processor_client_for(p),
     )  # fmt: skip
@@ -603,6 +608,9 @@ def test_household_member_named_by_email_and_shared_phone_gets_only_their_own_ro
     assert objects and in_bundle == set(objects) and not in_bundle & set(their_objects)
     folders = {n.split("/")[2] for n in archive.namelist() if n.startswith("processors/crm/")}
     assert folders == ground_truth_processors(env, member.email)["crm"] != set()
+    # The support desk is a Python connector (OAuth, a search body): exported through the same path.
+    desk = {n.split("/")[2] for n in archive.namelist() if n.startswith("processors/support_desk/")}
+    assert desk == ground_truth_processors(env, member.email)["support_desk"] != set()
     assert summary.source_counts["aircalls_app.callers"] == 1
     assert summary.excluded_rows == {"aircalls_app.callers": 1}, "the neighbour's row was found and left out"
     text = archive.read("index.html").decode() + archive.read("manifest.json").decode()
@@ -692,7 +700,7 @@ def test_a_processor_added_to_the_map_with_paging_has_every_page_followed_with_n
     member = cast_member("payer")
     truth = ground_truth_processors(env, member.email)
     [customer] = truth["payments_processor"]
-    connection = ConnectionInfo("payments_processor", "http", host=env.payments.url, password=env.payments.api_key)
+    connection = Connection(conn_id="payments_processor", conn_type="http", host=env.payments.url, password=env.payments.api_key)
     asked_before = len(env.payments.request_log())
     with ProcessorClient(datamap.processor("billing_mirror"), connection, attempts=2, backoff_s=0.01) as client:  # type: ignore[arg-type]
         paged = client.export(customer)["charges"]

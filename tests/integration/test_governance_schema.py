@@ -65,7 +65,7 @@ def test_an_edited_applied_migration_is_refused(make_db: Callable[[str], str], t
 
 def test_request_stores_identities_only_encrypted_and_hashed(governance_db: str) -> None:
     hasher, cipher = hasher_from_airflow(), cipher_from_airflow()
-    subject = SubjectIdentities.parse(email="  Alice.Smith@Example.COM ", phone="+1 (555) 010-2000")
+    subject = SubjectIdentities.parse(email="  Alice.Smith@Example.COM ", phone="+1 (555) 010-2000", region="US")
     with psycopg.connect(governance_db) as conn:
         request_id = create_request(conn, kind="export", identities=subject, hasher=hasher, cipher=cipher,
                                     received_at=RECEIVED)  # fmt: skip
@@ -84,7 +84,7 @@ def test_request_stores_identities_only_encrypted_and_hashed(governance_db: str)
 
 def test_request_with_explicit_id_is_idempotent(governance_db: str) -> None:
     hasher, cipher = hasher_from_airflow(), cipher_from_airflow()
-    subject = SubjectIdentities.parse(phone="(555) 010-3000")
+    subject = SubjectIdentities.parse(phone="(555) 010-3000", region="US")
     with psycopg.connect(governance_db) as conn:
         for _ in range(2):
             create_request(conn, kind="erasure", identities=subject, hasher=hasher, cipher=cipher,

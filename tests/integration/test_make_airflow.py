@@ -36,6 +36,7 @@ def _clean_environment(state_dir: Path, airflow_port: int) -> dict[str, str]:
             "GOVERNANCE_S3_PORT": str(free_port()),
             "GOVERNANCE_PAYMENTS_PORT": str(free_port()),
             "GOVERNANCE_CRM_PORT": str(free_port()),
+            "GOVERNANCE_SUPPORT_DESK_PORT": str(free_port()),
             "GOVERNANCE_AIRFLOW_PORT": str(airflow_port),
         }
     )

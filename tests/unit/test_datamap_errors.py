@@ -405,7 +405,7 @@ def test_validate_command_prints_a_summary_and_exits_0_for_the_shipped_map(capsy
     assert _run_command(SHIPPED) == 0
     out = capsys.readouterr().out
     assert out.startswith("OK: 2 systems, 10 tables, ")
-    assert "2 processors (version " in out and "sha256 " in out
+    assert "3 processors (version " in out and "sha256 " in out
 
 
 def test_validate_command_prints_every_issue_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -417,3 +417,38 @@ def test_validate_command_prints_every_issue_and_exits_1(tmp_path: Path, capsys:
 def test_validate_command_exits_2_for_an_unreadable_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _run_command(tmp_path / "missing.yaml") == 2
     assert "cannot read the data map" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# The escape hatch: connector: python names a class checked at load
+
+
+def test_python_connector_class_that_does_not_exist_is_a_placed_error(tmp_path: Path) -> None:
+    path, error = broken(tmp_path, lambda d: processor(d, "support_desk").update(
+        {"class": "governance.connectors.support_desk:SupportDeskConector"}))  # fmt: skip
+    assert_issue(path, error, "processors[support_desk].class", "has no class 'SupportDeskConector'",
+                 "SupportDeskConnector")  # fmt: skip
+    path, error = broken(tmp_path, lambda d: processor(d, "support_desk").update({"class": "governance.nowhere:Desk"}))
+    assert_issue(path, error, "processors[support_desk].class", "module 'governance.nowhere' does not import")
+
+
+def test_python_connector_class_must_satisfy_the_contract(tmp_path: Path) -> None:
+    path, error = broken(tmp_path, lambda d: processor(d, "support_desk").update(
+        {"class": "governance.connectors.base:ProcessorRecord"}))  # fmt: skip
+    assert_issue(path, error, "processors[support_desk].class", "is not a ProcessorConnector")
+    path, error = broken(tmp_path, lambda d: processor(d, "support_desk").update(
+        {"class": "governance.connectors.base:ProcessorConnector"}))  # fmt: skip
+    assert_issue(path, error, "processors[support_desk].class", "does not implement", "erase")
+
+
+def test_python_connector_needs_lookup_by_and_takes_no_templates(tmp_path: Path) -> None:
+    def mutate(d: Map) -> None:
+        desk = processor(d, "support_desk")
+        desk["lookup_by"] = ["emial"]
+        desk["erase"] = {"method": "DELETE", "path": "/x/{id}"}
+
+    path, error = broken(tmp_path, mutate)
+    assert_issue(path, error, "processors[support_desk].lookup_by[0]", "'emial' is not an identity kind", "email")
+    assert_issue(path, error, "processors[support_desk].erase", "connector: python takes no erase")
+    path, error = broken(tmp_path, lambda d: processor(d, "crm").pop("lookup"))
+    assert_issue(path, error, "processors[crm].lookup", "needs a lookup call")

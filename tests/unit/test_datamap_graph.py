@@ -49,16 +49,25 @@ def all_sql(*plan_parts: Any) -> list[str]:
     texts: list[str] = []
     for part in plan_parts:
         if isinstance(part, plans.ResolutionPlan):
-            texts += [rendered(s.query) for s in part.steps] + [rendered(s.count_query) for s in part.steps]
-            texts += [rendered(m.query) for m in part.mentions]
+            texts += [s.text for s in part.statements]
         elif isinstance(part, plans.ErasurePlan):
-            texts += [rendered(s.query) for s in part.statements]
+            texts += [s.statement.text for s in part.statements]
+            texts += [s.check.text for s in part.statements if s.check is not None]
         elif isinstance(part, plans.RetentionPlan):
-            texts += [rendered(s.query) for s in part.statements]
-            texts += [rendered(s.select_due) for s in part.statements if s.select_due is not None]
-            texts += [rendered(o.select_due) for o in part.objects if o.select_due is not None]
-            texts += [rendered(o.clear_key_column) for o in part.objects if o.clear_key_column is not None]
+            texts += [s.text for s in part.all_statements]
     return texts
+
+
+def all_statements(*plan_parts: Any) -> list[plans.Statement]:
+    out: list[plans.Statement] = []
+    for part in plan_parts:
+        if isinstance(part, plans.ResolutionPlan):
+            out += part.statements
+        elif isinstance(part, plans.ErasurePlan):
+            out += [s.statement for s in part.statements] + [s.check for s in part.statements if s.check is not None]
+        elif isinstance(part, plans.RetentionPlan):
+            out += part.all_statements
+    return out
 
 
 # -- identity resolution --------------------------------------------------------------------
@@ -79,15 +88,53 @@ def test_resolution_from_email_reaches_every_table_holding_the_persons_rows(data
 
 def test_identity_steps_match_on_the_normalised_expression(datamap: DataMap) -> None:
     plan = plans.build_resolution_plan(datamap, ["email", "phone"])
-    users = rendered(plan.step(t("users")).query)
-    callers = rendered(plan.step(t("callers")).query)
+    users = plan.step(t("users")).select.text
+    callers = plan.step(t("callers")).select.text
     assert 'lower("email") = ANY(%(email)s)' in users
     assert '"phone_e164" = ANY(%(phone)s)' in users
     assert '"phone" = ANY(%(phone)s)' in callers and 'lower("email") = ANY(%(email)s)' in callers
-    assert rendered(plan.step(t("users")).query) == (
-        'SELECT "id" FROM "app"."users" WHERE (lower("email") = ANY(%(email)s) OR "phone_e164" = ANY(%(phone)s)) '
-        'ORDER BY "id"'
+    # One state per identity column (absent 0, matches 1, differs 2): what narrowing reads.
+    assert users == (
+        'SELECT "id", "business_id", '
+        'CASE WHEN "email" IS NULL THEN 0 WHEN lower("email") = ANY(%(email)s) THEN 1 ELSE 2 END AS "__id_email", '
+        'CASE WHEN "phone_e164" IS NULL THEN 0 WHEN "phone_e164" = ANY(%(phone)s) THEN 1 ELSE 2 END AS "__id_phone_e164" '
+        'FROM "app"."users" WHERE (lower("email") = ANY(%(email)s) OR "phone_e164" = ANY(%(phone)s)) ORDER BY "id"'
     )
+    assert plan.step(t("users")).count.text == (
+        'SELECT count(*) FROM "app"."users" WHERE (lower("email") = ANY(%(email)s) OR "phone_e164" = ANY(%(phone)s)) '
+        'AND "id" <> ALL(%(excluded_aircalls_app_users)s)'
+    )
+
+
+def test_keyed_hash_matching_hashes_the_columns_in_sql_and_limits_to_rows_recorded_before(datamap: DataMap) -> None:
+    plan = plans.build_resolution_plan(datamap, ["email", "phone"], matching="keyed_hash")
+    callers = plan.step(t("callers")).select
+    hashed_phone = (
+        "encode(sha256(%(keyed_hash_outer_pad)s::bytea || sha256(%(keyed_hash_inner_pad)s::bytea || "
+        "%(kh_domain_phone)s::bytea || convert_to(\"phone\"::text, 'UTF8'))), 'hex') = ANY(%(kh_phone)s)"
+    )
+    assert f'({hashed_phone} AND "first_seen_at" < %(kh_created_before)s)' in callers.text
+    assert "%(phone)s" not in callers.text and "%(email)s" not in callers.text
+    assert {"kh_phone", "kh_domain_phone", "keyed_hash_inner_pad", "kh_created_before"} <= set(callers.input_params)
+    # No record-time column: only the keys the erasure removed may match again.
+    users_without_created_at = raw_map()
+    users = next(x for x in users_without_created_at["systems"][0]["tables"] if x["name"] == "users")
+    users["fields"] = [f for f in users["fields"] if f["name"] != "created_at"]
+    users_plan = plans.build_resolution_plan(validate_datamap(users_without_created_at), ["email"], matching="keyed_hash")
+    assert '"id" = ANY(%(kh_planned_aircalls_app_users)s)' in users_plan.step(t("users")).select.text
+
+
+def test_keyed_hash_sql_with_a_domain_is_the_identity_hashers_hmac() -> None:
+    from governance.crypto import IdentityHasher, Keyring
+
+    key = b"k" * 32
+    hasher = IdentityHasher(Keyring(active_id="k1", keys={"k1": key}))
+    pads = plans.keyed_hash_params(key)
+    domain = plans.keyed_hash_domain("phone")
+    # The SQL expression with a domain: sha256(outer || sha256(inner || domain || value)).
+    inner = hashlib.sha256(pads["keyed_hash_inner_pad"] + domain + b"+15550102000").digest()
+    computed = hashlib.sha256(pads["keyed_hash_outer_pad"] + inner).hexdigest()
+    assert computed == plans.keyed_hash_reference(key, "+15550102000", domain=domain) == hasher.hash("phone", "+15550102000")
 
 
 def test_resolution_from_phone_alone_uses_only_phone_columns(datamap: DataMap) -> None:
@@ -105,9 +152,9 @@ def test_dependent_steps_select_by_parent_keys_after_their_parents(datamap: Data
     assert order.index(t("users")) < order.index(t("support_tickets"))
     callers = plan.step(t("callers"))
     assert callers.output_params == {"callers_ids": "id"}
-    assert rendered(plan.step(t("calls")).query) == (
-        'SELECT "id", "business_id", "recording_key" FROM "app"."calls" WHERE ("caller_id" = ANY(%(callers_ids)s)) '
-        'ORDER BY "id"'
+    assert plan.step(t("calls")).select.text == (
+        'SELECT "id", "business_id", "recording_key", "caller_id", COALESCE("caller_id" = ANY(%(callers_ids)s), false) '
+        'AS "__own_0" FROM "app"."calls" WHERE ("caller_id" = ANY(%(callers_ids)s)) ORDER BY "id"'
     )
     assert plan.step(t("calls")).input_params == ("callers_ids",)
     # Leaf tables need no materialised ids: erasure and export use their match directly.
@@ -120,8 +167,9 @@ def test_mention_references_are_reported_separately_from_owned_rows(datamap: Dat
     assert mentions == {(t("calls"), "handled_by_user_id"), (t("messages"), "user_id")}
     handled = next(m for m in plan.mentions if m.edge.field == "handled_by_user_id")
     assert handled.edge.kind is ReferenceKind.mention
-    assert rendered(handled.query) == (
-        'SELECT "id" FROM "app"."calls" WHERE "handled_by_user_id" = ANY(%(users_ids)s) ORDER BY "id"'
+    assert handled.select.text == (
+        'SELECT "id", "handled_by_user_id", "business_id" FROM "app"."calls" WHERE "handled_by_user_id" = '
+        'ANY(%(users_ids)s) ORDER BY "id"'
     )
     # calls is owned only through callers, never through the user it mentions
     assert [e.parent for e in plan.step(t("calls")).owned_via] == [t("callers")]
@@ -130,7 +178,7 @@ def test_mention_references_are_reported_separately_from_owned_rows(datamap: Dat
 def test_processors_are_looked_up_with_the_identities_they_accept(datamap: DataMap) -> None:
     plan = plans.build_resolution_plan(datamap, ["email", "phone"])
     assert {(p.processor, p.identity_kinds) for p in plan.processors} == {
-        ("payments_processor", ("email",)), ("crm", ("email",)),
+        ("payments_processor", ("email",)), ("crm", ("email",)), ("support_desk", ("email",)),
     }
 
 
@@ -147,7 +195,7 @@ def test_business_scope_restricts_every_table_with_a_declared_scope_column(datam
     assert plan.required_params == ("email", "phone", "scope_ids")
     for step in plan.steps:
         scope_column = datamap.table(step.table).scope_column
-        text = rendered(step.query)
+        text = step.select.text
         if scope_column:
             assert f'"{scope_column}" = ANY(%(scope_ids)s)' in text, step.table
             assert step.scoped and "scope_ids" in step.input_params
@@ -157,7 +205,7 @@ def test_business_scope_restricts_every_table_with_a_declared_scope_column(datam
         t("support_tickets"), t("marketing_preferences"), t("usage_events")
     }
     for mention in plan.mentions:
-        assert '"business_id" = ANY(%(scope_ids)s)' in rendered(mention.query)
+        assert '"business_id" = ANY(%(scope_ids)s)' in mention.select.text
 
 
 def test_without_business_scope_no_scope_filter_appears(datamap: DataMap) -> None:
@@ -172,7 +220,7 @@ def test_scope_column_comes_from_the_map_not_from_a_column_name(datamap: DataMap
     callers["fields"].append({"name": "tenant", "data_category": "system.operations", "data_use": "essential.service.operations"})
     callers["references"] = [{"field": "tenant", "to": {"table": "businesses"}, "kind": "scope"}]
     plan = plans.build_resolution_plan(validate_datamap(data), ["phone"], business_scope=True)
-    assert '"tenant" = ANY(%(scope_ids)s)' in rendered(plan.step(t("callers")).query)
+    assert '"tenant" = ANY(%(scope_ids)s)' in plan.step(t("callers")).select.text
 
 
 def test_scoped_request_leaves_out_identity_tables_without_a_scope_column() -> None:
@@ -269,9 +317,10 @@ def test_a_new_owned_table_and_prefix_join_resolution_erasure_and_retention_with
     datamap = with_voicemails()
     resolution = plans.build_resolution_plan(datamap, ["phone"], business_scope=True)
     voicemails = resolution.step(t("voicemails"))
-    assert rendered(voicemails.query) == (
-        'SELECT "id", "business_id" FROM "app"."voicemails" WHERE ("caller_id" = ANY(%(callers_ids)s)) '
-        'AND "business_id" = ANY(%(scope_ids)s) ORDER BY "id"'
+    assert voicemails.export.text == (
+        'SELECT "id", "business_id", "caller_id", "left_at" FROM "app"."voicemails" WHERE ("caller_id" = '
+        'ANY(%(callers_ids)s)) AND "business_id" = ANY(%(scope_ids)s) AND "id" <> ALL(%(excluded_aircalls_app_voicemails)s) '
+        'ORDER BY "id"'
     )
     audio = next(o for o in resolution.objects if o.prefix.prefix == "voicemail_audio")
     assert audio.keys_for([{"id": 7, "business_id": 3}]) == ["voicemails/3/7.wav"]
@@ -289,7 +338,7 @@ def test_a_new_owned_table_and_prefix_join_resolution_erasure_and_retention_with
     assert rule.select_due is not None and [o.prefix.prefix for o in rule.objects] == ["voicemail_audio"]
     # callers' retention now also waits for the caller's voicemails to be gone
     callers_rule = next(s for s in retention.statements if s.rule == "inactive_callers_2_years")
-    assert '"app"."voicemails"' in rendered(callers_rule.query)
+    assert '"app"."voicemails"' in callers_rule.statement.text
 
 
 # -- erasure statements ---------------------------------------------------------------------
@@ -298,19 +347,23 @@ def test_a_new_owned_table_and_prefix_join_resolution_erasure_and_retention_with
 def test_erasure_plan_deletes_owned_rows_and_clears_mentions(datamap: DataMap) -> None:
     erasure = plans.build_erasure_plan(datamap, plans.build_resolution_plan(datamap, ["email"]))
     by_key = {(s.table.table, s.effect): s for s in erasure.statements}
-    assert rendered(by_key[("usage_events", "delete_rows")].query) == (
-        'DELETE FROM "app"."usage_events" WHERE "id" IN (SELECT "id" FROM "app"."usage_events" '
-        'WHERE ("user_id" = ANY(%(users_ids)s)) LIMIT %(batch_size)s)'
+    # Keyed by the primary keys resolution found (and holds left free), bound in batches.
+    assert by_key[("usage_events", "delete_rows")].statement.text == (
+        'DELETE FROM "app"."usage_events" WHERE "id" = ANY(%(keys)s)'
     )
     clear = by_key[("calls", "clear_mention")]
-    assert rendered(clear.query) == (
-        'UPDATE "app"."calls" SET "handled_by_user_id" = NULL WHERE "id" IN (SELECT "id" FROM "app"."calls" '
-        'WHERE "handled_by_user_id" = ANY(%(users_ids)s) LIMIT %(batch_size)s)'
+    assert clear.statement.text == (
+        'UPDATE "app"."calls" SET "handled_by_user_id" = NULL WHERE "id" = ANY(%(keys)s) '
+        'AND "handled_by_user_id" = ANY(%(reference_values)s)'
     )
-    assert clear.fields == ("handled_by_user_id",)
+    assert clear.fields == ("handled_by_user_id",) and clear.check is not None
+    assert clear.check.text == (
+        'SELECT "id" FROM "app"."calls" WHERE "id" = ANY(%(keys)s) AND "handled_by_user_id" = ANY(%(reference_values)s) '
+        'ORDER BY 1'
+    )
     statements = list(erasure.statements)
     assert statements.index(clear) < statements.index(by_key[("users", "delete_rows")])
-    assert erasure.processors == ("payments_processor", "crm")
+    assert erasure.processors == ("payments_processor", "crm", "support_desk")
 
 
 def test_legal_exception_minimises_kept_payments_and_deletes_expired_ones(datamap: DataMap) -> None:
@@ -319,20 +372,24 @@ def test_legal_exception_minimises_kept_payments_and_deletes_expired_ones(datama
     assert [s.effect for s in payments] == ["delete_expired_kept_rows", "minimise_kept_rows"]
     expired, minimise = payments
     assert "delete_rows" not in {s.effect for s in payments}
-    text = rendered(minimise.query)
-    assert text.startswith(
+    text = minimise.statement.text
+    assert text == (
         'UPDATE "app"."payments" SET "user_id" = NULL, "card_last4" = %(mask_payments_card_last4)s, '
-        '"billing_address" = NULL WHERE'
+        '"billing_address" = NULL WHERE "id" = ANY(%(keys)s) AND ("user_id" IS NOT NULL OR "card_last4" IS DISTINCT '
+        'FROM %(mask_payments_card_last4)s OR "billing_address" IS NOT NULL)'
     )
-    for kept in ("amount_cents", "processor_charge_id", "paid_at\" =", "currency"):
-        assert f'"{kept}' not in text.split(" WHERE ")[0], kept
-    assert '("paid_at" IS NULL OR "paid_at" + %(legal_period_payments_tax_records)s::interval > %(as_of)s)' in text
-    assert text.endswith('RETURNING "id", "paid_at" + %(legal_period_payments_tax_records)s::interval AS kept_until')
-    assert minimise.params["mask_payments_card_last4"] == "****"
-    assert minimise.params["legal_period_payments_tax_records"] == "7 years 0 months 0 days"
-    assert minimise.legal_exception == "payments_tax_records" and minimise.returning == ("id", "kept_until")
-    assert "as_of" in minimise.input_params
-    assert '"paid_at" + %(legal_period_payments_tax_records)s::interval <= %(as_of)s' in rendered(expired.query)
+    for kept in ("amount_cents", "processor_charge_id", "paid_at", "currency"):
+        assert f'"{kept}' not in text, kept
+    assert minimise.statement.params == {"mask_payments_card_last4": "****"}
+    assert minimise.legal_exception == "payments_tax_records" == expired.legal_exception
+    assert expired.statement.text == 'DELETE FROM "app"."payments" WHERE "id" = ANY(%(keys)s)'
+    # Which rows are still inside the legal period is resolution's to say, as of the run's date.
+    select = plans.build_resolution_plan(datamap, ["email"]).step(t("payments")).select
+    assert ('("paid_at" IS NULL OR "paid_at" + %(legal_period_payments_tax_records)s::interval > %(as_of)s::timestamptz)'
+            in select.text)  # fmt: skip
+    assert select.params["legal_period_payments_tax_records"] == "7 years 0 months 0 days" and "as_of" in select.input_params
+    assert minimise.check is not None and '("card_last4" IS NOT DISTINCT FROM %(mask_payments_card_last4)s) AS ' \
+        '"card_last4_cleared"' in minimise.check.text
     assert erasure.kept[t("payments")].name == "payments_tax_records"
 
 
@@ -352,12 +409,12 @@ def test_keyed_hash_and_mask_actions_render_as_bound_parameters() -> None:
     erasure = plans.build_erasure_plan(datamap, plans.build_resolution_plan(datamap, ["email"]))
     rewrite = next(s for s in erasure.statements if s.table == t("usage_events"))
     assert rewrite.effect == "rewrite_rows"
-    text = rendered(rewrite.query)
+    text = rewrite.statement.text
     assert '"path" = %(mask_usage_events_path)s' in text and "/redacted" not in text
     assert ('"device_id" = encode(sha256(%(keyed_hash_outer_pad)s::bytea || sha256(%(keyed_hash_inner_pad)s::bytea '
             '|| convert_to("device_id"::text, \'UTF8\'))), \'hex\')') in text
-    assert {"keyed_hash_inner_pad", "keyed_hash_outer_pad"} <= set(rewrite.input_params)
-    assert rewrite.params["mask_usage_events_path"] == "/redacted"
+    assert {"keyed_hash_inner_pad", "keyed_hash_outer_pad"} <= set(rewrite.statement.input_params)
+    assert rewrite.statement.params["mask_usage_events_path"] == "/redacted"
 
 
 def test_keyed_hash_parameters_reproduce_hmac_sha256() -> None:
@@ -377,12 +434,12 @@ def test_retention_plan_uses_structured_conditions_and_bounded_batches(datamap: 
     retention = plans.build_retention_plan(datamap)
     missed = next(s for s in retention.statements if s.rule == "missed_calls_6_months")
     assert missed.select_due is not None
-    assert '"t"."outcome" = ANY(%(condition_0)s)' in rendered(missed.select_due)
-    assert missed.params["condition_0"] == ["missed"]
-    assert rendered(missed.query) == 'DELETE FROM "app"."calls" WHERE "id" = ANY(%(keys)s)'
+    assert '"t"."outcome" = ANY(%(condition_0)s)' in missed.select_due.text
+    assert missed.select_due.params["condition_0"] == ["missed"]
+    assert missed.statement.text == 'DELETE FROM "app"."calls" WHERE "id" = ANY(%(keys)s)'
     assert [o.prefix.prefix for o in missed.objects] == ["recordings", "transcripts"]
     for statement in retention.statements:
-        due = rendered(statement.select_due or statement.query)
+        due = (statement.select_due or statement.statement).text
         assert "LIMIT %(batch_size)s" in due, statement.rule
         assert "%(as_of)s::timestamptz - %(period_" in due and "now()" not in due, statement.rule
         assert '<> ALL(%(held_keys)s)' in due, statement.rule
@@ -392,7 +449,7 @@ def test_retention_deletes_children_before_parents_and_parents_only_when_unrefer
     retention = plans.build_retention_plan(datamap)
     names = [s.rule for s in retention.statements]
     assert names.index("calls_2_years") < names.index("inactive_callers_2_years")
-    callers = rendered(retention.statements[names.index("inactive_callers_2_years")].query)
+    callers = retention.statements[names.index("inactive_callers_2_years")].statement.text
     for child in ("calls", "messages", "appointments"):
         assert sql.SQL("NOT EXISTS (SELECT 1 FROM {}").format(sql.Identifier("app", child)).as_string() in callers
 
@@ -400,12 +457,12 @@ def test_retention_deletes_children_before_parents_and_parents_only_when_unrefer
 def test_retention_generalises_ip_addresses_and_nulls_device_details(datamap: DataMap) -> None:
     retention = plans.build_retention_plan(datamap)
     ip = next(s for s in retention.statements if s.rule == "usage_ip_generalised_30_days")
-    text = rendered(ip.query)
+    text = ip.statement.text
     assert 'SET "ip_address" = network(set_masklen("ip_address", CASE WHEN family("ip_address") = 4' in text
-    assert ip.params["ipv4_prefix"] == 24 and ip.params["ipv6_prefix"] == 48
+    assert ip.statement.params["ipv4_prefix"] == 24 and ip.statement.params["ipv6_prefix"] == 48
     assert 'masklen("t"."ip_address") >' in text  # already generalised rows are not selected again
     device = next(s for s in retention.statements if s.rule == "usage_device_details_90_days")
-    assert rendered(device.query).startswith('UPDATE "app"."usage_events" SET "user_agent" = NULL, "device_id" = NULL')
+    assert device.statement.text.startswith('UPDATE "app"."usage_events" SET "user_agent" = NULL, "device_id" = NULL')
 
 
 def test_object_retention_ages_by_the_tied_row_or_by_last_modified(datamap: DataMap) -> None:
@@ -413,9 +470,9 @@ def test_object_retention_ages_by_the_tied_row_or_by_last_modified(datamap: Data
     by_rule = {o.rule: o for o in retention.objects}
     recordings = by_rule["recordings_90_days"]
     assert recordings.age_source == "row" and recordings.select_due is not None
-    assert '"t"."id" > ALL(%(after_key)s)' in rendered(recordings.select_due)
+    assert '"t"."id" > ALL(%(after_key)s)' in recordings.select_due.text
     assert recordings.clear_key_column is not None
-    assert rendered(recordings.clear_key_column) == (
+    assert recordings.clear_key_column.text == (
         'UPDATE "app"."calls" SET "recording_key" = NULL WHERE "id" = ANY(%(keys)s)'
     )
     exports = by_rule["export_bundles_30_days"]
@@ -450,7 +507,7 @@ def test_identity_values_are_bound_parameters_of_a_psycopg_query(datamap: DataMa
 
     step = plans.build_resolution_plan(datamap, ["email"]).step(t("users"))
     query = PostgresQuery(transformer=_transformer())
-    query.convert(step.query, {"email": ["Alice@Example.com"]})
+    query.convert(step.select.query, step.select.bind({"email": ["Alice@Example.com"]}))
     assert b"Alice" not in query.query and query.query.endswith(b'= ANY($1)) ORDER BY "id"')
     assert query.params is not None and any(b"Alice" in (p or b"") for p in query.params)
 
@@ -529,13 +586,49 @@ def test_declared_paging_can_take_the_next_cursor_from_the_response() -> None:
 
 def test_export_query_selects_every_mapped_column_of_the_persons_rows(datamap: DataMap) -> None:
     step = plans.build_resolution_plan(datamap, ["phone"]).step(t("callers"))
-    assert rendered(plans.build_export_query(datamap, step)) == (
+    assert step.export.text == (
         'SELECT "id", "business_id", "phone", "full_name", "email", "first_seen_at" FROM "app"."callers" '
-        'WHERE ("phone" = ANY(%(phone)s)) ORDER BY "id"'
+        'WHERE ("phone" = ANY(%(phone)s)) AND "id" <> ALL(%(excluded_aircalls_app_callers)s) ORDER BY "id"'
     )
+    assert step.export.input_params == ("phone", "excluded_aircalls_app_callers")
+
+
+def test_every_placeholder_of_every_statement_is_a_declared_parameter(datamap: DataMap) -> None:
+    """A statement binds exactly its constants and run-time values: nothing else reaches SQL."""
+    resolution = plans.build_resolution_plan(datamap, ["email", "phone"], business_scope=True)
+    statements = all_statements(
+        resolution,
+        plans.build_resolution_plan(datamap, ["email", "phone"], matching="keyed_hash"),
+        plans.build_erasure_plan(datamap, resolution),
+        plans.build_retention_plan(datamap),
+    )
+    for statement in statements:
+        placeholders = set(re.findall(r"%\((\w+)\)s", statement.text))
+        assert placeholders == set(statement.params) | set(statement.input_params), statement
+        assert not set(statement.params) & set(statement.input_params), statement
 
 
 def test_reach_is_a_pure_function_of_the_map(datamap: DataMap, tmp_path: Path) -> None:
     copy_path = tmp_path / "datamap.yaml"
     copy_path.write_text(SHIPPED.read_text())
     assert graph.subject_reach(load_datamap(copy_path), ["email"]) == graph.subject_reach(datamap, ["email"])
+
+
+def test_validate_datamap_explain_sql_prints_the_statements_the_workflows_run(
+    datamap: DataMap, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    from governance.datamap import command
+
+    assert command.run(argparse.Namespace(path=SHIPPED, explain=True, sql=True)) == 0
+    out = capsys.readouterr().out
+    resolution = plans.build_resolution_plan(datamap, datamap.identity_kinds)
+    for statement in all_statements(resolution, plans.build_erasure_plan(datamap, resolution)):
+        if statement.purpose.startswith("verify"):
+            continue
+        assert f"  {statement.text};" in out, statement
+    for statement in plans.build_retention_plan(datamap).all_statements:
+        assert f"  {statement.text};" in out, statement
+    assert command.run(argparse.Namespace(path=SHIPPED, explain=True, sql=False)) == 0
+    assert "SELECT" not in capsys.readouterr().out

@@ -83,8 +83,8 @@ def test_shipped_datamap_validates(datamap: DataMap) -> None:
     counts = datamap.counts()
     assert counts["systems"] == 2
     assert counts["tables"] == 10
-    assert counts["processors"] == 2
-    assert {p.name for p in datamap.processors} == {"payments_processor", "crm"}
+    assert counts["processors"] == 3
+    assert {p.name for p in datamap.processors} == {"payments_processor", "crm", "support_desk"}
     assert datamap.version
 
 

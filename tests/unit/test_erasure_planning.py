@@ -14,11 +14,17 @@ from psycopg import sql
 from governance.config import INCLUDE_DIR
 from governance.datamap.loader import load_datamap
 from governance.datamap.model import DataMap, PrefixRef, TableRef
-from governance.datamap.plans import build_erasure_plan, build_resolution_plan, keyed_hash_params
-from governance.erasure.executor import step_statement
+from governance.datamap.plans import (
+    Statement,
+    build_erasure_plan,
+    build_resolution_plan,
+    field_rewrite,
+    keyed_hash_params,
+)
+from governance.erasure.executor import PlanOutdated, approved_statements
 from governance.erasure.guard import evaluate_guard, guard_limits, refusal_message
 from governance.erasure.holds import ActiveHolds, LegalHold
-from governance.erasure.planner import DatabaseStep, ErasureWork, approval_markdown, build_work
+from governance.erasure.planner import ErasureWork, approval_markdown, build_work
 from governance.erasure.resolve import (
     DIFFERS,
     FEWER_IDENTITIES,
@@ -106,7 +112,9 @@ def test_plan_deletes_owned_rows_children_first_and_clears_the_mention(datamap: 
     assert objects["recordings"].keys == ["recordings/20/50.wav", "recordings/20/51.wav"]
     assert objects["transcripts"].keys == ["transcripts/20/50.json", "transcripts/20/51.json"]
     assert objects["exports"].folders == ["exports/exp-20261101-0123456789ab/"]
-    assert [(p.processor, p.record_ids) for p in work.processors] == [("payments_processor", []), ("crm", ["c-1"])]
+    assert [(p.processor, p.record_ids) for p in work.processors] == [
+        ("payments_processor", []), ("crm", ["c-1"]), ("support_desk", [])
+    ]
 
 
 def test_payments_within_the_legal_period_are_minimised_with_their_end_date_the_rest_deleted(datamap: DataMap) -> None:
@@ -218,25 +226,45 @@ def test_narrowing_leaves_out_another_person_and_settles_a_household_by_the_emai
     assert (ambiguity.table, ambiguity.scope, ambiguity.rows) == (t("callers"), 4, 2) and tie.excluded == {}
 
 
-def _render(statement: sql.Composable) -> str:
-    return statement.as_string(None)
-
-
 def test_statements_are_keyed_by_primary_keys_and_idempotent(datamap: DataMap) -> None:
-    delete, _ = step_statement(datamap, DatabaseStep(1, APP, "calls", "delete_rows", [1, 2]))
-    assert _render(delete) == 'DELETE FROM "app"."calls" WHERE "id" = ANY(%(keys)s)'
-    minimise, params = step_statement(
-        datamap, DatabaseStep(2, APP, "payments", "minimise_kept_rows", [7], ["user_id", "card_last4", "billing_address"])
+    work = work_for(datamap, resolution(datamap))
+    statements = approved_statements(datamap, work)
+    by = {(s.table, s.effect): statements[s.step_id] for s in work.database}
+    assert by[("calls", "delete_rows")].text == 'DELETE FROM "app"."calls" WHERE "id" = ANY(%(keys)s)'
+    minimise = by[("payments", "minimise_kept_rows")]
+    assert minimise.text.startswith(
+        'UPDATE "app"."payments" SET "user_id" = NULL, "card_last4" = %(mask_payments_card_last4)s'
     )
-    text = _render(minimise)
-    assert text.startswith('UPDATE "app"."payments" SET "user_id" = NULL, "card_last4" = %(mask_card_last4)s')
-    assert '"id" = ANY(%(keys)s) AND ("user_id" IS NOT NULL OR "card_last4" IS DISTINCT FROM' in text
-    assert params == {"mask_card_last4": "****"}
-    clear, params = step_statement(
-        datamap, DatabaseStep(3, APP, "calls", "clear_mention", [77], ["handled_by_user_id"], "handled_by_user_id", [1])
-    )
-    assert _render(clear).endswith('"id" = ANY(%(keys)s) AND "handled_by_user_id" = ANY(%(reference_values)s)')
-    assert params == {"reference_values": [1]}
+    assert '"id" = ANY(%(keys)s) AND ("user_id" IS NOT NULL OR "card_last4" IS DISTINCT FROM' in minimise.text
+    assert minimise.params == {"mask_payments_card_last4": "****"} and minimise.input_params == ("keys",)
+    clear = by[("calls", "clear_mention")]
+    assert clear.text.endswith('"id" = ANY(%(keys)s) AND "handled_by_user_id" = ANY(%(reference_values)s)')
+    assert clear.input_params == ("keys", "reference_values")
+    # The plan records exactly what runs: the SQL shown (dry run, approval) is the statement's.
+    for step in work.database:
+        assert step.sql == statements[step.step_id].text and step.statement_sha256 == statements[step.step_id].sha256
+    shown = {s["step"]: s["sql"] for s in work.summary()["statements"]}
+    assert shown == {s.step_id: s.sql for s in work.database}
+    assert "```sql" in approval_markdown(work.summary())
+
+
+def test_a_changed_data_map_refuses_the_approved_plan(datamap: DataMap) -> None:
+    work = ErasureWork.from_json(json.loads(json.dumps(work_for(datamap, resolution(datamap)).to_json(), default=str)))
+    approved_statements(datamap, work)  # unchanged: fine
+    data = datamap.model_dump(by_alias=True)
+    payments = next(t for t in data["systems"][0]["tables"] if t["name"] == "payments")
+    for field in payments["fields"]:
+        if field["name"] == "card_last4":
+            field["mask_value"] = "XXXX"  # same statement text, other constant: still another erasure
+    with pytest.raises(PlanOutdated, match=r"aircalls_app.payments minimise_kept_rows.*plan the erasure again"):
+        approved_statements(DataMap.model_validate(data), work)
+    data = datamap.model_dump(by_alias=True)
+    usage = next(t for t in data["systems"][0]["tables"] if t["name"] == "usage_events")
+    for field in usage["fields"]:
+        if field.get("erasure") == "delete_row":
+            field["erasure"] = "nullify"
+    with pytest.raises(PlanOutdated, match="usage_events delete_rows"):
+        approved_statements(DataMap.model_validate(data), work)
 
 
 def test_a_keyed_hash_rewrite_needs_the_key_pads(datamap: DataMap) -> None:
@@ -245,9 +273,15 @@ def test_a_keyed_hash_rewrite_needs_the_key_pads(datamap: DataMap) -> None:
         if field["name"] == "job_title":
             field["erasure"] = "keyed_hash"
     hashed = DataMap.model_validate(data)
-    step = DatabaseStep(1, APP, "users", "rewrite_rows", [1], ["job_title"])
-    with pytest.raises(ValueError, match="keyed_hash_pads"):
-        step_statement(hashed, step)
-    statement, params = step_statement(hashed, step, keyed_hash_pads=keyed_hash_params(b"k" * 32))
-    assert "sha256" in _render(statement) and "!~ '^[0-9a-f]{64}$'" in _render(statement)
-    assert set(params) == {"keyed_hash_inner_pad", "keyed_hash_outer_pad"}
+    spec = hashed.table(t("users")).field("job_title")
+    assert spec is not None
+    rewrite = field_rewrite(t("users"), spec)
+    assert rewrite.input_params == ("keyed_hash_inner_pad", "keyed_hash_outer_pad")
+    assert "sha256" in rewrite.assignment.as_string() and "!~ '^[0-9a-f]{64}$'" in rewrite.pending.as_string()
+    statement = Statement("rewrite_rows", t("users"), sql.SQL("UPDATE x SET {}").format(rewrite.assignment), {},
+                          ("keys", *rewrite.input_params))  # fmt: skip
+    with pytest.raises(KeyError, match="keyed_hash_inner_pad"):
+        statement.bind({"keys": [1]})
+    assert set(statement.bind({"keys": [1], **keyed_hash_params(b"k" * 32)})) == {
+        "keys", "keyed_hash_inner_pad", "keyed_hash_outer_pad"
+    }

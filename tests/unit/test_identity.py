@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from governance.config import datamap_path
+from governance.datamap import phone_region
 from governance.identity import InvalidIdentity, SubjectIdentities, normalise_email, normalise_phone
 
 
@@ -59,12 +60,22 @@ def test_refusal_message_never_repeats_the_value() -> None:
     ],
 )
 def test_phone_formats_normalise_to_e164(typed: str, e164: str) -> None:
-    assert normalise_phone(typed) == e164
+    assert normalise_phone(typed, region="US") == e164
 
 
-def test_phone_without_country_code_is_read_in_the_configured_region(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_phone_without_country_code_is_read_in_the_region_passed_in() -> None:
+    assert normalise_phone("020 7946 0958", region="GB") == "+442079460958"
+    assert normalise_phone("020 7946 0958", region="gb") == "+442079460958"
+    assert normalise_phone("+1 555 010 2000", region="GB") == "+15550102000"  # a country code wins
+    with pytest.raises(InvalidIdentity, match="could not be read"):  # no region: a country code is needed
+        normalise_phone("(555) 010-2000", region=None)
+    assert SubjectIdentities.parse(phone="(555) 010-2000", region="US").phone == "+15550102000"
+
+
+def test_identity_normalisation_reads_no_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GOVERNANCE_PHONE_REGION", "GB")
-    assert normalise_phone("020 7946 0958") == "+442079460958"
+    monkeypatch.setenv("GOVERNANCE_DATAMAP", "/nonexistent/datamap.yaml")
+    assert normalise_phone("(555) 010-2000", region="US") == "+15550102000"
 
 
 def test_phone_region_comes_from_the_data_map_unless_the_environment_overrides_it(
@@ -76,20 +87,22 @@ def test_phone_region_comes_from_the_data_map_unless_the_environment_overrides_i
     edited.write_text(text.replace("default_phone_region: US", "default_phone_region: DE", 1))
     monkeypatch.setenv("GOVERNANCE_DATAMAP", str(edited))
     monkeypatch.delenv("GOVERNANCE_PHONE_REGION", raising=False)
-    assert normalise_phone("030 901820") == "+4930901820"
-    monkeypatch.setenv("GOVERNANCE_PHONE_REGION", "GB")
-    assert normalise_phone("020 7946 0958") == "+442079460958"
+    assert phone_region() == "DE"
+    assert normalise_phone("030 901820", region=phone_region()) == "+4930901820"
+    monkeypatch.setenv("GOVERNANCE_PHONE_REGION", "gb")
+    assert phone_region() == "GB"
+    assert normalise_phone("020 7946 0958", region=phone_region()) == "+442079460958"
 
 
 @pytest.mark.parametrize("bad", ["", "12", "%", "555-*", "+1 555", "not a number", "+999 1234567"])
 def test_impossible_or_wildcard_phones_are_refused(bad: str) -> None:
     with pytest.raises(InvalidIdentity):
-        normalise_phone(bad)
+        normalise_phone(bad, region="US")
 
 
 def test_subject_needs_at_least_one_identity_and_hides_values_in_repr() -> None:
     with pytest.raises(InvalidIdentity, match="at least one"):
-        SubjectIdentities.parse(email="  ", phone=None)
-    subject = SubjectIdentities.parse(email="Alice@Example.com", phone="+1 555 010 2000")
+        SubjectIdentities.parse(email="  ", phone=None, region="US")
+    subject = SubjectIdentities.parse(email="Alice@Example.com", phone="+1 555 010 2000", region="US")
     assert subject.items() == [("email", "alice@example.com"), ("phone", "+15550102000")]
     assert "alice" not in repr(subject) and "555" not in str(subject)

@@ -59,7 +59,8 @@ def _optional_processor(conn_id: str) -> ConnectionInfo | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from governance.objectstore import s3_client_for
+    from governance.db import conninfo_for
+    from governance.objectstore import s3_client
     from governance_dev.seed.load import (
         SeedError,
         SeedRefused,
@@ -70,21 +71,23 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
-        app = get_connection(config.APP_CONN_ID)
-        objects = get_connection(config.OBJECTS_CONN_ID)
+        app_conninfo = conninfo_for(config.APP_CONN_ID)
+        objects = s3_client(config.OBJECTS_CONN_ID)
     except ConnectionNotConfigured as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     payments = _optional_processor(config.PAYMENTS_CONN_ID)
     crm = _optional_processor(config.CRM_CONN_ID)
+    support_desk = _optional_processor(config.SUPPORT_DESK_CONN_ID)
     targets = SeedTargets(
-        app_conninfo=app.postgres_conninfo(),
-        s3=s3_client_for(objects),
+        app_conninfo=app_conninfo,
+        s3=objects,
         bucket=config.objects_bucket(),
         payments_url=payments.base_url() if payments else None,
         payments_api_key=(payments.password or None) if payments else None,
         crm_url=crm.base_url() if crm else None,
         crm_api_key=(crm.password or None) if crm else None,
+        support_desk_url=support_desk.base_url() if support_desk else None,
     )
     if args.if_needed and seeded_already(targets):
         print("reference deployment already seeded (app tables hold rows, objects bucket present): kept as it is")

@@ -80,6 +80,7 @@ class SeedTargets:
     payments_api_key: str | None = field(default=None, repr=False)
     crm_url: str | None = None
     crm_api_key: str | None = field(default=None, repr=False)
+    support_desk_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -504,6 +505,30 @@ def load_crm(
     return {"contacts": loaded}
 
 
+def support_desk_requesters(contacts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The support desk's requesters: every crm contact, with a ticket per crm note (the people who
+    asked sales or support something also wrote to the help desk). Deterministic, like the rest."""
+    requesters = []
+    for contact in contacts:
+        name = " ".join(p for p in (contact.get("first_name"), contact.get("last_name")) if p) or None
+        tickets = [{"subject": "Support request", "body": note.get("body"), "status": "closed"}
+                   for note in contact.get("notes") or []]  # fmt: skip
+        requesters.append({"email": contact.get("email"), "phone": contact.get("phone"), "name": name,
+                           "tickets": tickets})  # fmt: skip
+    return requesters
+
+
+def load_support_desk(url: str, requesters: Sequence[dict[str, Any]], *, replace: bool) -> dict[str, int]:
+    """Requesters (with tickets) into the support_desk stand-in (its admin endpoints, loopback only)."""
+    base = url.rstrip("/")
+    if replace:
+        _post_json(f"{base}/_admin/reset", None, {})
+    loaded = 0
+    for batch in _batches(requesters, PROCESSOR_BATCH // 2):
+        loaded += int(_post_json(f"{base}/_admin/load", {"requesters": list(batch)}, {}).get("loaded", {}).get("requesters", 0))
+    return {"requesters": loaded}
+
+
 # ------------------------------------------------------------------------------------------ entry
 
 
@@ -595,6 +620,9 @@ def seed_reference_deployment(
     if targets.crm_url:
         counts = load_crm(targets.crm_url, targets.crm_api_key, data.crm_contacts, replace=replace)
         processor_records.update({f"{config.CRM_CONN_ID}.{k}": v for k, v in counts.items()})
+    if targets.support_desk_url:
+        counts = load_support_desk(targets.support_desk_url, support_desk_requesters(data.crm_contacts), replace=replace)
+        processor_records.update({f"{config.SUPPORT_DESK_CONN_ID}.{k}": v for k, v in counts.items()})
     processors_s = time.perf_counter() - t0
     if processor_records:
         log.info("loaded processor records: %s", processor_records)

@@ -1,4 +1,5 @@
-"""Stand-ins for the processors reached over HTTP (``payments_processor`` and ``crm``).
+"""Stand-ins for the processors reached over HTTP (``payments_processor``, ``crm`` and
+``support_desk``, the last one reached through a Python connector).
 
 Small standard-library HTTP servers that keep state, answer on loopback and can be told to fail or be
 slow, for tests, the demo and benchmarks (DESIGN.md section 2). Each serves its processor's API plus
@@ -15,6 +16,7 @@ from pathlib import Path
 from governance_dev.standins.base import Fault, FaultMode, StandinServer, StateStore
 from governance_dev.standins.crm import CrmStandin
 from governance_dev.standins.payments import PaymentsProcessorStandin
+from governance_dev.standins.support_desk import SupportDeskStandin
 
 __all__ = [
     "CrmStandin",
@@ -23,7 +25,9 @@ __all__ = [
     "PaymentsProcessorStandin",
     "StandinServer",
     "StateStore",
+    "SupportDeskStandin",
     "start_standins",
+    "start_support_desk",
 ]
 
 
@@ -54,3 +58,20 @@ def start_standins(
         payments.stop()
         raise
     return payments, crm
+
+
+def start_support_desk(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    api_key: str = "test-key",
+    state_dir: str | os.PathLike[str] | None = None,
+) -> SupportDeskStandin:
+    """Start the ``support_desk`` stand-in (OAuth client secret ``api_key``, client id
+    ``governance``) and return it running; state in ``<state_dir>/support_desk.json`` if given."""
+    state: Path | None = None
+    if state_dir is not None:
+        Path(state_dir).mkdir(parents=True, exist_ok=True)
+        state = Path(state_dir) / f"{SupportDeskStandin.service}.json"
+    server = SupportDeskStandin(host, port, api_key, state)
+    server.start()
+    return server

@@ -19,6 +19,7 @@ from types import FrameType
 from governance_dev.standins.base import StateStore
 from governance_dev.standins.crm import CrmStandin
 from governance_dev.standins.payments import PaymentsProcessorStandin
+from governance_dev.standins.support_desk import SupportDeskStandin
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
         "--payments-port", type=int, required=True, help="port for payments_processor (0 = free port)"
     )
     parser.add_argument("--crm-port", type=int, required=True, help="port for crm (0 = free port)")
+    parser.add_argument(
+        "--support-desk-port", type=int, default=None, help="port for support_desk (0 = free port; default: not started)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--api-key", default="test-key", help="key both stand-ins require (default test-key)")
     parser.add_argument(
@@ -62,15 +66,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         store = StateStore(args.state_file) if args.state_file else None
         payments = PaymentsProcessorStandin(args.host, args.payments_port, args.api_key, store)
         crm = CrmStandin(args.host, args.crm_port, args.api_key, store)
+        desk = (
+            SupportDeskStandin(args.host, args.support_desk_port, args.api_key, store)
+            if args.support_desk_port is not None
+            else None
+        )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    started: list[PaymentsProcessorStandin | CrmStandin] = []
+    started: list[PaymentsProcessorStandin | CrmStandin | SupportDeskStandin] = []
     try:
-        for server in (payments, crm):
+        for server in (payments, crm, desk):
+            if server is None:
+                continue
             server.start()
             started.append(server)
-        print(json.dumps({"payments_url": payments.url, "crm_url": crm.url}), flush=True)
+        urls = {"payments_url": payments.url, "crm_url": crm.url}
+        if desk is not None:
+            urls["support_desk_url"] = desk.url
+        print(json.dumps(urls), flush=True)
         # wait() with a timeout so signal handlers run promptly on every platform.
         while not stop.wait(0.5):
             pass

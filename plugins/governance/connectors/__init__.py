@@ -7,8 +7,12 @@ The plans (``governance.datamap.plans``) are pure; these modules execute them:
 * :mod:`.processors`: third parties over HTTP through their declared request templates, with
   bounded retries.
 
-``SYSTEM_KINDS`` is the registry of what the map's ``kind`` values are served by; a map naming a
-kind with no connector fails with a message saying to add one.
+Each system kind has one connector contract (:mod:`.base`: look up, export, erase, verify,
+test), on the provider's hook for its connection. ``SYSTEM_KINDS`` is the registry of what the
+map's ``kind`` values are served by (``base.CONNECTORS`` the classes); a map naming a kind with
+no connector fails with a message saying to add one. A processor the request templates cannot
+express names a Python connector class in the map (``connector: python``, ``class:
+module:Class``; see :mod:`.base` and :mod:`.support_desk`).
 """
 
 from __future__ import annotations
@@ -20,8 +24,7 @@ SYSTEM_KINDS: dict[str, str] = {
 }
 
 
-class UnsupportedSystemKind(LookupError):
-    pass
+from governance.connectors.base import UnsupportedSystemKind  # noqa: E402  (re-exported)
 
 
 def connector_module(kind: str) -> str:

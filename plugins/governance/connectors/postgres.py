@@ -8,7 +8,8 @@ stay ambiguous are reported in ``DatabaseFootprint.ambiguities`` for the caller 
 
 The caller opens the connection in a REPEATABLE READ (read-only for export) transaction, so
 resolution and every later count and export query see the same snapshot; those queries are the
-plan's match minus the rows narrowing left out, so they return exactly the resolved rows.
+plan's own (``ResolutionStep.count``/``.export``: its match minus the rows narrowing left out), so
+they return exactly the resolved rows.
 Identities reach PostgreSQL only as bound parameters.
 """
 
@@ -19,10 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from governance.datamap.model import DataMap, PrefixRef, TableRef
-from governance.datamap.plans import SCOPE_IDS, MentionStep, ResolutionPlan, ResolutionStep
+from governance.datamap.plans import SCOPE_IDS, MentionStep, ResolutionPlan, excluded_param
 from governance.identity import SubjectIdentities
 from governance.resolution import Ambiguity, MatchByIdentity, resolve_subject
 
@@ -59,7 +59,7 @@ class DatabaseFootprint:
     """Everything resolution found in the databases, plus the params that found it.
 
     ``params`` holds the identities, scope, every step's output params and the keys narrowing
-    left out per table: the mapping :func:`export_query` and :func:`count_query` run with.
+    left out per table: the values the plan's ``count`` and ``export`` statements are bound with.
     ``ambiguities`` lists businesses where several rows match the identities equally well (more
     than one person may share them): a caller serving one requester must refuse them.
     """
@@ -94,15 +94,6 @@ def identity_params(plan: ResolutionPlan, identities: SubjectIdentities) -> dict
     """``{kind: [value]}`` for the kinds the plan resolves by (an absent identity matches nothing)."""
     given = dict(identities.items())
     return {kind: [given[kind]] if kind in given else [] for kind in plan.identity_kinds}
-
-
-def excluded_param(table: TableRef) -> str:
-    """Name of the parameter holding the keys of ``table`` that narrowing left out."""
-    return f"excluded_{table.system}_{table.table}"
-
-
-def _only(params: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
-    return {name: params[name] for name in names}
 
 
 def resolve_in_database(
@@ -150,44 +141,11 @@ def resolve_in_database(
     )
 
 
-def _narrowed_where(datamap: DataMap, step: ResolutionStep) -> sql.Composable:
-    """The plan's match for the step, minus the rows narrowing left out (``<> ALL('{}')`` is
-    true, so a table nothing was left out of costs nothing extra)."""
-    table = datamap.table(step.table)
-    return sql.SQL("({}) AND {} <> ALL({})").format(
-        step.where, sql.Identifier(table.primary_key), sql.Placeholder(excluded_param(step.table))
-    )
-
-
-def _input_params(step: ResolutionStep) -> tuple[str, ...]:
-    return (*step.input_params, excluded_param(step.table))
-
-
-def export_query(datamap: DataMap, step: ResolutionStep) -> sql.Composed:
-    """Every mapped column of the person's (narrowed) rows of ``step.table``, in key order."""
-    table = datamap.table(step.table)
-    schema = datamap.postgres_system(step.table.system).db_schema
-    return sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {}").format(
-        sql.SQL(", ").join(sql.Identifier(n) for n in table.field_names),
-        sql.Identifier(schema, step.table.table),
-        _narrowed_where(datamap, step),
-        sql.Identifier(table.primary_key),
-    )
-
-
-def count_query(datamap: DataMap, step: ResolutionStep) -> sql.Composed:
-    """How many of the person's (narrowed) rows ``step.table`` holds."""
-    schema = datamap.postgres_system(step.table.system).db_schema
-    return sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
-        sql.Identifier(schema, step.table.table), _narrowed_where(datamap, step)
-    )
-
-
 def count_rows(conn: psycopg.Connection[Any], datamap: DataMap, footprint: DatabaseFootprint, table: TableRef) -> int:
     """The person's rows of ``table`` counted in the snapshot (must run in the resolution's
     transaction): the source count an export bundle is checked against."""
-    step = footprint.plan.step(table)
-    row = conn.execute(count_query(datamap, step), _only(footprint.params, _input_params(step))).fetchone()
+    statement = footprint.plan.step(table).count
+    row = conn.execute(statement.query, statement.bind(footprint.params)).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -202,11 +160,10 @@ def stream_table(
     """Stream every mapped column of the person's rows of ``table`` in batches, through a
     server-side cursor (memory stays flat however many rows the person has). Yields
     ``(column names, rows)``; must run in the same transaction as the resolution."""
-    step = footprint.plan.step(table)
-    query = export_query(datamap, step)
+    statement = footprint.plan.step(table).export
     with conn.cursor(name=f"export_{table.system}_{table.table}") as cur:
         cur.itersize = batch_rows
-        cur.execute(query, _only(footprint.params, _input_params(step)))
+        cur.execute(statement.query, statement.bind(footprint.params))
         columns: list[str] | None = None
         while True:
             batch = cur.fetchmany(batch_rows)

@@ -1,7 +1,10 @@
 """Third-party processors over HTTP, through the request templates the data map declares.
 
 No processor is coded here: look-up, export and erase calls come from the map
-(``processors[].lookup/export/erase``); the Airflow connection gives the base URL and the secret.
+(``processors[].lookup/export/erase``); the Airflow connection, read by the HTTP provider's hook
+(:class:`ProcessorHook`), gives the base URL, the secret and every session setting it supports.
+The calls go through the hook's session but not through ``HttpHook.run``, which logs each URL, and
+a look-up URL carries the identity.
 Transient failures (connection errors, 429, 5xx) are retried with exponential backoff, honouring
 ``Retry-After`` up to a cap; when retries run out, ProcessorUnavailable names the processor and
 the last status, never the URL (its path or query can hold an identity). List calls that page
@@ -13,13 +16,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from governance.connections import ConnectionInfo, get_connection
+from airflow.providers.http.hooks.http import HttpHook
+
+from governance.connections import not_configured
+from governance.connectors.base import EraseOutcome, ProcessorConnector, ProcessorRecord
 from governance.datamap.model import DataMap, Processor
 from governance.datamap.plans import ProcessorRequest, build_processor_request, records_at
 from governance.identity import SubjectIdentities
+
+if TYPE_CHECKING:
+    from airflow.sdk import Connection
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -32,61 +40,102 @@ class ProcessorRejected(RuntimeError):
     """A processor answered with a status that is neither success, absence nor transient."""
 
 
-@dataclass(frozen=True)
-class ProcessorRecord:
-    """One record a processor holds for the person: its id and the look-up's JSON."""
+class ProcessorHook(HttpHook):
+    """The HTTP provider's hook for one processor's Airflow connection (type ``http``).
 
-    processor: str
-    record_id: str
-    document: Mapping[str, Any]
+    The hook builds the session: base URL from host/schema/port, ``login``/``password`` as basic
+    auth, extra headers, ``proxies``, ``verify``, ``cert``, ``trust_env``, keep-alive adapters.
+    ``connection`` (optional) is used instead of looking ``http_conn_id`` up, for benchmarks and
+    tests that run outside Airflow's configuration. ``test_connection`` GETs ``test_path``
+    (default: the base URL) and succeeds on any answer below 500 that is not 401/403: a processor
+    API need not answer its root with 200, but bad credentials and a dead server must fail.
+    """
 
-    def __repr__(self) -> str:
-        return f"ProcessorRecord({self.processor}, {self.record_id})"
+    hook_name = "Processor (HTTP)"
+
+    def __init__(self, http_conn_id: str, *, connection: Connection | None = None, test_path: str = "") -> None:
+        super().__init__(method="GET", http_conn_id=http_conn_id)
+        self._connection = connection
+        self.test_path = test_path
+
+    def get_connection(self, conn_id: str) -> Connection:  # type: ignore[override]
+        if self._connection is not None:
+            return self._connection
+        try:
+            return super().get_connection(conn_id)
+        except Exception as exc:
+            if type(exc).__name__ == "AirflowNotFoundException":
+                raise not_configured(conn_id) from exc
+            raise
+
+    def test_connection(self) -> tuple[bool, str]:
+        try:
+            return probe(self.get_conn(), self.url_from_endpoint(self.test_path))
+        except Exception as exc:
+            return False, f"{type(exc).__name__}: {exc}"
 
 
-class ProcessorClient:
-    """Calls one processor's declared templates. Thread-compatible, not thread-safe."""
+def probe(session: Any, url: str) -> tuple[bool, str]:
+    """GET ``url`` with ``session``: reachable and authorised unless 401/403, 5xx or no answer."""
+    try:
+        response = session.get(url, timeout=10)
+    except Exception as exc:
+        return False, f"{type(exc).__name__}: {exc}"
+    if response.status_code in (401, 403) or response.status_code >= 500:
+        return False, f"HTTP {response.status_code}"
+    return True, f"reachable (HTTP {response.status_code})"
+
+
+class ProcessorClient(ProcessorConnector):
+    """The templated connector (``connector: http``): calls one processor's declared templates.
+    Thread-compatible, not thread-safe."""
 
     def __init__(
         self,
         processor: Processor,
-        connection: ConnectionInfo,
+        connection: Connection | None = None,
         *,
         attempts: int = 5,
         backoff_s: float = 0.5,
         max_backoff_s: float = 8.0,
-        timeout_s: float = 15.0,
+        timeout_s: float | tuple[float, float] | None = None,
     ) -> None:
-        import requests
+        from governance.deadlines import Deadlines
 
+        assert processor.auth is not None, "the map validates that a templated processor declares auth"
         self.processor = processor
-        self.base_url = connection.base_url()
+        self.hook = ProcessorHook(processor.connection_id, connection=connection)
         self.attempts = max(1, attempts)
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
-        self.timeout_s = timeout_s
-        self.session = requests.Session()
-        secret = connection.password if processor.auth.secret == "password" else connection.login
+        # (connect, read) seconds per attempt: governance.deadlines unless given.
+        self.timeout_s = timeout_s if timeout_s is not None else Deadlines.from_env().http_timeout
+        # The hook's session: base URL, TLS, proxies, extra headers, basic auth from login/password.
+        self.session = self.hook.get_conn()
+        self.base_url = self.hook.url_from_endpoint("").rstrip("/")
+        conn = self.hook.get_connection(processor.connection_id)
+        login, password = conn.login or "", conn.password or ""
+        secret = password if processor.auth.secret == "password" else login
         if processor.auth.type == "bearer":
+            self.session.auth = None
             self.session.headers["Authorization"] = f"Bearer {secret}"
         elif processor.auth.type == "header":
             assert processor.auth.header, "the map validates that header auth names its header"
+            self.session.auth = None
             self.session.headers[processor.auth.header] = secret
         else:
-            self.session.auth = (connection.login, connection.password)
+            self.session.auth = (login, password)
 
     @classmethod
     def from_airflow(cls, processor: Processor, **kwargs: Any) -> ProcessorClient:
-        return cls(processor, get_connection(processor.connection_id), **kwargs)
+        return cls(processor, **kwargs)
+
+    def test(self) -> tuple[bool, str]:
+        """GET the base URL with the session and the map's auth: fails on 401/403, 5xx, no answer."""
+        return probe(self.session, self.base_url + "/")
 
     def close(self) -> None:
         self.session.close()
-
-    def __enter__(self) -> ProcessorClient:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
 
     # -- transport ----------------------------------------------------------------------------
 
@@ -154,6 +203,7 @@ class ProcessorClient:
     def lookup(self, identities: SubjectIdentities) -> list[ProcessorRecord]:
         """Records the processor holds for any of the person's identities it can look up by
         (deduplicated by record id). Identities of kinds the template does not take are skipped."""
+        assert self.processor.lookup is not None, "the map validates that templated processors declare lookup"
         given = dict(identities.items())
         found: dict[str, ProcessorRecord] = {}
         for kind in self.processor.lookup_identity_kinds:
@@ -174,13 +224,16 @@ class ProcessorClient:
             for template in self.processor.export
         }
 
-    def erase(self, record_id: str) -> Literal["erased", "absent"]:
+    def erase(self, record_id: str) -> EraseOutcome:
         """Erase one record; 'absent' when the processor says it is already gone (idempotent)."""
-        if self.processor.erase is None:
+        if self.processor.erase is None:  # the map validates that templated processors declare one
             raise ProcessorRejected(f"{self.processor.name} declares no erase call")
         request = build_processor_request(self.processor.erase, {"id": record_id})
         status, _body = self._send(request, "erase")
         return "absent" if status in request.absent_status else "erased"
+
+
+__all__ = ["ProcessorClient", "ProcessorHook", "ProcessorRecord", "ProcessorRejected", "ProcessorUnavailable"]
 
 
 def processor_clients(datamap: DataMap, names: list[str] | None = None, **kwargs: Any) -> dict[str, ProcessorClient]:

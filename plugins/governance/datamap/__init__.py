@@ -15,11 +15,12 @@ Importing this package loads only the model (pydantic); the other submodules loa
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from governance.datamap.model import DataMap, DataMapError, DataMapIssue, PrefixRef, TableRef
 
-__all__ = ["DataMap", "DataMapError", "DataMapIssue", "PrefixRef", "TableRef", "load_datamap"]
+__all__ = ["DataMap", "DataMapError", "DataMapIssue", "PrefixRef", "TableRef", "load_datamap", "phone_region"]
 
 
 def load_datamap(path: Path | None = None) -> DataMap:
@@ -27,3 +28,16 @@ def load_datamap(path: Path | None = None) -> DataMap:
     from governance.datamap.loader import load_datamap as _load
 
     return _load(path)
+
+
+def phone_region(datamap: DataMap | None = None) -> str:
+    """ISO-3166 region used to read phone numbers typed without a country code.
+
+    ``GOVERNANCE_PHONE_REGION`` when set (a deployment's override), else the data map's
+    ``settings.default_phone_region`` (of ``datamap``, or the loaded map). Callers pass it to
+    :mod:`governance.identity`, which reads no configuration itself.
+    """
+    override = os.environ.get("GOVERNANCE_PHONE_REGION", "").strip()
+    if override:
+        return override.upper()
+    return str((datamap or load_datamap()).settings.default_phone_region).upper()

@@ -3,7 +3,7 @@
 Exit status: 0 valid (one ``OK: ...`` summary line), 1 invalid (every issue, one per line, as
 ``FILE: PATH: MESSAGE``), 2 the file cannot be read. ``--explain`` also prints the erasure order
 and the retention schedule computed from the map, which is what a reviewer of a map change wants
-to see.
+to see; ``--explain --sql`` every statement the workflows run (placeholders, never values).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from governance.datamap.model import DataMap
@@ -23,6 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="data map to check (default: GOVERNANCE_DATAMAP or include/datamap.yaml)",
     )
     parser.add_argument("--explain", action="store_true", help="also print the erasure order and retention rules")
+    parser.add_argument(
+        "--sql", action="store_true",
+        help="with --explain: also print every statement resolution, export, erasure and retention run "
+        "(placeholders only; values are bound at run time)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if getattr(args, "explain", False):
         _explain(datamap)
+        if getattr(args, "sql", False):
+            _print_statements(datamap)
     return 0
 
 
@@ -67,3 +74,24 @@ def _explain(datamap: DataMap) -> None:
         target = rule.table or rule.prefix
         age = f" after {rule.age_column}" if rule.age_column else " after last modification"
         print(f"  {rule.name}: {rule.action} {rule.system}.{target} {rule.period.iso}{age}")
+
+
+def _print_statements(datamap: DataMap) -> None:
+    """The statements the workflows execute, exactly as built by :mod:`governance.datamap.plans`."""
+    from governance.datamap.plans import build_erasure_plan, build_resolution_plan, build_retention_plan
+
+    def show(statement: Any) -> None:
+        needs = ", ".join(statement.input_params) or "none"
+        print(f"  -- {statement.purpose} {statement.table} (run-time values: {needs})")
+        print(f"  {statement.text};")
+
+    resolution = build_resolution_plan(datamap, datamap.identity_kinds)
+    print(f"resolution and export statements (by {', '.join(resolution.identity_kinds)}):")
+    for statement in resolution.statements:
+        show(statement)
+    print("erasure statements (children before parents; keyed by the resolved primary keys):")
+    for erasure in build_erasure_plan(datamap, resolution).statements:
+        show(erasure.statement)
+    print("retention statements:")
+    for statement in build_retention_plan(datamap).all_statements:
+        show(statement)

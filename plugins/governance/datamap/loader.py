@@ -619,8 +619,21 @@ class _Checks:
             yield from self._taxonomy(f"{ppath}.data_categories[{index}]", category, "data category")
         if processor.recipient is not None:
             yield from self._taxonomy(f"{ppath}.recipient.purpose", processor.recipient.purpose, "data use")
-        if processor.auth.type == "header" and not processor.auth.header:
+        if processor.connector == "python":
+            yield from self._python_processor(ppath, processor)
+            return
+        for key, given in (("class", processor.class_path is not None), ("lookup_by", bool(processor.lookup_by))):
+            if given:
+                yield f"{ppath}.{key}", f"{key} is for connector: python; a connector: http processor declares request templates"
+        if processor.auth is None:
+            yield f"{ppath}.auth", "a processor with request templates needs auth: {type: bearer|header|basic}"
+        elif processor.auth.type == "header" and not processor.auth.header:
             yield f"{ppath}.auth.header", "auth type header needs the header name (e.g. X-API-Key)"
+        if processor.lookup is None:
+            yield f"{ppath}.lookup", (
+                "a processor with request templates needs a lookup call (or connector: python with a class)"
+            )
+            return
         yield from self._request(f"{ppath}.lookup", processor.lookup, set(self.dm.identity_kinds), "identity kinds")
         lookup_kinds = [p for p in processor.lookup.placeholders if p in self.dm.identity_kinds]
         if not lookup_kinds:
@@ -638,6 +651,30 @@ class _Checks:
             yield from self._request(f"{ppath}.erase", processor.erase, {"id"}, "the record id")
             if processor.erase.paging is not None:
                 yield f"{ppath}.erase.paging", "an erase call does not page: remove paging"
+
+    def _python_processor(self, ppath: str, processor: Processor) -> Iterator[tuple[str, str]]:
+        """The escape hatch: the class exists and satisfies the connector contract; no templates."""
+        from governance.connectors.base import ConnectorClassError, load_connector_class
+
+        for key in ("auth", "lookup", "erase"):
+            if getattr(processor, key) is not None:
+                yield f"{ppath}.{key}", f"connector: python takes no {key}: its class makes the calls"
+        if processor.export:
+            yield f"{ppath}.export", "connector: python takes no export templates: its class makes the calls"
+        if not processor.lookup_by:
+            yield f"{ppath}.lookup_by", "connector: python needs lookup_by: the identity kinds it looks people up by"
+        for index, kind in enumerate(processor.lookup_by):
+            if kind not in self.dm.identity_kinds:
+                yield f"{ppath}.lookup_by[{index}]", (
+                    f"{kind!r} is not an identity kind of this map" + suggest(kind, list(self.dm.identity_kinds))
+                )
+        if processor.class_path is None:
+            yield f"{ppath}.class", "connector: python needs class: module:Class (a ProcessorConnector)"
+            return
+        try:
+            load_connector_class(processor.class_path)
+        except ConnectorClassError as exc:
+            yield f"{ppath}.class", str(exc)
 
     def _request(self, path: str, request: RequestTemplate, allowed: set[str], what: str) -> Iterator[tuple[str, str]]:
         try:

@@ -509,23 +509,50 @@ class Recipient(_Strict):
 
 
 class Processor(_Strict):
-    """A third party holding personal data we sent it, reached over HTTP."""
+    """A third party holding personal data we sent it, reached over HTTP.
+
+    ``connector: http`` (the default): the calls are declared as request templates (``auth``,
+    ``lookup``, ``export``, ``erase``). ``connector: python``: the escape hatch for an API the
+    templates cannot express (request bodies, OAuth client credentials, asynchronous jobs): a
+    Python class named by ``class`` (``module:Class``) implementing
+    ``governance.connectors.base.ProcessorConnector``, looked up with the identity kinds
+    ``lookup_by``. Both are reached through the Airflow connection ``connection_id``.
+    """
 
     name: Identifier
     kind: Literal["http"] = "http"
+    connector: Literal["http", "python"] = Field(
+        default="http", description="http: declared request templates; python: a connector class (class)"
+    )
+    class_path: str | None = Field(
+        default=None,
+        alias="class",
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="for connector: python, the connector class as module:Class",
+    )
+    lookup_by: list[Identifier] = Field(
+        default_factory=list, description="for connector: python, the identity kinds it looks people up by"
+    )
     connection_id: Identifier
     description: str | None = None
     recipient: Recipient | None = None
     data_categories: list[TaxonomyKey] = Field(default_factory=list)
-    auth: ProcessorAuth
-    lookup: RequestTemplate
+    auth: ProcessorAuth | None = None
+    lookup: RequestTemplate | None = None
     export: list[ProcessorExport] = Field(default_factory=list)
     erase: RequestTemplate | None = None
 
     @property
     def lookup_identity_kinds(self) -> list[str]:
-        """Identity kinds the lookup call can be made with (its placeholders)."""
+        """Identity kinds the lookup call can be made with (its placeholders, or ``lookup_by``)."""
+        if self.connector == "python" or self.lookup is None:
+            return list(self.lookup_by)
         return self.lookup.placeholders
+
+    @property
+    def exports_records(self) -> bool:
+        """Whether an export asks the processor for each record's contents (beyond the look-up)."""
+        return self.connector == "python" or bool(self.export)
 
 
 # --------------------------------------------------------------------------------------------

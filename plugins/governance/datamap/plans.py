@@ -1,17 +1,25 @@
-"""Pure plan builders: from the data map to SQL statements with bound parameters.
+"""Pure plan builders: from the data map to the SQL statements the executors run.
 
-Nothing here connects to anything. Every statement is a ``psycopg.sql.Composed`` built from
-``sql.Identifier`` (names from the validated map) and ``sql.Placeholder`` (every value: identities,
-keys, mask values, periods, dates, batch sizes). No value is ever formatted into SQL text, so an
-identity can only reach the database as a bound parameter and never a log line showing the query.
-``Composed.as_string()`` renders without a connection (psycopg >= 3.2), which is how the dry run
-and the tests show the SQL.
+Nothing here connects to anything. Every statement is a :class:`Statement`: a
+``psycopg.sql.Composed`` built from ``sql.Identifier`` (names from the validated map) and
+``sql.Placeholder`` (every value: identities, keys, mask values, periods, dates, batch sizes),
+with the constant values the map gives and the names of the values the executor supplies at run
+time. No value is ever formatted into SQL text, so an identity can only reach the database as a
+bound parameter, never a log line showing the query. ``Statement.text`` renders without a
+connection (psycopg >= 3.2): it is what the dry run, ``validate-datamap --explain --sql`` and the
+tests show, and its digest is what an approved erasure plan records.
+
+These are the only SQL builders for a person's data: resolution
+(:func:`governance.resolution.resolve_subject`), the export
+(:mod:`governance.connectors.postgres`), erasure (:mod:`governance.erasure.executor`) and its
+verification execute the statements built here and nothing else.
 
 Three plans, one per workflow that changes or reads personal data:
 
 * :func:`build_resolution_plan`: where a person's rows are (identity -> rows -> owned rows ->
-  objects), for export, erasure and dry runs;
-* :func:`build_erasure_plan`: what erasure executes, children before parents;
+  objects), with the count and export statements of each table, for export, erasure and dry runs;
+* :func:`build_erasure_plan`: what erasure executes, children before parents, keyed by the
+  primary keys resolution found (and the checks verification runs afterwards);
 * :func:`build_retention_plan`: what the retention sweep executes, in bounded batches.
 
 Parameter names the executor supplies at run time are module constants (``AS_OF``,
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -56,14 +65,64 @@ from governance.datamap.model import (
 AS_OF = "as_of"  # the run's logical date (timestamptz): no now() inside a plan
 SCOPE_IDS = "scope_ids"  # business ids a scoped request is limited to
 BATCH_SIZE = "batch_size"
-KEYS = "keys"  # primary keys selected by a previous statement of the same rule
+KEYS = "keys"  # primary keys a statement acts on (resolved, or selected by a previous statement)
+REFERENCE_VALUES = "reference_values"  # the person's keys a mention may still point at
 HELD_KEYS = "held_keys"  # primary keys under a legal hold (may be empty)
 HELD_SCOPE_IDS = "held_scope_ids"  # business ids under a legal hold (may be empty)
 AFTER_KEY = "after_key"  # keyset cursor: [last primary key handled], [] to start
 KEYED_HASH_INNER = "keyed_hash_inner_pad"
 KEYED_HASH_OUTER = "keyed_hash_outer_pad"
+KEYED_HASH_PADS = (KEYED_HASH_INNER, KEYED_HASH_OUTER)
+# Matching by keyed hashes (a person known only by the suppression list).
+CREATED_BEFORE = "kh_created_before"
+PLANNED_KEYS_PREFIX = "kh_planned_"
 
 _HMAC_BLOCK = 64  # SHA-256 block size
+
+Matching = Literal["identity", "keyed_hash"]
+
+
+# --------------------------------------------------------------------------------------------
+# The statement
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One SQL statement exactly as an executor sends it.
+
+    ``query`` holds placeholders only; ``params`` the constant values taken from the map (mask
+    values, periods, batch sizes: never a person's data); ``input_params`` the names the executor
+    supplies when it runs it (identities, keys, ``as_of``, keyed-hash pads). ``purpose`` says what
+    it is for (``resolve``, ``export``, ``delete_rows``, ...), ``table`` what it reads or changes.
+    """
+
+    purpose: str
+    table: TableRef
+    query: sql.Composed
+    params: Mapping[str, Any] = field(default_factory=dict)
+    input_params: tuple[str, ...] = ()
+
+    @property
+    def text(self) -> str:
+        """The SQL with its placeholders (``%(name)s``), never a value: safe to log and show."""
+        return self.query.as_string()
+
+    @property
+    def sha256(self) -> str:
+        """Digest of the SQL text and its constant values: what an approval of a plan covers."""
+        constants = json.dumps({k: self.params[k] for k in sorted(self.params)}, default=str, sort_keys=True)
+        return hashlib.sha256(f"{self.text}\x00{constants}".encode()).hexdigest()
+
+    def bind(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The parameters to execute with: the constants plus ``input_params`` from ``values``
+        (KeyError naming what is missing, never a value)."""
+        missing = [name for name in self.input_params if name not in values]
+        if missing:
+            raise KeyError(f"{self.purpose} on {self.table} needs {', '.join(missing)}")
+        return {**self.params, **{name: values[name] for name in self.input_params}}
+
+    def __repr__(self) -> str:
+        return f"Statement({self.purpose} {self.table}: {self.text})"
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,10 +163,26 @@ def key_param(datamap: DataMap, table: TableRef, column: str) -> str:
     return f"{stem}_{column}s"
 
 
+def excluded_param(table: TableRef) -> str:
+    """Name of the parameter holding the keys of ``table`` that narrowing left out (another
+    person's rows): the count and export statements skip them."""
+    return f"excluded_{table.system}_{table.table}"
+
+
+def planned_keys_param(table: TableRef) -> str:
+    """Keyed-hash matching on a table without a record-time column: the keys an earlier erasure
+    removed (only those rows may match again)."""
+    return f"{PLANNED_KEYS_PREFIX}{table.system}_{table.table}"
+
+
 def identity_expression(column: sql.Composable, match: IdentityMatch) -> sql.Composable:
     """The SQL side of an identity comparison: ``lower(col)`` or ``col``, mirroring
     :mod:`governance.identity` on the Python side."""
     return sql.SQL("lower({})").format(column) if match is IdentityMatch.lowered else column
+
+
+# --------------------------------------------------------------------------------------------
+# Keyed hashes (one definition: erasure's keyed_hash action and matching by the suppression list)
 
 
 def keyed_hash_params(key: bytes) -> dict[str, bytes]:
@@ -123,44 +198,106 @@ def keyed_hash_params(key: bytes) -> dict[str, bytes]:
     }
 
 
-def keyed_hash_sql(column: sql.Composable) -> sql.Composed:
-    """HMAC-SHA256 (hex) of the column's text (UTF-8) from the pads of :func:`keyed_hash_params`."""
+def keyed_hash_sql(column: sql.Composable, *, domain: str | None = None) -> sql.Composed:
+    """HMAC-SHA256 (hex) of the column's text (UTF-8) from the pads of :func:`keyed_hash_params`.
+
+    With ``domain`` (the name of a bytea parameter, e.g. ``kind || NUL``) the message is
+    ``domain || value``: what :class:`governance.crypto.IdentityHasher` computes for an identity."""
+    prefix = sql.SQL("{}::bytea || ").format(sql.Placeholder(domain)) if domain else sql.SQL("")
     return sql.SQL(
-        "encode(sha256({outer}::bytea || sha256({inner}::bytea || convert_to({col}::text, 'UTF8'))), 'hex')"
-    ).format(outer=sql.Placeholder(KEYED_HASH_OUTER), inner=sql.Placeholder(KEYED_HASH_INNER), col=column)
+        "encode(sha256({outer}::bytea || sha256({inner}::bytea || {prefix}convert_to({col}::text, 'UTF8'))), 'hex')"
+    ).format(outer=sql.Placeholder(KEYED_HASH_OUTER), inner=sql.Placeholder(KEYED_HASH_INNER), prefix=prefix, col=column)
 
 
-def keyed_hash_reference(key: bytes, value: str) -> str:
+def keyed_hash_reference(key: bytes, value: str, *, domain: bytes = b"") -> str:
     """What :func:`keyed_hash_sql` computes for ``value`` (for tests and for matching later)."""
-    return hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()
+    return hmac.new(key, domain + value.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def _mask_param(ref: TableRef, field_name: str) -> str:
+def keyed_hash_domain_param(kind: str) -> str:
+    return f"kh_domain_{kind}"
+
+
+def keyed_hash_domain(kind: str) -> bytes:
+    """The domain prefix of an identity's keyed hash (see :class:`governance.crypto.IdentityHasher`)."""
+    return f"{kind}\x00".encode()
+
+
+# --------------------------------------------------------------------------------------------
+# Field rewrites (one mapping from an erasure action to SQL)
+
+
+@dataclass(frozen=True)
+class FieldRewrite:
+    """How erasure rewrites one field: the SET clause, the condition of a row not rewritten yet
+    (so a repeated statement touches nothing twice) and of a row rewritten (what verification
+    checks), with their constant and run-time parameters."""
+
+    field: str
+    assignment: sql.Composable
+    pending: sql.Composable
+    cleared: sql.Composable
+    params: Mapping[str, Any]
+    input_params: tuple[str, ...]
+
+
+def mask_param(ref: TableRef, field_name: str) -> str:
     return f"mask_{ref.table}_{field_name}"
 
 
-def _rewrite_assignments(ref: TableRef, fields: Iterable[FieldSpec]) -> tuple[list[sql.Composable], dict[str, Any], list[str]]:
-    """SET clauses for fields whose erasure rewrites them; static params; run-time params."""
-    assignments: list[sql.Composable] = []
+def field_rewrite(ref: TableRef, spec: FieldSpec) -> FieldRewrite:
+    """The rewrite of ``spec`` by its erasure action (``nullify``, ``mask``, ``keyed_hash``);
+    ValueError for an action that does not rewrite a field."""
+    column = sql.Identifier(spec.name)
+    action = spec.erasure_action
+    if action is ErasureAction.nullify:
+        return FieldRewrite(spec.name, sql.SQL("{} = NULL").format(column), sql.SQL("{} IS NOT NULL").format(column),
+                            sql.SQL("({} IS NULL)").format(column), {}, ())  # fmt: skip
+    if action is ErasureAction.mask:
+        name = mask_param(ref, spec.name)
+        value = sql.Placeholder(name)
+        return FieldRewrite(
+            spec.name, sql.SQL("{} = {}").format(column, value), sql.SQL("{} IS DISTINCT FROM {}").format(column, value),
+            sql.SQL("({} IS NOT DISTINCT FROM {})").format(column, value), {name: spec.mask_value}, (),
+        )  # fmt: skip
+    if action is ErasureAction.keyed_hash:
+        # A rewritten value is 64 hex digits; a personal value (a name, an address) never is.
+        return FieldRewrite(
+            spec.name, sql.SQL("{} = {}").format(column, keyed_hash_sql(column)),
+            sql.SQL("({c} IS NOT NULL AND {c}::text !~ '^[0-9a-f]{{64}}$')").format(c=column),
+            sql.SQL("({c} IS NULL OR {c}::text ~ '^[0-9a-f]{{64}}$')").format(c=column), {}, KEYED_HASH_PADS,
+        )  # fmt: skip
+    raise ValueError(f"{ref}.{spec.name}: erasure action {action.value if action else None} does not rewrite a field")
+
+
+def _rewrites(ref: TableRef, fields: Iterable[FieldSpec]) -> list[FieldRewrite]:
+    return [field_rewrite(ref, spec) for spec in fields]
+
+
+def _rewrite_params(rewrites: Sequence[FieldRewrite]) -> tuple[dict[str, Any], tuple[str, ...]]:
     params: dict[str, Any] = {}
     needs: list[str] = []
-    for spec in fields:
-        column = sql.Identifier(spec.name)
-        action = spec.erasure_action
-        if action is ErasureAction.nullify:
-            assignments.append(sql.SQL("{} = NULL").format(column))
-        elif action is ErasureAction.mask:
-            name = _mask_param(ref, spec.name)
-            assignments.append(sql.SQL("{} = {}").format(column, sql.Placeholder(name)))
-            params[name] = spec.mask_value
-        elif action is ErasureAction.keyed_hash:
-            assignments.append(sql.SQL("{} = {}").format(column, keyed_hash_sql(column)))
-            needs += [KEYED_HASH_INNER, KEYED_HASH_OUTER]
-    return assignments, params, needs
+    for rewrite in rewrites:
+        params.update(rewrite.params)
+        needs += rewrite.input_params
+    return params, _unique(needs)
 
 
 # --------------------------------------------------------------------------------------------
 # Resolution: where is this person?
+
+# What a row's identity column says about the request's identity of that kind.
+ABSENT, MATCHES, DIFFERS = 0, 1, 2
+KEPT_UNTIL = "__kept_until"
+STILL_KEPT = "__still_kept"
+
+
+def identity_state_column(column: IdentityColumn) -> str:
+    return f"__id_{column.field}"
+
+
+def owner_flag_column(index: int) -> str:
+    return f"__own_{index}"
 
 
 @dataclass(frozen=True)
@@ -169,21 +306,23 @@ class ResolutionStep:
     steps, filtered to the business scope when the request is scoped and the table declares a
     scope column.
 
-    ``where`` is the match (reused by export and erasure); ``query`` selects ``columns`` (the
-    primary key first, then what later steps and object keys need). ``output_params`` maps each
-    parameter later steps read to the column of this step's rows that fills it; a step with no
-    outputs (``materialise`` False) only needs counting or streaming, never holding in memory.
+    ``select`` is what resolution runs: ``columns`` (the primary key, what later steps, object
+    keys, scope and owning references need), one ``__id_<field>`` state per identity column
+    (ABSENT, MATCHES, DIFFERS), one ``__own_<n>`` flag per owning reference and, for a table under
+    a legal exception, ``__kept_until``/``__still_kept`` as of ``as_of``. ``count`` and
+    ``export`` are what the export runs in the same snapshot: the same match minus the rows
+    narrowing left out (``excluded_<system>_<table>``). ``output_params`` maps each parameter
+    later steps read to the column of this step's rows that fills it.
     """
 
     table: TableRef
     primary_key: str
     columns: tuple[str, ...]
-    where: sql.Composable
-    query: sql.Composed
-    count_query: sql.Composed
+    select: Statement
+    count: Statement
+    export: Statement
     identity_matches: tuple[IdentityColumn, ...]
     owned_via: tuple[ReferenceEdge, ...]
-    input_params: tuple[str, ...]
     output_params: Mapping[str, str]
     scoped: bool
 
@@ -191,18 +330,25 @@ class ResolutionStep:
     def materialise(self) -> bool:
         return bool(self.output_params)
 
+    @property
+    def input_params(self) -> tuple[str, ...]:
+        return self.select.input_params
+
 
 @dataclass(frozen=True)
 class MentionStep:
     """Rows of ``edge.child`` that mention one of the person's rows through ``edge.field``: on
-    erasure the reference is cleared (the field's erasure action), the row stays."""
+    erasure the reference is cleared (the field's erasure action), the row stays. ``select``
+    returns the primary key, the field and the scope column."""
 
     edge: ReferenceEdge
     primary_key: str
-    where: sql.Composable
-    query: sql.Composed
+    select: Statement
     parent_param: str
-    input_params: tuple[str, ...]
+
+    @property
+    def input_params(self) -> tuple[str, ...]:
+        return self.select.input_params
 
 
 @dataclass(frozen=True)
@@ -254,8 +400,9 @@ class ProcessorStep:
 class ResolutionPlan:
     """Where a person found by ``identity_kinds`` has data, as executable steps.
 
-    Run ``steps`` in order with params ``{kind: [normalised values]}`` (plus ``scope_ids`` when
-    ``business_scope``); after each materialised step, set each of its ``output_params`` to the
+    Run each step's ``select`` in order with ``{kind: [normalised values]}`` (``matching ==
+    "identity"``; keyed hashes, pads and limits for ``"keyed_hash"``), ``scope_ids`` when
+    ``business_scope`` and ``as_of``; after each step, set each of its ``output_params`` to the
     list of that column's values. ``mentions`` and ``objects`` then use those params and rows.
     ``out_of_scope`` lists identity tables skipped because a scoped request cannot be applied to
     a table without a scope column.
@@ -269,6 +416,7 @@ class ResolutionPlan:
     request_objects: tuple[RequestObjectStep, ...]
     processors: tuple[ProcessorStep, ...]
     out_of_scope: tuple[TableRef, ...] = ()
+    matching: Matching = "identity"
 
     @property
     def tables(self) -> list[TableRef]:
@@ -285,9 +433,31 @@ class ResolutionPlan:
         """Run-time params the caller must supply before the first step."""
         return (*self.identity_kinds, *((SCOPE_IDS,) if self.business_scope else ()))
 
+    @property
+    def statements(self) -> list[Statement]:
+        """Every statement of the plan, in the order they run (for the dry run and ``--sql``)."""
+        out = [s.select for s in self.steps] + [m.select for m in self.mentions]
+        return out + [s.count for s in self.steps] + [s.export for s in self.steps]
+
+
+def record_time_column(datamap: DataMap, ref: TableRef) -> str | None:
+    """The column saying when a row was recorded: ``created_at``, else the legal exception's or a
+    retention rule's age column for the table (``callers.first_seen_at``); None when the map
+    names none."""
+    table = datamap.table(ref)
+    if table.field("created_at") is not None:
+        return "created_at"
+    exception = datamap.legal_exception_for(ref)
+    if exception is not None:
+        return exception.age_column
+    for rule in datamap.retention:
+        if rule.table == ref.table and rule.system == ref.system and rule.age_column:
+            return rule.age_column
+    return None
+
 
 def build_resolution_plan(
-    datamap: DataMap, identity_kinds: Iterable[str], business_scope: bool = False
+    datamap: DataMap, identity_kinds: Iterable[str], business_scope: bool = False, *, matching: Matching = "identity"
 ) -> ResolutionPlan:
     """Plan how to find every row, object and processor record of a person.
 
@@ -295,6 +465,12 @@ def build_resolution_plan(
     unknown kinds raise DataMapError. With ``business_scope`` every step on a table with a scope
     column is limited to ``scope_ids``; identity tables without one are left out (listed in
     ``out_of_scope``), since the business cannot speak for rows not collected for it.
+
+    ``matching`` says how identity columns are compared: with the normalised identities
+    (``identity``: a param per kind), or with keyed hashes computed in SQL (``keyed_hash``: a
+    person known only by the suppression list; ``kh_<kind>`` digests, ``kh_domain_<kind>``, the
+    keyed-hash pads, and rows recorded before ``kh_created_before``, or for a table without a
+    record-time column, only the keys in ``kh_planned_<system>_<table>``).
     """
     kinds = tuple(sorted(set(identity_kinds)))
     unknown = [k for k in kinds if k not in datamap.identity_kinds]
@@ -332,24 +508,24 @@ def build_resolution_plan(
         table = datamap.table(ref)
         matches = tuple(reach.matches_of(ref))
         parents = tuple(reach.parents_of(ref))
-        where, needs, scoped = _match_where(datamap, table, matches, parents, business_scope)
-        columns = _unique([table.primary_key, *outputs[ref].values(), *extra_columns[ref]])
         output_params = dict(outputs[ref])
         if extra_columns[ref]:
             output_params.setdefault(key_param(datamap, ref, table.primary_key), table.primary_key)
+        columns = _unique([
+            table.primary_key, *output_params.values(), *extra_columns[ref],
+            *([table.scope_column] if table.scope_column else []), *(edge.field for edge in parents),
+        ])  # fmt: skip
+        where, needs, scoped = _match_where(datamap, ref, table, matches, parents, business_scope, matching)
         steps.append(
             ResolutionStep(
                 table=ref,
                 primary_key=table.primary_key,
                 columns=columns,
-                where=where,
-                query=sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {}").format(
-                    _columns(columns), _table_sql(datamap, ref), where, sql.Identifier(table.primary_key)
-                ),
-                count_query=sql.SQL("SELECT count(*) FROM {} WHERE {}").format(_table_sql(datamap, ref), where),
+                select=_resolve_statement(datamap, ref, table, columns, matches, parents, where, needs, matching),
+                count=_narrowed_statement(datamap, ref, table, "count", where, needs),
+                export=_narrowed_statement(datamap, ref, table, "export", where, needs),
                 identity_matches=matches,
                 owned_via=parents,
-                input_params=needs,
                 output_params=output_params,
                 scoped=scoped,
             )
@@ -364,18 +540,16 @@ def build_resolution_plan(
         if business_scope and child.scope_column:
             conditions.append(_any(sql.Identifier(child.scope_column), SCOPE_IDS))
             mention_needs.append(SCOPE_IDS)
-        mention_where = _and(conditions)
+        names = _unique([child.primary_key, edge.field, *([child.scope_column] if child.scope_column else [])])
+        query = sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {}").format(
+            _columns(names), _table_sql(datamap, edge.child), _and(conditions), sql.Identifier(child.primary_key)
+        )
         mentions.append(
             MentionStep(
                 edge=edge,
                 primary_key=child.primary_key,
-                where=mention_where,
-                query=sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {}").format(
-                    sql.Identifier(child.primary_key), _table_sql(datamap, edge.child), mention_where,
-                    sql.Identifier(child.primary_key),
-                ),
+                select=Statement("mentions", edge.child, query, {}, tuple(mention_needs)),
                 parent_param=param,
-                input_params=tuple(mention_needs),
             )
         )
 
@@ -396,6 +570,7 @@ def build_resolution_plan(
         request_objects=request_objects,
         processors=processors,
         out_of_scope=tuple(sorted(out_of_scope)),
+        matching=matching,
     )
 
 
@@ -422,18 +597,45 @@ def _reach_without(datamap: DataMap, kinds: tuple[str, ...], excluded: set[Table
     )
 
 
+def _identity_match(column: IdentityColumn, matching: Matching) -> tuple[sql.Composable, tuple[str, ...]]:
+    """A boolean expression: the column holds one of the person's identities (or keyed hashes)."""
+    expression = identity_expression(sql.Identifier(column.field), column.match)
+    if matching == "identity":
+        return _any(expression, column.kind), (column.kind,)
+    domain = keyed_hash_domain_param(column.kind)
+    hashed = keyed_hash_sql(expression, domain=domain)
+    return _any(hashed, f"kh_{column.kind}"), (f"kh_{column.kind}", domain, *KEYED_HASH_PADS)
+
+
+def _keyed_hash_restriction(datamap: DataMap, ref: TableRef, table: TableSpec) -> tuple[sql.Composable, str]:
+    """Rows a keyed-hash match may find: recorded before the erasure, or (no record-time column)
+    among the keys the erasure removed."""
+    column = record_time_column(datamap, ref)
+    if column:
+        return sql.SQL("{} < {}").format(sql.Identifier(column), sql.Placeholder(CREATED_BEFORE)), CREATED_BEFORE
+    name = planned_keys_param(ref)
+    return _any(sql.Identifier(table.primary_key), name), name
+
+
 def _match_where(
     datamap: DataMap,
+    ref: TableRef,
     table: TableSpec,
     matches: Sequence[IdentityColumn],
     parents: Sequence[ReferenceEdge],
     business_scope: bool,
+    matching: Matching,
 ) -> tuple[sql.Composable, tuple[str, ...], bool]:
     alternatives: list[sql.Composable] = []
     needs: list[str] = []
+    restriction: sql.Composable | None = None
+    if matches and matching == "keyed_hash":
+        restriction, restriction_param = _keyed_hash_restriction(datamap, ref, table)
+        needs.append(restriction_param)
     for match in matches:
-        alternatives.append(_any(identity_expression(sql.Identifier(match.field), match.match), match.kind))
-        needs.append(match.kind)
+        expression, params = _identity_match(match, matching)
+        alternatives.append(sql.SQL("({} AND {})").format(expression, restriction) if restriction is not None else expression)
+        needs += params
     for edge in parents:
         param = key_param(datamap, edge.parent, edge.parent_field)
         alternatives.append(_any(sql.Identifier(edge.field), param))
@@ -447,13 +649,74 @@ def _match_where(
     return where, _unique(needs), scoped
 
 
-def build_export_query(datamap: DataMap, step: ResolutionStep) -> sql.Composed:
-    """Every mapped column of the person's rows of ``step.table``, in key order: for streaming
-    through a server-side cursor into an export bundle."""
-    table = datamap.table(step.table)
-    return sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {}").format(
-        _columns(table.field_names), _table_sql(datamap, step.table), step.where, sql.Identifier(table.primary_key)
+def legal_period_param(exception: LegalException) -> str:
+    return f"legal_period_{exception.name}"
+
+
+def _resolve_statement(
+    datamap: DataMap,
+    ref: TableRef,
+    table: TableSpec,
+    columns: Sequence[str],
+    matches: Sequence[IdentityColumn],
+    parents: Sequence[ReferenceEdge],
+    where: sql.Composable,
+    needs: tuple[str, ...],
+    matching: Matching,
+) -> Statement:
+    select: list[sql.Composable] = [sql.Identifier(c) for c in columns]
+    params: dict[str, Any] = {}
+    for column in matches:
+        expression, _ = _identity_match(column, matching)
+        select.append(
+            sql.SQL("CASE WHEN {col} IS NULL THEN {absent} WHEN {match} THEN {hit} ELSE {differs} END AS {alias}").format(
+                col=sql.Identifier(column.field), match=expression, absent=sql.Literal(ABSENT), hit=sql.Literal(MATCHES),
+                differs=sql.Literal(DIFFERS), alias=sql.Identifier(identity_state_column(column)),
+            )
+        )  # fmt: skip
+    for n, edge in enumerate(parents):
+        select.append(
+            sql.SQL("COALESCE({} = ANY({}), false) AS {}").format(
+                sql.Identifier(edge.field), sql.Placeholder(key_param(datamap, edge.parent, edge.parent_field)),
+                sql.Identifier(owner_flag_column(n)),
+            )
+        )
+    extra: tuple[str, ...] = ()
+    exception = datamap.legal_exception_for(ref)
+    if exception is not None:
+        period = legal_period_param(exception)
+        params[period] = exception.period.sql_interval
+        age = sql.Identifier(exception.age_column)
+        until = sql.SQL("{} + {}::interval").format(age, sql.Placeholder(period))
+        select.append(sql.SQL("{} AS {}").format(until, sql.Identifier(KEPT_UNTIL)))
+        select.append(
+            sql.SQL("({age} IS NULL OR {until} > {as_of}::timestamptz) AS {alias}").format(
+                age=age, until=until, as_of=sql.Placeholder(AS_OF), alias=sql.Identifier(STILL_KEPT)
+            )
+        )
+        extra = (AS_OF,)
+    query = sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {}").format(
+        sql.SQL(", ").join(select), _table_sql(datamap, ref), where, sql.Identifier(table.primary_key)
     )
+    return Statement("resolve", ref, query, params, _unique([*needs, *extra]))
+
+
+def _narrowed_statement(
+    datamap: DataMap, ref: TableRef, table: TableSpec, purpose: Literal["count", "export"], where: sql.Composable,
+    needs: tuple[str, ...],
+) -> Statement:
+    """The match minus the rows narrowing left out (``<> ALL('{}')`` is true, so a table nothing
+    was left out of costs nothing extra): the person's rows exactly as resolution kept them."""
+    narrowed = sql.SQL("{} AND {} <> ALL({})").format(
+        where, sql.Identifier(table.primary_key), sql.Placeholder(excluded_param(ref))
+    )
+    if purpose == "count":
+        query = sql.SQL("SELECT count(*) FROM {} WHERE {}").format(_table_sql(datamap, ref), narrowed)
+    else:  # every mapped column, in key order, for streaming into a bundle
+        query = sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {}").format(
+            _columns(table.field_names), _table_sql(datamap, ref), narrowed, sql.Identifier(table.primary_key)
+        )
+    return Statement(purpose, ref, query, {}, (*needs, excluded_param(ref)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -467,24 +730,24 @@ ErasureEffect = Literal[
 
 @dataclass(frozen=True)
 class ErasureStatement:
-    """One bounded batch of an erasure: run it until it affects fewer than ``batch_size`` rows.
+    """One table and effect of an erasure and the statement that carries it out.
 
-    Every statement stops matching the rows it has handled (deleted, or with the matched
-    reference rewritten), so repeating it, or re-running it after a crash, never double-applies.
-    ``params`` holds constant values (mask values, the legal period, the batch size); the
-    executor adds ``input_params`` (identities, parent keys, scope, ``as_of``, keyed-hash pads).
-    Statements of kind ``minimise_kept_rows`` return ``(primary key, kept_until)`` for the
-    record of what was kept, why (``legal_exception``) and until when.
+    ``statement`` acts on the rows whose primary keys are bound to ``keys`` (the executor binds
+    them in bounded batches of the keys resolution found and legal holds left free); a
+    ``clear_mention`` statement also needs ``reference_values`` (the person's keys the mention
+    may still point at). Every statement stops matching the rows it has handled (deleted, or
+    rewritten), so repeating it, or re-running it after a crash, never double-applies.
+    ``check`` is what verification runs afterwards on the same keys: mentions still pointing at
+    the person, or one ``<field>_cleared`` flag per minimised field of a kept row.
     """
 
     table: TableRef
     effect: ErasureEffect
-    query: sql.Composed
-    params: Mapping[str, Any]
-    input_params: tuple[str, ...]
+    statement: Statement
     fields: tuple[str, ...] = ()
     legal_exception: str | None = None
-    returning: tuple[str, ...] = ()
+    reference_field: str | None = None
+    check: Statement | None = None
 
 
 @dataclass(frozen=True)
@@ -509,12 +772,35 @@ class ErasurePlan:
         return list(dict.fromkeys(s.table for s in self.statements))
 
 
-def _batched(datamap: DataMap, ref: TableRef, verb: sql.Composable, pk: str, where: sql.Composable) -> sql.Composed:
-    """``<verb> WHERE pk IN (SELECT pk ... WHERE where LIMIT batch_size)``: one bounded batch."""
-    return sql.SQL("{verb} WHERE {pk} IN (SELECT {pk} FROM {table} WHERE {where} LIMIT {batch})").format(
-        verb=verb, pk=sql.Identifier(pk), table=_table_sql(datamap, ref), where=where,
-        batch=sql.Placeholder(BATCH_SIZE),
+def _keyed(table: TableSpec) -> sql.Composed:
+    return _any(sql.Identifier(table.primary_key), KEYS)
+
+
+def _delete(datamap: DataMap, ref: TableRef, table: TableSpec, effect: ErasureEffect) -> Statement:
+    query = sql.SQL("DELETE FROM {} WHERE {}").format(_table_sql(datamap, ref), _keyed(table))
+    return Statement(effect, ref, query, {}, (KEYS,))
+
+
+def _rewrite(
+    datamap: DataMap, ref: TableRef, table: TableSpec, effect: ErasureEffect, rewrites: Sequence[FieldRewrite]
+) -> Statement:
+    params, needs = _rewrite_params(rewrites)
+    pending = sql.SQL(" OR ").join(r.pending for r in rewrites)
+    query = sql.SQL("UPDATE {} SET {} WHERE {} AND ({})").format(
+        _table_sql(datamap, ref), sql.SQL(", ").join(r.assignment for r in rewrites), _keyed(table), pending
     )
+    return Statement(effect, ref, query, params, (KEYS, *needs))
+
+
+def _cleared_check(datamap: DataMap, ref: TableRef, table: TableSpec, rewrites: Sequence[FieldRewrite]) -> Statement:
+    params, _ = _rewrite_params(rewrites)
+    flags = sql.SQL(", ").join(
+        sql.SQL("{} AS {}").format(r.cleared, sql.Identifier(f"{r.field}_cleared")) for r in rewrites
+    )
+    query = sql.SQL("SELECT {}, {} FROM {} WHERE {} ORDER BY 1").format(
+        sql.Identifier(table.primary_key), flags, _table_sql(datamap, ref), _keyed(table)
+    )
+    return Statement("verify_kept_rows", ref, query, params, (KEYS,))
 
 
 def build_erasure_plan(datamap: DataMap, resolution: ResolutionPlan) -> ErasurePlan:
@@ -523,12 +809,11 @@ def build_erasure_plan(datamap: DataMap, resolution: ResolutionPlan) -> ErasureP
 
     Per table: rows mentioning the person get the mention field rewritten; the person's own rows
     are deleted when a field is ``delete_row``, else rewritten field by field; under a legal
-    exception, rows still inside the legal period are minimised (kept fields untouched, returned
-    with ``kept_until``) and rows past it deleted.
+    exception, rows past the legal period are deleted and rows still inside it minimised (kept
+    fields untouched): which rows are which, resolution says (``__still_kept``).
     """
-    batch = datamap.settings.erasure_batch_size
     order = graph.erasure_order(datamap)
-    owned = {s.table: s for s in resolution.steps}
+    owned = {s.table for s in resolution.steps}
     mentions_by_child: dict[TableRef, list[MentionStep]] = {}
     for mention in resolution.mentions:
         mentions_by_child.setdefault(mention.edge.child, []).append(mention)
@@ -539,51 +824,47 @@ def build_erasure_plan(datamap: DataMap, resolution: ResolutionPlan) -> ErasureP
         for mention in mentions_by_child.get(ref, []):
             spec = table.field(mention.edge.field)
             assert spec is not None
-            assignments, params, needs = _rewrite_assignments(ref, [spec])
-            verb = sql.SQL("UPDATE {} SET {}").format(_table_sql(datamap, ref), sql.SQL(", ").join(assignments))
+            rewrite = field_rewrite(ref, spec)
+            params, needs = _rewrite_params([rewrite])
+            reference = _any(sql.Identifier(spec.name), REFERENCE_VALUES)
+            query = sql.SQL("UPDATE {} SET {} WHERE {} AND {}").format(
+                _table_sql(datamap, ref), rewrite.assignment, _keyed(table), reference
+            )
+            check = sql.SQL("SELECT {} FROM {} WHERE {} AND {} ORDER BY 1").format(
+                sql.Identifier(table.primary_key), _table_sql(datamap, ref), _keyed(table), reference
+            )
             statements.append(
                 ErasureStatement(
-                    table=ref,
-                    effect="clear_mention",
-                    query=_batched(datamap, ref, verb, table.primary_key, mention.where),
-                    params={**params, BATCH_SIZE: batch},
-                    input_params=_unique([*mention.input_params, *needs]),
-                    fields=(spec.name,),
+                    table=ref, effect="clear_mention",
+                    statement=Statement("clear_mention", ref, query, params, (KEYS, REFERENCE_VALUES, *needs)),
+                    fields=(spec.name,), reference_field=spec.name,
+                    check=Statement("verify_mentions", ref, check, {}, (KEYS, REFERENCE_VALUES)),
                 )
-            )
-        step = owned.get(ref)
-        if step is None:
+            )  # fmt: skip
+        if ref not in owned:
             continue
+        rewrites = _rewrites(ref, [f for f in table.fields if f.erasure_action in REWRITING_ACTIONS])
+        fields = tuple(r.field for r in rewrites)
         exception = datamap.legal_exception_for(ref)
         if exception is not None:
             kept[ref] = exception
-            statements += _kept_table_statements(datamap, ref, table, step, exception, batch)
+            statements.append(
+                ErasureStatement(ref, "delete_expired_kept_rows", _delete(datamap, ref, table, "delete_expired_kept_rows"),
+                                 legal_exception=exception.name)
+            )  # fmt: skip
+            if rewrites:
+                statements.append(
+                    ErasureStatement(
+                        ref, "minimise_kept_rows", _rewrite(datamap, ref, table, "minimise_kept_rows", rewrites),
+                        fields=fields, legal_exception=exception.name,
+                        check=_cleared_check(datamap, ref, table, rewrites),
+                    )
+                )  # fmt: skip
         elif table.deletes_rows_on_erasure:
-            verb = sql.SQL("DELETE FROM {}").format(_table_sql(datamap, ref))
+            statements.append(ErasureStatement(ref, "delete_rows", _delete(datamap, ref, table, "delete_rows")))
+        elif rewrites:
             statements.append(
-                ErasureStatement(
-                    table=ref,
-                    effect="delete_rows",
-                    query=_batched(datamap, ref, verb, table.primary_key, step.where),
-                    params={BATCH_SIZE: batch},
-                    input_params=step.input_params,
-                )
-            )
-        else:
-            rewritten = [f for f in table.fields if f.erasure_action in REWRITING_ACTIONS]
-            assignments, params, needs = _rewrite_assignments(ref, rewritten)
-            if not assignments:
-                continue
-            verb = sql.SQL("UPDATE {} SET {}").format(_table_sql(datamap, ref), sql.SQL(", ").join(assignments))
-            statements.append(
-                ErasureStatement(
-                    table=ref,
-                    effect="rewrite_rows",
-                    query=_batched(datamap, ref, verb, table.primary_key, step.where),
-                    params={**params, BATCH_SIZE: batch},
-                    input_params=_unique([*step.input_params, *needs]),
-                    fields=tuple(f.name for f in rewritten),
-                )
+                ErasureStatement(ref, "rewrite_rows", _rewrite(datamap, ref, table, "rewrite_rows", rewrites), fields=fields)
             )
     return ErasurePlan(
         resolution=resolution,
@@ -595,59 +876,6 @@ def build_erasure_plan(datamap: DataMap, resolution: ResolutionPlan) -> ErasureP
     )
 
 
-def _legal_period_param(exception: LegalException) -> str:
-    return f"legal_period_{exception.name}"
-
-
-def _kept_table_statements(
-    datamap: DataMap, ref: TableRef, table: TableSpec, step: ResolutionStep, exception: LegalException, batch: int
-) -> list[ErasureStatement]:
-    period = _legal_period_param(exception)
-    age = sql.Identifier(exception.age_column)
-    until = sql.SQL("{} + {}::interval").format(age, sql.Placeholder(period))
-    still_kept = sql.SQL("({age} IS NULL OR {until} > {as_of})").format(
-        age=age, until=until, as_of=sql.Placeholder(AS_OF)
-    )
-    expired = sql.SQL("{} <= {}").format(until, sql.Placeholder(AS_OF))
-    base = {period: exception.period.sql_interval, BATCH_SIZE: batch}
-    delete = _batched(
-        datamap, ref, sql.SQL("DELETE FROM {}").format(_table_sql(datamap, ref)), table.primary_key,
-        _and([step.where, expired]),
-    )
-    statements = [
-        ErasureStatement(
-            table=ref,
-            effect="delete_expired_kept_rows",
-            query=delete,
-            params=base,
-            input_params=_unique([*step.input_params, AS_OF]),
-            legal_exception=exception.name,
-        )
-    ]
-    rewritten = [f for f in table.fields if f.erasure_action in REWRITING_ACTIONS]
-    assignments, params, needs = _rewrite_assignments(ref, rewritten)
-    if assignments:
-        verb = sql.SQL("UPDATE {} SET {}").format(_table_sql(datamap, ref), sql.SQL(", ").join(assignments))
-        query = sql.SQL("{} RETURNING {}, {} AS kept_until").format(
-            _batched(datamap, ref, verb, table.primary_key, _and([step.where, still_kept])),
-            sql.Identifier(table.primary_key),
-            until,
-        )
-        statements.append(
-            ErasureStatement(
-                table=ref,
-                effect="minimise_kept_rows",
-                query=query,
-                params={**base, **params},
-                input_params=_unique([*step.input_params, AS_OF, *needs]),
-                fields=tuple(f.name for f in rewritten),
-                legal_exception=exception.name,
-                returning=(table.primary_key, "kept_until"),
-            )
-        )
-    return statements
-
-
 # --------------------------------------------------------------------------------------------
 # Retention
 
@@ -657,19 +885,17 @@ class RetentionStatement:
     """One bounded batch of a table retention rule; repeat until fewer than ``batch_size`` rows.
 
     When ``select_due`` is set (rows own objects), run it first, delete the objects rendered by
-    ``objects`` from its rows, then run ``query`` with ``keys`` = the selected primary keys: a
-    crash between the two leaves the rows, so the objects are found again. Otherwise ``query`` is
-    self-contained. Rows under a legal hold (``held_keys``, ``held_scope_ids``: pass empty lists
+    ``objects`` from its rows, then run ``statement`` with ``keys`` = the selected primary keys: a
+    crash between the two leaves the rows, so the objects are found again. Otherwise ``statement``
+    is self-contained. Rows under a legal hold (``held_keys``, ``held_scope_ids``: pass empty lists
     when none) are never touched.
     """
 
     rule: str
     table: TableRef
     action: str
-    query: sql.Composed
-    params: Mapping[str, Any]
-    input_params: tuple[str, ...]
-    select_due: sql.Composed | None = None
+    statement: Statement
+    select_due: Statement | None = None
     objects: tuple[ObjectStep, ...] = ()
     fields: tuple[str, ...] = ()
     reason: str = ""
@@ -688,21 +914,32 @@ class ObjectRetention:
     list_prefix: str
     period_days: float
     age_source: Literal["last_modified", "row"]
-    params: Mapping[str, Any]
-    input_params: tuple[str, ...]
-    select_due: sql.Composed | None = None
+    select_due: Statement | None = None
     object_step: ObjectStep | None = None
-    clear_key_column: sql.Composed | None = None
+    clear_key_column: Statement | None = None
     reason: str = ""
 
 
 @dataclass(frozen=True)
 class RetentionPlan:
     """The retention sweep: object rules first, then table rules, children before parents (so
-    a parent whose rule needs it unreferenced can go in the same sweep)."""
+    a parent whose rule needs it unreferenced can go in the same sweep).
+
+    No DAG runs these yet (``retention_sweep`` is planned); the integration test
+    ``test_retention_statements`` executes every one of them with the values a sweep binds."""
 
     objects: tuple[ObjectRetention, ...]
     statements: tuple[RetentionStatement, ...]
+
+    @property
+    def all_statements(self) -> list[Statement]:
+        """Every statement of the sweep, in the order it runs (for ``--sql`` and the tests)."""
+        out: list[Statement] = []
+        for item in self.objects:
+            out += [s for s in (item.select_due, item.clear_key_column) if s is not None]
+        for statement in self.statements:
+            out += [s for s in (statement.select_due, statement.statement) if s is not None]
+        return out
 
 
 def _condition_sql(
@@ -804,8 +1041,8 @@ def _retention_statement(datamap: DataMap, rule: RetentionRule) -> RetentionStat
     )
     if rule.action in ("null_fields", "generalise"):
         query = sql.SQL("UPDATE {} SET {} WHERE {} IN ({})").format(target, assignment, pk, select_keys)
-        return RetentionStatement(rule.name, ref, rule.action, query, params, tuple(needs), fields=fields,
-                                  reason=rule.reason)
+        return RetentionStatement(rule.name, ref, rule.action, Statement(rule.action, ref, query, params, tuple(needs)),
+                                  fields=fields, reason=rule.reason)  # fmt: skip
 
     # delete_rows: objects owned by the rows go first (two-phase, see RetentionStatement).
     object_steps = []
@@ -819,7 +1056,8 @@ def _retention_statement(datamap: DataMap, rule: RetentionRule) -> RetentionStat
         extra += [*placeholder_columns.values(), *([key_column] if key_column else [])]
     if not object_steps:
         query = sql.SQL("DELETE FROM {} WHERE {} IN ({})").format(target, pk, select_keys)
-        return RetentionStatement(rule.name, ref, rule.action, query, params, tuple(needs), reason=rule.reason)
+        return RetentionStatement(rule.name, ref, rule.action, Statement(rule.action, ref, query, params, tuple(needs)),
+                                  reason=rule.reason)  # fmt: skip
     columns = _unique([table.primary_key, *extra])
     select_due = sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT {}").format(
         sql.SQL(", ").join(sql.Identifier("t", c) for c in columns),
@@ -830,7 +1068,8 @@ def _retention_statement(datamap: DataMap, rule: RetentionRule) -> RetentionStat
     )
     query = sql.SQL("DELETE FROM {} WHERE {}").format(target, _any(pk, KEYS))
     return RetentionStatement(
-        rule.name, ref, rule.action, query, params, (*needs, KEYS), select_due=select_due,
+        rule.name, ref, rule.action, Statement(rule.action, ref, query, {}, (KEYS,)),
+        select_due=Statement("select_due", ref, select_due, params, tuple(needs)),
         objects=tuple(object_steps), reason=rule.reason,
     )
 
@@ -842,7 +1081,7 @@ def _object_retention(datamap: DataMap, rule: RetentionRule) -> ObjectRetention:
     if rule.age_column is None:
         return ObjectRetention(
             rule=rule.name, prefix=ref, list_prefix=prefix.static_prefix, period_days=rule.period.approx_days,
-            age_source="last_modified", params={}, input_params=(AS_OF,), reason=rule.reason,
+            age_source="last_modified", reason=rule.reason,
         )
     source = datamap.tie_table(prefix)
     assert source is not None and prefix.tied_to is not None
@@ -879,12 +1118,12 @@ def _object_retention(datamap: DataMap, rule: RetentionRule) -> ObjectRetention:
     )
     clear = None
     if key_column:
-        clear = sql.SQL("UPDATE {} SET {} = NULL WHERE {}").format(
+        clear = Statement("clear_key_column", source, sql.SQL("UPDATE {} SET {} = NULL WHERE {}").format(
             _table_sql(datamap, source), sql.Identifier(key_column), _any(sql.Identifier(table.primary_key), KEYS)
-        )
+        ), {}, (KEYS,))  # fmt: skip
     return ObjectRetention(
         rule=rule.name, prefix=ref, list_prefix=prefix.static_prefix, period_days=rule.period.approx_days,
-        age_source="row", params=params, input_params=tuple(needs), select_due=select_due,
+        age_source="row", select_due=Statement("select_due", source, select_due, params, tuple(needs)),
         object_step=step, clear_key_column=clear, reason=rule.reason,
     )
 

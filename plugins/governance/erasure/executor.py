@@ -1,7 +1,9 @@
 """Carrying out an erasure plan: databases, object stores, processors, with per-step progress.
 
-Databases: per table and effect one set-based statement keyed by the resolved primary keys, run
-in bounded batches (``settings.erasure_batch_size`` keys each), children before parents, all the
+Databases: per table and effect the data map's statement (built by
+:func:`governance.datamap.plans.build_erasure_plan`, checked against the one the approved plan
+recorded: a changed map fails with :class:`PlanOutdated` before anything runs), keyed by the
+resolved primary keys, run in bounded batches (``settings.erasure_batch_size`` keys each), children before parents, all the
 steps of one database in one transaction. Statements are idempotent on their own (a deleted key
 deletes nothing; a rewrite only touches rows not rewritten yet; a mention is cleared only where it
 still points at the person), and each step is recorded in ``governance.erasure_progress`` (inside
@@ -26,10 +28,16 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
-from governance.datamap.model import DataMap, ErasureAction, TableRef
-from governance.datamap.plans import keyed_hash_sql
+from governance.datamap.model import DataMap
+from governance.datamap.plans import (
+    KEYED_HASH_PADS,
+    KEYS,
+    REFERENCE_VALUES,
+    Statement,
+    build_erasure_plan,
+    build_resolution_plan,
+)
 from governance.erasure import store
 from governance.erasure.planner import DatabaseStep, ErasureWork
 
@@ -42,65 +50,60 @@ class ErasureStepFailed(RuntimeError):
     """A step failed; the message names the step and the database error class, never a value."""
 
 
-def _field_sql(
-    datamap: DataMap, ref: TableRef, name: str, params: dict[str, Any]
-) -> tuple[sql.Composable, sql.Composable]:
-    """(SET clause, 'not yet rewritten' condition) for one field, by its erasure action."""
-    spec = datamap.table(ref).field(name)
-    if spec is None:
-        raise ValueError(f"{ref} has no field {name} in the data map")
-    column = sql.Identifier(name)
-    action = spec.erasure_action
-    if action is ErasureAction.nullify:
-        return sql.SQL("{} = NULL").format(column), sql.SQL("{} IS NOT NULL").format(column)
-    if action is ErasureAction.mask:
-        param = f"mask_{name}"
-        params[param] = spec.mask_value
-        return (
-            sql.SQL("{} = {}").format(column, sql.Placeholder(param)),
-            sql.SQL("{} IS DISTINCT FROM {}").format(column, sql.Placeholder(param)),
-        )
-    if action is ErasureAction.keyed_hash:
-        # A rewritten value is 64 hex digits; a personal value (a name, an address) never is.
-        return (
-            sql.SQL("{} = {}").format(column, keyed_hash_sql(column)),
-            sql.SQL("({c} IS NOT NULL AND {c}::text !~ '^[0-9a-f]{{64}}$')").format(c=column),
-        )
-    raise ValueError(f"{ref}.{name}: erasure action {action.value} does not rewrite a field")
+# SQLSTATE classes of a connection that went away (admin shutdown, crash, network): nothing of the
+# open transaction was applied, and a new connection may well succeed.
+_CONNECTION_LOST_STATES = ("57P01", "57P02", "57P03")
 
 
-def step_statement(
-    datamap: DataMap, step: DatabaseStep, *, keyed_hash_pads: Mapping[str, bytes] | None = None
-) -> tuple[sql.Composed, dict[str, Any]]:
-    """The statement of one step (``keys`` bound per batch) and its constant params."""
-    ref = step.ref
-    table = datamap.table(ref)
-    schema = datamap.postgres_system(ref.system).db_schema
-    target = sql.Identifier(schema, ref.table)
-    pk = sql.Identifier(table.primary_key)
-    params: dict[str, Any] = {}
-    keyed = sql.SQL("{} = ANY({})").format(pk, sql.Placeholder("keys"))
-    if step.effect in ("delete_rows", "delete_expired_kept_rows"):
-        return sql.SQL("DELETE FROM {} WHERE {}").format(target, keyed), params
-    sets: list[sql.Composable] = []
-    pending: list[sql.Composable] = []
-    for name in step.fields:
-        assignment, not_done = _field_sql(datamap, ref, name, params)
-        sets.append(assignment)
-        pending.append(not_done)
-    if any(datamap.table(ref).field(n).erasure_action is ErasureAction.keyed_hash for n in step.fields):  # type: ignore[union-attr]
-        if keyed_hash_pads is None:
-            raise ValueError(f"{step.step_id} rewrites a field with a keyed hash: pass keyed_hash_pads")
-        params.update(keyed_hash_pads)
-    if step.effect == "clear_mention":
-        assert step.reference_field is not None
-        condition = sql.SQL("{} AND {} = ANY({})").format(
-            keyed, sql.Identifier(step.reference_field), sql.Placeholder("reference_values")
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is a lost database connection rather than an error in the statement."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = getattr(exc, "sqlstate", None)
+    return state is None or state.startswith("08") or state in _CONNECTION_LOST_STATES
+
+
+class PlanOutdated(RuntimeError):
+    """The data map no longer produces the statements the plan was approved with: nothing is
+    run, the plan must be made (and approved) again."""
+
+
+def approved_statements(datamap: DataMap, work: ErasureWork) -> dict[str, Statement]:
+    """The statement of every database step of ``work``, built from ``datamap`` by the same plan
+    builder that planned it, and checked against what the plan recorded (SQL and constants).
+
+    Raises :class:`PlanOutdated` when any differs (the map changed between plan and execution):
+    an approval is of the statements shown, so different ones never run."""
+    resolution = build_resolution_plan(datamap, work.identity_kinds, business_scope=work.business_id is not None)
+    by_order = dict(enumerate(build_erasure_plan(datamap, resolution).statements, start=1))
+    statements: dict[str, Statement] = {}
+    changed: list[str] = []
+    for step in work.database:
+        current = by_order.get(step.order)
+        if (
+            current is None or current.table != step.ref or current.effect != step.effect
+            or not step.statement_sha256 or current.statement.sha256 != step.statement_sha256
+        ):  # fmt: skip
+            changed.append(f"{step.system}.{step.table} {step.effect}")
+            continue
+        statements[step.step_id] = current.statement
+    if changed:
+        raise PlanOutdated(
+            f"plan {work.plan_id} was made from data map {work.datamap_version} (sha256 {work.datamap_sha256[:12]}), "
+            f"whose statements differ from what the current data map ({datamap.version}, sha256 "
+            f"{datamap.version_hash[:12]}) builds for: {', '.join(changed[:5])}"
+            + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+            + ". Nothing was changed: plan the erasure again and approve the new plan."
         )
-        params["reference_values"] = list(step.reference_values)
-    else:
-        condition = sql.SQL("{} AND ({})").format(keyed, sql.SQL(" OR ").join(pending))
-    return sql.SQL("UPDATE {} SET {} WHERE {}").format(target, sql.SQL(", ").join(sets), condition), params
+    return statements
+
+
+def step_params(step: DatabaseStep, *, keyed_hash_pads: Mapping[str, bytes] | None = None) -> dict[str, Any]:
+    """The run-time values of one step (``keys`` is bound per batch)."""
+    values: dict[str, Any] = {REFERENCE_VALUES: list(step.reference_values)}
+    if keyed_hash_pads is not None:
+        values.update(keyed_hash_pads)
+    return values
 
 
 def _batches(keys: Sequence[Any], size: int) -> Iterable[list[Any]]:
@@ -110,15 +113,16 @@ def _batches(keys: Sequence[Any], size: int) -> Iterable[list[Any]]:
 
 def run_database_steps(
     conn: psycopg.Connection[Any],
-    datamap: DataMap,
+    statements: Mapping[str, Statement],
     steps: Sequence[DatabaseStep],
     *,
     batch_size: int,
     keyed_hash_pads: Mapping[str, bytes] | None = None,
     done: Iterable[str] = (),
 ) -> dict[str, int]:
-    """Run ``steps`` (in order) on ``conn`` inside the caller's transaction; return rows affected
-    per step id. Steps in ``done`` are skipped."""
+    """Run ``steps`` (in order) on ``conn`` inside the caller's transaction, each with its
+    approved statement (see :func:`approved_statements`); return rows affected per step id.
+    Steps in ``done`` are skipped."""
     finished = set(done)
     affected: dict[str, int] = {}
     with conn.cursor() as cur:
@@ -127,13 +131,16 @@ def run_database_steps(
                 continue
             count = 0
             if step.keys:
-                statement, params = step_statement(datamap, step, keyed_hash_pads=keyed_hash_pads)
+                statement = statements[step.step_id]
+                values = step_params(step, keyed_hash_pads=keyed_hash_pads)
+                if any(p in statement.input_params for p in KEYED_HASH_PADS) and keyed_hash_pads is None:
+                    raise ValueError(f"{step.step_id} rewrites a field with a keyed hash: pass keyed_hash_pads")
                 for batch in _batches(step.keys, batch_size):
                     try:
-                        cur.execute(statement, {**params, "keys": batch})
+                        cur.execute(statement.query, statement.bind({**values, KEYS: batch}))
                     except psycopg.Error as exc:
                         state = getattr(exc, "sqlstate", None) or "?"
-                        if state in RETRYABLE_SQLSTATES:
+                        if state in RETRYABLE_SQLSTATES or connection_lost(exc):
                             raise
                         raise ErasureStepFailed(
                             f"{step.step_id} failed: {type(exc).__name__} (SQLSTATE {state})"
@@ -159,6 +166,7 @@ def execute_database_work(
 ) -> dict[str, dict[str, Any]]:
     """Every database of the plan, one transaction each, progress recorded; returns, per system,
     ``{"rows": {step id: affected}, "skipped": bool}`` (a system done before is skipped)."""
+    statements = approved_statements(datamap, work)  # before anything changes
     with psycopg.connect(governance_conninfo) as gov:
         done = store.progress(gov, work.plan_id)
     results: dict[str, dict[str, Any]] = {}
@@ -173,17 +181,29 @@ def execute_database_work(
         steps = work.steps_of(system_name)
         for attempt in range(1, attempts + 1):
             try:
-                rows = _run_system(datamap, work, steps, conninfo, governance_conninfo, same=same, done=done,
-                                   at=at, keyed_hash_pads=keyed_hash_pads, marker=marker)  # fmt: skip
+                rows = _run_system(datamap, work, statements, steps, conninfo, governance_conninfo, same=same,
+                                   done=done, at=at, keyed_hash_pads=keyed_hash_pads, marker=marker)  # fmt: skip
                 break
             except psycopg.Error as exc:
                 state = getattr(exc, "sqlstate", None) or "?"
-                if state not in RETRYABLE_SQLSTATES or attempt == attempts:
+                lost = connection_lost(exc)
+                if lost and attempt == attempts:
+                    # A lost connection quotes no data: its cause stays chained for the operator.
                     raise ErasureStepFailed(
-                        f"erasure in {system_name} failed: {type(exc).__name__} (SQLSTATE {state})"
+                        f"erasure in {system_name}: the database connection was lost ({type(exc).__name__}, "
+                        f"SQLSTATE {state}) {attempts} time(s); each transaction was rolled back, so nothing of "
+                        "this step was applied; the task will retry"
+                    ) from exc
+                if not (lost or state in RETRYABLE_SQLSTATES) or attempt == attempts:
+                    # Statement errors can quote row values (constraint details): class and SQLSTATE only.
+                    raise ErasureStepFailed(
+                        f"erasure in {system_name} failed: {type(exc).__name__} (SQLSTATE {state}); the "
+                        "transaction was rolled back, nothing of this step was applied"
                     ) from None
-                log.warning("erasure in %s: %s (SQLSTATE %s), retrying the transaction", system_name, type(exc).__name__, state)
-                time.sleep(0.2 * attempt)
+                what = "the connection was lost" if lost else f"{type(exc).__name__} (SQLSTATE {state})"
+                log.warning("erasure in %s: %s; the transaction was rolled back, retrying in %.1f s", system_name,
+                            what, 0.5 * attempt)  # fmt: skip
+                time.sleep(0.5 * attempt)
         results[system_name] = {"rows": rows, "skipped": False}
     return results
 
@@ -191,6 +211,7 @@ def execute_database_work(
 def _run_system(
     datamap: DataMap,
     work: ErasureWork,
+    statements: Mapping[str, Statement],
     steps: Sequence[DatabaseStep],
     conninfo: str,
     governance_conninfo: str,
@@ -204,7 +225,7 @@ def _run_system(
     with psycopg.connect(conninfo, application_name="governance-erasure") as conn:
         conn.execute("SET LOCAL lock_timeout = '60s'")
         rows = run_database_steps(
-            conn, datamap, steps, batch_size=datamap.settings.erasure_batch_size, keyed_hash_pads=keyed_hash_pads,
+            conn, statements, steps, batch_size=datamap.settings.erasure_batch_size, keyed_hash_pads=keyed_hash_pads,
             done=done if same else (),
         )  # fmt: skip
         previous = {s.step_id: int(done[s.step_id]["affected"]) for s in steps if same and s.step_id in done}

@@ -48,7 +48,9 @@ class DatabaseStep:
 
     ``clear_mention`` steps rewrite ``reference_field`` (the data map's action for it) on rows that
     still point at one of ``reference_values`` (the person's keys); the other effects act on the
-    person's own rows. ``fields`` are the columns rewritten.
+    person's own rows. ``fields`` are the columns rewritten. ``sql`` is the statement that runs
+    (placeholders only, as the dry run and the approval show it) and ``statement_sha256`` its
+    digest with its constants: the executor refuses to run a different one.
     """
 
     order: int
@@ -60,6 +62,8 @@ class DatabaseStep:
     reference_field: str | None = None
     reference_values: list[Any] = field(default_factory=list)
     legal_exception: str | None = None
+    sql: str = ""
+    statement_sha256: str = ""
 
     @property
     def ref(self) -> TableRef:
@@ -217,8 +221,13 @@ class ErasureWork:
             or any(p.record_ids for p in self.processors)
         )
 
+    def statements(self) -> list[dict[str, Any]]:
+        """The database steps as they run: step id, rows and the SQL (placeholders only, never a
+        value): what the dry run and the approval show."""
+        return [{"step": s.step_id, "rows": len(s.keys), "sql": s.sql} for s in self.database]
+
     def summary(self) -> dict[str, Any]:
-        """Counts only: safe for XCom, task logs and the approval screen."""
+        """Counts and statements only: safe for XCom, task logs and the approval screen."""
         return {
             "plan_id": self.plan_id,
             "request_id": self.request_id,
@@ -236,6 +245,7 @@ class ErasureWork:
             "processors_skipped": list(self.processors_skipped),
             "out_of_scope_tables": list(self.out_of_scope_tables),
             "guard": asdict(self.guard),
+            "statements": self.statements(),
         }
 
 
@@ -269,6 +279,10 @@ def approval_markdown(summary: Mapping[str, Any]) -> str:
     guard = summary["guard"]
     if guard.get("overridden"):
         lines += ["", "**The safety guard was overridden:** " + "; ".join(guard.get("reasons", []))]
+    statements = [st for st in summary.get("statements", []) if st.get("rows") and st.get("sql")]
+    if statements:
+        lines += ["", "**Statements that run** (each keyed by the planned rows' primary keys, bound at run time):", "",
+                  "```sql"] + [f"-- {st['step']} ({st['rows']} rows)\n{st['sql']};" for st in statements] + ["```"]  # fmt: skip
     lines += ["", "Approve only after the person's identity was verified; choose how below."]
     return "\n".join(lines)
 
@@ -455,7 +469,8 @@ def build_work(
                 work.kept.append(_hold_item(f"{ref}.{mention.edge.field}", "mentions",
                                             [parent_held[k] for k in parent_held], left, HELD_REFERENCE))  # fmt: skip
             work.database.append(DatabaseStep(order, ref.system, ref.table, "clear_mention", keys, list(statement.fields),
-                                              statement.fields[0], values))  # fmt: skip
+                                              statement.fields[0], values, sql=statement.statement.text,
+                                              statement_sha256=statement.statement.sha256))  # fmt: skip
             continue
         owned_rows = resolution.tables.get(ref)
         if owned_rows is None:
@@ -480,7 +495,8 @@ def build_work(
             keys = free
         deleted_or_rewritten[ref].update(keys)
         work.database.append(DatabaseStep(order, ref.system, ref.table, statement.effect, keys, list(statement.fields),
-                                          legal_exception=statement.legal_exception))  # fmt: skip
+                                          legal_exception=statement.legal_exception, sql=statement.statement.text,
+                                          statement_sha256=statement.statement.sha256))  # fmt: skip
 
     # Kept because of holds: rows (per table and reason) and mentions left in place.
     for ref, keyed in held.items():

@@ -3,8 +3,9 @@
 Resolution narrowed to exactly one person (the narrowing rule, ambiguities, legal-exception
 columns) lives in :mod:`governance.resolution`, shared with the export so both agree on who the
 person is; its names are re-exported here for erasure's modules. What only erasure needs stays
-here: :class:`MatchByKeyedHash`, which finds a person known only by the keyed hashes of the
-suppression list (after a restore), computing the hashes of the columns in SQL.
+here: :class:`MatchByKeyedHash`, the values that find a person known only by the keyed hashes of
+the suppression list (after a restore), for a resolution plan built with
+``matching="keyed_hash"`` (the plan computes the hashes of the columns in SQL).
 """
 
 from __future__ import annotations
@@ -13,11 +14,16 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from psycopg import sql
-
-from governance.datamap.graph import IdentityColumn
-from governance.datamap.model import DataMap, TableRef, TableSpec
-from governance.datamap.plans import identity_expression
+from governance.datamap.model import TableRef
+from governance.datamap.plans import (
+    CREATED_BEFORE,
+    KEYED_HASH_INNER,
+    KEYED_HASH_OUTER,
+    Matching,
+    keyed_hash_domain,
+    keyed_hash_domain_param,
+    planned_keys_param,
+)
 from governance.resolution import (
     ABSENT,
     DIFFERS,
@@ -54,31 +60,17 @@ __all__ = [
     "SubjectResolution",
     "TableRows",
     "_narrow",
-    "keyed_hash_of_column_sql",
     "resolve_subject",
 ]
 
 
-def keyed_hash_of_column_sql(column: sql.Composable, kind: str) -> sql.Composed:
-    """HMAC-SHA256 (hex) of ``kind || NUL || value``, as :class:`governance.crypto.IdentityHasher`
-    computes it, from the padded keys of :func:`governance.datamap.plans.keyed_hash_params`."""
-    return sql.SQL(
-        "encode(sha256({outer}::bytea || sha256({inner}::bytea || {domain}::bytea"
-        " || convert_to({col}::text, 'UTF8'))), 'hex')"
-    ).format(
-        outer=sql.Placeholder("kh_outer"),
-        inner=sql.Placeholder("kh_inner"),
-        domain=sql.Placeholder(f"kh_domain_{kind}"),
-        col=column,
-    )
-
-
 class MatchByKeyedHash(IdentityMatcher):
-    """Compare keyed hashes of the columns (computed in SQL) with stored hashes of the person's
-    identities: the person is known only by the suppression list. ``created_before`` limits
-    identity matches to rows recorded before the erasure (``record_columns`` names each table's
-    record-time column; a table without one is limited to ``planned_keys``, the keys an earlier
-    erasure removed)."""
+    """Keyed hashes of the person's identities (stored on the suppression list), compared with
+    hashes of the columns computed in SQL. ``created_before`` limits identity matches to rows
+    recorded before the erasure (a table without a record-time column is limited to
+    ``planned_keys``, the keys an earlier erasure removed)."""
+
+    matching: Matching = "keyed_hash"
 
     def __init__(
         self,
@@ -86,46 +78,29 @@ class MatchByKeyedHash(IdentityMatcher):
         pads: Mapping[str, bytes],
         *,
         created_before: datetime,
-        record_columns: Mapping[TableRef, str | None],
         planned_keys: Mapping[TableRef, Sequence[Any]] | None = None,
     ) -> None:
         self.hashes = {k: list(v) for k, v in hashes.items() if v}
         self.pads = dict(pads)
         self.created_before = created_before
-        self.record_columns = dict(record_columns)
         self.planned_keys = {k: list(v) for k, v in (planned_keys or {}).items()}
 
     @property
     def kinds(self) -> tuple[str, ...]:
         return tuple(sorted(self.hashes))
 
-    def matches(self, column: IdentityColumn) -> sql.Composable:
-        expression = identity_expression(sql.Identifier(column.field), column.match)
-        return sql.SQL("{} = ANY({})").format(
-            keyed_hash_of_column_sql(expression, column.kind), sql.Placeholder(f"kh_{column.kind}")
-        )
-
     def params(self) -> dict[str, Any]:
         params: dict[str, Any] = {
-            "kh_outer": self.pads["keyed_hash_outer_pad"],
-            "kh_inner": self.pads["keyed_hash_inner_pad"],
-            "kh_created_before": self.created_before,
+            KEYED_HASH_OUTER: self.pads[KEYED_HASH_OUTER],
+            KEYED_HASH_INNER: self.pads[KEYED_HASH_INNER],
+            CREATED_BEFORE: self.created_before,
         }
         for kind, digests in self.hashes.items():
             params[f"kh_{kind}"] = digests
-            params[f"kh_domain_{kind}"] = f"{kind}\x00".encode()
+            params[keyed_hash_domain_param(kind)] = keyed_hash_domain(kind)
         for ref, keys in self.planned_keys.items():
-            params[f"kh_planned_{ref.system}_{ref.table}"] = keys
+            params[planned_keys_param(ref)] = keys
         return params
-
-    def restrict(self, datamap: DataMap, ref: TableRef, table: TableSpec) -> sql.Composable | None:
-        column = self.record_columns.get(ref)
-        if column:
-            return sql.SQL("{} < {}").format(sql.Identifier(column), sql.Placeholder("kh_created_before"))
-        self.planned_keys.setdefault(ref, [])
-        return sql.SQL("{} = ANY({})").format(
-            sql.Identifier(table.primary_key), sql.Placeholder(f"kh_planned_{ref.system}_{ref.table}")
-        )
 
     def __repr__(self) -> str:
         return f"MatchByKeyedHash(<{','.join(self.kinds)}>)"

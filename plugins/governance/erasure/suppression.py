@@ -31,7 +31,7 @@ from psycopg.rows import dict_row
 from governance.crypto import IdentityHasher
 from governance.datamap.model import DataMap, TableRef
 from governance.datamap.plans import build_erasure_plan, build_resolution_plan, keyed_hash_params
-from governance.erasure.executor import delete_planned_objects, run_database_steps
+from governance.erasure.executor import approved_statements, delete_planned_objects, run_database_steps
 from governance.erasure.holds import load_active_holds
 from governance.erasure.planner import OWNED_EFFECTS, ErasureWork, build_work
 from governance.erasure.resolve import MatchByKeyedHash, resolve_subject
@@ -99,22 +99,6 @@ def suppressed_people(conn: psycopg.Connection[Any], request_id: str | None = No
     return list(people.values())
 
 
-def record_time_column(datamap: DataMap, ref: TableRef) -> str | None:
-    """The column saying when a row was recorded: ``created_at``, else the legal exception's or a
-    retention rule's age column for the table (``callers.first_seen_at``); None when the map
-    names none."""
-    table = datamap.table(ref)
-    if table.field("created_at") is not None:
-        return "created_at"
-    exception = datamap.legal_exception_for(ref)
-    if exception is not None:
-        return exception.age_column
-    for rule in datamap.retention:
-        if rule.table == ref.table and rule.system == ref.system and rule.age_column:
-            return rule.age_column
-    return None
-
-
 def _earlier_plans(conn: psycopg.Connection[Any], request_id: str) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(
@@ -149,11 +133,11 @@ def reapply_for_person(
                 planned_keys[step.ref] += step.keys
         for item in old.objects:
             planned_objects[(item.system, item.prefix)].update(item.keys)
-    plan = build_resolution_plan(datamap, sorted(person.hashes), business_scope=person.business_id is not None)
+    plan = build_resolution_plan(datamap, sorted(person.hashes), business_scope=person.business_id is not None,
+                                 matching="keyed_hash")  # fmt: skip
     erasure_plan = build_erasure_plan(datamap, plan)
     matcher = MatchByKeyedHash(
-        person.hashes, keyed_hash_params(hash_key), created_before=person.erased_at,
-        record_columns={ref: record_time_column(datamap, ref) for ref in plan.tables}, planned_keys=planned_keys,
+        person.hashes, keyed_hash_params(hash_key), created_before=person.erased_at, planned_keys=planned_keys,
     )  # fmt: skip
     systems = sorted({step.table.system for step in plan.steps})
     result: dict[str, Any] = {"request_id": person.request_id, "rows": {}, "objects": 0, "kept": [], "skipped": None}
@@ -184,7 +168,8 @@ def reapply_for_person(
                 conn.rollback()
                 continue
             affected = run_database_steps(
-                conn, datamap, work.steps_of(system_name), batch_size=datamap.settings.erasure_batch_size,
+                conn, approved_statements(datamap, work), work.steps_of(system_name),
+                batch_size=datamap.settings.erasure_batch_size,
                 keyed_hash_pads=keyed_hash_params(hash_key),
             )  # fmt: skip
             rows: dict[str, int] = defaultdict(int)

@@ -25,10 +25,9 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
-from governance.datamap.model import DataMap, ErasureAction, PrefixRef, TableRef
-from governance.datamap.plans import build_resolution_plan
+from governance.datamap.model import DataMap, PrefixRef, TableRef
+from governance.datamap.plans import KEYS, REFERENCE_VALUES, build_erasure_plan, build_resolution_plan
 from governance.erasure.planner import ErasureWork
 from governance.erasure.resolve import MatchByIdentity, resolve_subject
 from governance.identity import SubjectIdentities
@@ -98,6 +97,12 @@ def collect_checks(
     """Look again everywhere; one :class:`Check` per target (not yet validated)."""
     checks: list[Check] = []
     plan = build_resolution_plan(datamap, work.identity_kinds, business_scope=work.business_id is not None)
+    # The checks of the erasure statements the plan ran (mentions still pointing, fields cleared).
+    checks_by_step = {
+        order: statement.check
+        for order, statement in enumerate(build_erasure_plan(datamap, plan).statements, start=1)
+        if statement.check is not None
+    }
     exclude = {_ref(k): set(v) for k, v in work.verification_exclude.items()}
     kept_rows = {(k.where, k.reason): set(k.keys) for k in work.kept if k.kind == "rows"}
     kept_by_table: dict[str, set[Any]] = {}
@@ -118,26 +123,16 @@ def collect_checks(
                 residue_rows[ref] = [rows.rows[k] for k in left]
                 checks.append(Check(str(ref), "rows", 0, columns={rows.primary_key: left}))
             for step in work.steps_of(system_name):
-                table = datamap.table(step.ref)
-                target = sql.Identifier(system.db_schema, step.table)
-                pk = sql.Identifier(table.primary_key)
-                if step.effect == "clear_mention" and step.keys:
-                    query = sql.SQL("SELECT {pk} FROM {t} WHERE {pk} = ANY(%(keys)s) AND {f} = ANY(%(values)s) ORDER BY 1").format(
-                        pk=pk, t=target, f=sql.Identifier(step.reference_field or ""))
-                    left = [r[0] for r in conn.execute(query, {"keys": step.keys, "values": step.reference_values})]
+                check = checks_by_step.get(step.order)
+                if check is None or not step.keys:
+                    continue
+                values = {KEYS: step.keys, REFERENCE_VALUES: step.reference_values}
+                pk = datamap.table(step.ref).primary_key
+                fetched = conn.execute(check.query, check.bind(values)).fetchall()
+                if step.effect == "clear_mention":
                     checks.append(Check(f"{step.system}.{step.table}.{step.reference_field}", "mentions", 0,
-                                        columns={table.primary_key: left}))  # fmt: skip
-                if step.effect == "minimise_kept_rows" and step.keys:
-                    flags = [sql.SQL("{} AS {}").format(_cleared_sql(datamap, step.ref, f), sql.Identifier(f"{f}_cleared"))
-                             for f in step.fields]  # fmt: skip
-                    query = sql.SQL("SELECT {pk}, {flags} FROM {t} WHERE {pk} = ANY(%(keys)s) ORDER BY 1").format(
-                        pk=pk, flags=sql.SQL(", ").join(flags), t=target, )
-                    params: dict[str, Any] = {"keys": step.keys}
-                    for name in step.fields:
-                        spec = table.field(name)
-                        if spec is not None and spec.erasure_action is ErasureAction.mask:
-                            params[f"mask_{name}"] = spec.mask_value
-                    fetched = conn.execute(query, params).fetchall()
+                                        columns={pk: [r[0] for r in fetched]}))  # fmt: skip
+                elif step.effect == "minimise_kept_rows":
                     columns: dict[str, list[Any]] = {f"{f}_cleared": [bool(r[i + 1]) for r in fetched] for i, f in enumerate(step.fields)}
                     checks.append(Check(f"{step.system}.{step.table}", "kept_rows", len(step.keys), columns=columns))
     # Objects: planned keys with any version left, keys of residual rows, export folders.
@@ -171,17 +166,6 @@ def collect_checks(
 def _ref(text: str) -> TableRef:
     system, _, table = text.partition(".")
     return TableRef(system, table)
-
-
-def _cleared_sql(datamap: DataMap, ref: TableRef, name: str) -> sql.Composable:
-    spec = datamap.table(ref).field(name)
-    column = sql.Identifier(name)
-    assert spec is not None
-    if spec.erasure_action is ErasureAction.mask:
-        return sql.SQL("({} IS NOT DISTINCT FROM {})").format(column, sql.Placeholder(f"mask_{name}"))
-    if spec.erasure_action is ErasureAction.keyed_hash:
-        return sql.SQL("({c} IS NULL OR {c}::text ~ '^[0-9a-f]{{64}}$')").format(c=column)
-    return sql.SQL("({} IS NULL)").format(column)
 
 
 def validate_with_great_expectations(checks: Sequence[Check]) -> VerificationResult:

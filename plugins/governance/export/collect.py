@@ -102,14 +102,14 @@ class ExportTargets:
     def from_airflow(cls, *, processor_attempts: int = 5, processor_backoff_s: float = 0.5) -> ExportTargets:
         from functools import lru_cache
 
-        from governance.connectors.processors import ProcessorClient
+        from governance.connectors.base import processor_connector
         from governance.db import conninfo_for
         from governance.objectstore import s3_client
 
         return cls(
             conninfo_for=conninfo_for,
             s3_for=lru_cache(maxsize=None)(s3_client),
-            processor_client_for=lambda p: ProcessorClient.from_airflow(
+            processor_client_for=lambda p: processor_connector(
                 p, attempts=processor_attempts, backoff_s=processor_backoff_s
             ),
         )
@@ -171,7 +171,7 @@ def collect_processors(
             documents: list[tuple[str, Any]] = []
             for record in records:
                 folder = safe_path("processors", processor.name, safe_segment(record.record_id))
-                exported = client.export(record.record_id) if processor.export else {}  # every page
+                exported = client.export(record.record_id) if processor.exports_records else {}  # every page
                 if not exported:
                     documents.append((f"{folder}/record.json", dict(record.document)))
                 for name, docs in sorted(exported.items()):

@@ -81,13 +81,13 @@ def _object_client(datamap: Any) -> Callable[[str], Any]:
 
 
 def _processor_client(datamap: Any) -> Callable[[str], Any]:
-    from governance.connectors.processors import ProcessorClient
+    from governance.connectors.base import processor_connector
 
     def client_for(name: str) -> Any:
         processor = datamap.processor(name)
         if processor is None:
             raise LookupError(f"processor {name} is not in the data map any more")
-        return ProcessorClient.from_airflow(processor)
+        return processor_connector(processor)
 
     return client_for
 
@@ -232,11 +232,19 @@ def plan_erasure(
     identities = load_identities(request.request_id, conninfo=gov)
     plan_id = store.plan_id_for(request.request_id, run_id)
     with subject_lock(gov, hasher, identities):
-        work = compute_work(
-            datamap, identities, request_id=request.request_id, plan_id=plan_id, business_id=request.business_id,
-            as_of=as_of, override=override, governance_conninfo=gov, system_conninfo=conninfo_for,
-            processor_client=_processor_client(datamap), hasher=hasher,
-        )  # fmt: skip
+        try:
+            work = compute_work(
+                datamap, identities, request_id=request.request_id, plan_id=plan_id, business_id=request.business_id,
+                as_of=as_of, override=override, governance_conninfo=gov, system_conninfo=conninfo_for,
+                processor_client=_processor_client(datamap), hasher=hasher,
+            )  # fmt: skip
+        except Exception as exc:
+            cause = planning_failure(exc)
+            with connect(gov) as conn:  # the request says why, for close_request and the page
+                conn.execute("UPDATE governance.privacy_requests SET outcome_detail = %s, updated_at = %s"
+                             " WHERE request_id = %s", (cause, _now(), request.request_id))  # fmt: skip
+            log.error("erasure %s: %s", request.request_id, cause)
+            raise
         with connect(gov) as conn:
             verified, approved = request_approval_state(conn, request.request_id)
             if work.guard.refused:
@@ -265,6 +273,27 @@ def plan_erasure(
         _fail(refusal or "refused")
     return {**summary, "status": status, "dry_run": dry_run, "continued": False, "needs_approval": status == "planned",
             "approval_markdown": text}  # fmt: skip
+
+
+PLANNING_FAILED = "planning failed: "
+
+
+def planning_failure(exc: BaseException) -> str:
+    """What stopped the plan, naming the system and the cause, without any value of a row: the
+    processors' and the object store's errors name the system and a status; database errors are
+    given by class and SQLSTATE only (their details can quote values)."""
+    import psycopg
+
+    from governance.connectors.processors import ProcessorRejected, ProcessorUnavailable
+    from governance.objectstore import ObjectStoreUnavailable
+
+    if isinstance(exc, ProcessorUnavailable | ProcessorRejected):
+        return f"{PLANNING_FAILED}a processor did not answer as expected: {exc}"
+    if isinstance(exc, ObjectStoreUnavailable):
+        return f"{PLANNING_FAILED}{exc}"
+    if isinstance(exc, psycopg.Error):
+        return f"{PLANNING_FAILED}a database error: {type(exc).__name__} (SQLSTATE {getattr(exc, 'sqlstate', None) or '?'})"
+    return f"{PLANNING_FAILED}{type(exc).__name__} (see plan_erasure's log)"
 
 
 def choose_path(summary: Mapping[str, Any]) -> list[str]:
@@ -358,13 +387,17 @@ def execute_database(summary: Mapping[str, Any], *, approval: Mapping[str, Any] 
     from governance.datamap.plans import keyed_hash_params
     from governance.db import connect, conninfo_for
     from governance.erasure import store
-    from governance.erasure.executor import execute_database_work
+    from governance.erasure.executor import PlanOutdated, approved_statements, execute_database_work
     from governance.workflows.request_intake import mark_in_progress
 
     plan_id = str(summary["plan_id"])
     work, row, datamap = _load(plan_id)
     if row["dry_run"]:
         _fail(f"plan {plan_id} is a dry run: nothing is executed")
+    try:  # the statements approved are the statements run: a changed data map stops here
+        approved_statements(datamap, work)
+    except PlanOutdated as exc:
+        _fail(str(exc))
     if row["status"] == "planned":
         if not _approved(approval):
             _fail(f"plan {plan_id} was not approved: nothing was changed")
@@ -407,8 +440,18 @@ def delete_objects(summary: Mapping[str, Any]) -> dict[str, Any]:
     work, _row, datamap = _load(plan_id)
     done = _progress(plan_id)
     lock, _identities = _lock(work)
+    from governance.objectstore import not_answering
+
+    client_for = _object_client(datamap)
     with lock:
-        deleted = delete_planned_objects(work, client_for=_object_client(datamap), done=done, on_step=_recorder(plan_id))
+        try:
+            deleted = delete_planned_objects(work, client_for=client_for, done=done, on_step=_recorder(plan_id))
+        except Exception as exc:
+            unavailable = not_answering(exc, client_for(work.objects[0].system)) if work.objects else None
+            if unavailable is not None:
+                log.error("erasure %s: %s", plan_id, unavailable)
+                raise unavailable from exc
+            raise
     from governance.datamap.model import PrefixRef
     from governance.lineage import record_object_write
 
@@ -574,7 +617,14 @@ def close_erasure_request(handle: Mapping[str, Any] | None, *, run_id: str) -> d
         return {"request_id": request_id, "status": status, "result_uri": certificate[0], "plan_id": row["plan_id"],
                 "served": True}  # fmt: skip
     if row is None:
-        detail = "failed before a plan was made (see the run's task logs)"
+        with connect(gov) as conn:
+            recorded = conn.execute("SELECT outcome_detail FROM governance.privacy_requests WHERE request_id = %s",
+                                    (request_id,)).fetchone()  # fmt: skip
+        recorded_detail = str(recorded[0]) if recorded and recorded[0] else ""
+        if recorded_detail.startswith(PLANNING_FAILED):
+            detail = f"failed before a plan was made: {recorded_detail[len(PLANNING_FAILED):]}"
+        else:
+            detail = "failed before a plan was made (see the run's task logs)"
     elif row["status"] == "refused":
         detail = str(row["refusal"] or "refused by the safety guard")
     elif row["status"] in ("planned", "approved"):

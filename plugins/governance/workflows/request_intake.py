@@ -152,8 +152,10 @@ def open_request(
             source=request.source,
             status=request.status,
         )
+    from governance.datamap import phone_region
+
     try:
-        identities = SubjectIdentities.parse(email=conf.get("email"), phone=conf.get("phone"))
+        identities = SubjectIdentities.parse(email=conf.get("email"), phone=conf.get("phone"), region=phone_region())
     except InvalidIdentity as exc:
         raise InvalidRunConfiguration(identity_refusal(exc)) from None
     request_id = form_request_id(kind, run_id, received_at)
