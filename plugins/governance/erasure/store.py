@@ -172,3 +172,13 @@ def record_progress_many(
         (plan_id, at, names, [max(0, int(steps[n][0])) for n in names],
          [json.dumps(dict(steps[n][1]), default=str) for n in names]),
     )  # fmt: skip
+
+
+def latest_dry_run_summary(conn: psycopg.Connection[Any], request_id: str, *, other_than: str) -> dict[str, Any] | None:
+    """The summary of the request's newest dry-run plan other than ``other_than`` (None: no dry run)."""
+    row = conn.execute(
+        "SELECT summary FROM governance.erasure_plans WHERE request_id = %s AND dry_run AND plan_id <> %s"
+        " ORDER BY created_at DESC LIMIT 1",
+        (request_id, other_than),
+    ).fetchone()
+    return dict(row[0]) if row else None

@@ -209,7 +209,7 @@ def plan_erasure(
     from governance.erasure import store
     from governance.erasure.guard import refusal_message
     from governance.erasure.locking import subject_lock
-    from governance.erasure.planner import approval_markdown
+    from governance.erasure.readable import erasure_plan_text
     from governance.migrations import migrate
     from governance.workflows.request_intake import RequestHandle, load_identities
 
@@ -222,10 +222,11 @@ def plan_erasure(
             if existing is not None:  # carry on with the plan already approved or under way
                 store.record_progress(conn, existing["plan_id"], f"run:{run_id}", affected=0, at=_now())
                 summary = dict(existing["summary"])
+                before = store.latest_dry_run_summary(conn, request.request_id, other_than=existing["plan_id"])
                 log.info("erasure %s: continuing plan %s (%s) from an earlier run", request.request_id,
                          existing["plan_id"], existing["status"])  # fmt: skip
                 return {**summary, "status": existing["status"], "dry_run": False, "continued": True,
-                        "approval_markdown": approval_markdown(summary)}  # fmt: skip
+                        "approval_markdown": erasure_plan_text(summary, dry_run=False, dry_run_summary=before)}  # fmt: skip
     datamap = load_datamap()
     hasher = hasher_from_airflow()
     identities = load_identities(request.request_id, conninfo=gov)
@@ -256,6 +257,7 @@ def plan_erasure(
             store.save_plan(conn, work, status=status, dag_id=dag_id, dag_run_id=run_id, dry_run=dry_run, as_of=as_of,
                             override=override, refusal=refusal, at=_now())  # fmt: skip
             store.supersede_planned(conn, request.request_id, keep=plan_id, at=_now())
+            before = None if dry_run else store.latest_dry_run_summary(conn, request.request_id, other_than=plan_id)
     from governance.lineage import record_table_read
 
     for system_name, table in sorted({(s.system, s.table) for s in work.database}):
@@ -265,7 +267,7 @@ def plan_erasure(
     log.info("erasure plan %s for %s: %s; objects %s; processors %s; kept %s", plan_id, request.request_id,
              work.table_counts(), summary["objects"], summary["processors"],
              [(k["where"], k["count"], k["reason"]) for k in summary["kept"]])  # fmt: skip
-    text = approval_markdown(summary)
+    text = erasure_plan_text(summary, dry_run=dry_run, dry_run_summary=before, datamap=datamap)
     log.info("the plan%s:\n%s", " (dry run: nothing changes)" if dry_run else "", text)
     if work.guard.refused:
         _fail(refusal or "refused")
@@ -328,6 +330,13 @@ def record_approval(request_id: str, plan_id: str, payload: Mapping[str, Any], *
     user = payload.get("responded_by_user") or {}
     approver = str(user.get("name") or user.get("id") or "unknown") if isinstance(user, Mapping) else str(user)
     gov = _gov()
+    with connect(gov) as conn:  # four eyes, wherever the approval was given (page or Required actions)
+        recorder = conn.execute(
+            "SELECT actor FROM governance.request_actions WHERE request_id = %s AND action = 'recorded' LIMIT 1",
+            (request_id,),
+        ).fetchone()
+    if recorder is not None and recorder[0] == approver:
+        _fail(f"{approver} recorded this request and may not approve it too (four eyes): nothing was changed")
     mark_verified(request_id, method=method, verified_by=approver, at=at, conninfo=gov)
     mark_approved(request_id, approved_by=approver, at=at, conninfo=gov)
     with connect(gov) as conn:

@@ -1,0 +1,360 @@
+"""The Privacy requests page as privacy staff use it: a real ``airflow standalone`` on loopback (its
+own PostgreSQL metadata database, the reference deployment), headless Debian Chromium driven by
+Selenium, two staff users logging in through the simple auth manager's own form.
+
+1. alice (op) records an erasure for a person whose e-mail she types in odd case; the dry run's
+   plan appears in plain language; she sends it for approval and may not approve it herself;
+2. bob (admin) approves it; the request completes and its certificate opens as HTML;
+3. bob records an export (e-mail only), verifies the person on the page, sees it complete, shows
+   the download link and reveals the passphrase (recorded with his name).
+
+Afterwards Airflow's metadata database (run configurations, the action log, XCom, rendered
+fields, Required-action rows) and the API server's output hold none of the identities typed.
+Screenshots of every page go to ``test-output/browser/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from governance_dev.services import free_port
+from tests.fixtures.reference import Deployment
+
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOTS = ROOT / "test-output" / "browser"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+ERASURE_EMAIL = "dANIEL.okafor@EXAMPLE.com"  # cast member call_handler, typed in odd case
+EXPORT_EMAIL = "  Kenji.TANAKA@example.ORG "  # cast member caller_only
+TYPED = [ERASURE_EMAIL.strip(), EXPORT_EMAIL.strip()]
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.dagrun,
+    pytest.mark.browser,
+    pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+                       reason="Debian chromium and chromium-driver are not installed (.ci/run installs them)"),
+]  # fmt: skip
+
+
+def _identity_variants() -> list[str]:
+    from governance_dev.seed import cast_member
+
+    values = {v.strip() for v in TYPED} | {v.strip().lower() for v in TYPED}
+    for key in ("call_handler", "caller_only"):
+        subject = cast_member(key)
+        for value in (subject.email, subject.phone, subject.e164, subject.full_name):
+            if value:
+                values |= {value, value.lower()}
+    return sorted(values)
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
+
+
+def _wait(predicate: Callable[[], Any], timeout_s: float, what: str, log: Path | None = None) -> Any:
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except Exception as exc:  # the server may not answer yet
+            last = exc
+        time.sleep(2)
+    tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+    raise AssertionError(f"{what} within {timeout_s:.0f} s (last error: {last!r})\n{tail}")
+
+
+@pytest.fixture
+def standalone(reference_clone: Deployment, make_db: Callable[[str], str], tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """``airflow standalone`` on a free loopback port with its own metadata database."""
+    metadata_url = make_db("browser_airflow")
+    info = psycopg.conninfo.conninfo_to_dict(metadata_url)
+    home = tmp_path / "airflow"
+    home.mkdir()
+    port = free_port()
+    venv_bin = str(Path(sys.executable).parent)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__") or k in (
+        "AIRFLOW__CORE__SENSITIVE_VAR_CONN_NAMES", "AIRFLOW__OPENLINEAGE__TRANSPORT", "AIRFLOW__OPENLINEAGE__NAMESPACE")}  # fmt: skip
+    env.update({
+        "PATH": os.pathsep.join([venv_bin, os.environ.get("PATH", "")]),
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN":
+            f"postgresql+psycopg://{info.get('user', 'postgres')}@{info.get('host', '127.0.0.1')}:{info.get('port', 5432)}/{info['dbname']}",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "alice:op,bob:admin",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__WORKERS": "1",
+        # Off port 8080, tasks must be told where the execution API is.
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+    })  # fmt: skip
+    log = tmp_path / "standalone.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["airflow", "standalone"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def healthy() -> bool:
+            health = _get_json(f"{base}/api/v2/monitor/health")
+            return all(health[p]["status"] == "healthy" for p in ("metadatabase", "scheduler"))
+
+        def dags_parsed() -> bool:
+            with psycopg.connect(metadata_url) as conn:
+                found = {r[0] for r in conn.execute("SELECT dag_id FROM dag WHERE NOT is_stale").fetchall()}
+            return {"dsr_erasure", "dsr_export"} <= found
+
+        _wait(healthy, 420, "airflow standalone was not healthy", log)
+        _wait(dags_parsed, 300, "the privacy-request DAGs were not parsed", log)
+        passwords = json.loads(_wait(lambda: (home / "simple_auth_manager_passwords.json.generated").read_text(), 60,
+                                     "no simple auth manager passwords", log))  # fmt: skip
+        yield {"base": base, "passwords": passwords, "log": log, "home": home, "metadata_url": metadata_url,
+               "proc": proc, "deployment": reference_clone}  # fmt: skip
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+        kept = SCREENSHOTS / "standalone.log"
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log, kept)
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1100",
+                "--disable-gpu", "--no-first-run", "--disable-extensions"):  # fmt: skip
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(90)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+class Staff:
+    """One person at the browser."""
+
+    def __init__(self, driver: Any, base: str) -> None:
+        self.driver = driver
+        self.base = base
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+    def shot(self, name: str) -> None:
+        self.driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+
+    def find(self, css: str) -> Any:
+        from selenium.webdriver.common.by import By
+
+        return self.driver.find_element(By.CSS_SELECTOR, css)
+
+    def present(self, css: str) -> bool:
+        from selenium.webdriver.common.by import By
+
+        return bool(self.driver.find_elements(By.CSS_SELECTOR, css))
+
+    def login(self, user: str, password: str, shot: str) -> None:
+        from selenium.webdriver.support import expected_conditions as ec
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.driver.delete_all_cookies()
+        self.get(f"{self.base}/auth/login/")
+        wait = WebDriverWait(self.driver, 60)
+        wait.until(ec.presence_of_element_located(("css selector", "input[name=username]")))
+        self.find("input[name=username]").send_keys(user)
+        self.find("input[name=password]").send_keys(password)
+        self.shot(shot)
+        self.find("button[type=submit]").click()
+        wait.until(lambda d: any(c["name"] == "_token" for c in d.get_cookies()))
+
+    def get(self, url: str) -> None:
+        """Open ``url``; on a loaded machine the renderer can stall once: try again."""
+        from selenium.common.exceptions import TimeoutException
+
+        for attempt in range(3):
+            try:
+                self.driver.get(url)
+                return
+            except TimeoutException:
+                if attempt == 2:
+                    raise
+                time.sleep(5)
+
+    def submit(self, css: str, until: Callable[[Any], Any], timeout_s: float = 120) -> None:
+        """Click ``css`` and wait for the page it leads to (``until(driver)`` true)."""
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.find(css).click()
+        WebDriverWait(self.driver, timeout_s, poll_frequency=1).until(until)
+
+    def page(self, path: str = "/") -> None:
+        self.get(f"{self.base}/privacy-requests{path}")
+
+    def reload_until(self, predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(3)
+            self.get(self.driver.current_url)
+        self.shot("timeout-" + what.replace(" ", "-")[:40])
+        raise AssertionError(f"{what} within {timeout_s:.0f} s; page:\n{self.find('body').text[:3000]}")
+
+    def select(self, css: str, *, index: int | None = None, value: str | None = None) -> None:
+        from selenium.webdriver.support.ui import Select
+
+        choice = Select(self.find(css))
+        if value is not None:
+            choice.select_by_value(value)
+        else:
+            choice.select_by_index(index or 1)
+
+
+def _request_id_from(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def test_privacy_staff_erase_and_export_from_the_page_and_airflow_keeps_no_identity(
+    standalone: dict[str, Any], browser: Any
+) -> None:
+    base, passwords = standalone["base"], standalone["passwords"]
+    alice = Staff(browser, base)
+
+    # -- alice records an erasure: the dry run's plan appears in plain language ------------------
+    alice.login("alice", passwords["alice"], "01-login")
+    alice.get(f"{base}/plugin/privacy-requests")  # the nav entry inside the Airflow UI
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 60).until(lambda d: alice.present("iframe") and "Privacy requests" in d.page_source)
+    time.sleep(2)
+    alice.shot("02-airflow-nav-privacy-requests")
+    alice.page("/")
+    assert "Record a new request" in alice.find("body").text
+    alice.select("#kind", value="erasure")
+    alice.find("#email").send_keys(ERASURE_EMAIL)
+    alice.shot("03-record-erasure")
+    alice.submit("#record", lambda d: "/privacy-requests/requests/era-" in d.current_url)
+    erasure_id = _request_id_from(browser.current_url)
+    for typed in TYPED:
+        assert typed.lower() not in browser.current_url.lower()
+    alice.reload_until(lambda: alice.present("#plan-heading") and "Dry run" in alice.find("#plan-heading").text, 300,
+                       "the dry run's plan was not shown")  # fmt: skip
+    plan = alice.find("table.plan").text
+    assert "Calls answered by the AI receptionist" in plan and "Account holders" in plan
+    assert "Cleared" in plan and "Deleted" in plan
+    assert "clear mention" not in plan and "clear_mention" not in plan
+    alice.reload_until(lambda: alice.present("#start-erasure"), 300, "the dry run did not finish")
+    alice.shot("04-dry-run-plan")
+
+    alice.submit("#start-erasure", lambda d: not alice.present("#start-erasure"))
+    alice.reload_until(lambda: alice.present("#approve-form"), 300, "the erasure did not wait for approval")
+    assert "What changed since the dry run" in alice.find("body").text
+    alice.shot("05-awaiting-approval")
+    alice.select("#verification_method", index=1)
+    alice.submit("#approve", lambda d: "Four eyes" in d.find_element("css selector", "body").text)
+    alice.shot("06-recorder-may-not-approve")
+
+    # -- bob approves; the request completes with its certificate --------------------------------
+    bob = Staff(browser, base)
+    bob.login("bob", passwords["bob"], "07-login-second-user")
+    bob.page(f"/requests/{erasure_id}")
+    bob.select("#verification_method", index=1)
+    bob.shot("08-approve")
+    bob.submit("#approve", lambda d: not bob.present("#approve-form"))
+    bob.reload_until(lambda: "completed" in bob.find("#state").text, 420, "the erasure did not complete")
+    assert bob.present("#certificate-link")
+    record = bob.find("#actions").text
+    assert "recorded alice" in record and "approved bob" in record
+    bob.shot("09-erasure-completed")
+    bob.get(bob.find("#certificate-link").get_attribute("href"))
+    assert "certificate" in bob.find("body").text.lower() and erasure_id in bob.find("body").text
+    bob.shot("10-certificate")
+
+    # -- bob records an export with only an e-mail, verifies it, reveals the passphrase ----------
+    bob.page("/")
+    bob.select("#kind", value="export")
+    bob.find("#email").send_keys(EXPORT_EMAIL)
+    bob.submit("#record", lambda d: "/privacy-requests/requests/exp-" in d.current_url)
+    export_id = _request_id_from(browser.current_url)
+    assert export_id.startswith("exp-")
+    bob.reload_until(lambda: bob.present("#verify-form"), 300, "the export did not ask for verification")
+    bob.shot("11-export-verify")
+    bob.select("#verify_option", index=1)
+    bob.submit("#verify", lambda d: not bob.present("#verify-form"))
+    bob.reload_until(lambda: "completed" in bob.find("#state").text, 420, "the export did not complete")
+    bob.shot("12-export-completed")
+    bob.submit("#show-link", lambda d: bob.present("#download-link"))
+    link = bob.find("#download-link").text
+    assert link.startswith("http") and export_id in link
+    bob.shot("13-download-link")
+    bob.page(f"/requests/{export_id}")
+    bob.submit("#reveal-passphrase", lambda d: bob.present("#passphrase"))
+    assert len(bob.find("#passphrase").text) >= 20
+    bob.shot("14-passphrase")
+    bob.page("/?sort=received&desc=1")
+    listed = bob.find("#requests").text
+    assert erasure_id in listed and export_id in listed
+    bob.shot("15-requests-list")
+
+    with psycopg.connect(standalone["deployment"].app_url) as conn:
+        reveals = conn.execute(
+            "SELECT actor FROM governance.request_actions WHERE request_id = %s AND action = 'passphrase_revealed'",
+            (export_id,),
+        ).fetchall()
+        runs = conn.execute("SELECT count(*) FROM governance.request_actions WHERE action = 'run_started'").fetchone()
+    assert reveals == [("bob",)] and runs == (3,)
+
+    # -- nothing typed reached Airflow: metadata database, task logs, API server output -----------
+    os.killpg(standalone["proc"].pid, signal.SIGTERM)
+    standalone["proc"].wait(timeout=90)
+    needles = _identity_variants()
+    tables = ["dag_run", "log", "xcom", "rendered_task_instance_fields", "hitl_detail", "hitl_detail_history",
+              "task_instance", "task_instance_history", "dag_run_note", "task_instance_note", "trigger"]  # fmt: skip
+    metadata_url = standalone["metadata_url"]
+    with psycopg.connect(metadata_url) as conn:
+        existing = {r[0] for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'").fetchall()}  # fmt: skip
+        checked = [t for t in tables if t in existing]
+        assert {"dag_run", "log", "xcom", "rendered_task_instance_fields", "hitl_detail"} <= set(checked)
+        for table in checked:
+            text = "\n".join(str(r[0]) for r in conn.execute(f"SELECT t::text FROM {table} t").fetchall()).lower()  # noqa: S608
+            for needle in needles:
+                assert needle.lower() not in text, f"an identity typed on the page reached Airflow's {table} table"
+        confs = [r[0] for r in conn.execute("SELECT conf FROM dag_run WHERE dag_id IN ('dsr_export', 'dsr_erasure')")]
+    assert len(confs) == 3 and all(set(c) <= {"request_id", "dry_run"} for c in confs)
+    outputs = [standalone["log"].read_text(errors="replace")]
+    outputs += [p.read_text(errors="replace") for p in (standalone["home"] / "logs").rglob("*") if p.is_file()]
+    for text in outputs:
+        for needle in needles:
+            assert needle.lower() not in text.lower(), "an identity typed on the page reached a log"
