@@ -241,11 +241,22 @@ def _spawn(args: list[str], log_path: Path) -> int:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs: a child of this process that exited is reaped here (``make demo``
+    starts the services and stops them itself), and a zombie counts as gone."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:  # not our child: its parent (or init) reaps it
+        pass
     try:
         os.kill(pid, 0)
     except OSError:
         return False
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
 
 
 def airflow_environment(ports: StackPorts, keys: dict[str, Any], state_dir: Path) -> dict[str, str]:

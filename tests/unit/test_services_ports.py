@@ -46,14 +46,17 @@ def test_services_stop_kills_a_process_that_ignores_sigterm_after_the_grace_peri
     stubborn = subprocess.Popen([sys.executable, "-c", IGNORE_SIGTERM], stdout=subprocess.PIPE)
     assert stubborn.stdout is not None and stubborn.stdout.readline() == b"ready\n"
     polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    for child in (stubborn, polite):  # reap them as init reaps the detached services
-        threading.Thread(target=child.wait, daemon=True).start()
+    # The stubborn one is reaped as init reaps detached services; the polite one is left to
+    # stop_stack, as `make demo` leaves the services it started itself (an exited child must count
+    # as stopped, not as a process that survived SIGKILL).
+    threading.Thread(target=stubborn.wait, daemon=True).start()
     (tmp_path / "services.json").write_text(json.dumps({"s3_pid": stubborn.pid, "standins_pid": polite.pid,
                                                          "pgdata": str(tmp_path / "no-pgdata")}))  # fmt: skip
     started = time.monotonic()
     killed = stop_stack(tmp_path, grace_s=1.0)
     assert killed == [f"the S3 server (pid {stubborn.pid}) did not exit within 1 s of SIGTERM and was killed"]
-    assert stubborn.wait(timeout=5) == -signal.SIGKILL and polite.wait(timeout=5) == -signal.SIGTERM
+    assert stubborn.wait(timeout=5) == -signal.SIGKILL
+    assert not Path(f"/proc/{polite.pid}").exists(), "the polite child exited and was reaped"
     assert time.monotonic() - started < 10, "the wait is bounded"
     assert "s3_pid" not in json.loads((tmp_path / "services.json").read_text())
 
