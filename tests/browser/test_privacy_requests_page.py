@@ -6,7 +6,10 @@ Selenium, two staff users logging in through the simple auth manager's own form.
    plan appears in plain language; she sends it for approval and may not approve it herself;
 2. bob (admin) approves it; the request completes and its certificate opens as HTML;
 3. bob records an export (e-mail only), verifies the person on the page, sees it complete, shows
-   the download link and reveals the passphrase (recorded with his name).
+   the download link and reveals the passphrase (recorded with his name);
+4. as an engineer would, bob triggers ``dsr_export`` from Airflow's own trigger form with only an
+   e-mail (every other field left empty), answers its Required action, and the run succeeds; the
+   maintenance pass then scrubs the e-mail from the run's configuration.
 
 Afterwards Airflow's metadata database (run configurations, the action log, XCom, rendered
 fields, Required-action rows) and the API server's output hold none of the identities typed.
@@ -22,6 +25,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,7 +43,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ERASURE_EMAIL = "dANIEL.okafor@EXAMPLE.com"  # cast member call_handler, typed in odd case
 EXPORT_EMAIL = "  Kenji.TANAKA@example.ORG "  # cast member caller_only
-TYPED = [ERASURE_EMAIL.strip(), EXPORT_EMAIL.strip()]
+FORM_EMAIL = " Olivia.BENNETT@example.com"  # cast member payer, typed into Airflow's trigger form
+TYPED = [ERASURE_EMAIL.strip(), EXPORT_EMAIL.strip(), FORM_EMAIL.strip()]
 
 pytestmark = [
     pytest.mark.integration,
@@ -54,7 +59,7 @@ def _identity_variants() -> list[str]:
     from governance_dev.seed import cast_member
 
     values = {v.strip() for v in TYPED} | {v.strip().lower() for v in TYPED}
-    for key in ("call_handler", "caller_only"):
+    for key in ("call_handler", "caller_only", "payer"):
         subject = cast_member(key)
         for value in (subject.email, subject.phone, subject.e164, subject.full_name):
             if value:
@@ -131,7 +136,7 @@ def standalone(reference_clone: Deployment, make_db: Callable[[str], str], tmp_p
         passwords = json.loads(_wait(lambda: (home / "simple_auth_manager_passwords.json.generated").read_text(), 60,
                                      "no simple auth manager passwords", log))  # fmt: skip
         yield {"base": base, "passwords": passwords, "log": log, "home": home, "metadata_url": metadata_url,
-               "proc": proc, "deployment": reference_clone}  # fmt: skip
+               "proc": proc, "deployment": reference_clone, "env": env}  # fmt: skip
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -241,6 +246,29 @@ class Staff:
             choice.select_by_index(index or 1)
 
 
+def _button(driver: Any, text: str) -> Any:
+    """The first visible button whose text is ``text`` (Airflow's React UI has no stable ids)."""
+    for button in driver.find_elements("tag name", "button"):
+        if button.text.strip() == text and button.is_displayed():
+            return button
+    return None
+
+
+def _api_token(base: str, user: str, password: str) -> str:
+    return str(_api(f"{base}/auth/token", None, method="POST", body={"username": user, "password": password})["access_token"])
+
+
+def _api(url: str, token: str | None, *, method: str = "GET", body: Any = None) -> Any:
+    """Airflow's REST API as the trigger form and the Required-actions page call it."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read() or b"null")
+
+
 def _request_id_from(url: str) -> str:
     return url.rstrip("/").rsplit("/", 1)[-1]
 
@@ -335,9 +363,42 @@ def test_privacy_staff_erase_and_export_from_the_page_and_airflow_keeps_no_ident
         runs = conn.execute("SELECT count(*) FROM governance.request_actions WHERE action = 'run_started'").fetchone()
     assert reveals == [("bob",)] and runs == (3,)
 
+    # -- the engineer's way: Airflow's trigger form with only an e-mail -------------------------
+    bob.get(f"{base}/dags/dsr_export")
+    WebDriverWait(browser, 60).until(lambda d: _button(d, "Trigger") is not None)
+    _button(browser, "Trigger").click()  # type: ignore[union-attr]
+    WebDriverWait(browser, 60).until(lambda d: _button(d, "The person") is not None)
+    _button(browser, "The person").click()  # type: ignore[union-attr]
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements("id", "element_email"))
+    browser.find_element("id", "element_email").send_keys(FORM_EMAIL)
+    bob.shot("16-trigger-form-email-only")
+    triggers = [b for b in browser.find_elements("tag name", "button") if b.text.strip() == "Trigger"]
+    triggers[-1].click()  # the modal's own Trigger: enabled with every other field left empty
+    WebDriverWait(browser, 60).until(lambda d: "/dags/dsr_export/runs/manual__" in d.current_url)
+    run_id = urllib.parse.unquote(browser.current_url.split("/runs/", 1)[1].split("/", 1)[0])
+    token = _api_token(base, "bob", passwords["bob"])
+    run_path = f"{base}/api/v2/dags/dsr_export/dagRuns/{urllib.parse.quote(run_id)}"
+    _wait(lambda: _api(f"{run_path}/taskInstances/verify_identity", token)["state"] == "awaiting_input", 300,
+          "the form's export did not ask for verification", standalone["log"])  # fmt: skip
+    time.sleep(12)  # answer only once the task has settled in its wait (see [governance] hitl_settle_seconds)
+    _api(f"{run_path}/taskInstances/verify_identity/-1/hitlDetails", token, method="PATCH",
+         body={"chosen_options": ["Verified: replied from the e-mail address we hold"], "params_input": {}})  # fmt: skip
+    _wait(lambda: _api(run_path, token)["state"] in ("success", "failed"), 420, "the form's export did not end",
+          standalone["log"])  # fmt: skip
+    assert _api(run_path, token)["state"] == "success"
+    bob.get(f"{base}/dags/dsr_export/runs/{urllib.parse.quote(run_id)}")
+    time.sleep(3)
+    bob.shot("17-trigger-form-run-succeeded")
+
     # -- nothing typed reached Airflow: metadata database, task logs, API server output -----------
     os.killpg(standalone["proc"].pid, signal.SIGTERM)
     standalone["proc"].wait(timeout=90)
+    # The maintenance service's pass (every minute beside Airflow) scrubs the ended form run.
+    bucket = standalone["deployment"].bucket  # the clone's bucket also holds the ledger anchors here
+    maintenance_env = {**standalone["env"], "GOVERNANCE_OBJECTS_BUCKET": bucket, "GOVERNANCE_LEDGER_ANCHOR_BUCKET": bucket}
+    scrub = subprocess.run([sys.executable, "-m", "governance", "maintain", "--once"], env=maintenance_env,
+                           cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert scrub.returncode == 0, scrub.stdout + scrub.stderr
     needles = _identity_variants()
     tables = ["dag_run", "log", "xcom", "rendered_task_instance_fields", "hitl_detail", "hitl_detail_history",
               "task_instance", "task_instance_history", "dag_run_note", "task_instance_note", "trigger"]  # fmt: skip
@@ -352,7 +413,10 @@ def test_privacy_staff_erase_and_export_from_the_page_and_airflow_keeps_no_ident
             for needle in needles:
                 assert needle.lower() not in text, f"an identity typed on the page reached Airflow's {table} table"
         confs = [r[0] for r in conn.execute("SELECT conf FROM dag_run WHERE dag_id IN ('dsr_export', 'dsr_erasure')")]
-    assert len(confs) == 3 and all(set(c) <= {"request_id", "dry_run"} for c in confs)
+    page_confs = [c for c in confs if "identities_removed_at" not in c]
+    assert len(page_confs) == 3 and all(set(c) <= {"request_id", "dry_run"} for c in page_confs)
+    form_confs = [c for c in confs if "identities_removed_at" in c]
+    assert len(form_confs) == 1 and not form_confs[0].get("email") and form_confs[0]["request_id"].startswith("exp-")
     outputs = [standalone["log"].read_text(errors="replace")]
     outputs += [p.read_text(errors="replace") for p in (standalone["home"] / "logs").rglob("*") if p.is_file()]
     for text in outputs:
