@@ -157,7 +157,9 @@ def dsr_erasure() -> None:
         context = get_current_context()
         summary = context["ti"].xcom_pull(task_ids="plan_erasure")
         approval = context["ti"].xcom_pull(task_ids="approve_erasure")
-        return execute(summary, approval=approval, run_id=context["dag_run"].run_id)
+        dag_run = context["dag_run"]
+        return execute(summary, approval=approval, run_id=dag_run.run_id,
+                       triggered_by=getattr(dag_run, "triggering_user_name", None))  # fmt: skip
 
     @task
     def delete_objects(summary: dict[str, Any]) -> dict[str, Any]:

@@ -108,6 +108,23 @@ def test_the_approval_asks_how_the_person_was_verified_in_words_with_nothing_cho
     assert set(labels) == set(param.schema["enum"]) - {None} and all(" " in label and "_" not in label for label in labels.values())
 
 
+def test_whoever_triggered_an_erasure_run_may_not_approve_it_and_nothing_is_recorded(
+    reference_clone: Deployment,
+) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from governance.workflows.dsr_erasure import record_approval
+
+    request_id = _request("caller_only", approved=False)
+    answer = {"chosen_options": ["Approve"], "params_input": {"verification_method": "phone_callback"},
+              "responded_by_user": {"id": "carol", "name": "carol"}}  # fmt: skip
+    with pytest.raises(AirflowFailException, match="carol triggered this erasure run and may not approve it"):
+        record_approval(request_id, "epl-00000000000000000000", answer, at=datetime.now(UTC), triggered_by="carol")
+    with psycopg.connect(reference_clone.app_url) as conn:
+        assert conn.execute("SELECT status, verified_at, approved_by FROM governance.privacy_requests"
+                            " WHERE request_id = %s", (request_id,)).fetchone() == ("received", None, None)  # fmt: skip
+
+
 def test_form_dry_run_stores_the_plan_and_changes_nothing(
     get_dag: Callable[[str], Any], reference_clone: Deployment, capfd: pytest.CaptureFixture[str]
 ) -> None:

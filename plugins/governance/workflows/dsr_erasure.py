@@ -314,8 +314,14 @@ def _approved(payload: Mapping[str, Any] | None) -> bool:
     return bool(payload) and APPROVE in list((payload or {}).get("chosen_options") or [])
 
 
-def record_approval(request_id: str, plan_id: str, payload: Mapping[str, Any], *, at: datetime) -> None:
-    """Record the UI approval: the request verified (how, by whom) and approved, the plan approved."""
+def record_approval(
+    request_id: str, plan_id: str, payload: Mapping[str, Any], *, at: datetime, triggered_by: str | None = None
+) -> None:
+    """Record the UI approval: the request verified (how, by whom) and approved, the plan approved.
+
+    Four eyes: the approver may be neither the user who recorded the request on the Privacy
+    requests page nor the user who triggered this run (``triggered_by``, Airflow's triggering
+    user), wherever the approval was given."""
     from governance.db import connect
     from governance.erasure import store
     from governance.workflows.request_intake import mark_approved, mark_verified
@@ -337,6 +343,9 @@ def record_approval(request_id: str, plan_id: str, payload: Mapping[str, Any], *
         ).fetchone()
     if recorder is not None and recorder[0] == approver:
         _fail(f"{approver} recorded this request and may not approve it too (four eyes): nothing was changed")
+    if triggered_by and triggered_by == approver:
+        _fail(f"{approver} triggered this erasure run and may not approve it too (four eyes): nothing was changed; "
+              "someone else must approve it (clear approve_erasure to ask again)")  # fmt: skip
     mark_verified(request_id, method=method, verified_by=approver, at=at, conninfo=gov)
     mark_approved(request_id, approved_by=approver, at=at, conninfo=gov)
     with connect(gov) as conn:
@@ -381,7 +390,9 @@ def _lock(work: Any) -> Any:
     return subject_lock(_gov(), hasher_from_airflow(), identities), identities
 
 
-def execute_database(summary: Mapping[str, Any], *, approval: Mapping[str, Any] | None, run_id: str) -> dict[str, Any]:
+def execute_database(
+    summary: Mapping[str, Any], *, approval: Mapping[str, Any] | None, run_id: str, triggered_by: str | None = None
+) -> dict[str, Any]:
     """Every database step of the plan, one transaction per database (done steps skipped)."""
     from governance.crypto import hasher_from_airflow
     from governance.datamap.plans import keyed_hash_params
@@ -401,7 +412,7 @@ def execute_database(summary: Mapping[str, Any], *, approval: Mapping[str, Any] 
     if row["status"] == "planned":
         if not _approved(approval):
             _fail(f"plan {plan_id} was not approved: nothing was changed")
-        record_approval(work.request_id, plan_id, approval or {}, at=_now())
+        record_approval(work.request_id, plan_id, approval or {}, at=_now(), triggered_by=triggered_by)
     elif row["status"] not in ("approved", "executing", "executed", "verified", "verification_failed"):
         _fail(f"plan {plan_id} is {row['status']}: nothing to execute")
     gov = _gov()
