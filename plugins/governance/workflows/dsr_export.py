@@ -427,9 +427,12 @@ def close_export_request(
     s3 = s3_client(locations.connection_id)
     with connect(conninfo) as conn:
         holder = claimed_by(conn, request_id)
-    if built is not None and holder != run_id:
-        # This run built a bundle, so it claimed the request; a newer run of the request holds it: remove only this run's staged bundle, and leave the
-        # request's outcome and published bundle to that run.
+        state = conn.execute("SELECT status FROM governance.privacy_requests WHERE request_id = %s",
+                             (request_id,)).fetchone()  # fmt: skip
+    if state is not None and state[0] == "in_progress" and holder not in (None, run_id):
+        # Another run of the request holds it now (it claimed it after this one, or this one never
+        # did): remove only this run's staged bundle and leave the request's outcome, the other
+        # run's staging and the published bundle to that run.
         removed = delete_everywhere(s3, locations.bucket, [locations.staging_key(run_id)])
         with connect(conninfo) as conn:
             set_bundle_status(conn, request_id=request_id, run_id=run_id, status="discarded", at=_now())
