@@ -17,6 +17,7 @@ from collections.abc import Sequence
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "migrate": ("governance.migrations", "create or upgrade the governance schema (idempotent)"),
+    "grants": ("governance.grants", "print or apply (--apply) the database roles' grants the data map implies (idempotent)"),
     "request": ("governance.privacy_requests", "record a privacy request; identities are read from stdin"),
     "keys": ("governance.crypto", "generate key material for the keyed-hash and encryption connections"),
     "validate-datamap": ("governance.datamap.command", "validate the data map and print what is wrong"),

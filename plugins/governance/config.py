@@ -18,6 +18,8 @@ SQL_DIR = INCLUDE_DIR / "sql"
 APP_CONN_ID = "aircalls_app"
 OBJECTS_CONN_ID = "aircalls_objects"
 GOVERNANCE_CONN_ID = "governance_db"
+# The migration role's connection (schema owner): held only by the init and maintenance services.
+MIGRATION_CONN_ID = "governance_migrator"
 HASH_KEY_CONN_ID = "governance_hash_key"
 ENCRYPTION_KEY_CONN_ID = "governance_encryption_key"
 LEDGER_KEY_CONN_ID = "governance_ledger_key"
@@ -32,6 +34,32 @@ GOVERNANCE_SCHEMA = "governance"
 # fields, task logs). `python -m governance scrub-run-confs` removes them from run configurations.
 AIRFLOW_SENSITIVE_NAMES = "email,phone"
 APP_SCHEMA = "app"
+
+# Database roles (least privilege; ``python -m governance grants`` derives their grants from the
+# data map). Role names are cluster-wide in PostgreSQL, so each is configurable.
+TASK_ROLE_ENV = "GOVERNANCE_TASK_ROLE"
+LEDGER_WRITER_ROLE_ENV = "GOVERNANCE_LEDGER_WRITER_ROLE"
+# Set (to the role's name) where a migration role owns the governance schema: tasks then only check
+# that the schema is current and never migrate it themselves. Unset (development, tests): the
+# first task to need the schema migrates it, as before.
+MIGRATION_ROLE_ENV = "GOVERNANCE_MIGRATION_ROLE"
+DEFAULT_TASK_ROLE = "governance_task"
+DEFAULT_LEDGER_WRITER_ROLE = "governance_ledger_writer"
+
+
+def task_role() -> str:
+    """The role tasks log in as (``GOVERNANCE_TASK_ROLE``, default ``governance_task``)."""
+    return os.environ.get(TASK_ROLE_ENV) or DEFAULT_TASK_ROLE
+
+
+def ledger_writer_role() -> str:
+    """The insert-only role ledger writers switch to (``GOVERNANCE_LEDGER_WRITER_ROLE``)."""
+    return os.environ.get(LEDGER_WRITER_ROLE_ENV) or DEFAULT_LEDGER_WRITER_ROLE
+
+
+def migration_role() -> str | None:
+    """The role that owns and migrates the governance schema, when one is configured."""
+    return os.environ.get(MIGRATION_ROLE_ENV) or None
 
 
 def datamap_path() -> Path:

@@ -11,12 +11,14 @@ from governance.config import APP_CONN_ID, APP_SCHEMA, GOVERNANCE_CONN_ID, OBJEC
 
 
 def migrate_governance_schema() -> dict[str, Any]:
-    """Create or upgrade the governance schema; idempotent."""
+    """Create or upgrade the governance schema (idempotent); where a migration role is configured,
+    only check that it is current (tasks never migrate then)."""
+    from governance.config import migration_role
     from governance.db import conninfo_for
-    from governance.migrations import migrate
+    from governance.migrations import ensure_schema
 
-    applied = migrate(conninfo_for(GOVERNANCE_CONN_ID))
-    return {"applied": applied}
+    applied = ensure_schema(conninfo_for(GOVERNANCE_CONN_ID))
+    return {"applied": applied, "migrated_by": "init service" if migration_role() else "this task"}
 
 
 def check_app_database() -> dict[str, Any]:

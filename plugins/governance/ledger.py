@@ -41,13 +41,21 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
-from governance.config import GOVERNANCE_CONN_ID, LEDGER_KEY_CONN_ID, OBJECTS_CONN_ID, objects_bucket
+from governance.config import (
+    DEFAULT_LEDGER_WRITER_ROLE,
+    GOVERNANCE_CONN_ID,
+    LEDGER_KEY_CONN_ID,
+    OBJECTS_CONN_ID,
+    ledger_writer_role,
+    objects_bucket,
+)
 from governance.crypto import KeyMaterialError, Keyring
 from governance.privacy_requests import REQUEST_ID_RE
 
 # The ledger's HMAC key: its own connection (login = key id, password = base64 32-byte key,
 # extra.retired = {key_id: key}), never the identity hash key.
-LEDGER_WRITER_ROLE = "governance_ledger_writer"
+# The default name; a deployment may name it otherwise (GOVERNANCE_LEDGER_WRITER_ROLE).
+LEDGER_WRITER_ROLE = DEFAULT_LEDGER_WRITER_ROLE
 # Shared with the BEFORE INSERT trigger in include/sql/governance/0002_audit_ledger.sql.
 APPEND_LOCK_KEY = 1734569729
 GENESIS_MAC = "0" * 64
@@ -269,13 +277,14 @@ class LedgerWriter:
         self.close()
 
     def _assume_writer_role(self) -> str | None:
+        role = ledger_writer_role()
         row = self.conn.execute(
             "SELECT CASE WHEN to_regrole(%s) IS NULL THEN false ELSE pg_has_role(current_user, %s, 'MEMBER') END",
-            (LEDGER_WRITER_ROLE, LEDGER_WRITER_ROLE),
+            (sql.Identifier(role).as_string(None), role),
         ).fetchone()
         if row and row[0]:
-            self.conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(LEDGER_WRITER_ROLE)))
-            return LEDGER_WRITER_ROLE
+            self.conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+            return role
         return None
 
     def head(self) -> tuple[int, str, str] | None:

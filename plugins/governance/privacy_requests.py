@@ -300,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
     from governance.config import GOVERNANCE_CONN_ID
     from governance.crypto import cipher_from_airflow, hasher_from_airflow
     from governance.db import connect, conninfo_for
-    from governance.migrations import migrate
+    from governance.migrations import ensure_schema
 
     conninfo = conninfo_for(GOVERNANCE_CONN_ID)
     if args.action == "new":
@@ -311,7 +311,7 @@ def run(args: argparse.Namespace) -> int:
         except InvalidIdentity as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        migrate(conninfo)
+        ensure_schema(conninfo)
         with connect(conninfo) as conn:
             request_id = create_request(
                 conn,
@@ -333,7 +333,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "reopen":
         import getpass
 
-        migrate(conninfo)
+        ensure_schema(conninfo)
         try:
             with connect(conninfo) as conn:
                 status = reopen_request(conn, request_id, reason=args.reason, by=args.by or getpass.getuser(),

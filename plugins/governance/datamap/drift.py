@@ -163,13 +163,19 @@ def find_drift(datamap: DataMap, conninfo: str | Mapping[str, str], *, sample_ro
 
 
 def _live_columns(conn: psycopg.Connection[Any], schema: str) -> dict[str, list[tuple[str, str]]]:
+    # The catalogue, not information_schema: information_schema shows only the tables and columns
+    # the current role holds a privilege on, and the task role may read mapped columns only, so a
+    # table the map does not know would be invisible exactly where drift must report it.
     rows = conn.execute(
         """
-        SELECT c.table_name, c.column_name, c.udt_name
-        FROM information_schema.columns AS c
-        JOIN information_schema.tables AS t USING (table_schema, table_name)
-        WHERE c.table_schema = %(schema)s AND t.table_type = 'BASE TABLE'
-        ORDER BY c.table_name, c.ordinal_position
+        SELECT c.relname, a.attname, t.typname
+        FROM pg_catalog.pg_attribute AS a
+        JOIN pg_catalog.pg_class AS c ON c.oid = a.attrelid
+        JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+        JOIN pg_catalog.pg_type AS t ON t.oid = a.atttypid
+        WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped
+          AND NOT c.relispartition
+        ORDER BY c.relname, a.attnum
         """,
         {"schema": schema},
     ).fetchall()
@@ -249,7 +255,15 @@ def _classify(
         reasons.append("its name suggests personal data")
     if data_type in _PERSONAL_TYPES:
         reasons.append(f"its type {data_type} holds network addresses")
-    if sample_rows > 0:
+    readable = conn.execute(
+        "SELECT has_column_privilege(%s, %s, 'SELECT')", (sql.Identifier(system.db_schema, table).as_string(None), column)
+    ).fetchone()
+    if sample_rows > 0 and not (readable and readable[0]):
+        # Least privilege: the task role reads mapped columns only, so an unmapped column is judged
+        # by its name and type.
+        if reasons:
+            reasons.append("values not sampled (this role may not read unmapped columns)")
+    elif sample_rows > 0:
         query = sql.SQL("SELECT {col}::text FROM {table} WHERE {col} IS NOT NULL LIMIT {n}").format(
             col=sql.Identifier(column), table=sql.Identifier(system.db_schema, table), n=sql.Placeholder("n")
         )

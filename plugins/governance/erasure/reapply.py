@@ -37,12 +37,12 @@ def reapply_suppressions(*, as_of: datetime, dry_run: bool, request_id: str | No
     from governance.datamap import load_datamap
     from governance.db import conninfo_for
     from governance.erasure.suppression import reapply_for_person, suppressed_people
-    from governance.migrations import migrate
+    from governance.migrations import ensure_schema
     from governance.objectstore import s3_client
 
     datamap = load_datamap()
     gov = conninfo_for(GOVERNANCE_CONN_ID)
-    migrate(gov)
+    ensure_schema(gov)
     hasher = hasher_from_airflow()
     clients: dict[str, Any] = {}
 

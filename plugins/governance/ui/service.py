@@ -45,11 +45,11 @@ def _now() -> datetime:
 
 def governance_conninfo() -> str:
     from governance.db import conninfo_for
-    from governance.migrations import migrate
+    from governance.migrations import ensure_schema
 
     conninfo = conninfo_for(GOVERNANCE_CONN_ID)
     if conninfo not in _migrated:
-        migrate(conninfo)
+        ensure_schema(conninfo)
         _migrated.add(conninfo)
     return conninfo
 

@@ -86,11 +86,11 @@ def record_report(
 ) -> dict[str, Any]:
     """Store the run's report (idempotent per run), then fail on blocking drift."""
     from governance.db import connect, conninfo_for
-    from governance.migrations import migrate
+    from governance.migrations import ensure_schema
 
     blocking, warnings = classify(database, objects)
     conninfo = conninfo_for(GOVERNANCE_CONN_ID)
-    migrate(conninfo)
+    ensure_schema(conninfo)
     report = {"database": database, "objects": objects, "blocking": blocking, "warnings": warnings}
     with connect(conninfo) as conn:
         conn.execute(

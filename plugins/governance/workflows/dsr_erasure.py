@@ -210,12 +210,12 @@ def plan_erasure(
     from governance.erasure.guard import refusal_message
     from governance.erasure.locking import subject_lock
     from governance.erasure.readable import erasure_plan_text
-    from governance.migrations import migrate
+    from governance.migrations import ensure_schema
     from governance.workflows.request_intake import RequestHandle, load_identities
 
     request = RequestHandle.from_xcom(handle)
     gov = _gov()
-    migrate(gov)
+    ensure_schema(gov)
     if not dry_run:
         with connect(gov) as conn:
             existing = store.continuable_plan(conn, request.request_id)

@@ -107,7 +107,7 @@ def open_request(
     """
     from governance.crypto import cipher_from_airflow, hasher_from_airflow
     from governance.db import connect, conninfo_for
-    from governance.migrations import migrate
+    from governance.migrations import ensure_schema
 
     business_id = parse_business_id(conf.get("business_id"))
     conninfo = conninfo or conninfo_for(GOVERNANCE_CONN_ID)
@@ -125,7 +125,7 @@ def open_request(
                 "give either a Request id or the person's E-mail address / Phone number, not both: a recorded "
                 "request already holds its identities"
             )
-        migrate(conninfo)
+        ensure_schema(conninfo)
         with connect(conninfo) as conn:
             try:
                 request = load_request(conn, request_id, cipher=cipher)
@@ -159,7 +159,7 @@ def open_request(
     except InvalidIdentity as exc:
         raise InvalidRunConfiguration(identity_refusal(exc)) from None
     request_id = form_request_id(kind, run_id, received_at)
-    migrate(conninfo)
+    ensure_schema(conninfo)
     with connect(conninfo) as conn:
         create_request(
             conn,
