@@ -101,7 +101,9 @@ def _drop_roles(pg: PgServer, *roles: str) -> None:
 @pytest.fixture(scope="module")
 def least_privilege(reference_deployment: Deployment, s3: Any) -> Iterator[LeastPrivilege]:
     suffix = uuid.uuid4().hex[:8]
-    roles = DatabaseRoles(task=f"gt_task_{suffix}", ledger_writer=f"gt_ledger_{suffix}", migration=f"gt_migr_{suffix}")
+    roles = DatabaseRoles(
+        task=f"gt_task_{suffix}", ledger_writer=f"gt_ledger_{suffix}", migration=f"gt_migr_{suffix}"
+    )
     passwords = {"task": secrets.token_hex(12), "migration": secrets.token_hex(12)}
     assert roles.migration is not None
     try:
@@ -125,7 +127,10 @@ def least_privilege(reference_deployment: Deployment, s3: Any) -> Iterator[Least
             )  # fmt: skip
             for key, value in role_env.items():
                 patch.setenv(key, value)
-            patch.setenv("AIRFLOW_CONN_GOVERNANCE_MIGRATOR", _postgres_connection(pg, db, roles.migration, passwords["migration"]))
+            patch.setenv(
+                "AIRFLOW_CONN_GOVERNANCE_MIGRATOR",
+                _postgres_connection(pg, db, roles.migration, passwords["migration"]),
+            )
             assert governance_cli(["migrate"]) == 0
             assert governance_cli(["grants", "--apply"]) == 0
             task_conn = _postgres_connection(pg, db, roles.task, passwords["task"])
@@ -142,7 +147,10 @@ def least_privilege(reference_deployment: Deployment, s3: Any) -> Iterator[Least
 
 
 def _refused(url: str, statement: str, match: str) -> None:
-    with psycopg.connect(url, autocommit=True) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege, match=match):
+    with (
+        psycopg.connect(url, autocommit=True) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege, match=match),
+    ):
         conn.execute(statement)
 
 
@@ -162,17 +170,25 @@ def _entry(task: str) -> LedgerEntry:
 
 def _ledger_rows(url: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(url) as conn:
-        return conn.execute("SELECT seq, task_id, rows_affected, mac FROM governance.audit_ledger ORDER BY seq").fetchall()
+        return conn.execute(
+            "SELECT seq, task_id, rows_affected, mac FROM governance.audit_ledger ORDER BY seq"
+        ).fetchall()
 
 
 # --------------------------------------------------------------------------------------------
 # The ledger
 
 
-def test_task_role_cannot_alter_disable_drop_or_replace_the_ledger_triggers(least_privilege: LeastPrivilege) -> None:
+def test_task_role_cannot_alter_disable_drop_or_replace_the_ledger_triggers(
+    least_privilege: LeastPrivilege,
+) -> None:
     lp = least_privilege
     before = _triggers(lp.admin_url)
-    assert set(before) == {"audit_ledger_append_only_chain", "audit_ledger_refuse_update_delete", "audit_ledger_refuse_truncate"}
+    assert set(before) == {
+        "audit_ledger_append_only_chain",
+        "audit_ledger_refuse_update_delete",
+        "audit_ledger_refuse_truncate",
+    }
     assert set(before.values()) == {"O"}  # enabled
     for statement in (
         "ALTER TABLE governance.audit_ledger DISABLE TRIGGER audit_ledger_refuse_update_delete",
@@ -200,7 +216,9 @@ def test_task_role_appends_to_the_ledger_as_the_ledger_writer_and_cannot_update_
         assert writer.role == lp.roles.ledger_writer
         assert len(writer.append([_entry("plan"), _entry("execute")])) == 2
         # The ledger writer reaches the ledger and nothing else.
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for table privacy_requests"):
+        with pytest.raises(
+            psycopg.errors.InsufficientPrivilege, match="permission denied for table privacy_requests"
+        ):
             writer.conn.execute("SELECT count(*) FROM governance.privacy_requests")
     rows = _ledger_rows(lp.admin_url)
     assert [r[1] for r in rows[-2:]] == ["plan", "execute"]
@@ -213,8 +231,13 @@ def test_task_role_appends_to_the_ledger_as_the_ledger_writer_and_cannot_update_
         _refused(lp.task_url, statement, "permission denied for table audit_ledger")
     with psycopg.connect(lp.task_url, autocommit=True) as conn:
         conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(lp.roles.ledger_writer)))
-        for statement in ("UPDATE governance.audit_ledger SET rows_affected = 0", "DELETE FROM governance.audit_ledger"):
-            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for table audit_ledger"):
+        for statement in (
+            "UPDATE governance.audit_ledger SET rows_affected = 0",
+            "DELETE FROM governance.audit_ledger",
+        ):
+            with pytest.raises(
+                psycopg.errors.InsufficientPrivilege, match="permission denied for table audit_ledger"
+            ):
                 conn.execute(statement)
     assert _ledger_rows(lp.admin_url) == rows
 
@@ -223,7 +246,9 @@ def test_task_role_appends_to_the_ledger_as_the_ledger_writer_and_cannot_update_
 # What the map does not name, and DDL
 
 
-def test_task_role_cannot_read_a_table_or_a_column_the_data_map_does_not_name(least_privilege: LeastPrivilege) -> None:
+def test_task_role_cannot_read_a_table_or_a_column_the_data_map_does_not_name(
+    least_privilege: LeastPrivilege,
+) -> None:
     lp = least_privilege
     _refused(lp.task_url, "SELECT note FROM app.staff_notes", "permission denied for table staff_notes")
     _refused(lp.task_url, "SELECT count(*) FROM app.staff_notes", "permission denied for table staff_notes")
@@ -255,7 +280,9 @@ def test_task_role_cannot_run_ddl_and_owns_nothing(least_privilege: LeastPrivile
     ):
         _refused(lp.task_url, statement, match)
     with psycopg.connect(lp.admin_url) as conn:
-        owned = conn.execute("SELECT count(*) FROM pg_class WHERE relowner = to_regrole(%s)", (lp.roles.task,)).fetchone()
+        owned = conn.execute(
+            "SELECT count(*) FROM pg_class WHERE relowner = to_regrole(%s)", (lp.roles.task,)
+        ).fetchone()
         governance_owners = conn.execute(
             "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'governance'"
         ).fetchall()
@@ -274,7 +301,9 @@ def test_erasure_of_one_person_runs_end_to_end_as_the_task_role(least_privilege:
     assert run.results["verify"]["passed"] and run.results["close"]["status"] == "completed"
     with psycopg.connect(lp.admin_url) as conn:
         users = conn.execute("SELECT count(*) FROM app.users WHERE id = %s", (subject.user_id,)).fetchone()
-        callers = conn.execute("SELECT count(*) FROM app.callers WHERE id = ANY(%s)", (list(subject.caller_ids),)).fetchone()
+        callers = conn.execute(
+            "SELECT count(*) FROM app.callers WHERE id = ANY(%s)", (list(subject.caller_ids),)
+        ).fetchone()
         plans = conn.execute(
             "SELECT status FROM governance.erasure_plans WHERE plan_id = %s", (run.summary["plan_id"],)
         ).fetchall()
@@ -283,7 +312,9 @@ def test_erasure_of_one_person_runs_end_to_end_as_the_task_role(least_privilege:
     assert kept and kept[0] > 0  # everybody else is still there
 
 
-def test_export_of_one_person_as_the_task_role_holds_exactly_their_rows(least_privilege: LeastPrivilege, s3: Any) -> None:
+def test_export_of_one_person_as_the_task_role_holds_exactly_their_rows(
+    least_privilege: LeastPrivilege, s3: Any
+) -> None:
     lp = least_privilege
     deployment = lp.deployment
     member = cast_member("payer")
@@ -329,20 +360,32 @@ def _map_with_staff_notes() -> Any:
             "description": "Internal notes (added to the map by this test).",
             "primary_key": "id",
             "fields": [
-                {"name": "id", "data_category": "system.operations", "data_use": "essential.service.operations"},
-                {"name": "note", "data_category": "system.operations", "data_use": "essential.service.operations"},
+                {
+                    "name": "id",
+                    "data_category": "system.operations",
+                    "data_use": "essential.service.operations",
+                },
+                {
+                    "name": "note",
+                    "data_category": "system.operations",
+                    "data_use": "essential.service.operations",
+                },
             ],
         }
     )
     return validate_datamap(changed, source="datamap-with-staff-notes.yaml")
 
 
-def test_a_table_added_to_the_map_gains_its_grants_and_loses_them_when_removed(least_privilege: LeastPrivilege) -> None:
+def test_a_table_added_to_the_map_gains_its_grants_and_loses_them_when_removed(
+    least_privilege: LeastPrivilege,
+) -> None:
     lp = least_privilege
     try:
         apply_grants(lp.migration_url, _map_with_staff_notes(), lp.roles)
         with psycopg.connect(lp.task_url) as conn:
-            assert conn.execute("SELECT id, note FROM app.staff_notes").fetchall() == [(1, "an internal remark about a caller")]
+            assert conn.execute("SELECT id, note FROM app.staff_notes").fetchall() == [
+                (1, "an internal remark about a caller")
+            ]
     finally:
         apply_grants(lp.migration_url, load_datamap(), lp.roles)
     _refused(lp.task_url, "SELECT note FROM app.staff_notes", "permission denied for table staff_notes")

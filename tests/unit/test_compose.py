@@ -53,6 +53,8 @@ REQUIRED_SERVICES = (
 )
 # Connections that may be absent (the notifier then only logs); still wired to a variable.
 OPTIONAL_CONN_IDS = {config.ALERTS_CONN_ID}
+# Connections held by one service only, never by every Airflow container (least privilege).
+INIT_ONLY_CONN_IDS = {config.MIGRATION_CONN_ID}
 # Distributions released in lockstep with Airflow itself (providers and the task SDK have their own
 # version numbers).
 AIRFLOW_LOCKSTEP_DISTRIBUTIONS = ("apache-airflow", "apache-airflow-core")
@@ -330,7 +332,7 @@ def project_conn_ids() -> dict[str, str]:
     return {
         name: value
         for name, value in vars(config).items()
-        if name.endswith("_CONN_ID") and isinstance(value, str)
+        if name.endswith("_CONN_ID") and isinstance(value, str) and value not in INIT_ONLY_CONN_IDS
     }
 
 
@@ -573,3 +575,76 @@ def test_minio_grants_the_objects_connection_only_the_actions_it_needs_on_its_tw
     anchor_actions = {a for s in policy["Statement"] for a in s["Action"] if "arn:aws:s3:::anchors/*" in s["Resource"]}
     assert anchor_actions == {"s3:GetObject", "s3:PutObject"}, "anchors can be written and read, never deleted"
     assert "|| true" not in script, "a failed step is not ignored"
+
+
+# --- database roles (least privilege) -----------------------------------------------------------
+
+ROLES_SCRIPT = ROOT / "include" / "sql" / "roles" / "database_roles.sql"
+
+
+def _conn_json(env: dict[str, str], conn_id: str) -> dict[str, Any]:
+    return dict(json.loads(env[f"AIRFLOW_CONN_{conn_id.upper()}"]))
+
+
+def _var_name(value: str) -> str:
+    match = VAR_REF.fullmatch(value.strip())
+    assert match, f"{value!r} is not a ${{VAR}} reference"
+    return match["name"]
+
+
+def test_airflow_containers_log_in_to_the_app_database_as_the_task_role_never_as_its_superuser(
+    compose: dict[str, Any], common_env: dict[str, str]
+) -> None:
+    for conn_id in (config.APP_CONN_ID, config.GOVERNANCE_CONN_ID):
+        conn = _conn_json(common_env, conn_id)
+        assert _var_name(conn["login"]) == config.TASK_ROLE_ENV, conn_id
+        assert _var_name(conn["password"]) == "GOVERNANCE_TASK_DB_PASSWORD", conn_id
+        assert ":?" in conn["password"], f"{conn_id}: the task role's password is required"
+    # The app database's superuser password is app-postgres's own: no other service sees it.
+    holders = [name for name, service in compose["services"].items() if "APP_DB_PASSWORD" in json.dumps(service)]
+    assert holders == ["app-postgres"]
+    assert "APP_DB_PASSWORD" not in json.dumps(compose["x-airflow-common"])
+    # Tasks check the schema rather than migrate it: the migration role is named for every container.
+    assert _var_name(common_env[config.MIGRATION_ROLE_ENV]) == config.MIGRATION_ROLE_ENV
+    assert _var_name(common_env[config.LEDGER_WRITER_ROLE_ENV]) == config.LEDGER_WRITER_ROLE_ENV
+
+
+def test_only_airflow_init_holds_the_migration_roles_connection_and_it_migrates_then_applies_the_grants(
+    compose: dict[str, Any], common_env: dict[str, str]
+) -> None:
+    env_name = f"AIRFLOW_CONN_{config.MIGRATION_CONN_ID.upper()}"
+    assert env_name not in common_env
+    holders = [name for name, service in compose["services"].items() if env_name in _environment(service)]
+    assert holders == ["airflow-init"]
+    init = _environment(compose["services"]["airflow-init"])
+    conn = _conn_json(init, config.MIGRATION_CONN_ID)
+    assert conn["conn_type"] == "postgres" and conn["host"] == "app-postgres"
+    assert _var_name(conn["login"]) == config.MIGRATION_ROLE_ENV
+    assert _var_name(conn["password"]) == "GOVERNANCE_MIGRATOR_DB_PASSWORD" and ":?" in conn["password"]
+    assert conn["schema"] == _conn_json(common_env, config.GOVERNANCE_CONN_ID)["schema"]
+    lines = [line.strip() for line in _command_text(compose["services"]["airflow-init"]).splitlines()]
+    migrate, grants = lines.index("python -m governance migrate"), lines.index("python -m governance grants --apply")
+    assert migrate < grants, "grants cover the tables the migrations create"
+    # The arguments are the command's own.
+    from governance import grants as grants_command
+
+    parser = argparse.ArgumentParser()
+    grants_command.add_arguments(parser)
+    assert parser.parse_args(["--apply"]).apply
+
+
+def test_app_postgres_creates_the_roles_after_the_app_schema_with_the_names_and_passwords_the_script_reads(
+    compose: dict[str, Any], common_env: dict[str, str]
+) -> None:
+    service = compose["services"]["app-postgres"]
+    mounts = {m.split(":")[0]: m.split(":")[1] for m in service["volumes"] if m.startswith("./")}
+    scripts = sorted((target, source) for source, target in mounts.items() if "docker-entrypoint-initdb.d" in target)
+    assert [Path(source).name for _target, source in scripts] == ["app_schema.sql", "database_roles.sql"]
+    assert scripts[1][1].removeprefix("./") == str(ROLES_SCRIPT.relative_to(ROOT))
+    read = set(re.findall(r"^\\getenv\s+\w+\s+(\w+)$", ROLES_SCRIPT.read_text(), re.MULTILINE))
+    assert {"GOVERNANCE_MIGRATOR_DB_PASSWORD", "GOVERNANCE_TASK_DB_PASSWORD", config.TASK_ROLE_ENV} <= read
+    env = _environment(service)
+    assert sorted(read - set(env)) == ["GOVERNANCE_APP_SCHEMA"], "the app schema's default (app) is the map's"
+    # One name per role across the stack: what app-postgres creates is what the containers use.
+    for name in (config.MIGRATION_ROLE_ENV, config.TASK_ROLE_ENV, config.LEDGER_WRITER_ROLE_ENV):
+        assert env[name] == common_env[name], name
