@@ -255,12 +255,14 @@ def apply_grants(
     table or a governance table does not exist (run ``migrate`` first), or a system lives in
     another database (print its section with ``--sql`` and apply it there as the owner).
     """
-    from governance.db import conninfo_for
-
     here = _database_of(conninfo)
     elsewhere = []
     for system in datamap.postgres_systems:
-        url = (system_conninfo or {}).get(system.name) or conninfo_for(system.connection_id)
+        url = (system_conninfo or {}).get(system.name)
+        if url is None:
+            from governance.db import conninfo_for
+
+            url = conninfo_for(system.connection_id)
         if _database_of(url) != here:
             elsewhere.append(system.name)
     if elsewhere:

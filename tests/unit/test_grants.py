@@ -18,10 +18,11 @@ from governance.grants import (
     AUDIT_LEDGER,
     DatabaseRoles,
     GrantError,
+    apply_grants,
     governance_tables_from_migrations,
     plan_grants,
 )
-from governance.migrations import MIGRATIONS_DIR
+from governance.migrations import MIGRATIONS_DIR, MigrationError, migration_conninfo
 
 ROLES = DatabaseRoles(task="t_task", ledger_writer="t_ledger", migration="t_migr")
 
@@ -128,3 +129,23 @@ def test_grants_command_prints_the_statements_without_a_database() -> None:
     assert result.returncode == 0, result.stderr
     assert 'GRANT SELECT ("id", "business_id", "full_name", "email"' in result.stdout
     assert 'GRANT SELECT, INSERT ON "governance"."audit_ledger" TO "t_ledger";' in result.stdout
+
+
+def test_applying_refuses_a_system_that_lives_in_another_database_before_connecting_anywhere() -> None:
+    with pytest.raises(GrantError, match="aircalls_app live in another database"):
+        apply_grants(
+            "host=db.invalid port=5432 dbname=governance user=migrator",
+            load_datamap(),
+            ROLES,
+            system_conninfo={"aircalls_app": "host=app.invalid port=5432 dbname=aircalls user=task"},
+        )
+
+
+def test_migrate_names_the_missing_migration_connection_where_a_migration_role_is_configured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GOVERNANCE_MIGRATION_ROLE", "t_migr")
+    monkeypatch.delenv("AIRFLOW_CONN_GOVERNANCE_MIGRATOR", raising=False)
+    with pytest.raises(MigrationError, match="through the 'governance_migrator' connection"):
+        migration_conninfo()
+    assert migration_conninfo("host=explicit") == "host=explicit"
