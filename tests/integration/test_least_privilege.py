@@ -36,6 +36,7 @@ from governance.config import datamap_path
 from governance.connectors.base import processor_connector
 from governance.crypto import Keyring
 from governance.datamap import load_datamap
+from governance.datamap.drift import find_drift
 from governance.datamap.loader import validate_datamap
 from governance.export.collect import ExportTargets, export_bundle_to_s3
 from governance.grants import DatabaseRoles, apply_grants
@@ -288,6 +289,17 @@ def test_task_role_cannot_run_ddl_and_owns_nothing(least_privilege: LeastPrivile
         ).fetchall()
     assert owned == (0,)
     assert governance_owners == [(lp.roles.migration,)]
+
+
+def test_drift_run_as_the_task_role_still_reports_the_table_and_column_it_cannot_read(
+    least_privilege: LeastPrivilege,
+) -> None:
+    report = find_drift(load_datamap(), least_privilege.task_url)
+    assert report.unmapped_tables == ("aircalls_app.staff_notes",)
+    unmapped = {(c.table, c.column): c for c in report.unmapped_columns}
+    assert set(unmapped) == {("staff_notes", "id"), ("staff_notes", "note"), ("users", "internal_note")}
+    note = unmapped[("users", "internal_note")]
+    assert note.looks_personal and "not sampled" in note.reason  # judged by its name, values unread
 
 
 # --------------------------------------------------------------------------------------------
