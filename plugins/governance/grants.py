@@ -225,7 +225,8 @@ def _check_roles(conn: psycopg.Connection[Any], roles: DatabaseRoles) -> None:
             )
     owned = conn.execute(
         "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE c.relowner = to_regrole(%s) AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+        " WHERE c.relowner = to_regrole(%s) AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+        " AND n.nspname NOT LIKE 'pg\\_temp\\_%%' AND n.nspname NOT LIKE 'pg\\_toast%%'",  # a session's temporary tables
         (sql.Identifier(roles.task).as_string(None),),
     ).fetchone()
     if owned and owned[0]:
@@ -247,9 +248,9 @@ def apply_grants(
     *,
     system_conninfo: dict[str, str] | None = None,
 ) -> list[GrantSection]:
-    """Apply every section whose database is ``conninfo``'s (the migration role's connection);
-    return the sections applied. ``system_conninfo`` maps a postgres system to its connection
-    (default: its Airflow connection), only to tell which database it lives in.
+    """Apply every section through ``conninfo`` (the migration role's connection), all in one
+    transaction; return the sections applied. ``system_conninfo`` maps a postgres system to its
+    connection (default: its Airflow connection), only to tell which database it lives in.
 
     Raises GrantError, before anything changes, when a role is missing or too powerful, a mapped
     table or a governance table does not exist (run ``migrate`` first), or a system lives in
