@@ -124,3 +124,41 @@ def test_a_run_that_reaches_a_human_step_anyway_is_stopped_and_marked_failed_wit
     assert not any(s.split(".")[-1].lower() == "running" for s in states.values()), "no run left waiting"
     row = _request(deployment, request_id)
     assert row["status"] == "received" and row["verified_at"] is None
+
+
+def test_serve_an_erasure_dry_run_then_refuses_to_erase_unapproved_then_erases_after_request_verify(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    member = cast_member("call_handler")
+    assert member.email
+    request_id = _new_request("erasure", member.email, monkeypatch, capsys)
+    with psycopg.connect(deployment.app_url) as conn:
+        users_before = conn.execute("SELECT count(*) FROM app.users").fetchone()
+
+    assert main(["serve", request_id]) == 0  # a dry run: the plan, nothing changes
+    out = capsys.readouterr().out
+    assert f"serve: dry run of {request_id}: plan epl-" in out and "nothing changed" in out
+    assert any(line.split()[:2] == ["plan_erasure", "success"] for line in out.splitlines()), out
+    assert f"python -m governance serve {request_id} --erase" in out
+    with psycopg.connect(deployment.app_url) as conn:
+        assert conn.execute("SELECT count(*) FROM app.users").fetchone() == users_before
+
+    began = time.monotonic()
+    assert main(["serve", request_id, "--erase"]) == 2
+    assert time.monotonic() - began < 10
+    err = capsys.readouterr().err
+    assert "not verified and approved" in err and f"request verify {request_id}" in err
+
+    assert main(["request", "verify", request_id, "--method", "id_document", "--by", "privacy.officer"]) == 0
+    capsys.readouterr()
+    assert main(["serve", request_id, "--erase"]) == 0
+    out = capsys.readouterr().out
+    for task_id in ("execute_database", "record_suppression", "verify_erasure", "issue_certificate"):
+        assert any(line.split()[:2] == [task_id, "success"] for line in out.splitlines()), f"{task_id}:\n{out}"
+    row = _request(deployment, request_id)
+    assert row["status"] == "completed"
+    assert f"certificate: {row['result_uri']}" in out or "certificate: s3://" in out
+    assert "app.users:" in out
+    with psycopg.connect(deployment.app_url) as conn:
+        assert conn.execute("SELECT count(*) FROM app.users WHERE id = %s", (member.user_id,)).fetchone() == (0,)
+    assert member.email.lower() not in out.lower()
