@@ -1,8 +1,10 @@
 """
 ### datamap_drift
 
-Daily comparison of the data map (`include/datamap.yaml`) with the systems it governs, so a data
-engineer learns the map is out of date before an export or erasure misses something:
+Daily comparison of the data map (`GOVERNANCE_DATAMAP`, default `include/datamap.yaml`; the task
+log names the file read) with the systems it governs, so a data engineer learns the map is out of
+date before an export or erasure misses something (the same check as
+`python -m governance validate-datamap --live`):
 
 * tables and columns in the app database the map does not declare, flagged when their names or
   sampled values look personal (values are never reported, only their kind and counts);
@@ -10,8 +12,9 @@ engineer learns the map is out of date before an export or erasure misses someth
 * mapped tables, columns or buckets that no longer exist;
 * identity and reference columns without an index (erasure and export would scan whole tables).
 
-Findings that put a privacy promise at risk fail the run (and alert); the rest are warnings.
-Every report is kept in `governance.datamap_drift_reports`.
+Findings that put a privacy promise at risk fail the run at once, without retries (and alert);
+the rest are warnings. Each finding is logged placed in the map (`FILE: PATH: MESSAGE (line N)`,
+kinds and counts, never a value), and every report is kept in `governance.datamap_drift_reports`.
 """
 
 from __future__ import annotations

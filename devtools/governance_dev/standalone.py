@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -59,11 +60,30 @@ def standalone_environment(stack_env: dict[str, str], port: int) -> dict[str, st
     return env
 
 
-def _run_step(title: str, cmd: list[str], env: dict[str, str]) -> None:
+# The set-up step running now (migrate, seed): a stop during set-up ends it too.
+_current_step: subprocess.Popen[bytes] | None = None
+
+
+def _run_step(title: str, cmd: list[str], env: dict[str, str], *, stopping: Callable[[], bool] = lambda: False) -> None:
+    global _current_step
     print(f"== {title}", flush=True)
-    result = subprocess.run(cmd, env=env, cwd=PROJECT_ROOT, check=False)
-    if result.returncode != 0:
-        raise SystemExit(f"make airflow: `{' '.join(cmd)}` failed with exit code {result.returncode}")
+    _current_step = subprocess.Popen(cmd, env=env, cwd=PROJECT_ROOT, start_new_session=True)
+    try:
+        returncode = _current_step.wait()
+    finally:
+        _current_step = None
+    if returncode != 0 and not stopping():
+        raise SystemExit(f"make airflow: `{' '.join(cmd)}` failed with exit code {returncode}")
+
+
+def _is_make_airflow(pid: int) -> bool:
+    """Whether ``pid`` is a ``make airflow`` launcher (a stale pid file may name a pid reused by
+    anything else, which must not be signalled)."""
+    try:
+        cmdline = psutil.Process(pid).cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    return "governance_dev" in cmdline and "airflow" in cmdline and "--stop" not in cmdline
 
 
 def _api_ready(port: int) -> bool:
@@ -113,30 +133,12 @@ def run(args: argparse.Namespace) -> int:
     if not port_is_free(port):
         print(f"make airflow: port {port} is taken (another Airflow?): set GOVERNANCE_AIRFLOW_PORT", file=sys.stderr)
         return 1
-    print("== starting embedded services (PostgreSQL, S3 API, processor stand-ins)", flush=True)
-    try:
-        env = standalone_environment(start_stack(), port)
-    except ServiceError as exc:
-        print(f"make airflow: {exc}", file=sys.stderr)
-        return 1
-    _run_step("migrating Airflow's metadata database", [sys.executable, "-m", "airflow", "db", "migrate"], env)
-    _run_step("migrating the governance schema", [sys.executable, "-m", "governance", "migrate"], env)
-    _run_step(
-        "seeding the reference deployment (small) unless it is there",
-        [sys.executable, "-m", "governance_dev", "seed", "--scale", "small", "--if-needed"],
-        env,
-    )
-    print(f"== starting airflow standalone on http://{HOST}:{port}", flush=True)
-    proc = subprocess.Popen(["airflow", "standalone"], env=env, cwd=PROJECT_ROOT, start_new_session=True)
-    # What the governance-maintenance service does in docker-compose: scrub ended runs' identities,
-    # reconcile and anchor the audit ledger, every minute (its output in .state/maintenance.log).
-    with open(STATE_DIR / "maintenance.log", "ab") as maintenance_log:
-        maintenance = subprocess.Popen(
-            [sys.executable, "-m", "governance", "maintain", "--every", "60"], env=env, cwd=PROJECT_ROOT,
-            stdout=maintenance_log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+    # From here a stop (Ctrl-C, SIGTERM, `make airflow-stop`) is honoured, during set-up too: the
+    # set-up step running is ended, Airflow is not started, or Airflow and its tasks are stopped.
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
     pid_file().write_text(f"{os.getpid()}\n")
     stopping = False
+    children: list[subprocess.Popen[bytes]] = []  # airflow standalone, the maintenance loop
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         nonlocal stopping
@@ -144,13 +146,48 @@ def run(args: argparse.Namespace) -> int:
             return
         stopping = True
         print(f"\nmake airflow: {signal.Signals(signum).name}: stopping Airflow and its task processes", flush=True)
-        killed = stop_process_tree(proc.pid) + stop_process_tree(maintenance.pid)
+        step = _current_step
+        killed = stop_process_tree(step.pid, grace_s=10) if step is not None else []
+        for child in list(children):
+            killed += stop_process_tree(child.pid)
         if killed:
             print(f"make airflow: {len(killed)} process(es) did not stop within {GRACE_SECONDS:.0f} s and were killed")
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     try:
+        print("== starting embedded services (PostgreSQL, S3 API, processor stand-ins)", flush=True)
+        try:
+            env = standalone_environment(start_stack(), port)
+        except ServiceError as exc:
+            print(f"make airflow: {exc}", file=sys.stderr)
+            return 1
+        for title, cmd in (
+            ("migrating Airflow's metadata database", [sys.executable, "-m", "airflow", "db", "migrate"]),
+            ("migrating the governance schema", [sys.executable, "-m", "governance", "migrate"]),
+            ("seeding the reference deployment (small) unless it is there",
+             [sys.executable, "-m", "governance_dev", "seed", "--scale", "small", "--if-needed"]),
+        ):  # fmt: skip
+            if stopping:
+                break
+            _run_step(title, cmd, env, stopping=lambda: stopping)
+        if stopping:
+            print("make airflow: stopped during set-up; Airflow was not started", flush=True)
+            return 130
+        print(f"== starting airflow standalone on http://{HOST}:{port}", flush=True)
+        proc = subprocess.Popen(["airflow", "standalone"], env=env, cwd=PROJECT_ROOT, start_new_session=True)
+        children.append(proc)
+        # What the governance-maintenance service does in docker-compose: scrub ended runs' identities,
+        # reconcile and anchor the audit ledger, every minute (its output in .state/maintenance.log).
+        with open(STATE_DIR / "maintenance.log", "ab") as maintenance_log:
+            maintenance = subprocess.Popen(
+                [sys.executable, "-m", "governance", "maintain", "--every", "60"], env=env, cwd=PROJECT_ROOT,
+                stdout=maintenance_log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        children.append(maintenance)
+        if stopping:  # a stop that arrived while they were starting
+            stop_process_tree(proc.pid)
+            stop_process_tree(maintenance.pid)
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         while proc.poll() is None and not stopping and not _api_ready(port):
             if time.monotonic() > deadline:
@@ -171,8 +208,8 @@ def run(args: argparse.Namespace) -> int:
             time.sleep(0.5)
     finally:
         if not stopping:
-            stop_process_tree(proc.pid)
-            stop_process_tree(maintenance.pid)
+            for child in children:
+                stop_process_tree(child.pid)
         pid_file().unlink(missing_ok=True)
     print("make airflow: Airflow stopped", flush=True)
     return 0
@@ -184,7 +221,7 @@ def stop() -> int:
         print("make airflow-stop: no Airflow started by `make airflow` is running")
         return 0
     pid = int(path.read_text().strip())
-    if not psutil.pid_exists(pid):
+    if not _is_make_airflow(pid):  # gone, or the pid now belongs to something else
         path.unlink(missing_ok=True)
         print("make airflow-stop: no Airflow started by `make airflow` is running")
         return 0

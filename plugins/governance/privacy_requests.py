@@ -189,6 +189,17 @@ def request_ids_for_subject(
     return [str(r[0]) for r in rows]
 
 
+# How a person's identity was verified: the codes an erasure approval records, and the words an
+# export's identity check records for each (``request verify --method CODE`` writes the one that
+# fits the request's kind, so the request reads the same whichever way it was verified).
+VERIFICATION_METHOD_CODES: dict[str, str] = {
+    "account_login": "signed in to their account",
+    "phone_callback": "call-back to the number on file",
+    "email_link": "reply from the e-mail address on file",
+    "id_document": "identity document checked",
+    "business_client_attestation": "attested by the requesting business client",
+}
+
 FINISHED_STATUSES = ("completed", "rejected")
 MIN_REOPEN_REASON = 10
 
@@ -252,6 +263,51 @@ def reopen_request(
     return new_status
 
 
+def verify_request(conninfo: str, request_id: str, *, method: str, by: str, at: datetime) -> str:
+    """Record that ``by`` verified the person's identity by ``method`` (a VERIFICATION_METHOD_CODES
+    code), as the Privacy requests page and intake do: the request's verification
+    (``request_intake.mark_verified``; the first one recorded stands) and a ``verified`` action.
+    Returns the method recorded. For an erasure this is also its approval at intake, so the
+    recorder may not do it (four eyes). InvalidRequest / UnknownRequest say what is wrong."""
+    from psycopg.types.json import Jsonb
+
+    from governance.db import connect
+    from governance.workflows.request_intake import mark_verified
+
+    request_id, by = validate_request_id(request_id), (by or "").strip()
+    if method not in VERIFICATION_METHOD_CODES:
+        raise InvalidRequest(f"--method must be one of {', '.join(VERIFICATION_METHOD_CODES)}")
+    if not by:
+        raise InvalidRequest("say who verified the person (--by)")
+    with connect(conninfo) as conn:
+        row = conn.execute(
+            "SELECT kind, status, verification_method FROM governance.privacy_requests WHERE request_id = %s",
+            (request_id,),
+        ).fetchone()
+        recorder = conn.execute(
+            "SELECT actor FROM governance.request_actions WHERE request_id = %s AND action = 'recorded' LIMIT 1",
+            (request_id,),
+        ).fetchone()
+    if row is None:
+        raise UnknownRequest(f"no privacy request {request_id}")
+    kind, status, already = row
+    if status in FINISHED_STATUSES:
+        raise InvalidRequest(f"request {request_id} is {status}: nothing to verify")
+    if already:
+        return str(already)
+    if kind == "erasure" and recorder is not None and recorder[0] == by:
+        raise InvalidRequest(f"{by} recorded this erasure request and may not verify and approve it too (four eyes)")
+    recorded = method if kind == "erasure" else VERIFICATION_METHOD_CODES[method]
+    mark_verified(request_id, method=recorded, verified_by=by, at=at, conninfo=conninfo)
+    with connect(conninfo) as conn:
+        conn.execute(
+            "INSERT INTO governance.request_actions (request_id, action, actor, detail, at)"
+            " VALUES (%s, 'verified', %s, %s, %s)",
+            (request_id, by, Jsonb({"method": recorded, "via": "cli"}), at),
+        )
+    return recorded
+
+
 def read_identities(stream: Any) -> SubjectIdentities:
     """Parse identities from JSON or ``key: value`` lines on ``stream`` (stdin for the CLI)."""
     text = stream.read()
@@ -294,6 +350,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     reopen.add_argument("request_id")
     reopen.add_argument("--reason", required=True, help="why it is served again (staff's words, no identities)")
     reopen.add_argument("--by", default=None, help="who asks (default: the operating-system user running this)")
+    verify = sub.add_parser(
+        "verify", help="record how the person's identity was verified (as the Privacy requests page does)"
+    )
+    verify.add_argument("request_id")
+    verify.add_argument("--method", required=True, choices=list(VERIFICATION_METHOD_CODES),
+                        help="how the identity was verified")  # fmt: skip
+    verify.add_argument("--by", required=True, help="who verified them (recorded; for an erasure not its recorder)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -330,6 +393,18 @@ def run(args: argparse.Namespace) -> int:
     except InvalidRequest as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.action == "verify":
+        ensure_schema(conninfo)
+        try:
+            method = verify_request(conninfo, request_id, method=args.method, by=args.by, at=datetime.now(UTC))
+        except UnknownRequest as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except InvalidRequest as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"{request_id} verified ({method}): serve it with `python -m governance serve {request_id}`")
+        return 0
     if args.action == "reopen":
         import getpass
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from airflow.utils.state import DagRunState
 
+from governance.config import INCLUDE_DIR
 from tests.dags.conftest import task_states, xcom_result
 from tests.fixtures.reference import Deployment
 
@@ -36,8 +41,9 @@ def test_healthcheck_fails_when_the_bucket_is_missing(
     assert task_states(dag_run)["check_object_store"] == "failed"
 
 
-def test_drift_run_finds_an_unmapped_email_column_and_a_dropped_index(
-    get_dag: Callable[[str], Any], reference_clone: Deployment
+def test_drift_run_finds_an_unmapped_email_column_and_a_dropped_index_and_fails_at_once_naming_the_map_used(
+    get_dag: Callable[[str], Any], reference_clone: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     clean = get_dag("datamap_drift").test()
     assert clean.state == DagRunState.SUCCESS, task_states(clean)
@@ -50,9 +56,23 @@ def test_drift_run_finds_an_unmapped_email_column_and_a_dropped_index(
         )
         conn.execute("UPDATE app.appointments SET contact_hint = 'someone' || id || '@example.net' WHERE contact_hint IS NULL")
         conn.execute("DROP INDEX app.callers_phone_idx")
+    copy = tmp_path / "team-datamap.yaml"  # the map a data engineer works on, named by GOVERNANCE_DATAMAP
+    copy.write_text((INCLUDE_DIR / "datamap.yaml").read_text())
+    monkeypatch.setenv("GOVERNANCE_DATAMAP", str(copy))
+    caplog.set_level(logging.INFO, logger="governance.workflows.datamap_drift")
+    caplog.clear()
     drifted = get_dag("datamap_drift").test()
+    output = caplog.text + _run_logs(drifted)
     assert drifted.state == DagRunState.FAILED
     assert task_states(drifted)["record_drift_report"] == "failed"
+    failed = next(ti for ti in drifted.get_task_instances() if ti.task_id == "record_drift_report")
+    assert failed.try_number == 1, "a deterministic blocking finding is not retried"
+    # The task log says which file, the kinds and counts, and each finding placed in that file.
+    assert f"data map {copy} against the live systems" in output
+    assert "unmapped_personal_column 1" in output and "missing_index 1" in output
+    assert f"{copy}: systems[aircalls_app].tables[appointments].fields: blocking: unmapped column" in output
+    assert "include/datamap.yaml" not in output
+    assert "@example" not in output
 
     with psycopg.connect(reference_clone.app_url) as conn:
         rows = conn.execute(
@@ -66,3 +86,9 @@ def test_drift_run_finds_an_unmapped_email_column_and_a_dropped_index(
     assert unmapped and unmapped[0]["looks_personal"] and "e-mail" in unmapped[0]["reason"]
     assert any(i["table"] == "callers" and i["column"] == "phone" for i in report["database"]["missing_indexes"])
     assert "@example" not in str(report), "the report names kinds of values, never a value"
+    assert report["file"] == str(copy)
+
+
+def _run_logs(dag_run: Any) -> str:
+    root = Path(os.environ["AIRFLOW__LOGGING__BASE_LOG_FOLDER"])
+    return "\n".join(p.read_text(errors="replace") for p in root.rglob("*") if p.is_file() and dag_run.run_id in str(p))

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
 from governance.config import INCLUDE_DIR
-from governance.datamap.drift import find_drift
+from governance.datamap.drift import drift_findings, find_drift, find_object_drift, finding_counts
 from governance.datamap.loader import load_datamap
 from governance.datamap.model import DataMap
 
@@ -85,3 +87,93 @@ def test_lower_email_identity_needs_an_expression_index(datamap: DataMap, app_db
         conn.execute("CREATE INDEX callers_email_plain_idx ON app.callers (email)")  # does not serve lower()
     report = find_drift(datamap, app_db)
     assert [(i.table, i.expression) for i in report.missing_indexes] == [("callers", "lower(email)")]
+
+
+# --------------------------------------------------------------------------------------------
+# Phone-like values: the column's type and phonenumbers decide, not a count of digits
+
+
+def test_ten_digit_ids_in_a_bigint_column_or_in_keys_are_not_phone_numbers_but_typed_phones_are(
+    datamap: DataMap, app_db: str, s3: Any, make_bucket: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with psycopg.connect(app_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE app.ledger_entries (entry_ref bigint, external_ref text, reached_on text)")
+        conn.execute(
+            "INSERT INTO app.ledger_entries SELECT 2000000000 + n, (2000000000 + n)::text, '(628) 555-01' || (10 + n)"
+            " FROM generate_series(1, 20) AS n"
+        )
+    report = find_drift(datamap, app_db)
+    flagged = {c.column: c for c in report.unmapped_columns if c.table == "ledger_entries"}
+    assert not flagged["entry_ref"].looks_personal, flagged["entry_ref"].reason  # bigint: a number, never a phone
+    assert not flagged["external_ref"].looks_personal, flagged["external_ref"].reason  # digits, no valid number
+    assert "20 of 20 sampled values look like phone numbers" in flagged["reached_on"].reason
+
+    bucket = make_bucket("phones")
+    monkeypatch.setenv("GOVERNANCE_OBJECTS_BUCKET", bucket)
+    for n in range(1, 4):
+        s3.put_object(Bucket=bucket, Key=f"archive/{2000000000 + n}/{3000000000 + n}.bin", Body=b"x")
+        s3.put_object(Bucket=bucket, Key=f"greetings/+1415555{n:04d}.wav", Body=b"x")
+    objects = find_object_drift(datamap, {"aircalls_objects": s3})
+    prefixes = {p.prefix: p for p in objects.unmapped_prefixes}
+    assert not prefixes["archive/"].looks_personal, prefixes["archive/"].reason
+    assert prefixes["greetings/"].looks_personal and "3 of 3 keys hold phone numbers" in prefixes["greetings/"].reason
+
+
+# --------------------------------------------------------------------------------------------
+# validate-datamap --live: the drift check from the command line, placed in the file used
+
+
+def _map_copy_with(tmp_path: Path, anchor: str, after: str, line: str) -> tuple[Path, int]:
+    """A copy of the shipped map with ``line`` inserted after the first line containing
+    ``after`` below the line containing ``anchor``; returns the copy and the inserted line's number."""
+    lines = (INCLUDE_DIR / "datamap.yaml").read_text().splitlines()
+    start = next(i for i, text in enumerate(lines) if anchor in text)
+    at = next(i for i, text in enumerate(lines) if i > start and after in text) + 1
+    lines.insert(at, line)
+    copy = tmp_path / "my-datamap.yaml"
+    copy.write_text("\n".join(lines) + "\n")
+    return copy, at + 1
+
+
+def test_live_check_names_a_mapped_column_missing_from_the_database_with_its_file_and_line(
+    reference_env: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from governance.cli import main
+
+    assert main(["validate-datamap", "--live"]) == 0, capsys.readouterr()
+    assert "live: aircalls_app, aircalls_objects match the map" in capsys.readouterr().out
+
+    copy, line = _map_copy_with(
+        tmp_path, "- name: callers", "{name: full_name, data_category: user.name, data_use: essential.service.operations, erasure: delete_row}",
+        "          - {name: preferred_name, data_category: user.name, data_use: essential.service.operations, "
+        "erasure: nullify}",
+    )
+    assert "preferred_name" in copy.read_text().splitlines()[line - 1]
+    monkeypatch.setenv("GOVERNANCE_DATAMAP", str(copy))
+    assert main(["validate-datamap"]) == 0, "the file alone cannot know: it is valid"
+    capsys.readouterr()
+    assert main(["validate-datamap", "--live"]) == 1
+    out, err = capsys.readouterr()
+    assert (
+        f"{copy}: systems[aircalls_app].tables[callers].fields[preferred_name]: blocking: mapped column "
+        f"aircalls_app.callers.preferred_name does not exist in the database (line {line})"
+    ) in out.splitlines()
+    assert "include/datamap.yaml" not in out + err
+    assert f"{copy}: 1 blocking finding(s)" in err
+
+
+def test_drift_findings_are_placed_with_kinds_and_never_a_value(datamap: DataMap, app_db: str) -> None:
+    with psycopg.connect(app_db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE app.users ADD COLUMN nickname text")
+        conn.execute("INSERT INTO app.businesses (id, name, industry, country, created_at) VALUES (1, 'b', 'x', 'US', now())")
+        conn.execute("INSERT INTO app.users (id, business_id, full_name, email, created_at, nickname)"
+                     " SELECT n, 1, 'u', 'u' || n || '@x.test', now(), 'nick' || n || '@example.org'"
+                     " FROM generate_series(1, 5) AS n")  # fmt: skip
+        conn.execute("DROP INDEX app.callers_phone_idx")
+    findings = drift_findings(find_drift(datamap, app_db).to_dict(), {})
+    assert finding_counts(findings) == {"unmapped_personal_column": 1, "missing_index": 1}
+    personal, index = findings
+    assert personal.blocking and not index.blocking
+    placed = personal.placed(datamap)
+    assert placed.startswith(f"{datamap.source}: systems[aircalls_app].tables[users].fields: blocking: unmapped column")
+    assert placed.endswith(")") and "(line " in placed and "example.org" not in placed

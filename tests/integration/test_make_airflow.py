@@ -129,3 +129,55 @@ def test_make_airflow_serves_the_dags_to_a_logged_in_user_and_ctrl_c_leaves_no_p
     assert not alive, f"processes left after Ctrl-C: {[p.pid for p in alive]}"
     assert port_is_free(port)
     assert "make airflow: Airflow stopped" in log.read_text()
+
+
+def _processes_of(state_dir: Path, *, besides: set[int]) -> list[psutil.Process]:
+    """Every process started for this ``make airflow`` (they all carry its GOVERNANCE_STATE_DIR)
+    other than the embedded services, which keep running by design, and their children."""
+    services: set[int] = set()
+    for pid in besides:
+        try:
+            services |= {pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))}
+        except psutil.NoSuchProcess:
+            pass
+    found = []
+    for process in psutil.process_iter(["environ", "name"]):
+        try:
+            if (process.info["environ"] or {}).get("GOVERNANCE_STATE_DIR") != str(state_dir):
+                continue
+            if process.pid in services or process.info["name"] in ("postgres", "pg_ctl"):
+                continue
+            if process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
+
+
+def test_make_airflow_stop_stops_a_background_make_airflow_with_every_component_and_task_process(
+    running_make_airflow: tuple[subprocess.Popen[bytes], int, Path, Path],
+) -> None:
+    proc, port, state_dir, log = running_make_airflow
+    _wait_for(lambda: "Airflow is up" in log.read_text(), 420, "make airflow did not say Airflow is up", log)
+    services = json.loads((state_dir / "services.json").read_text())
+    service_pids = {int(services["s3_pid"]), int(services["standins_pid"])}
+    running = _processes_of(state_dir, besides=service_pids)
+    names = " ".join(" ".join(p.cmdline()) for p in running)
+    assert len(running) > 4 and "scheduler" in names and "triggerer" in names, names
+
+    env = _clean_environment(state_dir, port)
+    stopped = subprocess.run(["make", "airflow-stop"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
+                             check=False)  # fmt: skip
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert "make airflow-stop: Airflow stopped" in stopped.stdout
+    proc.wait(timeout=30)
+    _gone, alive = psutil.wait_procs(running, timeout=10)
+    assert not alive, f"processes left after make airflow-stop: {[(p.pid, p.name()) for p in alive]}"
+    assert not _processes_of(state_dir, besides=service_pids), "a process started during the stop was left"
+    assert port_is_free(port)
+    assert not (state_dir / "airflow.pid").exists()
+    # Stopping again is harmless and says so.
+    again = subprocess.run(["make", "airflow-stop"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+                           check=False)  # fmt: skip
+    assert again.returncode == 0 and "no Airflow started by `make airflow` is running" in again.stdout

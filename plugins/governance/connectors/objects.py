@@ -57,6 +57,49 @@ def is_versioned(client: Any, bucket: str) -> bool:
     return client.get_bucket_versioning(Bucket=bucket).get("Status") in ("Enabled", "Suspended")
 
 
+@dataclass(frozen=True)
+class PresentObjects:
+    """What is really stored for some candidate keys and folders: ``objects`` keys holding data
+    (at least one stored version), ``versions`` stored versions of them (delete markers are not
+    data and are not counted), ``absent`` candidates with nothing stored."""
+
+    objects: int
+    versions: int
+    absent: int
+
+
+def _versions_by_key(client: Any, bucket: str, prefix: str, *, versioned: bool) -> dict[str, int]:
+    """Stored versions per key under ``prefix`` (a key or a folder)."""
+    counts: dict[str, int] = {}
+    if not versioned:
+        for key in keys_under(client, bucket, prefix):
+            counts[key] = 1
+        return counts
+    for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+        for entry in page.get("Versions", []):
+            counts[entry["Key"]] = counts.get(entry["Key"], 0) + 1
+    return counts
+
+
+def present_objects(client: Any, bucket: str, keys: Iterable[str] = (), folders: Iterable[str] = ()) -> PresentObjects:
+    """List what is stored for candidate ``keys`` (each exactly) and ``folders`` (everything under
+    each): the objects and versions actually present, and the candidates that have nothing.
+    Lists by each key's own prefix, never the whole bucket."""
+    versioned = is_versioned(client, bucket)
+    objects = versions = absent = 0
+    for key in sorted(set(keys)):
+        stored = _versions_by_key(client, bucket, key, versioned=versioned).get(key, 0)  # Prefix matches longer keys too
+        objects += bool(stored)
+        versions += stored
+        absent += not stored
+    for folder in sorted(set(folders)):
+        under = _versions_by_key(client, bucket, folder, versioned=versioned)
+        objects += len(under)
+        versions += sum(under.values())
+        absent += not under
+    return PresentObjects(objects, versions, absent)
+
+
 def delete_everywhere(client: Any, bucket: str, keys: Iterable[str]) -> int:
     """Delete ``keys`` with every version and delete marker; return how many keys had anything.
 

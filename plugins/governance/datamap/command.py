@@ -4,6 +4,13 @@ Exit status: 0 valid (one ``OK: ...`` summary line), 1 invalid (every issue, one
 ``FILE: PATH: MESSAGE``), 2 the file cannot be read. ``--explain`` also prints the erasure order
 and the retention schedule computed from the map, which is what a reviewer of a map change wants
 to see; ``--explain --sql`` every statement the workflows run (placeholders, never values).
+
+``--live`` also compares the map with the systems it names (the databases' catalogues, the
+buckets; connections as the workflows read them, e.g. after ``source .state/airflow.env``) with
+the code the ``datamap_drift`` DAG runs, and prints each finding placed in the file read
+(``FILE: PATH: blocking|warning: MESSAGE (line N)``); exit 1 when a finding is blocking (a
+personal-looking column or prefix the map misses, a mapped table, column or bucket that is gone),
+3 when a system cannot be reached.
 """
 
 from __future__ import annotations
@@ -23,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="data map to check (default: GOVERNANCE_DATAMAP or include/datamap.yaml)",
     )
     parser.add_argument("--explain", action="store_true", help="also print the erasure order and retention rules")
+    parser.add_argument(
+        "--live", action="store_true",
+        help="also compare the map with the live systems it names (as the datamap_drift DAG does); "
+        "exit 1 on a blocking finding",
+    )
     parser.add_argument(
         "--sql", action="store_true",
         help="with --explain: also print every statement resolution, export, erasure and retention run "
@@ -52,6 +64,30 @@ def run(args: argparse.Namespace) -> int:
         _explain(datamap)
         if getattr(args, "sql", False):
             _print_statements(datamap)
+    if getattr(args, "live", False):
+        return _check_live(datamap)
+    return 0
+
+
+def _check_live(datamap: DataMap) -> int:
+    """Drift findings against the live systems, placed in the map's file; 1 when any is blocking."""
+    from governance.workflows.datamap_drift import classify, database_drift, object_store_drift
+
+    try:
+        database = database_drift(datamap)
+        objects = object_store_drift(datamap)
+    except Exception as exc:  # a connection missing or a system down: say which, not a traceback
+        print(f"{datamap.source}: cannot check the live systems: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 3
+    blocking, warnings = classify(database, objects)
+    for finding in blocking + warnings:
+        print(finding.placed(datamap))
+    checked = ", ".join([*database.get("checked_systems", []), *objects.get("checked_systems", [])]) or "none"
+    if blocking:
+        print(f"{datamap.source}: {len(blocking)} blocking finding(s), {len(warnings)} warning(s) against the live "
+              f"systems ({checked})", file=sys.stderr)  # fmt: skip
+        return 1
+    print(f"live: {checked} match the map ({len(warnings)} warning(s))")
     return 0
 
 

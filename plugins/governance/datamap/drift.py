@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import phonenumbers
 import psycopg
 from psycopg import sql
 
@@ -38,8 +39,13 @@ _PERSONAL_NAME = re.compile(
     r"recording|voice|photo|avatar|gender|age|salary|health)($|_)"
 )
 _EMAIL = re.compile(r"^[^\s@]+@[^\s@]+\.[^\s@]+$")
-_PHONE = re.compile(r"^\+?[\d\s().-]{7,20}$")
+# Shapes a phone number is typed in; only candidates: phonenumbers decides (a valid number for its
+# region, or for the data map's default region when it has no country code).
+_PHONE_SHAPE = re.compile(r"^\+?[\d\s().-]{7,24}$")
 _PERSONAL_TYPES = {"inet", "cidr", "macaddr", "macaddr8"}
+# Column types whose values can be text typed by a person (a phone as typed, an e-mail, free text).
+# A number column holds a number: a bigint id 2000000001 is never a phone, whatever its digits.
+_TEXT_TYPES = {"text", "varchar", "bpchar", "citext", "name", "json", "jsonb", "xml"}
 
 
 @dataclass(frozen=True)
@@ -113,13 +119,20 @@ class DriftReport:
         return {**asdict(self), "is_clean": self.is_clean, "messages": self.messages()}
 
 
-def find_drift(datamap: DataMap, conninfo: str | Mapping[str, str], *, sample_rows: int = SAMPLE_ROWS) -> DriftReport:
+def find_drift(
+    datamap: DataMap, conninfo: str | Mapping[str, str], *, sample_rows: int = SAMPLE_ROWS, region: str | None = None
+) -> DriftReport:
     """Compare every postgres system of the map with the database it lives in.
 
     ``conninfo`` is one libpq URL for all postgres systems, or a mapping from system name to URL
     (systems without an entry are skipped). Reads only catalogue views and ``sample_rows`` values
-    of each unmapped column; changes nothing.
+    of each unmapped text column (values are read as phone numbers in ``region``, default the
+    map's phone region); changes nothing.
     """
+    if region is None:
+        from governance.datamap import phone_region
+
+        region = phone_region(datamap)
     unmapped_tables: list[str] = []
     unmapped_columns: list[UnmappedColumn] = []
     missing_tables: list[str] = []
@@ -139,7 +152,7 @@ def find_drift(datamap: DataMap, conninfo: str | Mapping[str, str], *, sample_ro
                 unmapped_tables.append(f"{system.name}.{table_name}")
                 for column, data_type in columns[table_name]:
                     unmapped_columns.append(
-                        _classify(conn, system, table_name, column, data_type, sample_rows)
+                        _classify(conn, system, table_name, column, data_type, sample_rows, region)
                     )
             for table in system.tables:
                 live = dict(columns.get(table.name, []))
@@ -150,7 +163,7 @@ def find_drift(datamap: DataMap, conninfo: str | Mapping[str, str], *, sample_ro
                 missing_columns += [f"{system.name}.{table.name}.{c}" for c in table.field_names if c not in live]
                 for column, data_type in columns[table.name]:
                     if column not in mapped:
-                        unmapped_columns.append(_classify(conn, system, table.name, column, data_type, sample_rows))
+                        unmapped_columns.append(_classify(conn, system, table.name, column, data_type, sample_rows, region))
             missing_indexes += _missing_indexes(datamap, system, columns, indexes)
     return DriftReport(
         unmapped_tables=tuple(unmapped_tables),
@@ -248,7 +261,8 @@ def _missing_indexes(
 
 
 def _classify(
-    conn: psycopg.Connection[Any], system: PostgresSystem, table: str, column: str, data_type: str, sample_rows: int
+    conn: psycopg.Connection[Any], system: PostgresSystem, table: str, column: str, data_type: str, sample_rows: int,
+    region: str,
 ) -> UnmappedColumn:
     reasons: list[str] = []
     if _PERSONAL_NAME.search(column.lower()):
@@ -263,25 +277,25 @@ def _classify(
         # by its name and type.
         if reasons:
             reasons.append("values not sampled (this role may not read unmapped columns)")
-    elif sample_rows > 0:
+    elif sample_rows > 0 and data_type in _TEXT_TYPES:
         query = sql.SQL("SELECT {col}::text FROM {table} WHERE {col} IS NOT NULL LIMIT {n}").format(
             col=sql.Identifier(column), table=sql.Identifier(system.db_schema, table), n=sql.Placeholder("n")
         )
         values = [row[0] for row in conn.execute(query, {"n": sample_rows}).fetchall()]
-        kind = _value_kind(values)
+        kind = _value_kind(values, region=region)
         if kind:
             reasons.append(kind)
     return UnmappedColumn(system.name, table, column, data_type, bool(reasons), "; ".join(reasons))
 
 
-def _value_kind(values: Iterable[str | None]) -> str:
+def _value_kind(values: Iterable[str | None], *, region: str = "US") -> str:
     """What most sampled values look like, as words and counts (never the values)."""
     sample = [v for v in values if v]
     if not sample:
         return ""
     counts = {
         "e-mail addresses": sum(1 for v in sample if _EMAIL.match(v.strip())),
-        "phone numbers": sum(1 for v in sample if _PHONE.match(v.strip()) and sum(c.isdigit() for c in v) >= 7),
+        "phone numbers": sum(1 for v in sample if looks_like_phone(v.strip(), region)),
         "IP addresses": sum(1 for v in sample if _is_ip(v.strip())),
         "free text": sum(1 for v in sample if len(v.split()) >= 4),
     }
@@ -289,6 +303,19 @@ def _value_kind(values: Iterable[str | None]) -> str:
     if hits * 5 < len(sample):  # under a fifth: not a pattern of the column
         return ""
     return f"{hits} of {len(sample)} sampled values look like {kind}"
+
+
+def looks_like_phone(text: str, region: str) -> bool:
+    """Whether ``text`` is a phone number: typed in a phone's shape and valid by phonenumbers
+    (numbering plans of its country code, or of ``region`` without one). Digit counts alone say
+    nothing: 2000000001 has ten digits and is no valid number anywhere."""
+    if not _PHONE_SHAPE.match(text) or sum(c.isdigit() for c in text) < 7:
+        return False
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return False
+    return bool(phonenumbers.is_valid_number(number))
 
 
 def _is_ip(text: str) -> bool:
@@ -346,16 +373,27 @@ class ObjectDriftReport:
 
 
 _KEY_EMAIL = re.compile(r"[^/\s@]+@[^/\s@]+\.[a-z]{2,}", re.IGNORECASE)
-_KEY_PHONE = re.compile(r"\+?\d{9,15}")
+_KEY_DIGITS = re.compile(r"\+?\d{7,15}")
 
 
-def find_object_drift(datamap: DataMap, clients: Mapping[str, Any]) -> ObjectDriftReport:
+def _key_holds_phone(key: str, region: str) -> bool:
+    """A run of digits in a key that phonenumbers accepts as a valid number (an id such as
+    2000000001 is not one)."""
+    return any(looks_like_phone(run, region) for run in _KEY_DIGITS.findall(key))
+
+
+def find_object_drift(datamap: DataMap, clients: Mapping[str, Any], *, region: str | None = None) -> ObjectDriftReport:
     """Compare every object-store system of the map with its bucket.
 
     ``clients`` maps a system name to a boto3 S3 client (systems without one are skipped). Lists
     top-level prefixes (``Delimiter='/'``) and samples up to OBJECT_SAMPLE_KEYS keys of each
-    unmapped one; key names are checked for e-mail addresses and phone numbers, reported as counts.
+    unmapped one; key names are checked for e-mail addresses and phone numbers (valid numbers by
+    phonenumbers, read in ``region``), reported as counts.
     """
+    if region is None:
+        from governance.datamap import phone_region
+
+        region = phone_region(datamap)
     unmapped: list[UnmappedPrefix] = []
     empty: list[str] = []
     missing: list[str] = []
@@ -390,7 +428,7 @@ def find_object_drift(datamap: DataMap, clients: Mapping[str, Any]) -> ObjectDri
                 )
             ]
             emails = sum(1 for k in keys if _KEY_EMAIL.search(k))
-            phones = sum(1 for k in keys if _KEY_PHONE.search(k))
+            phones = sum(1 for k in keys if _key_holds_phone(k, region))
             reasons = []
             if emails:
                 reasons.append(f"{emails} of {len(keys)} keys hold e-mail addresses")
@@ -398,3 +436,94 @@ def find_object_drift(datamap: DataMap, clients: Mapping[str, Any]) -> ObjectDri
                 reasons.append(f"{phones} of {len(keys)} keys hold phone numbers")
             unmapped.append(UnmappedPrefix(system.name, name, len(keys), bool(reasons), "; ".join(reasons)))
     return ObjectDriftReport(tuple(unmapped), tuple(empty), tuple(missing), tuple(checked))
+
+
+# --------------------------------------------------------------------------------------------
+# Findings placed in the map: shared by ``validate-datamap --live`` and the datamap_drift DAG
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DriftFinding:
+    """One difference between the map and a live system, placed where the map should change.
+
+    ``kind`` is a stable name for counting (``missing_column``, ``unmapped_personal_column``, ...);
+    ``path`` is the place inside the map (``systems[aircalls_app].tables[calls].fields[x]``);
+    ``message`` names tables, columns, prefixes, kinds and counts, never a data value.
+    """
+
+    kind: str
+    blocking: bool
+    path: str
+    message: str
+
+    def placed(self, datamap: DataMap) -> str:
+        """``FILE: PATH: MESSAGE (line N)``, the file being the map actually read."""
+        severity = "blocking" if self.blocking else "warning"
+        return str(datamap.place(self.path, f"{severity}: {self.message}"))
+
+
+def _table_place(system: str, table: str) -> str:
+    return f"systems[{system}].tables[{table}]"
+
+
+def drift_findings(database: Mapping[str, Any], objects: Mapping[str, Any]) -> list[DriftFinding]:
+    """Every finding of a database report and an object report (their ``to_dict()`` forms, as
+    they travel through XCom), blocking ones first.
+
+    Blocking: a personal-looking column or prefix the map does not know (export and erasure would
+    miss it), a mapped table, column or bucket that is gone (plans would fail). Warnings: missing
+    indexes, unmapped tables and columns that do not look personal, unmapped prefixes likewise.
+    """
+    found: list[DriftFinding] = []
+    for c in database.get("unmapped_columns", []):
+        if c["looks_personal"]:
+            found.append(DriftFinding(
+                "unmapped_personal_column", True, f"{_table_place(c['system'], c['table'])}.fields",
+                f"unmapped column {c['system']}.{c['table']}.{c['column']} ({c['data_type']}) looks personal: "
+                f"{c['reason']}; map it (with its erasure action) or drop it",
+            ))  # fmt: skip
+    for t in database.get("missing_tables", []):
+        system, _, table = str(t).partition(".")
+        found.append(DriftFinding("missing_table", True, _table_place(system, table),
+                                  f"mapped table {t} does not exist in the database"))  # fmt: skip
+    for col in database.get("missing_columns", []):
+        system, table, column = (str(col).split(".", 2) + ["", ""])[:3]
+        found.append(DriftFinding("missing_column", True, f"{_table_place(system, table)}.fields[{column}]",
+                                  f"mapped column {col} does not exist in the database"))  # fmt: skip
+    for b in objects.get("missing_buckets", []):
+        system = str(b).split(" ", 1)[0]
+        found.append(DriftFinding("missing_bucket", True, f"systems[{system}].bucket", f"bucket of {b} does not exist"))
+    for p in objects.get("unmapped_prefixes", []):
+        if p["looks_personal"]:
+            found.append(DriftFinding(
+                "unmapped_personal_prefix", True, f"systems[{p['system']}].prefixes",
+                f"unmapped prefix {p['system']}:{p['prefix']} looks personal: {p['reason']}; map it or move it",
+            ))  # fmt: skip
+    for i in database.get("missing_indexes", []):
+        found.append(DriftFinding(
+            "missing_index", False, f"{_table_place(i['system'], i['table'])}.fields[{i['column']}]",
+            f"{i['system']}.{i['table']}.{i['column']} ({i['purpose']}) has no index on {i['expression']}",
+        ))  # fmt: skip
+    for t in database.get("unmapped_tables", []):
+        system, _, _table = str(t).partition(".")
+        found.append(DriftFinding("unmapped_table", False, f"systems[{system}].tables", f"unmapped table {t}"))
+    for c in database.get("unmapped_columns", []):
+        if not c["looks_personal"]:
+            found.append(DriftFinding(
+                "unmapped_column", False, f"{_table_place(c['system'], c['table'])}.fields",
+                f"unmapped column {c['system']}.{c['table']}.{c['column']} ({c['data_type']})",
+            ))  # fmt: skip
+    for p in objects.get("unmapped_prefixes", []):
+        if not p["looks_personal"]:
+            found.append(DriftFinding("unmapped_prefix", False, f"systems[{p['system']}].prefixes",
+                                      f"unmapped prefix {p['system']}:{p['prefix']}"))  # fmt: skip
+    return found
+
+
+def finding_counts(findings: Iterable[DriftFinding]) -> dict[str, int]:
+    """``{kind: count}``, in first-seen order (blocking kinds first): what a task log may say."""
+    counts: dict[str, int] = {}
+    for finding in findings:
+        counts[finding.kind] = counts.get(finding.kind, 0) + 1
+    return counts

@@ -185,6 +185,7 @@ def _validate(data: object, *, source: str, lines: Mapping[str, int]) -> DataMap
     if problems:
         raise DataMapError([issue(path, message) for path, message in problems])
     datamap._source = source
+    datamap._lines = dict(lines)
     return datamap
 
 

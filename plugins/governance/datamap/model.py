@@ -654,8 +654,22 @@ class DataMap(_Strict):
 
     _source: str = PrivateAttr(default="<memory>")
     _sha256: str = PrivateAttr(default="")
+    _lines: dict[str, int] = PrivateAttr(default_factory=dict)
 
     # -- provenance ------------------------------------------------------------------------
+
+    def place(self, path: str, message: str) -> DataMapIssue:
+        """A message about ``path`` inside this map, placed as the validator places its own:
+        the file read, the path and the line of ``path`` (or of its nearest ancestor in the file)."""
+        probe = path
+        line = None
+        while probe:
+            if probe in self._lines:
+                line = self._lines[probe]
+                break
+            cut = max(probe.rfind("."), probe.rfind("["))
+            probe = probe[:cut] if cut > 0 else ""
+        return DataMapIssue(self._source, path, message, line)
 
     @property
     def source(self) -> str:

@@ -75,7 +75,10 @@ def build_certificate(
     for item in work.objects:
         done = progress.get(item.step_id)
         objects.append({"prefix": f"{item.system}.{item.prefix}", "bucket": item.bucket,
-                        "planned": len(item.keys) + len(item.folders),
+                        "planned": item.candidates,
+                        # listed when planned: objects and versions stored, candidates with nothing
+                        "present_when_planned": item.present, "versions_when_planned": item.versions,
+                        "not_stored": item.absent,
                         "deleted_with_all_versions": int(done["affected"]) if done else None})  # fmt: skip
     processors = []
     for proc in work.processors:
@@ -142,7 +145,9 @@ def render_html(certificate: Mapping[str, Any]) -> str:
         "<h2>Erased</h2>",
         table(["table", "what", "rows"], [[d["table"], EFFECT_WORDS.get(d["effect"], d["effect"]), d["affected"] if d["affected"] is not None else d["planned"]]
                                           for d in c["erased"]["databases"] if d["planned"]]),
-        table(["objects", "deleted (all versions)"], [[o["prefix"], o["deleted_with_all_versions"]] for o in c["erased"]["objects"] if o["planned"]]),
+        table(["objects", "removed (every version)", "versions stored when planned", "named but not stored"],
+              [[o["prefix"], o["deleted_with_all_versions"], o.get("versions_when_planned"), o.get("not_stored")]
+               for o in c["erased"]["objects"] if o["planned"]]),
         table(["processor", "records erased", "already gone"], [[p["processor"], p["erased"], p["already_absent"]] for p in c["erased"]["processors"]]),
         "<h2>Kept, why and until when</h2>",
         table(["where", "what", "count", "why", "law", "until"],

@@ -22,7 +22,7 @@ executed, verified and certified. ``summary()`` has counts only.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -84,10 +84,20 @@ class ObjectWork:
     prefix: str
     keys: list[str] = field(default_factory=list)
     folders: list[str] = field(default_factory=list)
+    # What the object store really holds for these candidates, listed when the plan is made
+    # (:func:`inventory_objects`); None when not listed (a plan stored before, a pure test).
+    present: int | None = None  # objects with data
+    versions: int | None = None  # their stored versions (all deleted)
+    absent: int | None = None  # candidate keys or folders with nothing stored
 
     @property
     def step_id(self) -> str:
         return f"objects:{self.system}:{self.prefix}"
+
+    @property
+    def candidates(self) -> int:
+        """Keys computed from the person's rows, plus request folders: what may exist."""
+        return len(self.keys) + len(self.folders)
 
 
 @dataclass
@@ -236,7 +246,11 @@ class ErasureWork:
             "identity_kinds": list(self.identity_kinds),
             "order": list(dict.fromkeys(f"{s.system}.{s.table}" for s in self.database)),
             "tables": self.table_counts(),
-            "objects": {f"{o.system}.{o.prefix}": len(o.keys) + len(o.folders) for o in self.objects},
+            # Objects actually present (listed) per prefix, their versions, and candidates with nothing
+            # stored; before listing (present None) the candidates stand in.
+            "objects": {f"{o.system}.{o.prefix}": o.candidates if o.present is None else o.present for o in self.objects},
+            "object_versions": {f"{o.system}.{o.prefix}": o.versions for o in self.objects if o.versions is not None},
+            "objects_absent": {f"{o.system}.{o.prefix}": o.absent for o in self.objects if o.absent},
             "processors": {p.processor: len(p.record_ids) for p in self.processors},
             "kept": [k.public() for k in self.kept],
             "excluded": [{"where": e.where, "count": e.count, "reason": e.reason} for e in self.excluded],
@@ -264,7 +278,12 @@ def approval_markdown(summary: Mapping[str, Any]) -> str:
         for effect, rows in effects.items():
             lines.append(f"| {table} | {effect.replace('_', ' ')} | {rows} |")
     if summary["objects"]:
-        lines += ["", "Objects deleted (every version): " + ", ".join(f"{k}: {v}" for k, v in summary["objects"].items())]
+        versions = summary.get("object_versions") or {}
+        lines += ["", "Objects deleted (every version): " + ", ".join(
+            f"{k}: {v}" + (f" ({versions[k]} versions)" if k in versions else "") for k, v in summary["objects"].items())]
+    if summary.get("objects_absent"):
+        lines += ["", "Named by the map but not stored (nothing to delete): "
+                  + ", ".join(f"{k}: {v}" for k, v in summary["objects_absent"].items())]
     if summary["processors"]:
         lines += ["", "Processor records erased: " + ", ".join(f"{k}: {v}" for k, v in summary["processors"].items())]
     if summary["kept"]:
@@ -289,6 +308,20 @@ def approval_markdown(summary: Mapping[str, Any]) -> str:
 
 # --------------------------------------------------------------------------------------------
 # Building
+
+
+def inventory_objects(work: ErasureWork, *, client_for: Callable[[str], Any]) -> None:
+    """List, per prefix, what the object store really holds for the plan's candidate keys and
+    request folders (``present``, ``versions``, ``absent`` on each :class:`ObjectWork`), so the
+    plan and the approval show objects that exist, not keys computed from rows."""
+    from governance.connectors.objects import present_objects
+
+    for item in work.objects:
+        if not item.candidates:
+            item.present, item.versions, item.absent = 0, 0, 0
+            continue
+        found = present_objects(client_for(item.system), item.bucket, item.keys, item.folders)
+        item.present, item.versions, item.absent = found.objects, found.versions, found.absent
 
 
 def _iso(value: Any) -> str | None:

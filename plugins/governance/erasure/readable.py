@@ -217,9 +217,11 @@ def readable_plan(summary: Mapping[str, Any], datamap: DataMap | None) -> Readab
                                           None, where))  # fmt: skip
             else:
                 lines.append(PlanLine("cleared", what, count, "records", _words(effect).capitalize() + ".", None, where))
+    versions = summary.get("object_versions") or {}
     for where, count in (summary.get("objects") or {}).items():
-        lines.append(PlanLine("deleted", _prefix_words(datamap, where), int(count), "files",
-                              "Deleted, with every stored version.", None, where))  # fmt: skip
+        stored = versions.get(where)
+        detail = "Deleted, with every stored version" + (f" ({stored} in all)." if stored is not None else ".")
+        lines.append(PlanLine("deleted", _prefix_words(datamap, where), int(count), "files", detail, None, where))
     for name, count in (summary.get("processors") or {}).items():
         lines.append(PlanLine("deleted", _processor_words(datamap, name), int(count), "records held by this company",
                               "Erased through the company's own deletion service.", None, name))  # fmt: skip
@@ -241,6 +243,10 @@ def readable_plan(summary: Mapping[str, Any], datamap: DataMap | None) -> Readab
     empty = [what for what in empty if what not in found]
     if empty:
         notes.append("Looked for the person and found nothing in: " + "; ".join(empty) + ".")
+    absent = summary.get("objects_absent") or {}
+    if absent:
+        notes.append("Files the data map says could exist but are not stored (nothing to delete): "
+                      + "; ".join(f"{_prefix_words(datamap, where)}: {n}" for where, n in absent.items()) + ".")
     if summary.get("person_held"):
         notes.append("The person is under a legal hold: nothing of theirs is erased until it is released.")
     guard = summary.get("guard") or {}

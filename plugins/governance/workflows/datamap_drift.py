@@ -2,83 +2,93 @@
 
 Drift that breaks a privacy promise (a personal-looking column or object prefix the map does not
 know, so export and erasure would miss it; a mapped table or column that is gone, so plans would
-fail) fails the run, which alerts through the failure notifier. Drift that only costs time or
-tidiness (a missing index, an unmapped non-personal column) is reported as a warning. Every
-report is kept in ``governance.datamap_drift_reports``.
+fail) fails the run at once, without retries (the same map and systems give the same answer), and
+alerts through the failure notifier. Drift that only costs time or tidiness (a missing index, an
+unmapped non-personal column) is reported as a warning. Findings come from
+:func:`governance.datamap.drift.drift_findings`, the same as ``python -m governance
+validate-datamap --live``, placed in the file actually read (``GOVERNANCE_DATAMAP`` or
+``include/datamap.yaml``); the task log gets each placed finding (names, kinds and counts, never a
+value) and every report is kept in ``governance.datamap_drift_reports``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from governance.config import GOVERNANCE_CONN_ID
 
+if TYPE_CHECKING:
+    from governance.datamap.drift import DriftFinding
+    from governance.datamap.model import DataMap
 
-class BlockingDrift(RuntimeError):
-    """The map misses personal data or names things that no longer exist."""
+log = logging.getLogger(__name__)
+
+
+def _fail(message: str) -> NoReturn:
+    """Fail the task without retrying: the same map against the same systems gives the same answer."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    raise AirflowFailException(message)
+
+
+def _datamap(path: str | None = None) -> DataMap:
+    from governance.datamap import load_datamap
+
+    return load_datamap(Path(path) if path else None)
 
 
 def validate_map() -> dict[str, Any]:
-    """Load and validate the map (DataMapError names every problem); return its identity."""
-    from governance.datamap import load_datamap
+    """Load and validate the map; return the file read and its identity. A broken map fails at
+    once (no retry), every problem placed in the file."""
+    from governance.datamap.model import DataMapError
 
-    datamap = load_datamap()
-    return {"version": datamap.version, "sha256": datamap.version_hash, "counts": datamap.counts()}
+    try:
+        datamap = _datamap()
+    except DataMapError as exc:
+        _fail(f"the data map is invalid ({len(exc.issues)} issue(s)):\n{exc}")
+    log.info("data map %s: version %s, sha256 %s", datamap.source, datamap.version, datamap.version_hash)
+    return {"file": datamap.source, "version": datamap.version, "sha256": datamap.version_hash,
+            "counts": datamap.counts()}  # fmt: skip
 
 
-def database_drift() -> dict[str, Any]:
+def database_drift(datamap: DataMap | None = None) -> dict[str, Any]:
     """Every postgres system of the map against its live database (catalogue and samples)."""
-    from governance.datamap import load_datamap
     from governance.datamap.drift import find_drift
     from governance.db import conninfo_for
 
-    datamap = load_datamap()
+    datamap = datamap or _datamap()
     urls = {system.name: conninfo_for(system.connection_id) for system in datamap.postgres_systems}
     return find_drift(datamap, urls).to_dict()
 
 
-def object_store_drift() -> dict[str, Any]:
+def object_store_drift(datamap: DataMap | None = None) -> dict[str, Any]:
     """Every object-store system of the map against its bucket."""
-    from governance.datamap import load_datamap
     from governance.datamap.drift import find_object_drift
     from governance.objectstore import s3_client
 
-    datamap = load_datamap()
+    datamap = datamap or _datamap()
     clients = {system.name: s3_client(system.connection_id) for system in datamap.object_systems}
     return find_object_drift(datamap, clients).to_dict()
 
 
-def classify(database: dict[str, Any], objects: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """Split findings into (blocking, warnings), each a list of one-line messages."""
-    blocking = [
-        f"unmapped column {c['system']}.{c['table']}.{c['column']} looks personal: {c['reason']}"
-        for c in database["unmapped_columns"]
-        if c["looks_personal"]
-    ]
-    blocking += [f"mapped table {t} does not exist" for t in database["missing_tables"]]
-    blocking += [f"mapped column {c} does not exist" for c in database["missing_columns"]]
-    blocking += [f"bucket of {b} does not exist" for b in objects["missing_buckets"]]
-    blocking += [
-        f"unmapped prefix {p['system']}:{p['prefix']} looks personal: {p['reason']}"
-        for p in objects["unmapped_prefixes"]
-        if p["looks_personal"]
-    ]
-    warnings = [
-        f"{i['system']}.{i['table']}.{i['column']} ({i['purpose']}) has no index on {i['expression']}"
-        for i in database["missing_indexes"]
-    ]
-    warnings += [f"unmapped table {t}" for t in database["unmapped_tables"]]
-    warnings += [
-        f"unmapped column {c['system']}.{c['table']}.{c['column']} ({c['data_type']})"
-        for c in database["unmapped_columns"]
-        if not c["looks_personal"]
-    ]
-    warnings += [
-        f"unmapped prefix {p['system']}:{p['prefix']}" for p in objects["unmapped_prefixes"] if not p["looks_personal"]
-    ]
-    return blocking, warnings
+def classify(database: dict[str, Any], objects: dict[str, Any]) -> tuple[list[DriftFinding], list[DriftFinding]]:
+    """Split findings into (blocking, warnings)."""
+    from governance.datamap.drift import drift_findings
+
+    found = drift_findings(database, objects)
+    return [f for f in found if f.blocking], [f for f in found if not f.blocking]
+
+
+def describe_findings(datamap: DataMap, findings: list[DriftFinding]) -> str:
+    """Kinds and counts, then one placed line per finding (names, kinds, counts; no value)."""
+    from governance.datamap.drift import finding_counts
+
+    counts = ", ".join(f"{kind} {n}" for kind, n in finding_counts(findings).items()) or "none"
+    return "\n".join([f"{len(findings)} finding(s): {counts}", *(f"  {f.placed(datamap)}" for f in findings)])
 
 
 def record_report(
@@ -88,10 +98,16 @@ def record_report(
     from governance.db import connect, conninfo_for
     from governance.migrations import ensure_schema
 
-    blocking, warnings = classify(database, objects)
+    datamap = _datamap(datamap_info.get("file"))
+    blocking_findings, warning_findings = classify(database, objects)
+    blocking = [f.placed(datamap) for f in blocking_findings]
+    warnings = [f.placed(datamap) for f in warning_findings]
+    log.info("data map %s against the live systems: %s", datamap.source,
+             describe_findings(datamap, blocking_findings + warning_findings))  # fmt: skip
     conninfo = conninfo_for(GOVERNANCE_CONN_ID)
     ensure_schema(conninfo)
-    report = {"database": database, "objects": objects, "blocking": blocking, "warnings": warnings}
+    report = {"file": datamap.source, "database": database, "objects": objects, "blocking": blocking,
+              "warnings": warnings}  # fmt: skip
     with connect(conninfo) as conn:
         conn.execute(
             """
@@ -107,8 +123,8 @@ def record_report(
              len(blocking), len(warnings), json.dumps(report)),
         )  # fmt: skip
     if blocking:
-        raise BlockingDrift(
-            f"the data map misses or misnames {len(blocking)} thing(s); fix include/datamap.yaml:\n  "
+        _fail(
+            f"the data map misses or misnames {len(blocking)} thing(s); fix {datamap.source} (or the systems):\n  "
             + "\n  ".join(blocking)
         )
-    return {"blocking": 0, "warnings": len(warnings), "messages": warnings}
+    return {"file": datamap.source, "blocking": 0, "warnings": len(warnings), "messages": warnings}

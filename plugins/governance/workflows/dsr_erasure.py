@@ -136,15 +136,18 @@ def compute_work(
     system_conninfo: Callable[[str], str],
     processor_client: Callable[[str], Any] | None,
     hasher: Any,
+    object_client: Callable[[str], Any] | None = None,
 ) -> Any:
-    """Resolve, apply holds and legal exceptions, run the guard: the :class:`ErasureWork`."""
+    """Resolve, apply holds and legal exceptions, run the guard, list the objects actually stored
+    (``object_client``: system -> S3 client; default from the map's connections): the
+    :class:`ErasureWork`."""
     import psycopg
 
     from governance.datamap.model import TableRef
     from governance.datamap.plans import build_erasure_plan, build_resolution_plan
     from governance.erasure.guard import evaluate_guard, guard_limits, needed_sizes, table_size_at_least
     from governance.erasure.holds import load_active_holds, subject_hashes
-    from governance.erasure.planner import build_work
+    from governance.erasure.planner import build_work, inventory_objects
     from governance.erasure.resolve import MatchByIdentity, resolve_subject
     from governance.privacy_requests import request_ids_for_subject
 
@@ -195,6 +198,7 @@ def compute_work(
             sizes[table] = table_size_at_least(app, datamap, TableRef(sys_name, name), needed)
         app.rollback()
     work.guard = evaluate_guard(work, sizes, max_table_share=share, min_rows=min_rows, override=override)
+    inventory_objects(work, client_for=object_client or _object_client(datamap))
     return work
 
 
