@@ -90,18 +90,18 @@ def test_identity_steps_match_on_the_normalised_expression(datamap: DataMap) -> 
     plan = plans.build_resolution_plan(datamap, ["email", "phone"])
     users = plan.step(t("users")).select.text
     callers = plan.step(t("callers")).select.text
-    assert 'lower("email") = ANY(%(email)s)' in users
+    assert 'lower(normalize("email", NFC)) = ANY(%(email)s)' in users
     assert '"phone_e164" = ANY(%(phone)s)' in users
-    assert '"phone" = ANY(%(phone)s)' in callers and 'lower("email") = ANY(%(email)s)' in callers
+    assert '"phone" = ANY(%(phone)s)' in callers and 'lower(normalize("email", NFC)) = ANY(%(email)s)' in callers
     # One state per identity column (absent 0, matches 1, differs 2): what narrowing reads.
     assert users == (
         'SELECT "id", "business_id", '
-        'CASE WHEN "email" IS NULL THEN 0 WHEN lower("email") = ANY(%(email)s) THEN 1 ELSE 2 END AS "__id_email", '
+        'CASE WHEN "email" IS NULL THEN 0 WHEN lower(normalize("email", NFC)) = ANY(%(email)s) THEN 1 ELSE 2 END AS "__id_email", '
         'CASE WHEN "phone_e164" IS NULL THEN 0 WHEN "phone_e164" = ANY(%(phone)s) THEN 1 ELSE 2 END AS "__id_phone_e164" '
-        'FROM "app"."users" WHERE (lower("email") = ANY(%(email)s) OR "phone_e164" = ANY(%(phone)s)) ORDER BY "id"'
+        'FROM "app"."users" WHERE (lower(normalize("email", NFC)) = ANY(%(email)s) OR "phone_e164" = ANY(%(phone)s)) ORDER BY "id"'
     )
     assert plan.step(t("users")).count.text == (
-        'SELECT count(*) FROM "app"."users" WHERE (lower("email") = ANY(%(email)s) OR "phone_e164" = ANY(%(phone)s)) '
+        'SELECT count(*) FROM "app"."users" WHERE (lower(normalize("email", NFC)) = ANY(%(email)s) OR "phone_e164" = ANY(%(phone)s)) '
         'AND "id" <> ALL(%(excluded_aircalls_app_users)s)'
     )
 

@@ -176,8 +176,10 @@ def planned_keys_param(table: TableRef) -> str:
 
 
 def identity_expression(column: sql.Composable, match: IdentityMatch) -> sql.Composable:
-    """The SQL side of an identity comparison: ``lower(col)`` or ``col``, mirroring
-    :mod:`governance.identity` on the Python side."""
+    """The SQL side of an identity comparison: ``lower(normalize(col, NFC))``, ``lower(col)`` or
+    ``col``, mirroring :mod:`governance.identity` on the Python side."""
+    if match is IdentityMatch.lowered_nfc:
+        return sql.SQL("lower(normalize({}, NFC))").format(column)
     return sql.SQL("lower({})").format(column) if match is IdentityMatch.lowered else column
 
 

@@ -52,6 +52,8 @@ def object_store_drift() -> dict[str, Any]:
 
 def classify(database: dict[str, Any], objects: dict[str, Any]) -> tuple[list[str], list[str]]:
     """Split findings into (blocking, warnings), each a list of one-line messages."""
+    from governance.datamap.drift import UnnormalisedIdentity, unnormalised_message
+
     blocking = [
         f"unmapped column {c['system']}.{c['table']}.{c['column']} looks personal: {c['reason']}"
         for c in database["unmapped_columns"]
@@ -59,6 +61,8 @@ def classify(database: dict[str, Any], objects: dict[str, Any]) -> tuple[list[st
     ]
     blocking += [f"mapped table {t} does not exist" for t in database["missing_tables"]]
     blocking += [f"mapped column {c} does not exist" for c in database["missing_columns"]]
+    unnormalised = [UnnormalisedIdentity(**u) for u in database.get("unnormalised_identities", [])]
+    blocking += [unnormalised_message(u) for u in unnormalised if not u.found]
     blocking += [f"bucket of {b} does not exist" for b in objects["missing_buckets"]]
     blocking += [
         f"unmapped prefix {p['system']}:{p['prefix']} looks personal: {p['reason']}"
@@ -69,6 +73,7 @@ def classify(database: dict[str, Any], objects: dict[str, Any]) -> tuple[list[st
         f"{i['system']}.{i['table']}.{i['column']} ({i['purpose']}) has no index on {i['expression']}"
         for i in database["missing_indexes"]
     ]
+    warnings += [unnormalised_message(u) for u in unnormalised if u.found]
     warnings += [f"unmapped table {t}" for t in database["unmapped_tables"]]
     warnings += [
         f"unmapped column {c['system']}.{c['table']}.{c['column']} ({c['data_type']})"
