@@ -75,3 +75,16 @@ def test_an_export_identity_check_answered_by_someone_not_configured_is_refused(
                 "responded_at": "2026-11-28T12:00:00+00:00"}  # fmt: skip
     with pytest.raises(AirflowFailException, match="intern is not one of the configured approvers"):
         dsr_export.record_verification({"request_id": "exp-20261128-000000000001", "verified": False}, response)
+
+
+def test_the_privacy_requests_page_offers_approval_only_to_configured_approvers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    from governance.ui.access import may, staff_of
+
+    officer = staff_of(SimpleAuthManagerUser(username="privacy-officer", role="admin"))
+    intern = staff_of(SimpleAuthManagerUser(username="intern", role="admin"))
+    assert may(intern, "approve") and may(officer, "approve")  # unset: roles decide
+    monkeypatch.setenv("AIRFLOW__GOVERNANCE__APPROVERS", APPROVERS)
+    assert may(officer, "approve") and not may(intern, "approve")
+    assert may(intern, "record") and may(intern, "reveal")  # only approving is restricted
