@@ -115,7 +115,7 @@ class MatchByKeyedHash(IdentityMatcher):
                 if digest(value) in wanted:
                     found.append(key)
         else:
-            with conn.cursor(name=f"governance_kh_scan_{len(found)}") as cursor:
+            with conn.cursor(name="governance_keyed_hash_scan") as cursor:
                 cursor.itersize = self.scan_rows_per_fetch
                 for key, value in cursor.execute(query, params):
                     if digest(value) in wanted:
