@@ -240,9 +240,9 @@ def worker_raw(cfg: dict[str, Any]) -> dict[str, Any]:
             conn.execute("SET TIME ZONE 'UTC'")
             ids = {
                 "callers": [r[0] for r in conn.execute(
-                    "SELECT id FROM app.callers WHERE phone = %s OR lower(email) = %s", (phone, email))],
+                    "SELECT id FROM app.callers WHERE phone = %s OR lower(normalize(email, NFC)) = %s", (phone, email))],
                 "users": [r[0] for r in conn.execute(
-                    "SELECT id FROM app.users WHERE lower(email) = %s OR phone_e164 = %s", (email, phone))],
+                    "SELECT id FROM app.users WHERE lower(normalize(email, NFC)) = %s OR phone_e164 = %s", (email, phone))],
             }  # fmt: skip
             calls: list[tuple[int, int, str | None]] = []
             for table, (columns, where) in RAW_TABLES.items():

@@ -39,6 +39,7 @@ from governance.dag_defaults import (
     GOVERNANCE_TAG,
     REQUEST_OUTCOME_TASK_ID,
     START_DATE,
+    approval_assignees,
     default_args,
     request_outcome,
 )
@@ -140,6 +141,7 @@ def dsr_erasure() -> None:
             )
         },
         response_timeout=timedelta(days=14),
+        assigned_users=approval_assignees(),  # [governance] approvers; None: whoever Airflow lets answer
         # Waiting for a person is not work: the task may wait as long as the answer may take.
         execution_timeout=timedelta(days=14) + timedelta(days=1),
     )

@@ -51,6 +51,7 @@ from governance.dag_defaults import (
     GOVERNANCE_TAG,
     REQUEST_OUTCOME_TASK_ID,
     START_DATE,
+    approval_assignees,
     default_args,
     request_outcome,
 )
@@ -134,6 +135,7 @@ def dsr_export() -> None:
         ),
         options=VERIFICATION_OPTIONS,
         response_timeout=timedelta(days=7),
+        assigned_users=approval_assignees(),  # [governance] approvers; None: whoever Airflow lets answer
         # Waiting for a person is not work: the task may wait as long as the answer may take.
         execution_timeout=timedelta(days=7) + timedelta(days=1),
     )

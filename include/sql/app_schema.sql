@@ -24,7 +24,9 @@ CREATE TABLE IF NOT EXISTS app.users (
     created_at       timestamptz NOT NULL,
     last_login_at    timestamptz
 );
-CREATE UNIQUE INDEX IF NOT EXISTS users_email_lower_key ON app.users (lower(email));
+-- E-mail addresses are stored as typed, sometimes decomposed (NFD): unique and looked up as the
+-- identity normaliser compares them, NFC then lower-case.
+CREATE UNIQUE INDEX IF NOT EXISTS users_email_nfc_lower_key ON app.users (lower(normalize(email, NFC)));
 CREATE INDEX IF NOT EXISTS users_phone_e164_idx ON app.users (phone_e164);
 CREATE INDEX IF NOT EXISTS users_business_id_idx ON app.users (business_id);
 
@@ -37,7 +39,7 @@ CREATE TABLE IF NOT EXISTS app.callers (
     first_seen_at  timestamptz NOT NULL
 );
 CREATE INDEX IF NOT EXISTS callers_phone_idx ON app.callers (phone);
-CREATE INDEX IF NOT EXISTS callers_email_lower_idx ON app.callers (lower(email));
+CREATE INDEX IF NOT EXISTS callers_email_nfc_lower_idx ON app.callers (lower(normalize(email, NFC)));
 CREATE INDEX IF NOT EXISTS callers_business_id_idx ON app.callers (business_id);
 
 CREATE TABLE IF NOT EXISTS app.calls (

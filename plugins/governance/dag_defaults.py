@@ -24,6 +24,14 @@ GOVERNANCE_TAG = "governance"
 REQUEST_OUTCOME_TASK_ID = "request_outcome"
 
 
+def approval_assignees() -> list[Any] | None:
+    """``assigned_users`` of every approval step: ``[governance] approvers``, or None (anyone
+    Airflow lets answer); see :mod:`governance.approvers`."""
+    from governance.approvers import configured_approvers
+
+    return list(configured_approvers() or []) or None
+
+
 def default_args(*, alert_only_from: str | None = None, **overrides: Any) -> dict[str, Any]:
     """Task defaults for every DAG: retried with exponential backoff, failures alerted.
 

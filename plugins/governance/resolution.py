@@ -27,8 +27,9 @@ The SQL is the plan's (``ResolutionStep.select``, ``MentionStep.select``): nothi
 any. Identities are bound by an :class:`IdentityMatcher`: the normalised values themselves
 (:class:`MatchByIdentity`, a request being served) or keyed hashes (erasure's
 ``MatchByKeyedHash``, the suppression list after a restore), for a plan built with the same
-``matching``. Either way they reach PostgreSQL only as bound parameters, and nothing here puts
-one in a message.
+``matching``. Identities reach PostgreSQL only as bound parameters, and nothing here puts one in a
+message; keyed hashes are computed in this process from the plan's scans (the key, and anything
+derived from it, never reaches the database).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from governance.datamap.plans import (
     PLANNED_KEYS_PREFIX,
     SCOPE_IDS,
     STILL_KEPT,
+    KeyedHashScan,
     Matching,
     ResolutionPlan,
     key_param,
@@ -158,6 +160,10 @@ class IdentityMatcher(ABC):
     @abstractmethod
     def params(self) -> dict[str, Any]:
         """Bound parameters the plan's match expressions use."""
+
+    def matched_keys(self, conn: psycopg.Connection[Any], scan: KeyedHashScan) -> list[Any]:
+        """Primary keys of the rows ``scan`` finds to be the person's (matching by keyed hashes)."""
+        raise NotImplementedError(f"{type(self).__name__} matches by {self.matching}: it runs no keyed-hash scan")
 
 
 class MatchByIdentity(IdentityMatcher):
@@ -295,6 +301,8 @@ def resolve_subject(
     params: dict[str, Any] = {**matcher.params(), AS_OF: as_of}
     if plan.business_scope:
         params[SCOPE_IDS] = [int(s) for s in scope_ids or []]
+    for scan in plan.hash_scans:  # keyed hashes are computed here, never in SQL
+        params[scan.param] = matcher.matched_keys(conn, scan)
     outputs: dict[str, list[Any]] = {}
     tables: dict[TableRef, TableRows] = {}
     ambiguities: list[Ambiguity] = []

@@ -83,10 +83,11 @@ def test_a_dropped_mapped_table_is_reported_missing(datamap: DataMap, app_db: st
 
 def test_lower_email_identity_needs_an_expression_index(datamap: DataMap, app_db: str) -> None:
     with psycopg.connect(app_db, autocommit=True) as conn:
-        conn.execute("DROP INDEX app.callers_email_lower_idx")
+        conn.execute("DROP INDEX app.callers_email_nfc_lower_idx")
         conn.execute("CREATE INDEX callers_email_plain_idx ON app.callers (email)")  # does not serve lower()
+        conn.execute("CREATE INDEX callers_email_lower_idx ON app.callers (lower(email))")  # nor does this
     report = find_drift(datamap, app_db)
-    assert [(i.table, i.expression) for i in report.missing_indexes] == [("callers", "lower(email)")]
+    assert [(i.table, i.expression) for i in report.missing_indexes] == [("callers", "lower(normalize(email, NFC))")]
 
 
 # --------------------------------------------------------------------------------------------

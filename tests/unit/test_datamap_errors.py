@@ -452,3 +452,16 @@ def test_python_connector_needs_lookup_by_and_takes_no_templates(tmp_path: Path)
     assert_issue(path, error, "processors[support_desk].erase", "connector: python takes no erase")
     path, error = broken(tmp_path, lambda d: processor(d, "crm").pop("lookup"))
     assert_issue(path, error, "processors[crm].lookup", "needs a lookup call")
+
+
+def test_an_email_kind_compared_with_plain_lower_is_refused_as_it_misses_decomposed_addresses(tmp_path: Path) -> None:
+    path, error = broken(tmp_path, lambda d: d["identity_kinds"]["email"].update(match="lower"))
+    assert_issue(path, error, "identity_kinds.email.match", "decomposed (NFD)", "lower_nfc")
+
+
+def test_an_email_identity_overriding_the_match_with_lower_is_refused(tmp_path: Path) -> None:
+    def mutate(d: Map) -> None:
+        next(i for i in table(d, "callers")["identities"] if i["field"] == "email")["match"] = "lower"
+
+    path, error = broken(tmp_path, mutate)
+    assert_issue(path, error, "systems[aircalls_app].tables[callers].identities[email].match", "lower_nfc")

@@ -90,32 +90,38 @@ def test_identity_steps_match_on_the_normalised_expression(datamap: DataMap) -> 
     plan = plans.build_resolution_plan(datamap, ["email", "phone"])
     users = plan.step(t("users")).select.text
     callers = plan.step(t("callers")).select.text
-    assert 'lower("email") = ANY(%(email)s)' in users
+    assert 'lower(normalize("email", NFC)) = ANY(%(email)s)' in users
     assert '"phone_e164" = ANY(%(phone)s)' in users
-    assert '"phone" = ANY(%(phone)s)' in callers and 'lower("email") = ANY(%(email)s)' in callers
+    assert '"phone" = ANY(%(phone)s)' in callers and 'lower(normalize("email", NFC)) = ANY(%(email)s)' in callers
     # One state per identity column (absent 0, matches 1, differs 2): what narrowing reads.
     assert users == (
         'SELECT "id", "business_id", '
-        'CASE WHEN "email" IS NULL THEN 0 WHEN lower("email") = ANY(%(email)s) THEN 1 ELSE 2 END AS "__id_email", '
+        'CASE WHEN "email" IS NULL THEN 0 WHEN lower(normalize("email", NFC)) = ANY(%(email)s) THEN 1 ELSE 2 END AS "__id_email", '
         'CASE WHEN "phone_e164" IS NULL THEN 0 WHEN "phone_e164" = ANY(%(phone)s) THEN 1 ELSE 2 END AS "__id_phone_e164" '
-        'FROM "app"."users" WHERE (lower("email") = ANY(%(email)s) OR "phone_e164" = ANY(%(phone)s)) ORDER BY "id"'
+        'FROM "app"."users" WHERE (lower(normalize("email", NFC)) = ANY(%(email)s) OR "phone_e164" = ANY(%(phone)s)) ORDER BY "id"'
     )
     assert plan.step(t("users")).count.text == (
-        'SELECT count(*) FROM "app"."users" WHERE (lower("email") = ANY(%(email)s) OR "phone_e164" = ANY(%(phone)s)) '
+        'SELECT count(*) FROM "app"."users" WHERE (lower(normalize("email", NFC)) = ANY(%(email)s) OR "phone_e164" = ANY(%(phone)s)) '
         'AND "id" <> ALL(%(excluded_aircalls_app_users)s)'
     )
 
 
-def test_keyed_hash_matching_hashes_the_columns_in_sql_and_limits_to_rows_recorded_before(datamap: DataMap) -> None:
+def test_keyed_hash_matching_binds_the_keys_the_client_matched_and_limits_to_rows_recorded_before(
+    datamap: DataMap,
+) -> None:
     plan = plans.build_resolution_plan(datamap, ["email", "phone"], matching="keyed_hash")
     callers = plan.step(t("callers")).select
-    hashed_phone = (
-        "encode(sha256(%(keyed_hash_outer_pad)s::bytea || sha256(%(keyed_hash_inner_pad)s::bytea || "
-        "%(kh_domain_phone)s::bytea || convert_to(\"phone\"::text, 'UTF8'))), 'hex') = ANY(%(kh_phone)s)"
-    )
-    assert f'({hashed_phone} AND "first_seen_at" < %(kh_created_before)s)' in callers.text
+    matched_phone = '"id" = ANY(%(kh_matched_aircalls_app_callers_phone)s)'
+    assert f'({matched_phone} AND "first_seen_at" < %(kh_created_before)s)' in callers.text
     assert "%(phone)s" not in callers.text and "%(email)s" not in callers.text
-    assert {"kh_phone", "kh_domain_phone", "keyed_hash_inner_pad", "kh_created_before"} <= set(callers.input_params)
+    assert {"kh_matched_aircalls_app_callers_phone", "kh_created_before"} <= set(callers.input_params)
+    # The client hashes the column as the normaliser compares it; no statement takes key material.
+    scans = {(s.column.table.table, s.column.field): s.statement.text for s in plan.hash_scans}
+    assert scans[("users", "email")] == (
+        'SELECT "id", lower(normalize("email", NFC))::text FROM "app"."users" WHERE "email" IS NOT NULL'
+    )
+    assert set(scans) == {("users", "email"), ("users", "phone_e164"), ("callers", "phone"), ("callers", "email")}
+    assert not [s for s in plan.statements if set(s.input_params) & {"keyed_hash_inner_pad", "keyed_hash_outer_pad"}]
     # No record-time column: only the keys the erasure removed may match again.
     users_without_created_at = raw_map()
     users = next(x for x in users_without_created_at["systems"][0]["tables"] if x["name"] == "users")
@@ -124,16 +130,14 @@ def test_keyed_hash_matching_hashes_the_columns_in_sql_and_limits_to_rows_record
     assert '"id" = ANY(%(kh_planned_aircalls_app_users)s)' in users_plan.step(t("users")).select.text
 
 
-def test_keyed_hash_sql_with_a_domain_is_the_identity_hashers_hmac() -> None:
+def test_client_keyed_hash_with_a_domain_is_the_identity_hashers_hmac() -> None:
     from governance.crypto import IdentityHasher, Keyring
 
     key = b"k" * 32
     hasher = IdentityHasher(Keyring(active_id="k1", keys={"k1": key}))
     pads = plans.keyed_hash_params(key)
     domain = plans.keyed_hash_domain("phone")
-    # The SQL expression with a domain: sha256(outer || sha256(inner || domain || value)).
-    inner = hashlib.sha256(pads["keyed_hash_inner_pad"] + domain + b"+15550102000").digest()
-    computed = hashlib.sha256(pads["keyed_hash_outer_pad"] + inner).hexdigest()
+    computed = plans.ClientKeyedHash(pads, domain=domain)("+15550102000")
     assert computed == plans.keyed_hash_reference(key, "+15550102000", domain=domain) == hasher.hash("phone", "+15550102000")
 
 
@@ -411,9 +415,13 @@ def test_keyed_hash_and_mask_actions_render_as_bound_parameters() -> None:
     assert rewrite.effect == "rewrite_rows"
     text = rewrite.statement.text
     assert '"path" = %(mask_usage_events_path)s' in text and "/redacted" not in text
-    assert ('"device_id" = encode(sha256(%(keyed_hash_outer_pad)s::bytea || sha256(%(keyed_hash_inner_pad)s::bytea '
-            '|| convert_to("device_id"::text, \'UTF8\'))), \'hex\')') in text
-    assert {"keyed_hash_inner_pad", "keyed_hash_outer_pad"} <= set(rewrite.statement.input_params)
+    assert ('"device_id" = CASE WHEN ("device_id" IS NOT NULL AND "device_id"::text !~ \'^[0-9a-f]{64}$\') '
+            'THEN %(kh_values_device_id)s::jsonb ->> "id"::text ELSE "device_id" END') in text
+    assert "kh_values_device_id" in rewrite.statement.input_params
+    assert not {"keyed_hash_inner_pad", "keyed_hash_outer_pad"} & set(rewrite.statement.input_params)
+    inputs = rewrite.statement.keyed_hash_inputs
+    assert inputs is not None and rewrite.statement.keyed_hash_fields == ("device_id",)
+    assert inputs.text.endswith("FOR UPDATE") and inputs.input_params == ("keys",)
     assert rewrite.statement.params["mask_usage_events_path"] == "/redacted"
 
 
@@ -421,9 +429,9 @@ def test_keyed_hash_parameters_reproduce_hmac_sha256() -> None:
     key = b"governance-test-key-" * 5  # longer than a block: hashed first, as HMAC does
     pads = plans.keyed_hash_params(key)
     value = "Caller Name"
-    # The SQL expression: sha256(outer || sha256(inner || value)), evaluated here in Python.
     inner = hashlib.sha256(pads["keyed_hash_inner_pad"] + value.encode()).digest()
     assert hashlib.sha256(pads["keyed_hash_outer_pad"] + inner).hexdigest() == plans.keyed_hash_reference(key, value)
+    assert plans.ClientKeyedHash(pads)(value) == plans.keyed_hash_reference(key, value)
     assert key not in pads.values()
 
 

@@ -267,7 +267,7 @@ def test_a_changed_data_map_refuses_the_approved_plan(datamap: DataMap) -> None:
         approved_statements(DataMap.model_validate(data), work)
 
 
-def test_a_keyed_hash_rewrite_needs_the_key_pads(datamap: DataMap) -> None:
+def test_a_keyed_hash_rewrite_binds_digests_the_client_computed_never_the_key_pads(datamap: DataMap) -> None:
     data = datamap.model_dump(by_alias=True)
     for field in data["systems"][0]["tables"][1]["fields"]:  # users
         if field["name"] == "job_title":
@@ -275,13 +275,10 @@ def test_a_keyed_hash_rewrite_needs_the_key_pads(datamap: DataMap) -> None:
     hashed = DataMap.model_validate(data)
     spec = hashed.table(t("users")).field("job_title")
     assert spec is not None
-    rewrite = field_rewrite(t("users"), spec)
-    assert rewrite.input_params == ("keyed_hash_inner_pad", "keyed_hash_outer_pad")
-    assert "sha256" in rewrite.assignment.as_string() and "!~ '^[0-9a-f]{64}$'" in rewrite.pending.as_string()
+    rewrite = field_rewrite(t("users"), spec, primary_key="id")
+    assert rewrite.keyed_hash and rewrite.input_params == ("kh_values_job_title",)
+    assert "sha256" not in rewrite.assignment.as_string() and "!~ '^[0-9a-f]{64}$'" in rewrite.pending.as_string()
     statement = Statement("rewrite_rows", t("users"), sql.SQL("UPDATE x SET {}").format(rewrite.assignment), {},
                           ("keys", *rewrite.input_params))  # fmt: skip
-    with pytest.raises(KeyError, match="keyed_hash_inner_pad"):
-        statement.bind({"keys": [1]})
-    assert set(statement.bind({"keys": [1], **keyed_hash_params(b"k" * 32)})) == {
-        "keys", "keyed_hash_inner_pad", "keyed_hash_outer_pad"
-    }
+    with pytest.raises(KeyError, match="kh_values_job_title"):
+        statement.bind({"keys": [1], **keyed_hash_params(b"k" * 32)})

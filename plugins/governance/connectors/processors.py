@@ -10,14 +10,23 @@ Transient failures (connection errors, 429, 5xx) are retried with exponential ba
 the last status, never the URL (its path or query can hold an identity). List calls that page
 declare it in the map (``paging``); :meth:`ProcessorClient.fetch_records` follows the pages, so a
 processor with paging needs only a map edit.
+
+Transport security: a connection that names no scheme is reached over https; plain http is
+refused unless the host is a loopback address (the local stand-ins) or the connection's extra says
+``"allow_plain_http": true`` (a trusted network, e.g. the compose stand-ins). The session follows
+redirects, but a secret header (the map's ``auth.header``, or ``Authorization``) is dropped when a
+redirect leaves the host, as ``requests`` does for ``Authorization`` alone.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
+import requests
 from airflow.providers.http.hooks.http import HttpHook
 
 from governance.connections import not_configured
@@ -40,6 +49,60 @@ class ProcessorRejected(RuntimeError):
     """A processor answered with a status that is neither success, absence nor transient."""
 
 
+class InsecureProcessorConnection(ValueError):
+    """A processor connection would send secrets and personal data over plain http."""
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def secure_base_url(base_url: str, *, conn_id: str, host: str, schema: str, extra: Mapping[str, Any]) -> str:
+    """``base_url`` as :class:`HttpHook` built it (``http`` when the connection names no scheme),
+    with https as the default and plain http only where allowed; InsecureProcessorConnection (before
+    any request) otherwise. ``host`` and ``schema`` are the connection's own fields."""
+    explicit = urlsplit(host).scheme.lower() if "://" in host else schema.lower()
+    if not explicit and base_url.startswith("http://"):
+        return "https://" + base_url[len("http://") :]
+    if urlsplit(base_url).scheme.lower() == "http":
+        allowed = str(extra.get("allow_plain_http", "")).lower() in ("true", "1", "yes")
+        if not (allowed or _is_loopback(urlsplit(base_url).hostname or "")):
+            raise InsecureProcessorConnection(
+                f"processor connection {conn_id!r} uses plain http to a host that is not loopback: use https, or "
+                'set "allow_plain_http": true in its extra for a trusted network'
+            )
+    return base_url
+
+
+class ProcessorSession(requests.Session):
+    """A session that drops its secret headers when a redirect leaves the host (``requests``
+    itself only drops ``Authorization``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secret_headers: set[str] = {"Authorization"}
+
+    @classmethod
+    def from_session(cls, session: requests.Session) -> ProcessorSession:
+        """The same settings (headers, auth, adapters, TLS, proxies, hooks) in a ProcessorSession."""
+        guarded = cls()
+        secret_headers = guarded.secret_headers
+        guarded.__dict__.update(session.__dict__)
+        guarded.secret_headers = secret_headers
+        return guarded
+
+    def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
+        if self.should_strip_auth(response.request.url or "", prepared_request.url or ""):
+            for name in self.secret_headers:
+                prepared_request.headers.pop(name, None)
+        super().rebuild_auth(prepared_request, response)
+
+
 class ProcessorHook(HttpHook):
     """The HTTP provider's hook for one processor's Airflow connection (type ``http``).
 
@@ -57,6 +120,17 @@ class ProcessorHook(HttpHook):
         super().__init__(method="GET", http_conn_id=http_conn_id)
         self._connection = connection
         self.test_path = test_path
+
+    def get_conn(self, headers: dict[Any, Any] | None = None, extra_options: dict[str, Any] | None = None) -> ProcessorSession:
+        """The provider's session, as a :class:`ProcessorSession`."""
+        return ProcessorSession.from_session(super().get_conn(headers, extra_options))
+
+    def _set_base_url(self, connection: Any) -> None:
+        super()._set_base_url(connection)
+        self.base_url = secure_base_url(
+            self.base_url, conn_id=self.http_conn_id, host=connection.host or "", schema=connection.schema or "",
+            extra=connection.extra_dejson or {},
+        )  # fmt: skip
 
     def get_connection(self, conn_id: str) -> Connection:  # type: ignore[override]
         if self._connection is not None:
@@ -123,6 +197,7 @@ class ProcessorClient(ProcessorConnector):
             assert processor.auth.header, "the map validates that header auth names its header"
             self.session.auth = None
             self.session.headers[processor.auth.header] = secret
+            self.session.secret_headers.add(processor.auth.header)
         else:
             self.session.auth = (login, password)
 
@@ -233,7 +308,15 @@ class ProcessorClient(ProcessorConnector):
         return "absent" if status in request.absent_status else "erased"
 
 
-__all__ = ["ProcessorClient", "ProcessorHook", "ProcessorRecord", "ProcessorRejected", "ProcessorUnavailable"]
+__all__ = [
+    "InsecureProcessorConnection",
+    "ProcessorClient",
+    "ProcessorHook",
+    "ProcessorRecord",
+    "ProcessorRejected",
+    "ProcessorSession",
+    "ProcessorUnavailable",
+]
 
 
 def processor_clients(datamap: DataMap, names: list[str] | None = None, **kwargs: Any) -> dict[str, ProcessorClient]:

@@ -8,7 +8,10 @@
   data (e-mail addresses, phone numbers, IP addresses, names, free text);
 * mapped tables and columns the database does not have (the map is stale; plans would fail);
 * identity columns and reference columns without a usable index (erasure and export would scan
-  whole tables, the largest first).
+  whole tables, the largest first);
+* identity values not in the form the identity normaliser produces (an e-mail stored decomposed,
+  NFD, or with white space around it; a phone not in E.164), counted per column, with whether the
+  map's comparison still finds them.
 
 Sampled values never leave this module: the report says *what kind* of values were seen and how
 many, never the values, so it is safe for XCom, task logs and alerts.
@@ -72,6 +75,22 @@ class MissingIndex:
 
 
 @dataclass(frozen=True)
+class UnnormalisedIdentity:
+    """Values of an identity column that are not in the form the identity normaliser produces.
+    ``found`` says whether the map's comparison still finds them (an NFD e-mail compared as
+    ``lower(normalize(column, NFC))``) or misses them (a phone not in E.164 compared exactly:
+    export and erasure would not find that person there). Counts only, never a value."""
+
+    system: str
+    table: str
+    column: str
+    kind: str
+    problem: str  # "not in Unicode NFC", "surrounding white space", "not in E.164"
+    rows: int
+    found: bool
+
+
+@dataclass(frozen=True)
 class DriftReport:
     """Differences between the map and the database; ``is_clean`` when there are none."""
 
@@ -81,13 +100,19 @@ class DriftReport:
     missing_columns: tuple[str, ...] = ()
     missing_indexes: tuple[MissingIndex, ...] = ()
     checked_systems: tuple[str, ...] = field(default=())
+    unnormalised_identities: tuple[UnnormalisedIdentity, ...] = ()
 
     @property
     def is_clean(self) -> bool:
         return not (
             self.unmapped_tables or self.unmapped_columns or self.missing_tables or self.missing_columns
-            or self.missing_indexes
+            or self.missing_indexes or self.unnormalised_identities
         )
+
+    @property
+    def missed_identities(self) -> tuple[UnnormalisedIdentity, ...]:
+        """Identity values the map's comparison does not find: people export and erasure miss."""
+        return tuple(u for u in self.unnormalised_identities if not u.found)
 
     @property
     def personal_unmapped(self) -> tuple[UnmappedColumn, ...]:
@@ -100,8 +125,10 @@ class DriftReport:
             f"unmapped column {c.system}.{c.table}.{c.column} ({c.data_type}) looks personal: {c.reason}"
             for c in self.personal_unmapped
         ]
+        lines += [unnormalised_message(u) for u in self.missed_identities]
         lines += [f"mapped table {t} does not exist in the database" for t in self.missing_tables]
         lines += [f"mapped column {c} does not exist in the database" for c in self.missing_columns]
+        lines += [unnormalised_message(u) for u in self.unnormalised_identities if u.found]
         lines += [
             f"{i.system}.{i.table}.{i.column} ({i.purpose}) has no index on {i.expression}"
             for i in self.missing_indexes
@@ -138,6 +165,7 @@ def find_drift(
     missing_tables: list[str] = []
     missing_columns: list[str] = []
     missing_indexes: list[MissingIndex] = []
+    unnormalised: list[UnnormalisedIdentity] = []
     checked: list[str] = []
     for system in datamap.postgres_systems:
         url = conninfo if isinstance(conninfo, str) else conninfo.get(system.name)
@@ -165,6 +193,7 @@ def find_drift(
                     if column not in mapped:
                         unmapped_columns.append(_classify(conn, system, table.name, column, data_type, sample_rows, region))
             missing_indexes += _missing_indexes(datamap, system, columns, indexes)
+            unnormalised += _unnormalised_identities(conn, datamap, system, columns)
     return DriftReport(
         unmapped_tables=tuple(unmapped_tables),
         unmapped_columns=tuple(unmapped_columns),
@@ -172,6 +201,7 @@ def find_drift(
         missing_columns=tuple(missing_columns),
         missing_indexes=tuple(missing_indexes),
         checked_systems=tuple(checked),
+        unnormalised_identities=tuple(unnormalised),
     )
 
 
@@ -234,6 +264,11 @@ def _leading_expression(indexdef: str) -> str:
     return expression
 
 
+def _comparable(expression: str) -> str:
+    """An index expression as compared: PostgreSQL prints ``NORMALIZE(email, NFC)``."""
+    return expression.replace(" ", "").lower()
+
+
 def _missing_indexes(
     datamap: DataMap,
     system: PostgresSystem,
@@ -244,7 +279,7 @@ def _missing_indexes(
     for identity in identity_columns(datamap):
         if identity.table.system != system.name:
             continue
-        expression = f"lower({identity.field})" if identity.match is IdentityMatch.lowered else identity.field
+        expression = identity.match.expression(identity.field)
         wanted.append((identity.table, identity.field, expression, f"identity {identity.kind}"))
     for edge in reference_edges(datamap, (ReferenceKind.ownership, ReferenceKind.mention)):
         if edge.child.system == system.name:
@@ -255,9 +290,51 @@ def _missing_indexes(
         if ref.table not in columns or (ref.table, column, expression) in seen:
             continue
         seen.add((ref.table, column, expression))
-        if expression not in indexes.get(ref.table, []):
+        if _comparable(expression) not in {_comparable(e) for e in indexes.get(ref.table, [])}:
             missing.append(MissingIndex(system.name, ref.table, column, expression, purpose))
     return missing
+
+
+def unnormalised_message(u: UnnormalisedIdentity) -> str:
+    """One line, counts only."""
+    effect = "still found by the map's comparison" if u.found else "export and erasure do not find them"
+    return f"{u.system}.{u.table}.{u.column} (identity {u.kind}): {u.rows} value(s) {u.problem}; {effect}"
+
+
+# What the identity normaliser produces, per normaliser: (problem, SQL condition of a value not in
+# that form, whether a comparison of this match still finds such a value).
+_E164 = r"^\+[1-9][0-9]{6,14}$"
+
+
+def _unnormalised_identities(
+    conn: psycopg.Connection[Any], datamap: DataMap, system: PostgresSystem, columns: Mapping[str, list[tuple[str, str]]]
+) -> list[UnnormalisedIdentity]:
+    """Count, per identity column, values the identity normaliser would have written differently."""
+    out: list[UnnormalisedIdentity] = []
+    for identity in identity_columns(datamap):
+        if identity.table.system != system.name or identity.field not in dict(columns.get(identity.table.table, [])):
+            continue
+        normaliser = datamap.identity_kinds[identity.kind].normalise
+        value = sql.SQL("{}::text").format(sql.Identifier(identity.field))
+        checks: list[tuple[str, sql.Composable, bool]]
+        if normaliser == "email":
+            checks = [
+                ("not in Unicode NFC", sql.SQL("NOT ({} IS NFC NORMALIZED)").format(value),
+                 identity.match is IdentityMatch.lowered_nfc),
+                ("with surrounding white space", sql.SQL("{v} <> btrim({v})").format(v=value), False),
+            ]  # fmt: skip
+        else:
+            checks = [("not in E.164", sql.SQL("{} !~ {}").format(value, sql.Literal(_E164)), False)]
+        query = sql.SQL("SELECT {} FROM {} WHERE {} IS NOT NULL").format(
+            sql.SQL(", ").join(sql.SQL("count(*) FILTER (WHERE {})").format(c) for _, c, _ in checks),
+            sql.Identifier(system.db_schema, identity.table.table), sql.Identifier(identity.field),
+        )
+        counts = conn.execute(query).fetchone() or ()
+        for (problem, _, found), rows in zip(checks, counts, strict=True):
+            if rows:
+                out.append(UnnormalisedIdentity(system.name, identity.table.table, identity.field, identity.kind,
+                                                problem, int(rows), found))  # fmt: skip
+    return out
 
 
 def _classify(
@@ -491,6 +568,11 @@ def drift_findings(database: Mapping[str, Any], objects: Mapping[str, Any]) -> l
         system, table, column = (str(col).split(".", 2) + ["", ""])[:3]
         found.append(DriftFinding("missing_column", True, f"{_table_place(system, table)}.fields[{column}]",
                                   f"mapped column {col} does not exist in the database"))  # fmt: skip
+    unnormalised = [UnnormalisedIdentity(**u) for u in database.get("unnormalised_identities", [])]
+    for u in unnormalised:
+        if not u.found:
+            found.append(DriftFinding("unnormalised_identity_missed", True,
+                                      f"{_table_place(u.system, u.table)}.fields[{u.column}]", unnormalised_message(u)))  # fmt: skip
     for b in objects.get("missing_buckets", []):
         system = str(b).split(" ", 1)[0]
         found.append(DriftFinding("missing_bucket", True, f"systems[{system}].bucket", f"bucket of {b} does not exist"))
@@ -505,6 +587,10 @@ def drift_findings(database: Mapping[str, Any], objects: Mapping[str, Any]) -> l
             "missing_index", False, f"{_table_place(i['system'], i['table'])}.fields[{i['column']}]",
             f"{i['system']}.{i['table']}.{i['column']} ({i['purpose']}) has no index on {i['expression']}",
         ))  # fmt: skip
+    for u in unnormalised:
+        if u.found:
+            found.append(DriftFinding("unnormalised_identity_found", False,
+                                      f"{_table_place(u.system, u.table)}.fields[{u.column}]", unnormalised_message(u)))  # fmt: skip
     for t in database.get("unmapped_tables", []):
         system, _, _table = str(t).partition(".")
         found.append(DriftFinding("unmapped_table", False, f"systems[{system}].tables", f"unmapped table {t}"))

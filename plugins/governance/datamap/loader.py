@@ -352,6 +352,14 @@ def _duplicates(names: Iterable[str]) -> list[str]:
     return sorted(name for name, count in Counter(names).items() if count > 1)
 
 
+# Python NFC-normalises and lower-cases an e-mail address (governance.identity.normalise_email);
+# SQL must do the same to the column, or an address stored decomposed (NFD) is never found.
+_EMAIL_MATCH = (
+    "e-mail addresses are stored as typed, sometimes decomposed (NFD): match them with lower_nfc, "
+    "lower(normalize(column, NFC)), and index that expression"
+)
+
+
 class _Checks:
     """Every check that needs the whole map; ``run`` yields (path, message) pairs."""
 
@@ -410,10 +418,8 @@ class _Checks:
 
     def _identity_kinds(self) -> Iterator[tuple[str, str]]:
         for name, spec in self.dm.identity_kinds.items():
-            if spec.normalise == "email" and spec.match is IdentityMatch.exact:
-                yield f"identity_kinds.{name}.match", (
-                    "e-mail addresses are stored as typed: match them with lower (and index lower(column))"
-                )
+            if spec.normalise == "email" and spec.match is not IdentityMatch.lowered_nfc:
+                yield f"identity_kinds.{name}.match", _EMAIL_MATCH
 
     def _taxonomy(self, path: str, key: str, kind: TaxonomyKind) -> Iterator[tuple[str, str]]:
         problem = taxonomy_problem(key, kind)
@@ -473,6 +479,11 @@ class _Checks:
                     suggest(identity.kind, self.dm.identity_kinds)
                     or f"; declared kinds: {', '.join(self.dm.identity_kinds)}"
                 )
+            elif (
+                identity.match is not None and identity.match is not IdentityMatch.lowered_nfc
+                and self.dm.identity_kinds[identity.kind].normalise == "email"
+            ):  # fmt: skip
+                yield f"{ipath}.match", _EMAIL_MATCH
         if not table.deletes_rows_on_erasure:
             # Rows stay on erasure: whatever finds the person in them must be rewritten, or the
             # "erased" row still points at them (and a batched rewrite would never finish).

@@ -203,6 +203,23 @@ class IdentityMatch(StrEnum):
 
     exact = "exact"  # column = ANY(values): the column is stored normalised (E.164 phone)
     lowered = "lower"  # lower(column) = ANY(values): stored as typed; needs an index on lower(column)
+    # lower(normalize(column, NFC)) = ANY(values): stored as typed, possibly decomposed (NFD, as
+    # some keyboards and imports write it); the same steps as governance.identity.normalise_email.
+    # Needs an index on that expression.
+    lowered_nfc = "lower_nfc"
+
+    def expression(self, column: str) -> str:
+        """The SQL expression compared with the normalised identity, for ``column`` (as shown in
+        messages and matched against index definitions)."""
+        if self is IdentityMatch.lowered_nfc:
+            return f"lower(normalize({column}, NFC))"
+        if self is IdentityMatch.lowered:
+            return f"lower({column})"
+        return column
+
+    @property
+    def folds_case(self) -> bool:
+        return self is not IdentityMatch.exact
 
 
 class IdentityKindSpec(_Strict):

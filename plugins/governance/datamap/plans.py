@@ -25,6 +25,13 @@ Three plans, one per workflow that changes or reads personal data:
 Parameter names the executor supplies at run time are module constants (``AS_OF``,
 ``SCOPE_IDS``, ...); each statement lists the ones it needs in ``input_params`` and carries its
 constant values in ``params``.
+
+Keyed hashes (HMAC-SHA256 under the governance hash key) are computed in the client, never in SQL:
+the key and anything derived from it (HMAC's padded keys) are as good as the key, and a bound
+parameter ends up in the database's statement log or ``auto_explain`` output. A rewrite to a keyed
+hash first reads the values (:attr:`Statement.keyed_hash_inputs`, rows locked), the executor
+hashes them, and the rewrite binds the digests by primary key; matching by keyed hashes streams
+the identity column (:class:`KeyedHashScan`) and binds the primary keys whose digest matched.
 """
 
 from __future__ import annotations
@@ -70,12 +77,14 @@ REFERENCE_VALUES = "reference_values"  # the person's keys a mention may still p
 HELD_KEYS = "held_keys"  # primary keys under a legal hold (may be empty)
 HELD_SCOPE_IDS = "held_scope_ids"  # business ids under a legal hold (may be empty)
 AFTER_KEY = "after_key"  # keyset cursor: [last primary key handled], [] to start
-KEYED_HASH_INNER = "keyed_hash_inner_pad"
+KEYED_HASH_INNER = "keyed_hash_inner_pad"  # names of keyed_hash_params' entries (client side only)
 KEYED_HASH_OUTER = "keyed_hash_outer_pad"
 KEYED_HASH_PADS = (KEYED_HASH_INNER, KEYED_HASH_OUTER)
+KEYED_HASH_VALUES_PREFIX = "kh_values_"  # {primary key as text: digest} of one rewritten field
 # Matching by keyed hashes (a person known only by the suppression list).
 CREATED_BEFORE = "kh_created_before"
 PLANNED_KEYS_PREFIX = "kh_planned_"
+MATCHED_KEYS_PREFIX = "kh_matched_"  # primary keys whose identity column's digest matched
 
 _HMAC_BLOCK = 64  # SHA-256 block size
 
@@ -101,10 +110,18 @@ class Statement:
     query: sql.Composed
     params: Mapping[str, Any] = field(default_factory=dict)
     input_params: tuple[str, ...] = ()
+    # A rewrite to keyed hashes: run this first with the same ``keys`` (it locks the rows and
+    # returns the primary key and each hashed field's value still to rewrite), hash the values in
+    # the client and bind ``kh_values_<field>`` ({key as text: digest}) to ``query``.
+    keyed_hash_inputs: Statement | None = None
+    keyed_hash_fields: tuple[str, ...] = ()
 
     @property
     def text(self) -> str:
-        """The SQL with its placeholders (``%(name)s``), never a value: safe to log and show."""
+        """The SQL with its placeholders (``%(name)s``), never a value: safe to log and show
+        (a keyed-hash rewrite shows the read before the rewrite)."""
+        if self.keyed_hash_inputs is not None:
+            return f"{self.keyed_hash_inputs.text};\n{self.query.as_string()}"
         return self.query.as_string()
 
     @property
@@ -176,8 +193,10 @@ def planned_keys_param(table: TableRef) -> str:
 
 
 def identity_expression(column: sql.Composable, match: IdentityMatch) -> sql.Composable:
-    """The SQL side of an identity comparison: ``lower(col)`` or ``col``, mirroring
-    :mod:`governance.identity` on the Python side."""
+    """The SQL side of an identity comparison: ``lower(normalize(col, NFC))``, ``lower(col)`` or
+    ``col``, mirroring :mod:`governance.identity` on the Python side."""
+    if match is IdentityMatch.lowered_nfc:
+        return sql.SQL("lower(normalize({}, NFC))").format(column)
     return sql.SQL("lower({})").format(column) if match is IdentityMatch.lowered else column
 
 
@@ -186,9 +205,8 @@ def identity_expression(column: sql.Composable, match: IdentityMatch) -> sql.Com
 
 
 def keyed_hash_params(key: bytes) -> dict[str, bytes]:
-    """Parameters for the SQL keyed hash: HMAC-SHA256 split into its two padded keys, so the
-    database needs no extension (``sha256()`` is built in) and the key itself is never sent.
-    ``keyed_hash_sql(col)`` with these parameters equals ``hmac.new(key, value, sha256).hexdigest()``."""
+    """HMAC-SHA256's two padded keys, for :class:`ClientKeyedHash` in this process. They are as
+    good as the key: never bind them to a statement (nothing in the plans asks for them)."""
     if len(key) > _HMAC_BLOCK:
         key = hashlib.sha256(key).digest()
     key = key.ljust(_HMAC_BLOCK, b"\0")
@@ -198,24 +216,33 @@ def keyed_hash_params(key: bytes) -> dict[str, bytes]:
     }
 
 
-def keyed_hash_sql(column: sql.Composable, *, domain: str | None = None) -> sql.Composed:
-    """HMAC-SHA256 (hex) of the column's text (UTF-8) from the pads of :func:`keyed_hash_params`.
+class ClientKeyedHash:
+    """HMAC-SHA256 (hex) of text values (UTF-8), computed here from the pads of
+    :func:`keyed_hash_params`, optionally with a ``domain`` prefix (``kind || NUL``: what
+    :class:`governance.crypto.IdentityHasher` computes for an identity)."""
 
-    With ``domain`` (the name of a bytea parameter, e.g. ``kind || NUL``) the message is
-    ``domain || value``: what :class:`governance.crypto.IdentityHasher` computes for an identity."""
-    prefix = sql.SQL("{}::bytea || ").format(sql.Placeholder(domain)) if domain else sql.SQL("")
-    return sql.SQL(
-        "encode(sha256({outer}::bytea || sha256({inner}::bytea || {prefix}convert_to({col}::text, 'UTF8'))), 'hex')"
-    ).format(outer=sql.Placeholder(KEYED_HASH_OUTER), inner=sql.Placeholder(KEYED_HASH_INNER), prefix=prefix, col=column)
+    def __init__(self, pads: Mapping[str, bytes], *, domain: bytes = b"") -> None:
+        self._inner = hashlib.sha256(pads[KEYED_HASH_INNER] + domain)
+        self._outer = hashlib.sha256(pads[KEYED_HASH_OUTER])
+
+    def __call__(self, value: str) -> str:
+        inner = self._inner.copy()
+        inner.update(value.encode("utf-8"))
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
+
+    def __repr__(self) -> str:
+        return "ClientKeyedHash(<key>)"
 
 
 def keyed_hash_reference(key: bytes, value: str, *, domain: bytes = b"") -> str:
-    """What :func:`keyed_hash_sql` computes for ``value`` (for tests and for matching later)."""
+    """HMAC-SHA256 (hex) of ``domain || value`` under ``key`` (for tests and for matching later)."""
     return hmac.new(key, domain + value.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def keyed_hash_domain_param(kind: str) -> str:
-    return f"kh_domain_{kind}"
+def keyed_hash_values_param(field_name: str) -> str:
+    return f"{KEYED_HASH_VALUES_PREFIX}{field_name}"
 
 
 def keyed_hash_domain(kind: str) -> bytes:
@@ -239,15 +266,16 @@ class FieldRewrite:
     cleared: sql.Composable
     params: Mapping[str, Any]
     input_params: tuple[str, ...]
+    keyed_hash: bool = False  # the assignment reads digests the client computed (kh_values_<field>)
 
 
 def mask_param(ref: TableRef, field_name: str) -> str:
     return f"mask_{ref.table}_{field_name}"
 
 
-def field_rewrite(ref: TableRef, spec: FieldSpec) -> FieldRewrite:
-    """The rewrite of ``spec`` by its erasure action (``nullify``, ``mask``, ``keyed_hash``);
-    ValueError for an action that does not rewrite a field."""
+def field_rewrite(ref: TableRef, spec: FieldSpec, *, primary_key: str) -> FieldRewrite:
+    """The rewrite of ``spec`` by its erasure action (``nullify``, ``mask``, ``keyed_hash``) in a
+    table keyed by ``primary_key``; ValueError for an action that does not rewrite a field."""
     column = sql.Identifier(spec.name)
     action = spec.erasure_action
     if action is ErasureAction.nullify:
@@ -262,16 +290,43 @@ def field_rewrite(ref: TableRef, spec: FieldSpec) -> FieldRewrite:
         )  # fmt: skip
     if action is ErasureAction.keyed_hash:
         # A rewritten value is 64 hex digits; a personal value (a name, an address) never is.
+        # The digest comes from the client by primary key (a missing one clears the field).
+        pending = sql.SQL("({c} IS NOT NULL AND {c}::text !~ '^[0-9a-f]{{64}}$')").format(c=column)
+        digests = sql.Placeholder(keyed_hash_values_param(spec.name))
         return FieldRewrite(
-            spec.name, sql.SQL("{} = {}").format(column, keyed_hash_sql(column)),
-            sql.SQL("({c} IS NOT NULL AND {c}::text !~ '^[0-9a-f]{{64}}$')").format(c=column),
-            sql.SQL("({c} IS NULL OR {c}::text ~ '^[0-9a-f]{{64}}$')").format(c=column), {}, KEYED_HASH_PADS,
+            spec.name,
+            sql.SQL("{c} = CASE WHEN {pending} THEN {digests}::jsonb ->> {pk}::text ELSE {c} END").format(
+                c=column, pending=pending, digests=digests, pk=sql.Identifier(primary_key)),
+            pending,
+            sql.SQL("({c} IS NULL OR {c}::text ~ '^[0-9a-f]{{64}}$')").format(c=column), {},
+            (keyed_hash_values_param(spec.name),), keyed_hash=True,
         )  # fmt: skip
     raise ValueError(f"{ref}.{spec.name}: erasure action {action.value if action else None} does not rewrite a field")
 
 
-def _rewrites(ref: TableRef, fields: Iterable[FieldSpec]) -> list[FieldRewrite]:
-    return [field_rewrite(ref, spec) for spec in fields]
+def _rewrites(ref: TableRef, table: TableSpec, fields: Iterable[FieldSpec]) -> list[FieldRewrite]:
+    return [field_rewrite(ref, spec, primary_key=table.primary_key) for spec in fields]
+
+
+def _keyed_hash_inputs(
+    datamap: DataMap, ref: TableRef, table: TableSpec, rewrites: Sequence[FieldRewrite], condition: sql.Composable,
+    needs: tuple[str, ...],
+) -> tuple[Statement | None, tuple[str, ...]]:
+    """For rewrites to keyed hashes: the read that locks the rows ``condition`` selects and returns
+    the primary key and each such field's value still to rewrite (NULL when already rewritten)."""
+    hashed = [r for r in rewrites if r.keyed_hash]
+    if not hashed:
+        return None, ()
+    values = sql.SQL(", ").join(
+        sql.SQL("CASE WHEN {} THEN {}::text END AS {}").format(r.pending, sql.Identifier(r.field), sql.Identifier(r.field))
+        for r in hashed
+    )
+    query = sql.SQL("SELECT {}, {} FROM {} WHERE {} AND ({}) ORDER BY 1 FOR UPDATE").format(
+        sql.Identifier(table.primary_key), values, _table_sql(datamap, ref), condition,
+        sql.SQL(" OR ").join(r.pending for r in hashed),
+    )  # fmt: skip
+    inputs = Statement("keyed_hash_inputs", ref, query, {}, needs)
+    return inputs, tuple(r.field for r in hashed)
 
 
 def _rewrite_params(rewrites: Sequence[FieldRewrite]) -> tuple[dict[str, Any], tuple[str, ...]]:
@@ -417,6 +472,7 @@ class ResolutionPlan:
     processors: tuple[ProcessorStep, ...]
     out_of_scope: tuple[TableRef, ...] = ()
     matching: Matching = "identity"
+    hash_scans: tuple[KeyedHashScan, ...] = ()  # matching by keyed hashes: run before the steps
 
     @property
     def tables(self) -> list[TableRef]:
@@ -436,7 +492,8 @@ class ResolutionPlan:
     @property
     def statements(self) -> list[Statement]:
         """Every statement of the plan, in the order they run (for the dry run and ``--sql``)."""
-        out = [s.select for s in self.steps] + [m.select for m in self.mentions]
+        out = [h.statement for h in self.hash_scans]
+        out += [s.select for s in self.steps] + [m.select for m in self.mentions]
         return out + [s.count for s in self.steps] + [s.export for s in self.steps]
 
 
@@ -467,10 +524,11 @@ def build_resolution_plan(
     ``out_of_scope``), since the business cannot speak for rows not collected for it.
 
     ``matching`` says how identity columns are compared: with the normalised identities
-    (``identity``: a param per kind), or with keyed hashes computed in SQL (``keyed_hash``: a
-    person known only by the suppression list; ``kh_<kind>`` digests, ``kh_domain_<kind>``, the
-    keyed-hash pads, and rows recorded before ``kh_created_before``, or for a table without a
-    record-time column, only the keys in ``kh_planned_<system>_<table>``).
+    (``identity``: a param per kind), or with keyed hashes (``keyed_hash``: a person known only by
+    the suppression list): ``hash_scans`` stream each identity column to the client, which hashes
+    the values and binds the matching keys (``kh_matched_<system>_<table>_<field>``); rows must
+    also be recorded before ``kh_created_before`` or, for a table without a record-time column, be
+    among the keys in ``kh_planned_<system>_<table>``. No key material is ever bound.
     """
     kinds = tuple(sorted(set(identity_kinds)))
     unknown = [k for k in kinds if k not in datamap.identity_kinds]
@@ -571,6 +629,9 @@ def build_resolution_plan(
         processors=processors,
         out_of_scope=tuple(sorted(out_of_scope)),
         matching=matching,
+        hash_scans=tuple(
+            _keyed_hash_scan(datamap, column) for step in steps for column in step.identity_matches
+        ) if matching == "keyed_hash" else (),
     )
 
 
@@ -597,14 +658,45 @@ def _reach_without(datamap: DataMap, kinds: tuple[str, ...], excluded: set[Table
     )
 
 
-def _identity_match(column: IdentityColumn, matching: Matching) -> tuple[sql.Composable, tuple[str, ...]]:
-    """A boolean expression: the column holds one of the person's identities (or keyed hashes)."""
+def matched_keys_param(column: IdentityColumn) -> str:
+    """Keyed-hash matching: the primary keys of ``column``'s table whose value's digest is one of
+    the person's (found by the client from :class:`KeyedHashScan`)."""
+    return f"{MATCHED_KEYS_PREFIX}{column.table.system}_{column.table.table}_{column.field}"
+
+
+@dataclass(frozen=True)
+class KeyedHashScan:
+    """Keyed-hash matching without the key in SQL: ``statement`` streams the primary key and the
+    identity expression (as the normaliser compares it) of every row holding a value; the client
+    hashes each value with the ``kind`` domain and binds the keys whose digest is the person's to
+    ``param``."""
+
+    column: IdentityColumn
+    primary_key: str
+    param: str
+    statement: Statement
+
+
+def _keyed_hash_scan(datamap: DataMap, column: IdentityColumn) -> KeyedHashScan:
+    table = datamap.table(column.table)
     expression = identity_expression(sql.Identifier(column.field), column.match)
+    query = sql.SQL("SELECT {pk}, {value}::text FROM {table} WHERE {col} IS NOT NULL").format(
+        pk=sql.Identifier(table.primary_key), value=expression, table=_table_sql(datamap, column.table),
+        col=sql.Identifier(column.field),
+    )  # fmt: skip
+    statement = Statement("keyed_hash_scan", column.table, query, {}, ())
+    return KeyedHashScan(column, table.primary_key, matched_keys_param(column), statement)
+
+
+def _identity_match(
+    column: IdentityColumn, matching: Matching, primary_key: str
+) -> tuple[sql.Composable, tuple[str, ...]]:
+    """A boolean expression: the column holds one of the person's identities (or, matching by
+    keyed hashes, the row is among those whose digest the client found to be the person's)."""
     if matching == "identity":
-        return _any(expression, column.kind), (column.kind,)
-    domain = keyed_hash_domain_param(column.kind)
-    hashed = keyed_hash_sql(expression, domain=domain)
-    return _any(hashed, f"kh_{column.kind}"), (f"kh_{column.kind}", domain, *KEYED_HASH_PADS)
+        return _any(identity_expression(sql.Identifier(column.field), column.match), column.kind), (column.kind,)
+    param = matched_keys_param(column)
+    return _any(sql.Identifier(primary_key), param), (param,)
 
 
 def _keyed_hash_restriction(datamap: DataMap, ref: TableRef, table: TableSpec) -> tuple[sql.Composable, str]:
@@ -633,7 +725,7 @@ def _match_where(
         restriction, restriction_param = _keyed_hash_restriction(datamap, ref, table)
         needs.append(restriction_param)
     for match in matches:
-        expression, params = _identity_match(match, matching)
+        expression, params = _identity_match(match, matching, table.primary_key)
         alternatives.append(sql.SQL("({} AND {})").format(expression, restriction) if restriction is not None else expression)
         needs += params
     for edge in parents:
@@ -667,7 +759,7 @@ def _resolve_statement(
     select: list[sql.Composable] = [sql.Identifier(c) for c in columns]
     params: dict[str, Any] = {}
     for column in matches:
-        expression, _ = _identity_match(column, matching)
+        expression, _ = _identity_match(column, matching, table.primary_key)
         select.append(
             sql.SQL("CASE WHEN {col} IS NULL THEN {absent} WHEN {match} THEN {hit} ELSE {differs} END AS {alias}").format(
                 col=sql.Identifier(column.field), match=expression, absent=sql.Literal(ABSENT), hit=sql.Literal(MATCHES),
@@ -789,7 +881,8 @@ def _rewrite(
     query = sql.SQL("UPDATE {} SET {} WHERE {} AND ({})").format(
         _table_sql(datamap, ref), sql.SQL(", ").join(r.assignment for r in rewrites), _keyed(table), pending
     )
-    return Statement(effect, ref, query, params, (KEYS, *needs))
+    inputs, hashed = _keyed_hash_inputs(datamap, ref, table, rewrites, _keyed(table), (KEYS,))
+    return Statement(effect, ref, query, params, (KEYS, *needs), keyed_hash_inputs=inputs, keyed_hash_fields=hashed)
 
 
 def _cleared_check(datamap: DataMap, ref: TableRef, table: TableSpec, rewrites: Sequence[FieldRewrite]) -> Statement:
@@ -824,26 +917,29 @@ def build_erasure_plan(datamap: DataMap, resolution: ResolutionPlan) -> ErasureP
         for mention in mentions_by_child.get(ref, []):
             spec = table.field(mention.edge.field)
             assert spec is not None
-            rewrite = field_rewrite(ref, spec)
+            rewrite = field_rewrite(ref, spec, primary_key=table.primary_key)
             params, needs = _rewrite_params([rewrite])
             reference = _any(sql.Identifier(spec.name), REFERENCE_VALUES)
             query = sql.SQL("UPDATE {} SET {} WHERE {} AND {}").format(
                 _table_sql(datamap, ref), rewrite.assignment, _keyed(table), reference
             )
+            inputs, hashed = _keyed_hash_inputs(datamap, ref, table, [rewrite], sql.SQL("{} AND {}").format(
+                _keyed(table), reference), (KEYS, REFERENCE_VALUES))  # fmt: skip
             check = sql.SQL("SELECT {} FROM {} WHERE {} AND {} ORDER BY 1").format(
                 sql.Identifier(table.primary_key), _table_sql(datamap, ref), _keyed(table), reference
             )
             statements.append(
                 ErasureStatement(
                     table=ref, effect="clear_mention",
-                    statement=Statement("clear_mention", ref, query, params, (KEYS, REFERENCE_VALUES, *needs)),
+                    statement=Statement("clear_mention", ref, query, params, (KEYS, REFERENCE_VALUES, *needs),
+                                        keyed_hash_inputs=inputs, keyed_hash_fields=hashed),
                     fields=(spec.name,), reference_field=spec.name,
                     check=Statement("verify_mentions", ref, check, {}, (KEYS, REFERENCE_VALUES)),
                 )
             )  # fmt: skip
         if ref not in owned:
             continue
-        rewrites = _rewrites(ref, [f for f in table.fields if f.erasure_action in REWRITING_ACTIONS])
+        rewrites = _rewrites(ref, table, [f for f in table.fields if f.erasure_action in REWRITING_ACTIONS])
         fields = tuple(r.field for r in rewrites)
         exception = datamap.legal_exception_for(ref)
         if exception is not None:

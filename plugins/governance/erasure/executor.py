@@ -21,6 +21,7 @@ quote a value): the SQLSTATE and the table name are enough to act on.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,12 +32,13 @@ import psycopg
 
 from governance.datamap.model import DataMap
 from governance.datamap.plans import (
-    KEYED_HASH_PADS,
     KEYS,
     REFERENCE_VALUES,
+    ClientKeyedHash,
     Statement,
     build_erasure_plan,
     build_resolution_plan,
+    keyed_hash_values_param,
 )
 from governance.erasure import store
 from governance.erasure.planner import DatabaseStep, ErasureWork
@@ -98,12 +100,24 @@ def approved_statements(datamap: DataMap, work: ErasureWork) -> dict[str, Statem
     return statements
 
 
-def step_params(step: DatabaseStep, *, keyed_hash_pads: Mapping[str, bytes] | None = None) -> dict[str, Any]:
+def step_params(step: DatabaseStep) -> dict[str, Any]:
     """The run-time values of one step (``keys`` is bound per batch)."""
-    values: dict[str, Any] = {REFERENCE_VALUES: list(step.reference_values)}
-    if keyed_hash_pads is not None:
-        values.update(keyed_hash_pads)
-    return values
+    return {REFERENCE_VALUES: list(step.reference_values)}
+
+
+def keyed_hash_digests(cur: psycopg.Cursor[Any], statement: Statement, values: Mapping[str, Any],
+                       digest: ClientKeyedHash) -> dict[str, str]:  # fmt: skip
+    """For a rewrite to keyed hashes: lock and read the batch's values still to rewrite, hash them
+    here, and return ``kh_values_<field>`` parameters (``{primary key as text: digest}`` as JSON).
+    Only digests are bound; the key stays in this process."""
+    assert statement.keyed_hash_inputs is not None
+    inputs = statement.keyed_hash_inputs
+    by_field: dict[str, dict[str, str]] = {name: {} for name in statement.keyed_hash_fields}
+    for row in cur.execute(inputs.query, inputs.bind(values)).fetchall():
+        for name, value in zip(statement.keyed_hash_fields, row[1:], strict=True):
+            if value is not None:
+                by_field[name][str(row[0])] = digest(value)
+    return {keyed_hash_values_param(name): json.dumps(found) for name, found in by_field.items()}
 
 
 def _batches(keys: Sequence[Any], size: int) -> Iterable[list[Any]]:
@@ -122,8 +136,10 @@ def run_database_steps(
 ) -> dict[str, int]:
     """Run ``steps`` (in order) on ``conn`` inside the caller's transaction, each with its
     approved statement (see :func:`approved_statements`); return rows affected per step id.
-    Steps in ``done`` are skipped."""
+    Steps in ``done`` are skipped. ``keyed_hash_pads`` (:func:`keyed_hash_params`) hash values of
+    rewrites to keyed hashes here, in this process: they are never bound to a statement."""
     finished = set(done)
+    digest = ClientKeyedHash(keyed_hash_pads) if keyed_hash_pads is not None else None
     affected: dict[str, int] = {}
     with conn.cursor() as cur:
         for step in steps:
@@ -132,12 +148,15 @@ def run_database_steps(
             count = 0
             if step.keys:
                 statement = statements[step.step_id]
-                values = step_params(step, keyed_hash_pads=keyed_hash_pads)
-                if any(p in statement.input_params for p in KEYED_HASH_PADS) and keyed_hash_pads is None:
+                values = step_params(step)
+                if statement.keyed_hash_inputs is not None and digest is None:
                     raise ValueError(f"{step.step_id} rewrites a field with a keyed hash: pass keyed_hash_pads")
                 for batch in _batches(step.keys, batch_size):
                     try:
-                        cur.execute(statement.query, statement.bind({**values, KEYS: batch}))
+                        batch_values = {**values, KEYS: batch}
+                        if digest is not None and statement.keyed_hash_inputs is not None:
+                            batch_values.update(keyed_hash_digests(cur, statement, batch_values, digest))
+                        cur.execute(statement.query, statement.bind(batch_values))
                     except psycopg.Error as exc:
                         state = getattr(exc, "sqlstate", None) or "?"
                         if state in RETRYABLE_SQLSTATES or connection_lost(exc):

@@ -94,6 +94,7 @@ def _open_source(args: argparse.Namespace) -> tuple[IO[bytes] | Any, str | None]
         from governance.crypto import cipher_from_airflow
         from governance.datamap import load_datamap
         from governance.db import connect, conninfo_for
+        from governance.export.passphrase_command import operating_system_user
         from governance.export.state import reveal_passphrase
         from governance.export.storage import bundle_locations
         from governance.objectstore import s3_client
@@ -103,7 +104,7 @@ def _open_source(args: argparse.Namespace) -> tuple[IO[bytes] | Any, str | None]
         locations = bundle_locations(load_datamap(), request_id)
         with connect(conninfo_for(GOVERNANCE_CONN_ID)) as conn:
             passphrase = reveal_passphrase(
-                conn, request_id, cipher=cipher_from_airflow(), at=datetime.now(UTC), by=getpass.getuser()
+                conn, request_id, cipher=cipher_from_airflow(), at=datetime.now(UTC), by=operating_system_user()
             )
         body = s3_client(locations.connection_id).get_object(Bucket=locations.bucket, Key=locations.published_key)["Body"]
         return body, passphrase

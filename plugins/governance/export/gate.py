@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import io
 import tempfile
+import unicodedata
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -124,7 +125,9 @@ def _identity_token(kind: str, match: IdentityMatch, value: Any, token_for: Toke
     from governance.identity import InvalidIdentity, normalise_email
 
     text = str(value)
-    if match is IdentityMatch.lowered:
+    if match.folds_case:
+        if match is IdentityMatch.lowered_nfc:
+            text = unicodedata.normalize("NFC", text)
         try:
             text = normalise_email(text) if kind == "email" else text.lower()
         except InvalidIdentity:

@@ -13,6 +13,9 @@ Authorisation has two layers, both must allow an action:
   names as the auth manager names them; ``*`` allows every authenticated user);
 * Airflow's own permission on the DAG behind the action (triggering a run of the DAG, answering
   its Required actions), asked of the configured auth manager.
+
+Approving is further limited to ``[governance] approvers`` when that is set
+(:mod:`governance.approvers`), as the approval steps themselves are.
 """
 
 from __future__ import annotations
@@ -81,5 +84,16 @@ def airflow_allows(staff: Staff, action: Action, dag_id: str | None) -> bool:
                                                      user=staff.user))  # fmt: skip
 
 
+def approver_allows(staff: Staff, action: Action) -> bool:
+    """``[governance] approvers``, when set, names the only users who may approve
+    (:mod:`governance.approvers`; the workflows refuse anyone else's answer too)."""
+    if action != "approve":
+        return True
+    from governance.approvers import approver_refusal
+
+    user_id = str(staff.user.get_id()) if staff.user is not None else staff.name
+    return approver_refusal({"id": user_id, "name": staff.name}) is None
+
+
 def may(staff: Staff, action: Action, dag_id: str | None = None) -> bool:
-    return role_allows(staff, action) and airflow_allows(staff, action, dag_id)
+    return role_allows(staff, action) and approver_allows(staff, action) and airflow_allows(staff, action, dag_id)

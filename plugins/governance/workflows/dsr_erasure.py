@@ -326,6 +326,7 @@ def record_approval(
     Four eyes: the approver may be neither the user who recorded the request on the Privacy
     requests page nor the user who triggered this run (``triggered_by``, Airflow's triggering
     user), wherever the approval was given."""
+    from governance.approvers import approver_refusal
     from governance.db import connect
     from governance.erasure import store
     from governance.workflows.request_intake import mark_approved, mark_verified
@@ -339,6 +340,9 @@ def record_approval(
         _fail("the approval does not say how the person's identity was verified: nothing was changed")
     user = payload.get("responded_by_user") or {}
     approver = str(user.get("name") or user.get("id") or "unknown") if isinstance(user, Mapping) else str(user)
+    refusal = approver_refusal(user)  # [governance] approvers, when configured
+    if refusal:
+        _fail(refusal)
     gov = _gov()
     with connect(gov) as conn:  # four eyes, wherever the approval was given (page or Required actions)
         recorder = conn.execute(

@@ -159,6 +159,7 @@ def record_verification(handle: Mapping[str, Any], response: Mapping[str, Any] |
     A request verified before the run needs no answer. The answer is ``{chosen_options,
     responded_by_user, responded_at, params_input}`` as the HITL operator returns it.
     """
+    from governance.approvers import approver_refusal
     from governance.workflows.request_intake import mark_verified
 
     if handle.get("verified"):
@@ -171,6 +172,9 @@ def record_verification(handle: Mapping[str, Any], response: Mapping[str, Any] |
     if chosen not in VERIFICATION_OPTIONS:
         _fail("the identity verification answer is not one of the offered options")
     user = response.get("responded_by_user") or {}
+    refusal = approver_refusal(user)  # [governance] approvers, when configured
+    if refusal:
+        _fail(refusal)
     verified_by = str(user.get("name") or user.get("id") or "airflow user")
     mark_verified(
         str(handle["request_id"]),
