@@ -17,7 +17,7 @@ from governance.identity import SubjectIdentities
 from governance.migrations import migrate
 from governance.privacy_requests import create_request
 from governance.workflows import dsr_erasure as wf
-from governance.workflows.request_intake import mark_verified
+from governance.workflows.request_intake import ClaimRefused, claim_request, mark_verified
 from governance_dev.seed import cast_member
 from tests.fixtures.reference import Deployment
 from tests.integration.test_erasure_support import assert_erased_exactly_once, ground_truth_before
@@ -97,6 +97,10 @@ def test_a_live_runs_claim_is_kept_and_a_killed_runs_stale_claim_is_taken_over_w
         ("manual__b", "dsr_erasure", "manual__c", False, True),
         ("manual__c", "dsr_erasure", None, False, False),
     ]
+    assert _request_row(url, request_id)[:2] == ("completed", "manual__c")
+    # A completed request is claimed by nobody (a run racing the completion changes nothing).
+    with pytest.raises(ClaimRefused, match="is completed"):
+        claim_request(request_id, dag_run_id="manual__d", at=datetime.now(UTC), conninfo=url)
     assert _request_row(url, request_id)[:2] == ("completed", "manual__c")
     # (Tasks called as functions write no audit ledger: the DAG-run fault tests check it.)
     assert_erased_exactly_once(reference_clone, s3, "caller_only", request_id, before, ledger=False)

@@ -16,13 +16,20 @@ from datetime import datetime
 
 from governance.db import connect
 from governance.erasure.store import last_work_at
-from governance.workflows.request_intake import ClaimHeld, RequestClaim, claim_request, live_holder
+from governance.workflows.request_intake import (
+    ClaimHeld,
+    ClaimRefused,
+    RequestClaim,
+    claim_request,
+    live_holder,
+)
 
-__all__ = ["ClaimHeld", "RequestClaim", "claim_erasure", "held_by_another_run"]
+__all__ = ["ClaimHeld", "ClaimRefused", "RequestClaim", "claim_erasure", "held_by_another_run"]
 
 
 def claim_erasure(request_id: str, *, dag_run_id: str, at: datetime, conninfo: str) -> RequestClaim:
-    """Claim the request for this run (raises :class:`ClaimHeld` when a live run holds it)."""
+    """Claim the request for this run (raises :class:`ClaimHeld` when a live run holds it, and
+    :class:`ClaimRefused` when the request was finished meanwhile)."""
     return claim_request(request_id, dag_run_id=dag_run_id, at=at, last_activity=last_work_at, conninfo=conninfo)
 
 

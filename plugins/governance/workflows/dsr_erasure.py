@@ -398,7 +398,7 @@ def execute_database(
     from governance.datamap.plans import keyed_hash_params
     from governance.db import connect, conninfo_for
     from governance.erasure import store
-    from governance.erasure.claims import ClaimHeld, claim_erasure
+    from governance.erasure.claims import ClaimRefused, claim_erasure
     from governance.erasure.executor import PlanOutdated, approved_statements, execute_database_work
 
     plan_id = str(summary["plan_id"])
@@ -421,7 +421,7 @@ def execute_database(
     with lock:  # a holder inside a step finishes it first; then one live run holds the request
         try:
             claim_erasure(work.request_id, dag_run_id=run_id, at=_now(), conninfo=gov)
-        except ClaimHeld as exc:
+        except ClaimRefused as exc:
             _fail(str(exc))
         with connect(gov) as conn:
             store.set_status(conn, plan_id, "executing", at=_now(), only_from=("approved",))

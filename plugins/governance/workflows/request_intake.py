@@ -321,7 +321,11 @@ def supersede_earlier_runs(
     return sorted(r[0] for r in rows)
 
 
-class ClaimHeld(RuntimeError):
+class ClaimRefused(RuntimeError):
+    """This run may not carry the request out (it is finished, or held); nothing was changed."""
+
+
+class ClaimHeld(ClaimRefused):
     """Another run holds the request and is alive: this run must change nothing."""
 
     def __init__(self, request_id: str, holder: str, idle_s: float, stale_after_s: float) -> None:
@@ -402,7 +406,7 @@ def claim_request(
             raise UnknownRequest(f"no privacy request {request_id}")
         status, holder, updated_at = row
         if status not in ("received", "verified", "failed", "in_progress"):
-            raise InvalidRunConfiguration(f"request {request_id} is {status}: nothing to carry out")
+            raise ClaimRefused(f"request {request_id} is {status} (finished by another run): this run changes nothing")
         took_over = None
         if status == "in_progress" and holder not in (None, dag_run_id):
             idle = _idle_seconds(conn, request_id, updated_at, at, last_activity)
