@@ -270,5 +270,8 @@ def test_a_run_killed_between_the_database_and_the_certificate_is_closed_and_the
     with create_session() as session:
         closed = session.query(DagRun).filter_by(dag_id="dsr_erasure", run_id=killed).one()
         state, note = str(closed.state), closed.note
+        unfinished = [ti.task_id for ti in closed.get_task_instances(session=session)
+                      if str(ti.state) not in ("success", "failed", "skipped", "upstream_failed")]  # fmt: skip
     assert state == "failed" and f"run {rerun.run_id} took over privacy request {request_id}" in note
+    assert unfinished == [], "no task of the closed run is left running or waiting"
     assert_erased_exactly_once(reference_clone, s3, "both_user_and_caller", request_id, before)
