@@ -18,6 +18,9 @@ variable                                  default     bounds
                                                       page): ``statement_timeout``
 ``GOVERNANCE_PG_LOCK_TIMEOUT_S``          60          waiting for a row or table lock
 ``GOVERNANCE_PG_IDLE_IN_TX_TIMEOUT_S``    900         a transaction left open by a stalled worker
+``GOVERNANCE_CLAIM_STALE_AFTER_S``        300         a run holding a request that has done nothing
+                                                      for this long (and is not working now) is
+                                                      taken to be dead: the next run takes over
 ========================================  ==========  ==============================================
 
 (An export streams objects to the store inside its database snapshot, so the idle-in-transaction
@@ -58,6 +61,7 @@ class Deadlines:
     pg_statement_s: float = 900.0
     pg_lock_s: float = 60.0
     pg_idle_in_transaction_s: float = 900.0
+    claim_stale_after_s: float = 300.0
 
     @classmethod
     def from_env(cls) -> Deadlines:
@@ -71,6 +75,7 @@ class Deadlines:
             pg_statement_s=_seconds("GOVERNANCE_PG_STATEMENT_TIMEOUT_S", base.pg_statement_s),
             pg_lock_s=_seconds("GOVERNANCE_PG_LOCK_TIMEOUT_S", base.pg_lock_s),
             pg_idle_in_transaction_s=_seconds("GOVERNANCE_PG_IDLE_IN_TX_TIMEOUT_S", base.pg_idle_in_transaction_s),
+            claim_stale_after_s=_seconds("GOVERNANCE_CLAIM_STALE_AFTER_S", base.claim_stale_after_s),
         )
 
     @property

@@ -7,11 +7,16 @@ pass:
 
 1. **scrubs** the identities typed into trigger forms from ended privacy-request runs
    (:func:`governance.run_confs.scrub_run_confs`), as soon as they end;
-2. **reconciles** the audit ledger for every run that ended since the previous pass: the task
+2. **closes superseded runs**: a run whose request a newer run took over (a killed run, which
+   Airflow keeps showing ``running`` because nothing is left to report its end) is marked
+   ``failed`` in Airflow, its unfinished tasks failed or skipped, with a note on the run naming
+   the run that superseded it; the request's run record says when and what was done
+   (:func:`close_superseded_runs`);
+3. **reconciles** the audit ledger for every run that ended since the previous pass: the task
    states the scheduler sets without running the task (skipped, upstream_failed) and any row a
    task-side listener lost (a crashed worker) are appended; idempotent, so overlapping passes and
    restarts never write a fact twice;
-3. **anchors** the ledger head in the object store when rows were added and the newest anchor is
+4. **anchors** the ledger head in the object store when rows were added and the newest anchor is
    older than ``--anchor-interval`` (default 5 minutes): a tail cut from the ledger goes unnoticed
    for at most that long.
 
@@ -60,6 +65,7 @@ DEFAULT_LOOKBACK = "1d"
 
 @dataclass
 class MaintenanceReport:
+    runs_closed: int = 0
     runs_reconciled: int = 0
     ledger_rows_reconciled: int = 0
     anchored_seq: int | None = None
@@ -130,6 +136,79 @@ def reconcile_ended_runs(writer: LedgerWriter, *, ended_after: datetime, batch: 
     return runs_seen, rows_written
 
 
+# Task states of a run that is still working (failed when the run is closed); other unfinished
+# states (none, scheduled, queued, up_for_retry, ...) are skipped, as Airflow's "mark failed" does.
+_WORKING_TASK_STATES = ("running", "deferred", "up_for_reschedule", "awaiting_input", "restarting")
+_FINISHED_TASK_STATES = ("success", "failed", "skipped", "upstream_failed", "removed")
+
+
+def close_run_note(request_id: str, superseded_by: str, superseded_at: datetime) -> str:
+    """The note put on a superseded run closed as failed (ids only)."""
+    return (
+        f"Closed as failed by the governance maintenance pass: run {superseded_by} took over privacy request "
+        f"{request_id} at {superseded_at.astimezone(UTC).isoformat(timespec='seconds')}, and this run had stopped "
+        "working on it (killed, or overtaken). The request's outcome is the newer run's."
+    )
+
+
+def close_superseded_runs(governance_conninfo: str, *, now: datetime, batch: int = 200) -> int:
+    """Close every superseded request run Airflow still shows running or queued; return how many.
+
+    Each superseded run not closed yet (``governance.request_runs``) is looked up in Airflow's
+    metadata database: a run still running or queued is set ``failed``, its working tasks
+    ``failed`` and its other unfinished tasks ``skipped``, with a note naming the run that
+    superseded it; a run that ended (or that Airflow no longer has) is left as it is. Either way
+    the request's run record gets ``run_closed_at`` and what was done, so each run is handled once.
+    """
+    import psycopg
+    from airflow.models import DagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState, TaskInstanceState
+    from sqlalchemy import select
+
+    with psycopg.connect(governance_conninfo, application_name="governance-maintenance") as gov:
+        pending = gov.execute(
+            """
+            SELECT r.request_id, r.dag_run_id, COALESCE(r.dag_id, 'dsr_' || p.kind), r.superseded_by, r.superseded_at
+              FROM governance.request_runs r JOIN governance.privacy_requests p USING (request_id)
+             WHERE r.superseded_by IS NOT NULL AND r.run_closed_at IS NULL
+             ORDER BY r.superseded_at LIMIT %s
+            """,
+            (batch,),
+        ).fetchall()
+    closed = 0
+    for request_id, run_id, dag_id, superseded_by, superseded_at in pending:
+        with create_session() as session:
+            dag_run = session.scalars(
+                select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)
+            ).one_or_none()
+            state = _state_name(dag_run.state) if dag_run is not None else None
+            if dag_run is None:
+                note = f"Airflow has no run {run_id} of {dag_id}: nothing to close"
+            elif state in ("running", "queued"):
+                note = close_run_note(request_id, superseded_by, superseded_at)
+                for ti in dag_run.get_task_instances(session=session):
+                    ti_state = _state_name(ti.state)
+                    if ti_state in _FINISHED_TASK_STATES:
+                        continue
+                    working = ti_state in _WORKING_TASK_STATES
+                    ti.set_state(TaskInstanceState.FAILED if working else TaskInstanceState.SKIPPED, session=session)
+                dag_run.set_state(DagRunState.FAILED)
+                dag_run.note = note if not dag_run.note else f"{dag_run.note}\n\n{note}"
+                closed += 1
+                log.warning("maintenance: run %s of %s superseded by %s (request %s): closed as failed", run_id,
+                            dag_id, superseded_by, request_id)  # fmt: skip
+            else:
+                note = f"the run had ended {state}: left as it is"
+        with psycopg.connect(governance_conninfo, application_name="governance-maintenance") as gov:
+            gov.execute(
+                "UPDATE governance.request_runs SET run_closed_at = %s, run_close_note = %s"
+                " WHERE request_id = %s AND dag_run_id = %s AND run_closed_at IS NULL",
+                (now, note, request_id, run_id),
+            )
+    return closed
+
+
 @dataclass
 class Maintainer:
     """One maintenance loop's state: where the previous pass got to."""
@@ -150,6 +229,11 @@ class Maintainer:
         except Exception as exc:
             log.exception("maintenance: scrubbing run configurations failed")
             report.errors.append(f"scrub: {type(exc).__name__}")
+        try:  # before reconciling, so the runs closed now are reconciled in this pass
+            report.runs_closed = close_superseded_runs(governance, now=now)
+        except Exception as exc:
+            log.exception("maintenance: closing superseded runs failed")
+            report.errors.append(f"superseded runs: {type(exc).__name__}")
         try:
             with LedgerWriter.connect(governance, ledger_keyring(), application_name="governance-maintenance") as writer:
                 # Runs still ending while this pass reads are picked up by the next one: the

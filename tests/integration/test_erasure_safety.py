@@ -175,9 +175,13 @@ def test_verification_fails_and_names_residue_planted_after_execution(
 
 
 def test_run_stopped_after_the_database_step_continues_on_a_rerun_without_double_effects(
-    shared_clone: Deployment,  # noqa: F811
+    shared_clone: Deployment, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
     from governance.workflows import dsr_erasure as wf
+
+    # The first run is killed (it never closes the request): the re-run takes its claim over once
+    # it is stale, configured near zero here (governance.erasure.claims).
+    monkeypatch.setenv("GOVERNANCE_CLAIM_STALE_AFTER_S", "0.01")
 
     subject = cast_member("shared_business_user_2")
     url = shared_clone.app_url

@@ -161,3 +161,90 @@ def identities_text(key: str) -> list[str]:
 
 def dumps(value: Any) -> str:
     return json.dumps(value, default=str, ensure_ascii=False)
+
+
+def processor_holdings(d: Deployment, email: str) -> dict[str, int]:
+    """How many records each processor stand-in holds for ``email``, read over HTTP."""
+    low = email.lower()
+    return {
+        "crm": sum(1 for c in d.crm.contacts() if (c.get("email") or "").lower() == low),
+        "payments": sum(1 for c in d.payments.customers() if (c.get("email") or "").lower() == low),
+        "support_desk": sum(1 for r in d.support_desk.requesters() if (r.get("email") or "").lower() == low),
+    }
+
+
+def others_in_processors(d: Deployment, email: str | None) -> str:
+    """A digest of every processor record not of ``email``, read over HTTP (nobody else changes)."""
+    low = (email or "").lower()
+
+    def others(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in records if (r.get("email") or "").lower() != low]
+
+    state = {"crm": others(d.crm.contacts()), "payments": others(d.payments.customers()),
+             "desk": others(d.support_desk.requesters())}  # fmt: skip
+    return hashlib.sha256(dumps(state).encode()).hexdigest()
+
+
+@dataclass
+class Before:
+    """Ground truth taken before an erasure: everyone's rows, the person's objects and records."""
+
+    rows: dict[str, dict[Any, str]]
+    recordings: list[str]
+    others_in_processors: str
+
+
+def ground_truth_before(d: Deployment, key: str) -> Before:
+    subject = cast_member(key)
+    recordings = recording_keys_of_callers(d.app_url, subject.caller_ids)
+    return Before(snapshot(d.app_url), recordings, others_in_processors(d, subject.email))
+
+
+def assert_erased_exactly_once(
+    d: Deployment, s3: Any, key: str, request_id: str, before: Before, *, ledger: bool = True
+) -> None:
+    """Independent SQL, boto3 and HTTP checks after an erasure request completed, whatever faults
+    its runs met: the person is gone everywhere; nobody else's rows changed (only the keys of the
+    one plan carried out); one certificate; one suppression entry per identity, recorded once;
+    the request completed; the audit ledger (written by Airflow runs: ``ledger``) verifies against
+    an anchor of its head."""
+    from governance.ledger import ANCHOR_PREFIX, ledger_keyring, read_anchors, verify_ledger
+
+    subject = cast_member(key)
+    with psycopg.connect(d.app_url) as conn:
+        status = conn.execute("SELECT status FROM governance.privacy_requests WHERE request_id = %s",
+                              (request_id,)).fetchone()  # fmt: skip
+        plans = conn.execute("SELECT plan_id, plan FROM governance.erasure_plans WHERE request_id = %s AND NOT dry_run"
+                             " AND status NOT IN ('superseded', 'planned')", (request_id,)).fetchall()  # fmt: skip
+        certificates = conn.execute(
+            "SELECT count(*) FROM governance.erasure_certificates c JOIN governance.erasure_plans p USING (plan_id)"
+            " WHERE p.request_id = %s", (request_id,)).fetchone()  # fmt: skip
+        suppression = conn.execute("SELECT identity_kind, count(*) FROM governance.suppression_list"
+                                   " WHERE request_id = %s GROUP BY 1 ORDER BY 1", (request_id,)).fetchall()  # fmt: skip
+        users = conn.execute("SELECT count(*) FROM app.users WHERE lower(email) = lower(%s) OR id = %s",
+                             (subject.email or "", subject.user_id)).fetchone()  # fmt: skip
+        callers = conn.execute("SELECT count(*) FROM app.callers WHERE id = ANY(%s) OR phone = %s",
+                               (list(subject.caller_ids), subject.e164 or "")).fetchone()  # fmt: skip
+    assert status == ("completed",)
+    assert len(plans) == 1, "one plan carried out, whatever the number of runs"
+    assert certificates == (1,), "one certificate"
+    kinds = sorted(k for k, v in (("email", subject.email), ("phone", subject.phone)) if v)
+    assert suppression == [(k, 1) for k in kinds], "one suppression entry per identity"
+    assert users == (0,) and callers == (0,), "the person is gone from the app database"
+    for version_key in before.recordings:
+        assert not all_versions(s3, d.bucket, version_key), "every version of the person's objects is gone"
+    if subject.email:
+        assert processor_holdings(d, subject.email) == {"crm": 0, "payments": 0, "support_desk": 0}
+    assert others_in_processors(d, subject.email) == before.others_in_processors, "nobody else's records changed"
+    plan = dict(plans[0][1])
+    change = diff(before.rows, snapshot(d.app_url))
+    for table, c in change.items():  # nobody else's fingerprint changed
+        assert c["added"] == set(), table
+        assert c["deleted"] == planned(plan, table, "delete_rows", "delete_expired_kept_rows"), table
+        assert c["changed"] == planned(plan, table, "clear_mention", "minimise_kept_rows", "rewrite_rows"), table
+    if not ledger:
+        return
+    with psycopg.connect(d.app_url) as conn:
+        report = verify_ledger(conn, ledger_keyring(), read_anchors(s3, d.bucket), anchor_store=d.bucket)
+    assert report.ok and report.rows > 0 and not report.unanchored, report.summary()
+    assert any(o["Key"].startswith(ANCHOR_PREFIX) for o in s3.list_objects_v2(Bucket=d.bucket).get("Contents", []))

@@ -1,5 +1,5 @@
 """`python -m governance maintain --once`: one maintenance pass beside the scheduler (scrub,
-reconcile, anchor), its heartbeat for the compose healthcheck, and its exit code on a failure."""
+close superseded runs, reconcile, anchor), its heartbeat for the compose healthcheck, and its exit code on a failure."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 
 from governance.cli import main
 from governance.ledger import ANCHOR_PREFIX, LedgerEntry, LedgerWriter, ledger_keyring
+from tests.dags.test_run_conf_scrub import synced_dags  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.integration
 
@@ -51,3 +52,49 @@ def test_a_pass_that_cannot_reach_the_ledger_exits_non_zero_and_leaves_the_heart
 def test_impossible_settings_are_refused_before_anything_runs(bad: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["maintain", "--once", *bad]) == 2
     assert "maintain:" in capsys.readouterr().err
+
+
+def test_a_pass_closes_a_superseded_run_still_running_as_failed_with_a_note_and_leaves_ended_runs_as_they_are(
+    airflow_db: str, ledger_db: str, anchor_bucket: str, synced_dags: None, capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    from governance.crypto import cipher_from_airflow, hasher_from_airflow
+    from governance.identity import SubjectIdentities
+    from governance.privacy_requests import create_request
+    from governance.workflows.request_intake import claim_request, record_run
+    from tests.dags.test_run_conf_scrub import _add_run
+
+    opened = datetime(2020, 5, 4, 9, 0, tzinfo=UTC)
+    with psycopg.connect(ledger_db) as conn:
+        request_id = create_request(conn, kind="erasure", identities=SubjectIdentities.parse(email="killed@example.org"),
+                                    hasher=hasher_from_airflow(), cipher=cipher_from_airflow(), received_at=opened)  # fmt: skip
+    _, killed = _add_run("dsr_erasure", "running", {"request_id": request_id}, ended=None)  # a kill -9 leaves it so
+    _, ended = _add_run("dsr_erasure", "failed", {"request_id": request_id})
+    _, newer = _add_run("dsr_erasure", "running", {"request_id": request_id}, ended=None)
+    with psycopg.connect(ledger_db) as conn:
+        for minute, run_id in enumerate((ended, killed, newer)):
+            record_run(conn, request_id, dag_run_id=run_id, dag_id="dsr_erasure", at=opened.replace(minute=minute))
+        conn.execute("UPDATE governance.privacy_requests SET status = 'in_progress', dag_run_id = %s, updated_at = %s"
+                     " WHERE request_id = %s", (killed, opened, request_id))  # fmt: skip
+    claim = claim_request(request_id, dag_run_id=newer, at=datetime.now(UTC), stale_after_s=60, conninfo=ledger_db)
+    assert claim.took_over == killed and set(claim.superseded) == {killed, ended}
+
+    assert main(["maintain", "--once", "--lookback", "0s"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["runs_closed"] == 1
+    with create_session() as session:
+        runs = {r.run_id: r for r in session.query(DagRun).filter(DagRun.run_id.in_([killed, ended, newer]))}
+        states = {run_id: str(r.state) for run_id, r in runs.items()}
+        killed_note, killed_end, ended_end = runs[killed].note, runs[killed].end_date, runs[ended].end_date
+    assert states == {killed: "failed", ended: "failed", newer: "running"}
+    assert killed_end is not None and ended_end.year == 2020, "an ended run keeps its end"
+    assert f"run {newer} took over privacy request {request_id}" in killed_note
+    with psycopg.connect(ledger_db) as conn:
+        records = dict(conn.execute("SELECT dag_run_id, run_close_note FROM governance.request_runs"
+                                    " WHERE request_id = %s AND run_closed_at IS NOT NULL", (request_id,)).fetchall())  # fmt: skip
+    assert set(records) == {killed, ended}
+    assert "Closed as failed" in records[killed] and "ended failed: left as it is" in records[ended]
+    # Each superseded run is handled once: the next pass closes nothing.
+    assert main(["maintain", "--once", "--lookback", "0s"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["runs_closed"] == 0

@@ -182,3 +182,21 @@ def latest_dry_run_summary(conn: psycopg.Connection[Any], request_id: str, *, ot
         (request_id, other_than),
     ).fetchone()
     return dict(row[0]) if row else None
+
+
+def last_work_at(conn: psycopg.Connection[Any], request_id: str) -> datetime | None:
+    """When a run last did erasure work on the request: a step recorded as done, or a plan being
+    carried out changing status (a run's own ``run:`` marker is not work). A claim whose holder
+    has done nothing for long is stale (:mod:`governance.erasure.claims`)."""
+    row = conn.execute(
+        """
+        SELECT greatest(
+            (SELECT max(updated_at) FROM governance.erasure_plans
+              WHERE request_id = %(r)s AND status IN ('executing', 'executed', 'verified', 'verification_failed')),
+            (SELECT max(pr.completed_at) FROM governance.erasure_progress pr
+               JOIN governance.erasure_plans p USING (plan_id)
+              WHERE p.request_id = %(r)s AND pr.step NOT LIKE 'run:%%'))
+        """,
+        {"r": request_id},
+    ).fetchone()
+    return row[0] if row else None

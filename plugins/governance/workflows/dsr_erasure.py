@@ -406,8 +406,8 @@ def execute_database(
     from governance.datamap.plans import keyed_hash_params
     from governance.db import connect, conninfo_for
     from governance.erasure import store
+    from governance.erasure.claims import ClaimRefused, claim_erasure
     from governance.erasure.executor import PlanOutdated, approved_statements, execute_database_work
-    from governance.workflows.request_intake import mark_in_progress
 
     plan_id = str(summary["plan_id"])
     work, row, datamap = _load(plan_id)
@@ -424,12 +424,15 @@ def execute_database(
     elif row["status"] not in ("approved", "executing", "executed", "verified", "verification_failed"):
         _fail(f"plan {plan_id} is {row['status']}: nothing to execute")
     gov = _gov()
-    with connect(gov) as conn:
-        store.set_status(conn, plan_id, "executing", at=_now(), only_from=("approved",))
-    mark_in_progress(work.request_id, dag_run_id=run_id, at=_now(), conninfo=gov)
     lock, _identities = _lock(work)
     hasher = hasher_from_airflow()
-    with lock:
+    with lock:  # a holder inside a step finishes it first; then one live run holds the request
+        try:
+            claim_erasure(work.request_id, dag_run_id=run_id, at=_now(), conninfo=gov)
+        except ClaimRefused as exc:
+            _fail(str(exc))
+        with connect(gov) as conn:
+            store.set_status(conn, plan_id, "executing", at=_now(), only_from=("approved",))
         results = execute_database_work(
             datamap, work, governance_conninfo=gov, system_conninfo=conninfo_for, at=_now,
             keyed_hash_pads=keyed_hash_params(hasher.keyring.active_key),
@@ -573,6 +576,7 @@ def issue_certificate(handle: Mapping[str, Any] | None, *, dag_id: str, run_id: 
     from governance.db import connect
     from governance.erasure import store
     from governance.erasure.certificate import build_certificate, ledger_position, store_certificate
+    from governance.erasure.claims import held_by_another_run
     from governance.erasure.planner import ErasureWork
     from governance.workflows.request_intake import load_identities
 
@@ -580,6 +584,9 @@ def issue_certificate(handle: Mapping[str, Any] | None, *, dag_id: str, run_id: 
         return None
     request_id = str(handle["request_id"])
     gov = _gov()
+    if held_by_another_run(request_id, dag_run_id=run_id, at=_now(), conninfo=gov):
+        log.info("erasure %s: another run carries the request out; its certificate is its own", request_id)
+        return None
     with connect(gov) as conn:
         row = store.latest_plan_for_run(conn, request_id, run_id)
         if row is None or row["dry_run"] or row["status"] in ("planned", "refused", "superseded", "approved"):
@@ -613,12 +620,17 @@ def close_erasure_request(handle: Mapping[str, Any] | None, *, run_id: str) -> d
     """Set the request's outcome (the last task; runs after failures too)."""
     from governance.db import connect
     from governance.erasure import store
+    from governance.erasure.claims import held_by_another_run
     from governance.workflows.request_intake import close_request
 
     if not handle:
         return {"closed": False, "served": False, "detail": "no request: the run configuration was refused"}
     request_id = str(handle["request_id"])
     gov = _gov()
+    holder = held_by_another_run(request_id, dag_run_id=run_id, at=_now(), conninfo=gov)
+    if holder:  # a live run carries the request out: its outcome stands, this run's is not written
+        return {"request_id": request_id, "status": "superseded", "served": False,
+                "detail": f"run {holder} carries this request out; its outcome stands"}  # fmt: skip
     with connect(gov) as conn:
         row = store.latest_plan_for_run(conn, request_id, run_id)
         certificate = None

@@ -13,7 +13,7 @@ which identity kinds are present and whether the request is verified: never an i
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -97,9 +97,13 @@ def parse_business_id(value: Any) -> int | None:
 
 
 def open_request(
-    conf: Mapping[str, Any], *, kind: RequestKind, run_id: str, received_at: datetime, conninfo: str | None = None
+    conf: Mapping[str, Any], *, kind: RequestKind, run_id: str, received_at: datetime, conninfo: str | None = None,
+    dag_id: str | None = None,
 ) -> RequestHandle:
     """Validate ``conf`` and return the request it names or the one recorded for its identities.
+
+    The run is recorded among the request's runs (``governance.request_runs``, with ``dag_id``,
+    by default ``dsr_<kind>``), so a later run that takes the request over can say it superseded it.
 
     Raises InvalidRunConfiguration (bad or missing identities, wildcards, a malformed or unknown
     request id, a request of another kind, a business scope that contradicts the request's)
@@ -142,6 +146,8 @@ def open_request(
         refusal = finished_request_refusal(request)
         if refusal:
             raise InvalidRunConfiguration(refusal)
+        with connect(conninfo) as conn:
+            record_run(conn, request_id, dag_run_id=run_id, dag_id=dag_id or f"dsr_{kind}", at=received_at)
         verified = _is_verified(conninfo, request_id)
         return RequestHandle(
             request_id=request.request_id,
@@ -172,6 +178,7 @@ def open_request(
             source="trigger_form",
             request_id=request_id,
         )
+        record_run(conn, request_id, dag_run_id=run_id, dag_id=dag_id or f"dsr_{kind}", at=received_at)
         status_row = conn.execute(
             "SELECT status FROM governance.privacy_requests WHERE request_id = %s", (request_id,)
         ).fetchone()
@@ -246,23 +253,173 @@ def mark_approved(request_id: str, *, approved_by: str, at: datetime, conninfo: 
 
 
 def mark_in_progress(request_id: str, *, dag_run_id: str, at: datetime, conninfo: str | None = None) -> None:
-    """Claim the request for ``dag_run_id``: the newest run to start working on a request holds it.
+    """Claim the request for ``dag_run_id``: the newest run to start working on a request holds it
+    (an export: the newest bundle wins; see :func:`claim_request` for a claim that waits for a
+    live holder).
 
     A run still ``in_progress`` for the request (a killed run, or one running concurrently) loses
     the claim: ``holds_claim`` then tells it to stop before it publishes or writes an outcome, so
-    two runs of one request never overwrite each other's result.
+    two runs of one request never overwrite each other's result. The earlier runs of the request
+    are recorded as superseded by this one (``governance.request_runs``).
     """
     from governance.db import connect, conninfo_for
 
-    with connect(conninfo or conninfo_for(GOVERNANCE_CONN_ID)) as conn:
-        conn.execute(
+    with connect(conninfo or conninfo_for(GOVERNANCE_CONN_ID)) as conn, conn.transaction():
+        row = conn.execute(
+            "SELECT dag_run_id FROM governance.privacy_requests WHERE request_id = %s FOR UPDATE", (request_id,)
+        ).fetchone()
+        updated = conn.execute(
             """
             UPDATE governance.privacy_requests
                SET status = 'in_progress', dag_run_id = %s, updated_at = %s
              WHERE request_id = %s AND status IN ('received', 'verified', 'failed', 'in_progress')
             """,
             (dag_run_id, at, request_id),
+        ).rowcount
+        if updated:
+            supersede_earlier_runs(conn, request_id, dag_run_id=dag_run_id, holder=row[0] if row else None, at=at)
+
+
+def record_run(conn: Any, request_id: str, *, dag_run_id: str, dag_id: str | None, at: datetime) -> None:
+    """Record that ``dag_run_id`` opened the request (idempotent: a retried task finds its row)."""
+    conn.execute(
+        "INSERT INTO governance.request_runs (request_id, dag_run_id, dag_id, opened_at) VALUES (%s, %s, %s, %s)"
+        " ON CONFLICT (request_id, dag_run_id) DO UPDATE SET dag_id = COALESCE(governance.request_runs.dag_id,"
+        " EXCLUDED.dag_id)",
+        (request_id, dag_run_id, dag_id, at),
+    )
+
+
+def supersede_earlier_runs(
+    conn: Any, request_id: str, *, dag_run_id: str, holder: str | None, at: datetime
+) -> list[str]:
+    """Inside the claiming transaction: record that ``dag_run_id`` supersedes every run of the
+    request opened before it (and ``holder``, the run whose claim it takes) not superseded yet.
+
+    Returns their run ids. A run opened later than this one is left alone (it is newer), and the
+    claiming run itself stops counting as superseded (it holds the request now). The maintenance
+    pass closes superseded runs that Airflow still shows running."""
+    record_run(conn, request_id, dag_run_id=dag_run_id, dag_id=None, at=at)
+    if holder and holder != dag_run_id:  # a holder that claimed before runs were recorded
+        record_run(conn, request_id, dag_run_id=holder, dag_id=None, at=at)
+    conn.execute(
+        "UPDATE governance.request_runs SET superseded_by = NULL, superseded_at = NULL, held_claim = false"
+        " WHERE request_id = %s AND dag_run_id = %s AND run_closed_at IS NULL",
+        (request_id, dag_run_id),
+    )
+    rows = conn.execute(
+        """
+        UPDATE governance.request_runs r
+           SET superseded_by = %(run)s, superseded_at = %(at)s, held_claim = (r.dag_run_id = %(holder)s)
+         WHERE r.request_id = %(request)s AND r.dag_run_id <> %(run)s AND r.superseded_by IS NULL
+           AND (r.dag_run_id = %(holder)s OR r.opened_at <= (SELECT opened_at FROM governance.request_runs
+                                                            WHERE request_id = %(request)s AND dag_run_id = %(run)s))
+        RETURNING r.dag_run_id
+        """,
+        {"run": dag_run_id, "at": at, "holder": holder or "", "request": request_id},
+    ).fetchall()
+    return sorted(r[0] for r in rows)
+
+
+class ClaimRefused(RuntimeError):
+    """This run may not carry the request out (it is finished, or held); nothing was changed."""
+
+
+class ClaimHeld(ClaimRefused):
+    """Another run holds the request and is alive: this run must change nothing."""
+
+    def __init__(self, request_id: str, holder: str, idle_s: float, stale_after_s: float) -> None:
+        super().__init__(
+            f"request {request_id} is being carried out by run {holder} (it last worked on it {idle_s:.0f} s ago): "
+            "this run changes nothing and leaves the request to it. If that run is dead (killed), a run started "
+            f"once it has done nothing for {stale_after_s:.0f} s takes it over (GOVERNANCE_CLAIM_STALE_AFTER_S)"
         )
+        self.holder = holder
+
+
+@dataclass(frozen=True)
+class RequestClaim:
+    """What :func:`claim_request` did: the run holds the request; ``took_over`` names the (stale)
+    run whose claim it took; ``superseded`` every earlier run it superseded."""
+
+    request_id: str
+    dag_run_id: str
+    took_over: str | None
+    superseded: tuple[str, ...]
+
+
+def _idle_seconds(conn: Any, request_id: str, updated_at: datetime, at: datetime,
+                  last_activity: Callable[[Any, str], datetime | None] | None) -> float:  # fmt: skip
+    latest = updated_at
+    if last_activity is not None:
+        other = last_activity(conn, request_id)
+        if other is not None and other > latest:
+            latest = other
+    return (at - latest).total_seconds()
+
+
+def live_holder(
+    conn: Any, request_id: str, *, dag_run_id: str, at: datetime,
+    last_activity: Callable[[Any, str], datetime | None] | None = None, stale_after_s: float | None = None,
+) -> str | None:
+    """The run other than ``dag_run_id`` holding the request in progress and alive (it did some
+    work within ``stale_after_s``, by default ``GOVERNANCE_CLAIM_STALE_AFTER_S``), else None."""
+    from governance.deadlines import Deadlines
+
+    row = conn.execute(
+        "SELECT status, dag_run_id, updated_at FROM governance.privacy_requests WHERE request_id = %s", (request_id,)
+    ).fetchone()
+    if row is None or row[0] != "in_progress" or row[1] in (None, dag_run_id):
+        return None
+    stale = Deadlines.from_env().claim_stale_after_s if stale_after_s is None else stale_after_s
+    return str(row[1]) if _idle_seconds(conn, request_id, row[2], at, last_activity) < stale else None
+
+
+def claim_request(
+    request_id: str,
+    *,
+    dag_run_id: str,
+    at: datetime,
+    last_activity: Callable[[Any, str], datetime | None] | None = None,
+    stale_after_s: float | None = None,
+    conninfo: str | None = None,
+) -> RequestClaim:
+    """Claim the request for ``dag_run_id`` unless another run holds it and is alive.
+
+    A holder is alive while it has worked on the request within ``stale_after_s`` (default
+    ``GOVERNANCE_CLAIM_STALE_AFTER_S``): the request's own ``updated_at`` and whatever
+    ``last_activity(conn, request_id)`` reports (an erasure's progress). Then :class:`ClaimHeld`
+    is raised and nothing changes. A stale holder (a killed run) is taken over: the request names
+    this run, and the earlier runs are recorded as superseded by it, with the time. The request
+    row is locked while deciding, so two runs never both take it.
+    """
+    from governance.db import connect, conninfo_for
+    from governance.deadlines import Deadlines
+
+    stale = Deadlines.from_env().claim_stale_after_s if stale_after_s is None else stale_after_s
+    with connect(conninfo or conninfo_for(GOVERNANCE_CONN_ID)) as conn, conn.transaction():
+        row = conn.execute(
+            "SELECT status, dag_run_id, updated_at FROM governance.privacy_requests WHERE request_id = %s FOR UPDATE",
+            (request_id,),
+        ).fetchone()
+        if row is None:
+            raise UnknownRequest(f"no privacy request {request_id}")
+        status, holder, updated_at = row
+        if status not in ("received", "verified", "failed", "in_progress"):
+            raise ClaimRefused(f"request {request_id} is {status} (finished by another run): this run changes nothing")
+        took_over = None
+        if status == "in_progress" and holder not in (None, dag_run_id):
+            idle = _idle_seconds(conn, request_id, updated_at, at, last_activity)
+            if idle < stale:
+                raise ClaimHeld(request_id, holder, idle, stale)
+            took_over = str(holder)
+        conn.execute(
+            "UPDATE governance.privacy_requests SET status = 'in_progress', dag_run_id = %s, updated_at = %s"
+            " WHERE request_id = %s",
+            (dag_run_id, at, request_id),
+        )
+        superseded = supersede_earlier_runs(conn, request_id, dag_run_id=dag_run_id, holder=holder, at=at)
+    return RequestClaim(request_id, dag_run_id, took_over, tuple(superseded))
 
 
 _CLAIM = "SELECT dag_run_id FROM governance.privacy_requests WHERE request_id = %s"
