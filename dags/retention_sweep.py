@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
 
 from governance.dag_defaults import GOVERNANCE_TAG, START_DATE, default_args
 
@@ -89,11 +89,10 @@ def retention_sweep() -> None:
         return {"options": options, "targets": plan(options)}
 
     @task
-    def targets_of(planned: dict[str, Any]) -> list[dict[str, Any]]:
-        return [{"target": t, "options": planned["options"]} for t in planned["targets"]]
+    def targets_of(planned: dict[str, Any], wave: int) -> list[dict[str, Any]]:
+        return [{"target": t, "options": planned["options"]} for t in planned["targets"] if t["wave"] == wave]
 
-    @task(map_index_template="{{ retention_target }}")
-    def sweep_target(work: dict[str, Any]) -> dict[str, Any]:
+    def sweep(work: dict[str, Any]) -> dict[str, Any]:
         from governance.workflows.retention_sweep import sweep_one_target
 
         context = get_current_context()
@@ -101,13 +100,25 @@ def retention_sweep() -> None:
         context["retention_target"] = f"{target['kind']} {target['system']}.{target['name']}"  # type: ignore[typeddict-unknown-key]
         return sweep_one_target(target, work["options"], run_id=context["dag_run"].run_id)
 
-    @task
-    def summarise_sweep(results: list[dict[str, Any]]) -> dict[str, Any]:
+    sweep_target = task(sweep, task_id="sweep_target", map_index_template="{{ retention_target }}")
+    # Tables whose rules need rows unreferenced (inactive callers) go after the tables referencing them.
+    sweep_after_children = task(
+        sweep, task_id="sweep_after_children", map_index_template="{{ retention_target }}",
+        trigger_rule=TriggerRule.ALL_DONE,
+    )  # fmt: skip
+
+    @task(trigger_rule=TriggerRule.NONE_FAILED)
+    def summarise_sweep(first: list[dict[str, Any]], second: list[dict[str, Any]]) -> dict[str, Any]:
         from governance.workflows.retention_sweep import summarise_sweep as summarise
 
-        return summarise(list(results))
+        return summarise([*(first or []), *(second or [])])
 
-    summarise_sweep(sweep_target.expand(work=targets_of(plan_sweep())))
+    planned = plan_sweep()
+    first = sweep_target.expand(work=targets_of.override(task_id="first_wave")(planned, 0))
+    second_work = targets_of.override(task_id="second_wave")(planned, 1)
+    first >> second_work
+    second = sweep_after_children.expand(work=second_work)
+    summarise_sweep(first, second)
 
 
 retention_sweep()

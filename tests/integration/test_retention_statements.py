@@ -72,6 +72,10 @@ def test_every_retention_statement_runs_on_the_reference_deployment(reference_de
                 pk = datamap.table(table).primary_key
                 _run(cur, step.delete, {KEYS: [r[pk] for r in owners.get(table, [])]})
             affected[rule.rule] = _run(cur, rule.statement, {KEYS: [r[SCAN_KEY] for r in rows]})
+        for rule in plan.statements:  # the single-statement batches (scan and action in one)
+            if rule.batch is not None:
+                row = cur.execute(rule.batch.query, rule.batch.bind(values)).fetchone()
+                assert row is not None and 0 <= row["affected"] <= row["scanned"], rule.rule
         for check in plan.orphans:
             assert cur.execute(check.existing.query, check.existing.bind({KEYS: [1, 2, 3]})).fetchall() is not None
         conn.rollback()

@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import quote
@@ -899,6 +899,13 @@ SCAN_PENDING = "__pending"  # the action still has something to do (a field not 
 SCAN_HELD_BY_HOLD = "__held_by_hold"  # a legal hold on the row (its key, its business, its table)
 SCAN_HELD_BY_EXCEPTION = "__held_by_exception"  # the table's legal exception still keeps it
 SCAN_HELD_BY_CHILD = "__held_by_child"  # a row it owns is held or excepted (delete_rows only)
+SCAN_CTID = "__ctid"  # where the row is, for the single-statement batch (same statement, so stable)
+# Columns of the single-statement batch's one result row.
+BATCH_SCANNED = "scanned"
+BATCH_AFFECTED = "affected"
+BATCH_LAST_AGE = "last_age"
+BATCH_LAST_KEY = "last_key"
+BATCH_OLDEST_SKIPPED = "oldest_skipped"
 HELD_REASONS = {
     SCAN_HELD_BY_HOLD: "legal_hold",
     SCAN_HELD_BY_EXCEPTION: "legal_exception",
@@ -958,6 +965,11 @@ class RetentionStatement:
     (``deletion_order``), clear ``mentions`` and run ``statement`` with ``keys``. ``null_fields``
     and ``generalise``: ``statement`` with ``keys`` (it re-checks that the field still needs it).
     Continue after the last scanned row until a scan returns fewer than ``batch_size`` rows.
+
+    ``batch`` (rules whose rows own nothing: null_fields, generalise, delete_rows of a leaf
+    table) is the scan and the action in one statement, for the sweep (a dry run uses ``scan``):
+    it returns one row with ``scanned``, ``affected``, the cursor (``last_age``, ``last_key``),
+    ``oldest_skipped`` and a count per held reason (``__held_by_hold``, ...).
     """
 
     rule: str
@@ -967,6 +979,7 @@ class RetentionStatement:
     statement: Statement
     primary_key: str
     age_column: str
+    batch: Statement | None = None
     cascade: tuple[CascadeStep, ...] = ()
     deletion_order: tuple[TableRef, ...] = ()
     mentions: tuple[MentionClear, ...] = ()
@@ -981,7 +994,7 @@ class RetentionStatement:
 
     @property
     def statements(self) -> list[Statement]:
-        out = [self.scan]
+        out = [self.scan, *([self.batch] if self.batch is not None else [])]
         for step in self.cascade:
             out.append(step.select)
         for step in reversed(self.cascade):
@@ -1208,6 +1221,7 @@ def _scan(
     flags = [
         (pk, SCAN_KEY),
         (sql.Identifier("t", age_column), SCAN_AGE),
+        (sql.SQL("{}").format(sql.Identifier("t", "ctid")), SCAN_CTID),
         (due, SCAN_DUE),
         (pending, SCAN_PENDING),
         (_held_by_hold(datamap, ref, "t", params, needs), SCAN_HELD_BY_HOLD),
@@ -1221,6 +1235,43 @@ def _scan(
         sql.Identifier("t", age_column), pk, sql.Placeholder(BATCH_SIZE),
     )  # fmt: skip
     return Statement("retention_scan", ref, query, params, _unique(needs))
+
+
+def _single_statement_batch(
+    datamap: DataMap,
+    ref: TableRef,
+    scan: Statement,
+    action: Callable[[sql.Composable], sql.Composable],
+    extra_params: Mapping[str, Any],
+) -> Statement:
+    """``scan`` and ``action`` (a DELETE or UPDATE of ``"d"`` joined to ``scan`` by ctid, for
+    the rows due, pending and held by nothing) as one statement returning one row of counts."""
+    acting = sql.SQL("s.{due} AND s.{pending} AND NOT (s.{hold} OR s.{exception} OR s.{child})").format(
+        due=sql.Identifier(SCAN_DUE), pending=sql.Identifier(SCAN_PENDING), hold=sql.Identifier(SCAN_HELD_BY_HOLD),
+        exception=sql.Identifier(SCAN_HELD_BY_EXCEPTION), child=sql.Identifier(SCAN_HELD_BY_CHILD),
+    )  # fmt: skip
+    held_counts = [
+        sql.SQL("(SELECT count(*) FROM scan s WHERE s.{due} AND s.{pending} AND s.{flag}{before}) AS {name}").format(
+            due=sql.Identifier(SCAN_DUE), pending=sql.Identifier(SCAN_PENDING), flag=sql.Identifier(flag),
+            before=sql.SQL("").join(sql.SQL(" AND NOT s.{}").format(sql.Identifier(f)) for f in list(HELD_REASONS)[:n]),
+            name=sql.Identifier(flag),
+        )  # fmt: skip
+        for n, flag in enumerate(HELD_REASONS)
+    ]
+    query = sql.SQL(
+        "WITH scan AS ({scan}), acted AS ({action} RETURNING 1) SELECT "
+        "(SELECT count(*) FROM scan) AS {scanned}, (SELECT count(*) FROM acted) AS {affected}, "
+        "(SELECT s.{age} FROM scan s ORDER BY s.{age} DESC, s.{key} DESC LIMIT 1) AS {last_age}, "
+        "(SELECT s.{key} FROM scan s ORDER BY s.{age} DESC, s.{key} DESC LIMIT 1) AS {last_key}, "
+        "(SELECT min(s.{age}) FROM scan s WHERE s.{pending} AND NOT ({acting})) AS {oldest}, {held}"
+    ).format(
+        scan=scan.query, action=action(acting), scanned=sql.Identifier(BATCH_SCANNED),
+        affected=sql.Identifier(BATCH_AFFECTED), age=sql.Identifier(SCAN_AGE), key=sql.Identifier(SCAN_KEY),
+        last_age=sql.Identifier(BATCH_LAST_AGE), last_key=sql.Identifier(BATCH_LAST_KEY),
+        pending=sql.Identifier(SCAN_PENDING), acting=acting, oldest=sql.Identifier(BATCH_OLDEST_SKIPPED),
+        held=sql.SQL(", ").join(held_counts),
+    )  # fmt: skip
+    return Statement("retention_batch", ref, query, {**scan.params, **extra_params}, scan.input_params)
 
 
 def _object_steps(datamap: DataMap, ref: TableRef) -> tuple[list[ObjectStep], list[str]]:
@@ -1345,9 +1396,15 @@ def _retention_statement(datamap: DataMap, rule: RetentionRule) -> RetentionStat
         scan = _scan(datamap, ref, rule.name, rule.period.sql_interval, rule.age_column, due=due, pending=pending,
                      with_children=False, extra_columns=(), params=scan_params)  # fmt: skip
         query = sql.SQL("UPDATE {} SET {} WHERE {} AND ({})").format(target, assignment, _any(pk, KEYS), not_done(None))
+        def in_batch(acting: sql.Composable) -> sql.Composable:
+            return sql.SQL("UPDATE {} AS d SET {} FROM scan s WHERE d.ctid = s.{} AND {} AND ({})").format(
+                target, assignment, sql.Identifier(SCAN_CTID), acting, not_done("d")
+            )
+
         return RetentionStatement(
             rule.name, ref, rule.action, scan, Statement(rule.action, ref, query, action_params, (KEYS,)),
             primary_key=table.primary_key, age_column=rule.age_column, fields=fields, reason=rule.reason,
+            batch=_single_statement_batch(datamap, ref, scan, in_batch, action_params),
         )  # fmt: skip
 
     # delete_rows: the rows, everything they own (children first) and their objects; mentions cleared.
@@ -1358,8 +1415,16 @@ def _retention_statement(datamap: DataMap, rule: RetentionRule) -> RetentionStat
         with_children=bool(cascade), extra_columns=[*_referenced_columns(datamap, ref), *object_columns], params=params,
     )  # fmt: skip
     query = sql.SQL("DELETE FROM {} WHERE {}").format(target, _any(pk, KEYS))
+    batch = None
+    if not objects and not cascade and not mentions:
+        def delete_batch(acting: sql.Composable) -> sql.Composable:
+            return sql.SQL("DELETE FROM {} AS d USING scan s WHERE d.ctid = s.{} AND {}").format(
+                target, sql.Identifier(SCAN_CTID), acting
+            )
+
+        batch = _single_statement_batch(datamap, ref, scan, delete_batch, {})
     return RetentionStatement(
-        rule.name, ref, rule.action, scan, Statement(rule.action, ref, query, {}, (KEYS,)),
+        rule.name, ref, rule.action, scan, Statement(rule.action, ref, query, {}, (KEYS,)), batch=batch,
         primary_key=table.primary_key, age_column=rule.age_column, cascade=tuple(cascade),
         deletion_order=tuple(order), mentions=tuple(mentions), objects=tuple(objects), reason=rule.reason,
     )  # fmt: skip

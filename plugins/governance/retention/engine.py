@@ -30,12 +30,18 @@ from typing import Any, Literal, TypedDict
 import psycopg
 from psycopg.rows import dict_row
 
-from governance.datamap.model import DataMap, PrefixRef, TableRef
+from governance.datamap import graph
+from governance.datamap.model import DataMap, PrefixRef, ReferenceKind, TableRef
 from governance.datamap.plans import (
     ACTION_ORDER,
     AFTER_AGE,
     AFTER_PK,
     AS_OF,
+    BATCH_AFFECTED,
+    BATCH_LAST_AGE,
+    BATCH_LAST_KEY,
+    BATCH_OLDEST_SKIPPED,
+    BATCH_SCANNED,
     HELD_REASONS,
     KEYS,
     SCAN_AGE,
@@ -66,6 +72,7 @@ class SweepTarget(TypedDict):
     name: str
     rules: list[str]
     orphans: bool
+    wave: int
 
 
 class RetentionIncomplete(RuntimeError):
@@ -106,7 +113,11 @@ class RuleOutcome:
 def sweep_targets(datamap: DataMap, plan: RetentionPlan, rules: Sequence[str] | None = None) -> list[SweepTarget]:
     """The mapped tasks of a sweep: one per table with rules and per prefix with a rule or an
     orphan check, limited to ``rules`` when given (orphan checks then run only for prefixes whose
-    rule was chosen)."""
+    rule was chosen).
+
+    ``wave`` 1 marks a table with a rule conditioned on ``unreferenced`` whose referencing tables
+    are swept too (inactive callers after calls, messages and appointments): it runs after wave 0,
+    so rows left unreferenced by today's deletes go today. Deeper chains finish on the next run."""
     chosen = set(rules) if rules else None
     targets: dict[tuple[str, str, str], SweepTarget] = {}
     for rule in datamap.retention:
@@ -115,19 +126,28 @@ def sweep_targets(datamap: DataMap, plan: RetentionPlan, rules: Sequence[str] | 
         kind: Literal["table", "prefix"] = "table" if rule.table else "prefix"
         name = rule.table or rule.prefix or ""
         target = targets.setdefault((kind, rule.system, name), SweepTarget(
-            system=rule.system, kind=kind, name=name, rules=[], orphans=False,
+            system=rule.system, kind=kind, name=name, rules=[], orphans=False, wave=0,
         ))  # fmt: skip
         target["rules"].append(rule.name)
     for check in plan.orphans:
         key = ("prefix", check.prefix.system, check.prefix.prefix)
         if chosen is None:
             targets.setdefault(key, SweepTarget(system=check.prefix.system, kind="prefix", name=check.prefix.prefix,
-                                                rules=[], orphans=False))  # fmt: skip
+                                                rules=[], orphans=False, wave=0))  # fmt: skip
         if key in targets:
             targets[key]["orphans"] = True
     order = {s.rule: i for i, s in enumerate(plan.statements)}
+    swept_tables = {(t["system"], t["name"]) for t in targets.values() if t["kind"] == "table"}
+    edges = graph.reference_edges(datamap, tuple(ReferenceKind))
     for target in targets.values():
         target["rules"].sort(key=lambda r: order.get(r, -1))
+        if target["kind"] != "table":
+            continue
+        ref = TableRef(target["system"], target["name"])
+        waits = any(
+            c.unreferenced for r in datamap.retention if r.name in target["rules"] for c in r.conditions
+        ) and any(e.parent == ref and e.child != ref and (e.child.system, e.child.table) in swept_tables for e in edges)
+        target["wave"] = 1 if waits else 0
     return sorted(targets.values(), key=lambda t: (t["kind"], t["system"], t["name"]))
 
 
@@ -259,6 +279,23 @@ class _BatchScan:
             self.outcome.held_reasons[reason] = self.outcome.held_reasons.get(reason, 0) + count
         return act
 
+    def apply_batch(self, cur: psycopg.Cursor[Any], statement: Statement) -> int:
+        """Run the single-statement batch (scan and action together); return rows changed."""
+        row = cur.execute(statement.query, statement.bind({**self.base, **self.cursor.values()})).fetchone()
+        assert row is not None
+        self.done = row[BATCH_SCANNED] < self.batch_size
+        if row[BATCH_SCANNED]:
+            self.cursor = _Cursor(row[BATCH_LAST_AGE], row[BATCH_LAST_KEY])
+        skipped = row[BATCH_OLDEST_SKIPPED]
+        if skipped is not None and (self.oldest_skipped is None or skipped < self.oldest_skipped):
+            self.oldest_skipped = skipped
+        self.outcome.rows_scanned += row[BATCH_SCANNED]
+        for flag, reason in HELD_REASONS.items():
+            if row[flag]:
+                self.outcome.held += row[flag]
+                self.outcome.held_reasons[reason] = self.outcome.held_reasons.get(reason, 0) + row[flag]
+        return int(row[BATCH_AFFECTED])
+
     def low_watermark(self, cutoff: datetime) -> datetime:
         return min(cutoff, self.oldest_skipped) if self.oldest_skipped is not None else cutoff
 
@@ -325,6 +362,14 @@ def _run_table_rule(
     started = time.monotonic()
     two_phase = rs.action == "delete_rows" and (rs.objects or any(step.objects for step in rs.cascade))
     cascade_counts: Counter[str] = Counter()
+    while not scan.done and rs.batch is not None and not ctx.dry_run:
+        batch_started = time.monotonic()
+        with conn.cursor(row_factory=dict_row) as cur:
+            outcome.rows_affected += scan.apply_batch(cur, rs.batch)
+        conn.commit()
+        outcome.batches += 1
+        outcome.longest_batch_ms = max(outcome.longest_batch_ms, (time.monotonic() - batch_started) * 1000)
+        _log_batch(outcome, started)
     while not scan.done:
         batch_started = time.monotonic()
         with conn.cursor(row_factory=dict_row) as cur:
