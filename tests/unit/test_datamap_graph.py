@@ -653,3 +653,15 @@ def test_validate_datamap_explain_sql_prints_the_statements_the_workflows_run(
         assert f"  {statement.text};" in out, statement
     assert command.run(argparse.Namespace(path=SHIPPED, explain=True, sql=False)) == 0
     assert "SELECT" not in capsys.readouterr().out
+
+
+def test_explain_shows_what_a_delete_rows_rule_also_deletes_and_clears() -> None:
+    from governance.datamap.command import _cascade_lines
+
+    lines = _cascade_lines(with_voicemails(), t("callers"))
+    assert "also deletes aircalls_app.voicemails (owned through caller_id) with objects voicemail_audio (every version)" in lines
+    assert any(line.startswith("also deletes aircalls_app.calls (owned through caller_id) with objects recordings") for line in lines)
+    assert lines[-1] == "keeps a row whose owned rows are under a legal hold or exception (counted as held)"
+    users = _cascade_lines(with_voicemails(), t("users"))
+    assert "clears aircalls_app.calls.handled_by_user_id (mention)" in users
+    assert "clears aircalls_app.messages.user_id (mention)" in users
