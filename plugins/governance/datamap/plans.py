@@ -913,8 +913,8 @@ HELD_REASONS = {
 }
 
 # Fixed order of the rules of one table (README, "Retention"): generalise and null first, then
-# objects, then rows, so a row is minimised on time even when a later rule will delete it, and
-# nothing deleted is generalised in vain within one run. Within one action, the map's order.
+# objects, then rows, so a row is minimised on time even where a later rule deletes it only once
+# a condition holds. Within one action, the map's order.
 ACTION_ORDER = {"generalise": 0, "null_fields": 1, "delete_objects": 2, "delete_rows": 3}
 
 
