@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS app.callers (
 CREATE INDEX IF NOT EXISTS callers_phone_idx ON app.callers (phone);
 CREATE INDEX IF NOT EXISTS callers_email_nfc_lower_idx ON app.callers (lower(normalize(email, NFC)));
 CREATE INDEX IF NOT EXISTS callers_business_id_idx ON app.callers (business_id);
+CREATE INDEX IF NOT EXISTS callers_first_seen_at_idx ON app.callers (first_seen_at);
 
 CREATE TABLE IF NOT EXISTS app.calls (
     id                  bigint PRIMARY KEY,
@@ -84,6 +85,7 @@ CREATE TABLE IF NOT EXISTS app.appointments (
 );
 CREATE INDEX IF NOT EXISTS appointments_business_id_idx ON app.appointments (business_id);
 CREATE INDEX IF NOT EXISTS appointments_caller_id_idx ON app.appointments (caller_id);
+CREATE INDEX IF NOT EXISTS appointments_scheduled_for_idx ON app.appointments (scheduled_for);
 
 CREATE TABLE IF NOT EXISTS app.support_tickets (
     id          bigint PRIMARY KEY,
@@ -94,6 +96,7 @@ CREATE TABLE IF NOT EXISTS app.support_tickets (
     created_at  timestamptz NOT NULL
 );
 CREATE INDEX IF NOT EXISTS support_tickets_user_id_idx ON app.support_tickets (user_id);
+CREATE INDEX IF NOT EXISTS support_tickets_created_at_idx ON app.support_tickets (created_at);
 
 CREATE TABLE IF NOT EXISTS app.payments (
     id                   bigint PRIMARY KEY,

@@ -1,9 +1,7 @@
-"""The retention plan's statements are the ones a sweep runs: each one executes on the reference
-deployment with the values a sweep binds (in a transaction rolled back), and finds due rows.
-
-Nothing runs them on a schedule yet (the ``retention_sweep`` DAG is planned); this keeps the
-builder honest until then: a statement that does not run, or binds a value it does not declare,
-fails here rather than in the first sweep."""
+"""The retention plan's statements are the ones the sweep runs (``governance.retention.engine``):
+each one executes on the reference deployment with the values a sweep binds (in a transaction
+rolled back), and the scans find due rows. A statement that does not run, or binds a value it does
+not declare, fails here rather than in the first sweep."""
 
 from __future__ import annotations
 
@@ -16,13 +14,17 @@ from psycopg.rows import dict_row
 
 from governance.datamap import load_datamap
 from governance.datamap.plans import (
-    AFTER_KEY,
+    AFTER_AGE,
+    AFTER_PK,
     AS_OF,
-    HELD_KEYS,
     HELD_SCOPE_IDS,
     KEYS,
+    RETENTION_HELD_TABLES,
+    SCAN_DUE,
+    SCAN_KEY,
     Statement,
     build_retention_plan,
+    held_keys_param,
 )
 from tests.fixtures.reference import Deployment
 
@@ -37,27 +39,45 @@ def _run(cur: Any, statement: Statement, values: dict[str, Any]) -> int:
 def test_every_retention_statement_runs_on_the_reference_deployment(reference_deployment: Deployment) -> None:
     datamap = load_datamap()
     plan = build_retention_plan(datamap)
+    tables = [t for s in plan.statements for t in s.held_tables] + [o.object_step.source for o in plan.objects if o.object_step]
     # Far enough ahead that every rule has due rows in the small seed.
-    values: dict[str, Any] = {AS_OF: datetime(2040, 1, 1, tzinfo=UTC), HELD_KEYS: [], HELD_SCOPE_IDS: [], AFTER_KEY: []}
+    values: dict[str, Any] = {
+        AS_OF: datetime(2040, 1, 1, tzinfo=UTC), HELD_SCOPE_IDS: [], RETENTION_HELD_TABLES: [],
+        AFTER_AGE: "-infinity", AFTER_PK: None, **{held_keys_param(t): [] for t in tables},
+    }  # fmt: skip
     affected: dict[str, int] = {}
     with psycopg.connect(reference_deployment.app_url) as conn, conn.cursor(row_factory=dict_row) as cur:
         for item in plan.objects:
-            if item.select_due is None:
+            if item.scan is None:
                 assert item.age_source == "last_modified"
                 continue
             assert item.object_step is not None
-            rows = cur.execute(item.select_due.query, item.select_due.bind(values)).fetchall()
+            rows = cur.execute(item.scan.query, item.scan.bind(values)).fetchall()
             assert item.object_step.keys_for(rows), item.rule
             if item.clear_key_column is not None:
-                pk = datamap.table(item.object_step.source).primary_key
-                affected[item.rule] = _run(cur, item.clear_key_column, {KEYS: [r[pk] for r in rows]})
+                affected[item.rule] = _run(cur, item.clear_key_column, {KEYS: [r[SCAN_KEY] for r in rows]})
         for rule in plan.statements:
-            if rule.select_due is not None:
-                rows = cur.execute(rule.select_due.query, rule.select_due.bind(values)).fetchall()
-                pk = datamap.table(rule.table).primary_key
-                affected[rule.rule] = _run(cur, rule.statement, {KEYS: [r[pk] for r in rows]})
-            else:
-                affected[rule.rule] = _run(cur, rule.statement, values)
+            rows = [r for r in cur.execute(rule.scan.query, rule.scan.bind(values)).fetchall() if r[SCAN_DUE]]
+            owners = {rule.table: rows}
+            for step in rule.cascade:
+                parents = owners.get(step.edge.parent, [])
+                owners[step.table] = cur.execute(
+                    step.select.query, step.select.bind({KEYS: [r[step.edge.parent_field] for r in parents]})
+                ).fetchall()
+            for mention in rule.mentions:
+                parents = owners.get(mention.edge.parent, [])
+                _run(cur, mention.statement, {KEYS: [r[mention.edge.parent_field] for r in parents]})
+            for table in rule.deletion_order:
+                step = next(s for s in rule.cascade if s.table == table)
+                pk = datamap.table(table).primary_key
+                _run(cur, step.delete, {KEYS: [r[pk] for r in owners.get(table, [])]})
+            affected[rule.rule] = _run(cur, rule.statement, {KEYS: [r[SCAN_KEY] for r in rows]})
+        for rule in plan.statements:  # the single-statement batches (scan and action in one)
+            if rule.batch is not None:
+                row = cur.execute(rule.batch.query, rule.batch.bind(values)).fetchone()
+                assert row is not None and 0 <= row["affected"] <= row["scanned"], rule.rule
+        for check in plan.orphans:
+            assert cur.execute(check.existing.query, check.existing.bind({KEYS: [1, 2, 3]})).fetchall() is not None
         conn.rollback()
     assert set(affected) >= {s.rule for s in plan.statements}
     assert [rule for rule, count in affected.items() if count == 0] == []

@@ -307,10 +307,22 @@ def test_kept_rows_must_not_stay_linked_to_the_person(tmp_path: Path) -> None:
                  "links a row to the person")
 
 
-def test_deleting_referenced_rows_needs_the_unreferenced_condition(tmp_path: Path) -> None:
-    path, error = broken(tmp_path, lambda d: rule(d, "inactive_callers_2_years").pop("conditions"))
-    assert_issue(path, error, "retention[inactive_callers_2_years].conditions",
-                 "aircalls_app.calls", "{unreferenced: true}")
+def test_deleting_rows_that_other_rows_were_collected_for_needs_the_unreferenced_condition(tmp_path: Path) -> None:
+    path, error = broken(tmp_path, lambda d: d["retention"].append({
+        "name": "businesses_10_years", "system": "aircalls_app", "table": "businesses", "age_column": "created_at",
+        "period": "P10Y", "action": "delete_rows", "reason": "Former clients are not kept forever.",
+    }))  # fmt: skip
+    assert_issue(path, error, "retention[businesses_10_years].conditions",
+                 "aircalls_app.callers", "{unreferenced: true}")
+
+
+def test_deleting_rows_that_own_other_rows_needs_no_condition_because_retention_follows_ownership(tmp_path: Path) -> None:
+    data = _base()
+    rule(data, "inactive_callers_2_years").pop("conditions")
+    path = tmp_path / "datamap.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    datamap = load_datamap(path)
+    assert next(r for r in datamap.retention if r.name == "inactive_callers_2_years").conditions == []
 
 
 def test_retention_shorter_than_the_legal_exception(tmp_path: Path) -> None:

@@ -339,10 +339,12 @@ def test_a_new_owned_table_and_prefix_join_resolution_erasure_and_retention_with
 
     retention = plans.build_retention_plan(datamap)
     rule = next(s for s in retention.statements if s.rule == "voicemails_90_days")
-    assert rule.select_due is not None and [o.prefix.prefix for o in rule.objects] == ["voicemail_audio"]
-    # callers' retention now also waits for the caller's voicemails to be gone
+    assert [o.prefix.prefix for o in rule.objects] == ["voicemail_audio"]
+    # callers' retention now also waits for the caller's voicemails to be gone (unreferenced),
+    # and would take them with the caller (cascade) were the condition dropped
     callers_rule = next(s for s in retention.statements if s.rule == "inactive_callers_2_years")
-    assert '"app"."voicemails"' in callers_rule.statement.text
+    assert '"app"."voicemails"' in callers_rule.scan.text
+    assert t("voicemails") in callers_rule.deletion_order
 
 
 # -- erasure statements ---------------------------------------------------------------------
@@ -438,28 +440,44 @@ def test_keyed_hash_parameters_reproduce_hmac_sha256() -> None:
 # -- retention statements -------------------------------------------------------------------
 
 
-def test_retention_plan_uses_structured_conditions_and_bounded_batches(datamap: DataMap) -> None:
+def test_retention_plan_uses_structured_conditions_and_keyset_batches_on_the_age_column(datamap: DataMap) -> None:
     retention = plans.build_retention_plan(datamap)
     missed = next(s for s in retention.statements if s.rule == "missed_calls_6_months")
-    assert missed.select_due is not None
-    assert '"t"."outcome" = ANY(%(condition_0)s)' in missed.select_due.text
-    assert missed.select_due.params["condition_0"] == ["missed"]
+    assert '"t"."outcome" = ANY(%(condition_0)s) AS "__due"' in missed.scan.text
+    assert missed.scan.params["condition_0"] == ["missed"]
     assert missed.statement.text == 'DELETE FROM "app"."calls" WHERE "id" = ANY(%(keys)s)'
     assert [o.prefix.prefix for o in missed.objects] == ["recordings", "transcripts"]
     for statement in retention.statements:
-        due = (statement.select_due or statement.statement).text
-        assert "LIMIT %(batch_size)s" in due, statement.rule
-        assert "%(as_of)s::timestamptz - %(period_" in due and "now()" not in due, statement.rule
-        assert '<> ALL(%(held_keys)s)' in due, statement.rule
+        scan = statement.scan.text
+        age = f'"t"."{statement.age_column}"'
+        assert scan.endswith(f'ORDER BY {age}, "t"."{statement.primary_key}" LIMIT %(batch_size)s'), statement.rule
+        assert f'({age}, "t"."{statement.primary_key}") > (%(after_age)s::timestamptz, %(after_pk)s)' in scan
+        assert "OFFSET" not in scan and "now()" not in scan, statement.rule
+        assert f"{age} < %(as_of)s::timestamptz - %(period_{statement.rule})s::interval" in scan, statement.rule
+        assert "held_keys__aircalls_app__" in scan and "%(held_tables)s" in scan, statement.rule
 
 
-def test_retention_deletes_children_before_parents_and_parents_only_when_unreferenced(datamap: DataMap) -> None:
+def test_a_tables_rules_run_generalise_and_null_before_delete(datamap: DataMap) -> None:
+    names = [s.rule for s in plans.build_retention_plan(datamap).statements]
+    assert names.index("usage_ip_generalised_30_days") < names.index("usage_device_details_90_days")
+    assert names.index("usage_device_details_90_days") < names.index("usage_events_13_months")
+    assert names.index("call_transcript_text_90_days") < names.index("missed_calls_6_months")
+
+
+def test_deleting_a_parent_takes_what_it_owns_children_first_and_unreferenced_keeps_its_meaning(datamap: DataMap) -> None:
     retention = plans.build_retention_plan(datamap)
-    names = [s.rule for s in retention.statements]
-    assert names.index("calls_2_years") < names.index("inactive_callers_2_years")
-    callers = retention.statements[names.index("inactive_callers_2_years")].statement.text
+    callers = next(s for s in retention.statements if s.rule == "inactive_callers_2_years")
     for child in ("calls", "messages", "appointments"):
-        assert sql.SQL("NOT EXISTS (SELECT 1 FROM {}").format(sql.Identifier("app", child)).as_string() in callers
+        assert sql.SQL("NOT EXISTS (SELECT 1 FROM {}").format(sql.Identifier("app", child)).as_string() in callers.scan.text
+    assert set(callers.deletion_order) == {t("calls"), t("messages"), t("appointments")}
+    calls_step = next(c for c in callers.cascade if c.table == t("calls"))
+    assert [o.prefix.prefix for o in calls_step.objects] == ["recordings", "transcripts"]
+    # a caller is kept (held) when an owned call is held: the scan checks the owned rows' holds
+    assert "held_keys__aircalls_app__calls" in callers.scan.input_params
+    assert 'AS "__held_by_child"' in callers.scan.text and "EXISTS (SELECT 1 FROM" in callers.scan.text
+    # the payments rule's own table is under a legal exception: its rows say so
+    payments = next(s for s in retention.statements if s.rule == "payments_7_years")
+    assert '"t"."paid_at" >= %(as_of)s::timestamptz - %(legal_period_payments_tax_records)s::interval' in payments.scan.text
 
 
 def test_retention_generalises_ip_addresses_and_nulls_device_details(datamap: DataMap) -> None:
@@ -468,7 +486,8 @@ def test_retention_generalises_ip_addresses_and_nulls_device_details(datamap: Da
     text = ip.statement.text
     assert 'SET "ip_address" = network(set_masklen("ip_address", CASE WHEN family("ip_address") = 4' in text
     assert ip.statement.params["ipv4_prefix"] == 24 and ip.statement.params["ipv6_prefix"] == 48
-    assert 'masklen("t"."ip_address") >' in text  # already generalised rows are not selected again
+    assert 'masklen("ip_address") >' in text  # the update re-checks the row still needs it
+    assert 'masklen("t"."ip_address") >' in ip.scan.text  # generalised rows are not pending
     device = next(s for s in retention.statements if s.rule == "usage_device_details_90_days")
     assert device.statement.text.startswith('UPDATE "app"."usage_events" SET "user_agent" = NULL, "device_id" = NULL')
 
@@ -477,14 +496,16 @@ def test_object_retention_ages_by_the_tied_row_or_by_last_modified(datamap: Data
     retention = plans.build_retention_plan(datamap)
     by_rule = {o.rule: o for o in retention.objects}
     recordings = by_rule["recordings_90_days"]
-    assert recordings.age_source == "row" and recordings.select_due is not None
-    assert '"t"."id" > ALL(%(after_key)s)' in recordings.select_due.text
+    assert recordings.age_source == "row" and recordings.scan is not None
+    assert '("t"."started_at", "t"."id") > (%(after_age)s::timestamptz, %(after_pk)s)' in recordings.scan.text
+    assert '"t"."recording_key" IS NOT NULL AS "__pending"' in recordings.scan.text
     assert recordings.clear_key_column is not None
     assert recordings.clear_key_column.text == (
         'UPDATE "app"."calls" SET "recording_key" = NULL WHERE "id" = ANY(%(keys)s)'
     )
     exports = by_rule["export_bundles_30_days"]
     assert (exports.age_source, exports.list_prefix, exports.period_days) == ("last_modified", "exports/", 30)
+    assert {o.prefix.prefix for o in retention.orphans} == {"recordings", "transcripts"}
 
 
 # -- no personal data in SQL text -----------------------------------------------------------
@@ -640,3 +661,15 @@ def test_validate_datamap_explain_sql_prints_the_statements_the_workflows_run(
         assert f"  {statement.text};" in out, statement
     assert command.run(argparse.Namespace(path=SHIPPED, explain=True, sql=False)) == 0
     assert "SELECT" not in capsys.readouterr().out
+
+
+def test_explain_shows_what_a_delete_rows_rule_also_deletes_and_clears() -> None:
+    from governance.datamap.command import _cascade_lines
+
+    lines = _cascade_lines(with_voicemails(), t("callers"))
+    assert "also deletes aircalls_app.voicemails (owned through caller_id) with objects voicemail_audio (every version)" in lines
+    assert any(line.startswith("also deletes aircalls_app.calls (owned through caller_id) with objects recordings") for line in lines)
+    assert lines[-1] == "keeps a row whose owned rows are under a legal hold or exception (counted as held)"
+    users = _cascade_lines(with_voicemails(), t("users"))
+    assert "clears aircalls_app.calls.handled_by_user_id (mention)" in users
+    assert "clears aircalls_app.messages.user_id (mention)" in users

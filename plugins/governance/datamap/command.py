@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from governance.datamap.model import TableRef
+
 if TYPE_CHECKING:
     from governance.datamap.model import DataMap
 
@@ -105,11 +107,34 @@ def _explain(datamap: DataMap) -> None:
         )
         objects = ", ".join(p.prefix for p in datamap.prefixes_tied_to(ref))
         print(f"  {position:2}. {ref}: {fate}" + (f"; objects: {objects}" if objects else ""))
-    print("retention:")
+    print("retention (a table's rules run generalise, null_fields, delete_objects, delete_rows):")
     for rule in datamap.retention:
         target = rule.table or rule.prefix
         age = f" after {rule.age_column}" if rule.age_column else " after last modification"
         print(f"  {rule.name}: {rule.action} {rule.system}.{target} {rule.period.iso}{age}")
+        if rule.action == "delete_rows" and rule.table is not None:
+            for line in _cascade_lines(datamap, TableRef(rule.system, rule.table)):
+                print(f"      {line}")
+
+
+def _cascade_lines(datamap: DataMap, ref: TableRef) -> list[str]:
+    """What a delete_rows rule on ``ref`` also deletes and clears (the retention cascade)."""
+    from governance.datamap.plans import cascade_of
+
+    owned, mentions = cascade_of(datamap, ref)
+    lines = []
+    for edge, depth in owned:
+        objects = ", ".join(p.prefix for p in datamap.prefixes_tied_to(edge.child))
+        lines.append(
+            f"{'  ' * (depth - 1)}also deletes {edge.child} (owned through {edge.field})"
+            + (f" with objects {objects} (every version)" if objects else "")
+        )
+    objects = ", ".join(p.prefix for p in datamap.prefixes_tied_to(ref))
+    if objects:
+        lines.insert(0, f"deletes objects {objects} (every version) before the rows")
+    lines += [f"clears {e.child}.{e.field} (mention)" for e in mentions]
+    lines.append("keeps a row whose owned rows are under a legal hold or exception (counted as held)" if owned else "")
+    return [line for line in lines if line]
 
 
 def _print_statements(datamap: DataMap) -> None:

@@ -781,10 +781,13 @@ class _Checks:
             if condition.unreferenced and not referencing:
                 yield f"{cpath}.unreferenced", f"no table references {table.name!r}; drop this condition"
         if rule.action == "delete_rows":
-            if referencing and not any(c.unreferenced for c in rule.conditions):
+            # Owned rows go with their owner and mentions are cleared (as in erasure); only a scope
+            # reference (rows collected for a business) would be broken by the delete.
+            scoped = [e for e in referencing if e.kind is ReferenceKind.scope]
+            if scoped and not any(c.unreferenced for c in rule.conditions):
                 yield f"{path}.conditions", (
-                    f"deleting rows of {table.name!r} would break rows that reference them "
-                    f"({', '.join(sorted({str(e.child) for e in referencing}))}); add the condition {{unreferenced: true}}"
+                    f"deleting rows of {table.name!r} would break rows collected for them "
+                    f"({', '.join(sorted({str(e.child) for e in scoped}))}); add the condition {{unreferenced: true}}"
                 )
             exception = self.dm.legal_exception_for(ref)
             if exception is not None and rule.period.approx_days < exception.period.approx_days:

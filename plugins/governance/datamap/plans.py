@@ -39,7 +39,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import quote
@@ -974,68 +974,221 @@ def build_erasure_plan(datamap: DataMap, resolution: ResolutionPlan) -> ErasureP
 
 # --------------------------------------------------------------------------------------------
 # Retention
+#
+# Every table rule (and every object rule aged by its tied row) walks its expired rows once, in
+# keyset order on (age column, primary key) through the age column's index: each batch is
+# ``scan`` (the next ``batch_size`` rows after the cursor, with flags saying which are due, which
+# are held and why, which still need the action), then the action keyed by the primary keys the
+# scan chose. The sweep keeps a watermark per rule (the oldest age it must look at again: the
+# oldest row it skipped as held or not yet matching a condition, else the cutoff), so rows
+# already nulled, generalised or deleted are not visited again.
+
+RETENTION_HELD_TABLES = "held_tables"  # 'schema.table' names under a table hold (may be empty)
+AFTER_AGE = "after_age"  # keyset cursor: the age of the last row handled ('-infinity' to start)
+AFTER_PK = "after_pk"  # keyset cursor: its primary key (NULL to start)
+
+# Flag columns every scan returns besides the primary key and the age.
+SCAN_KEY = "__key"
+SCAN_AGE = "__age"
+SCAN_DUE = "__due"  # every condition of the rule holds
+SCAN_PENDING = "__pending"  # the action still has something to do (a field not yet nulled, ...)
+SCAN_HELD_BY_HOLD = "__held_by_hold"  # a legal hold on the row (its key, its business, its table)
+SCAN_HELD_BY_EXCEPTION = "__held_by_exception"  # the table's legal exception still keeps it
+SCAN_HELD_BY_CHILD = "__held_by_child"  # a row it owns is held or excepted (delete_rows only)
+SCAN_CTID = "__ctid"  # where the row is, for the single-statement batch (same statement, so stable)
+# Columns of the single-statement batch's one result row.
+BATCH_SCANNED = "scanned"
+BATCH_AFFECTED = "affected"
+BATCH_LAST_AGE = "last_age"
+BATCH_LAST_KEY = "last_key"
+BATCH_OLDEST_SKIPPED = "oldest_skipped"
+HELD_REASONS = {
+    SCAN_HELD_BY_HOLD: "legal_hold",
+    SCAN_HELD_BY_EXCEPTION: "legal_exception",
+    SCAN_HELD_BY_CHILD: "owned_row_held",
+}
+
+# Fixed order of the rules of one table (README, "Retention"): generalise and null first, then
+# objects, then rows, so a row is minimised on time even where a later rule deletes it only once
+# a condition holds. Within one action, the map's order.
+ACTION_ORDER = {"generalise": 0, "null_fields": 1, "delete_objects": 2, "delete_rows": 3}
+
+
+def held_keys_param(ref: TableRef) -> str:
+    """Name of the run-time parameter with the primary keys of ``ref`` under a person hold."""
+    return f"held_keys__{ref.system}__{ref.table}"
+
+
+def _table_name_param(datamap: DataMap, ref: TableRef) -> tuple[str, str]:
+    schema = datamap.postgres_system(ref.system).db_schema
+    return f"table_name__{ref.system}__{ref.table}", f"{schema}.{ref.table}"
+
+
+@dataclass(frozen=True)
+class CascadeStep:
+    """Rows of ``table`` owned through ``edge`` by rows a ``delete_rows`` rule deletes: ``select``
+    finds them from their owners' keys (``keys`` = the owners' ``edge.parent_field`` values) with
+    the columns their own children, mentions and objects need; ``delete`` removes them by primary
+    key; ``objects`` are deleted (every version) before the rows."""
+
+    table: TableRef
+    edge: ReferenceEdge
+    select: Statement
+    delete: Statement
+    objects: tuple[ObjectStep, ...] = ()
+
+
+@dataclass(frozen=True)
+class MentionClear:
+    """Rows of ``edge.child`` naming a deleted row of ``edge.parent``: the reference is cleared
+    (``keys`` = the deleted rows' ``edge.parent_field`` values), the row stays."""
+
+    edge: ReferenceEdge
+    statement: Statement
 
 
 @dataclass(frozen=True)
 class RetentionStatement:
-    """One bounded batch of a table retention rule; repeat until fewer than ``batch_size`` rows.
+    """One table rule, as bounded batches.
 
-    When ``select_due`` is set (rows own objects), run it first, delete the objects rendered by
-    ``objects`` from its rows, then run ``statement`` with ``keys`` = the selected primary keys: a
-    crash between the two leaves the rows, so the objects are found again. Otherwise ``statement``
-    is self-contained. Rows under a legal hold (``held_keys``, ``held_scope_ids``: pass empty lists
-    when none) are never touched.
+    Per batch: run ``scan`` with the keyset cursor (``after_age``/``after_pk``), the holds
+    (``held_keys__<system>__<table>`` for the rule's table and every table of its cascade,
+    ``held_scope_ids``, ``held_tables``) and ``as_of``; it returns up to ``batch_size`` rows aged
+    before the cutoff, oldest first, each with the flag columns ``SCAN_*``. The rows to act on are
+    those due, pending and held by nothing. ``delete_rows``: find what they own through
+    ``cascade`` (parents before children), delete the objects of ``objects`` and of each cascade
+    step (every version), then in one transaction delete the cascade's rows children first
+    (``deletion_order``), clear ``mentions`` and run ``statement`` with ``keys``. ``null_fields``
+    and ``generalise``: ``statement`` with ``keys`` (it re-checks that the field still needs it).
+    Continue after the last scanned row until a scan returns fewer than ``batch_size`` rows.
+
+    ``batch`` (rules whose rows own nothing: null_fields, generalise, delete_rows of a leaf
+    table) is the scan and the action in one statement, for the sweep (a dry run uses ``scan``):
+    it returns one row with ``scanned``, ``affected``, the cursor (``last_age``, ``last_key``),
+    ``oldest_skipped`` and a count per held reason (``__held_by_hold``, ...).
     """
 
     rule: str
     table: TableRef
     action: str
+    scan: Statement
     statement: Statement
-    select_due: Statement | None = None
+    primary_key: str
+    age_column: str
+    batch: Statement | None = None
+    cascade: tuple[CascadeStep, ...] = ()
+    deletion_order: tuple[TableRef, ...] = ()
+    mentions: tuple[MentionClear, ...] = ()
     objects: tuple[ObjectStep, ...] = ()
     fields: tuple[str, ...] = ()
     reason: str = ""
+
+    @property
+    def held_tables(self) -> tuple[TableRef, ...]:
+        """Tables whose held keys the scan binds (the rule's table, then its cascade)."""
+        return _unique_refs([self.table, *(step.table for step in self.cascade)])
+
+    @property
+    def statements(self) -> list[Statement]:
+        out = [self.scan, *([self.batch] if self.batch is not None else [])]
+        for step in self.cascade:
+            out.append(step.select)
+        for step in reversed(self.cascade):
+            out.append(step.delete)
+        out += [m.statement for m in self.mentions]
+        out.append(self.statement)
+        return out
+
+    @property
+    def sha256(self) -> str:
+        """Digest of every statement of the rule: a changed rule starts again from the oldest row."""
+        return hashlib.sha256("\n".join(s.sha256 for s in self.statements).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
 class ObjectRetention:
     """An object retention rule. ``age_source == "last_modified"``: list ``list_prefix`` and
     delete objects last modified before ``as_of - period``. ``age_source == "row"``: page through
-    ``select_due`` (keyset on the primary key: ``after_key`` ``[]`` to start, then ``[last key
-    seen]``), delete ``object_step.keys_for(rows)``, then run ``clear_key_column`` with ``keys``
-    when the table stores the key."""
+    ``scan`` exactly as a table rule (keyset on the tied table's age column and primary key),
+    delete ``object_step.keys_for(rows)`` of the rows due and not held, then run
+    ``clear_key_column`` with ``keys`` when the table stores the key (the row stays)."""
 
     rule: str
     prefix: PrefixRef
     list_prefix: str
     period_days: float
+    period_interval: str
     age_source: Literal["last_modified", "row"]
-    select_due: Statement | None = None
+    scan: Statement | None = None
     object_step: ObjectStep | None = None
     clear_key_column: Statement | None = None
+    primary_key: str | None = None
+    age_column: str | None = None
     reason: str = ""
+
+    @property
+    def statements(self) -> list[Statement]:
+        return [s for s in (self.scan, self.clear_key_column) if s is not None]
+
+    @property
+    def sha256(self) -> str:
+        parts = [s.sha256 for s in self.statements] or [f"{self.list_prefix}\x00{self.period_interval}"]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class OrphanCheck:
+    """Objects of a row-owned prefix whose row is gone. List ``list_prefix``, parse each key with
+    ``key_template`` into ``placeholder_columns`` values, run ``existing`` with the parsed
+    ``keys`` (values of ``match_column``) and delete objects whose row is not returned once they
+    are older than the grace period."""
+
+    prefix: PrefixRef
+    list_prefix: str
+    key_template: str
+    source: TableRef
+    placeholder_columns: Mapping[str, str]
+    match_placeholder: str
+    match_column: str
+    existing: Statement
 
 
 @dataclass(frozen=True)
 class RetentionPlan:
-    """The retention sweep: object rules first, then table rules, children before parents (so
-    a parent whose rule needs it unreferenced can go in the same sweep).
-
-    No DAG runs these yet (``retention_sweep`` is planned); the integration test
-    ``test_retention_statements`` executes every one of them with the values a sweep binds."""
+    """The retention sweep, per target: object rules (prefix), table rules (one table's rules in
+    ``ACTION_ORDER``: generalise, null_fields, delete_objects, delete_rows), and the orphan check
+    of every row-owned prefix. Targets are independent (one mapped task each); a delete_rows rule
+    carries its own cascade, so no target depends on another having run."""
 
     objects: tuple[ObjectRetention, ...]
     statements: tuple[RetentionStatement, ...]
+    orphans: tuple[OrphanCheck, ...] = ()
 
     @property
     def all_statements(self) -> list[Statement]:
         """Every statement of the sweep, in the order it runs (for ``--sql`` and the tests)."""
         out: list[Statement] = []
         for item in self.objects:
-            out += [s for s in (item.select_due, item.clear_key_column) if s is not None]
+            out += item.statements
         for statement in self.statements:
-            out += [s for s in (statement.select_due, statement.statement) if s is not None]
+            out += statement.statements
+        out += [o.existing for o in self.orphans]
         return out
+
+    def rule(self, name: str) -> RetentionStatement | ObjectRetention:
+        items: list[RetentionStatement | ObjectRetention] = [*self.objects, *self.statements]
+        for item in items:
+            if item.rule == name:
+                return item
+        raise KeyError(name)
+
+
+def _column(alias: str | None, name: str) -> sql.Identifier:
+    return sql.Identifier(alias, name) if alias else sql.Identifier(name)
+
+
+def _unique_refs(items: Iterable[TableRef]) -> tuple[TableRef, ...]:
+    return tuple(dict.fromkeys(items))
 
 
 def _condition_sql(
@@ -1053,7 +1206,7 @@ def _condition_sql(
                     sql.Identifier("t", edge.parent_field),
                 )
             )
-        return _and(checks)
+        return _and(checks) if checks else sql.SQL("TRUE")
     assert condition.column is not None
     column = sql.Identifier("t", condition.column)
     name = f"condition_{index}"
@@ -1066,108 +1219,311 @@ def _condition_sql(
     return sql.SQL("{} IS NULL" if condition.is_null else "{} IS NOT NULL").format(column)
 
 
-def _due_where(
-    datamap: DataMap, ref: TableRef, table: TableSpec, rule: RetentionRule, params: dict[str, Any]
+def _held_by_hold(
+    datamap: DataMap, ref: TableRef, alias: str, params: dict[str, Any], needs: list[str]
 ) -> sql.Composable:
-    assert rule.age_column is not None
-    period = f"period_{rule.name}"
-    params[period] = rule.period.sql_interval
+    """A legal hold on the row: its primary key (person holds, resolved to keys), its business
+    (scope column) or its whole table."""
+    table = datamap.table(ref)
+    keys = held_keys_param(ref)
+    name_param, name = _table_name_param(datamap, ref)
+    params[name_param] = name
+    needs += [keys, RETENTION_HELD_TABLES]
     parts: list[sql.Composable] = [
-        sql.SQL("{} < {}::timestamptz - {}::interval").format(
-            sql.Identifier("t", rule.age_column), sql.Placeholder(AS_OF), sql.Placeholder(period)
-        ),
-        sql.SQL("{} <> ALL({})").format(sql.Identifier("t", table.primary_key), sql.Placeholder(HELD_KEYS)),
+        sql.SQL("{} = ANY({})").format(sql.Identifier(alias, table.primary_key), sql.Placeholder(keys)),
+        sql.SQL("{}::text = ANY({}::text[])").format(sql.Placeholder(name_param), sql.Placeholder(RETENTION_HELD_TABLES)),
     ]
     if table.scope_column:
-        parts.append(
-            sql.SQL("({col} IS NULL OR {col} <> ALL({held}))").format(
-                col=sql.Identifier("t", table.scope_column), held=sql.Placeholder(HELD_SCOPE_IDS)
+        needs.append(HELD_SCOPE_IDS)
+        parts.append(sql.SQL("{} = ANY({})").format(sql.Identifier(alias, table.scope_column), sql.Placeholder(HELD_SCOPE_IDS)))
+    return sql.SQL("COALESCE({}, FALSE)").format(_or(parts))
+
+
+def _held_by_exception(datamap: DataMap, ref: TableRef, alias: str, params: dict[str, Any], needs: list[str]) -> sql.Composable:
+    exception = datamap.legal_exception_for(ref)
+    if exception is None:
+        return sql.SQL("FALSE")
+    period = legal_period_param(exception)
+    params[period] = exception.period.sql_interval
+    needs.append(AS_OF)
+    return sql.SQL("COALESCE({} >= {}::timestamptz - {}::interval, FALSE)").format(
+        sql.Identifier(alias, exception.age_column), sql.Placeholder(AS_OF), sql.Placeholder(period)
+    )
+
+
+def _owned_edges(datamap: DataMap, ref: TableRef) -> list[ReferenceEdge]:
+    return [e for e in graph.reference_edges(datamap, (ReferenceKind.ownership,)) if e.parent == ref and e.child != ref]
+
+
+def _held_by_child(
+    datamap: DataMap, ref: TableRef, alias: str, params: dict[str, Any], needs: list[str], depth: int = 0
+) -> sql.Composable:
+    """Some row owned by the row (directly or further down) is held or excepted: deleting the row
+    would take it along, so the row is kept too."""
+    checks: list[sql.Composable] = []
+    for n, edge in enumerate(_owned_edges(datamap, ref)):
+        child_alias = f"own{depth}_{n}"
+        protected = _or([
+            _held_by_hold(datamap, edge.child, child_alias, params, needs),
+            _held_by_exception(datamap, edge.child, child_alias, params, needs),
+            _held_by_child(datamap, edge.child, child_alias, params, needs, depth + 1),
+        ])  # fmt: skip
+        checks.append(
+            sql.SQL("EXISTS (SELECT 1 FROM {} WHERE {} = {} AND {})").format(
+                _table_sql(datamap, edge.child, child_alias),
+                sql.Identifier(child_alias, edge.field),
+                sql.Identifier(alias, edge.parent_field),
+                protected,
             )
         )
-    for index, condition in enumerate(rule.conditions):
-        parts.append(_condition_sql(datamap, ref, table, condition, index, params))
-    return _and(parts)
+    return _or(checks) if checks else sql.SQL("FALSE")
 
 
-def _retention_statement(datamap: DataMap, rule: RetentionRule) -> RetentionStatement:
-    assert rule.table is not None
-    ref = TableRef(rule.system, rule.table)
+def _age_window(
+    rule_name: str, period_sql: str, age_column: str, primary_key: str, params: dict[str, Any]
+) -> sql.Composable:
+    """Rows aged before the cutoff, after the keyset cursor (the first batch binds the watermark,
+    or '-infinity', as ``after_age`` and NULL as ``after_pk``)."""
+    period = f"period_{rule_name}"
+    params[period] = period_sql
+    age = sql.Identifier("t", age_column)
+    return sql.SQL(
+        "{age} < {as_of}::timestamptz - {period}::interval AND {age} >= {after_age}::timestamptz"
+        " AND ({age}, {pk}) > ({after_age}::timestamptz, {after_pk})"
+    ).format(
+        age=age, as_of=sql.Placeholder(AS_OF), period=sql.Placeholder(period), after_age=sql.Placeholder(AFTER_AGE),
+        pk=sql.Identifier("t", primary_key), after_pk=sql.Placeholder(AFTER_PK),
+    )  # fmt: skip
+
+
+def _scan(
+    datamap: DataMap,
+    ref: TableRef,
+    rule_name: str,
+    period_sql: str,
+    age_column: str,
+    *,
+    due: sql.Composable,
+    pending: sql.Composable,
+    with_children: bool,
+    extra_columns: Sequence[str],
+    params: dict[str, Any],
+) -> Statement:
     table = datamap.table(ref)
-    batch = datamap.settings.retention_batch_size
-    params: dict[str, Any] = {BATCH_SIZE: batch}
-    where = _due_where(datamap, ref, table, rule, params)
-    pk = sql.Identifier(table.primary_key)
-    needs = [AS_OF, HELD_KEYS, *([HELD_SCOPE_IDS] if table.scope_column else [])]
-    target = _table_sql(datamap, ref)
-    fields: tuple[str, ...] = ()
+    needs: list[str] = [AS_OF, AFTER_AGE, AFTER_PK]
+    params[BATCH_SIZE] = datamap.settings.retention_batch_size
+    window = _age_window(rule_name, period_sql, age_column, table.primary_key, params)
+    pk = sql.Identifier("t", table.primary_key)
+    flags = [
+        (pk, SCAN_KEY),
+        (sql.Identifier("t", age_column), SCAN_AGE),
+        (sql.SQL("{}").format(sql.Identifier("t", "ctid")), SCAN_CTID),
+        (due, SCAN_DUE),
+        (pending, SCAN_PENDING),
+        (_held_by_hold(datamap, ref, "t", params, needs), SCAN_HELD_BY_HOLD),
+        (_held_by_exception(datamap, ref, "t", params, needs), SCAN_HELD_BY_EXCEPTION),
+        (_held_by_child(datamap, ref, "t", params, needs) if with_children else sql.SQL("FALSE"), SCAN_HELD_BY_CHILD),
+    ]
+    columns: list[sql.Composable] = [sql.SQL("{} AS {}").format(expr, sql.Identifier(name)) for expr, name in flags]
+    columns += [sql.Identifier("t", c) for c in _unique(extra_columns)]
+    query = sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {}, {} LIMIT {}").format(
+        sql.SQL(", ").join(columns), _table_sql(datamap, ref, "t"), window,
+        sql.Identifier("t", age_column), pk, sql.Placeholder(BATCH_SIZE),
+    )  # fmt: skip
+    return Statement("retention_scan", ref, query, params, _unique(needs))
 
-    if rule.action == "null_fields":
-        fields = tuple(rule.fields)
-        not_done = _or([sql.SQL("{} IS NOT NULL").format(sql.Identifier("t", f)) for f in fields])
-        where = _and([where, not_done])
-        assignment = sql.SQL(", ").join(sql.SQL("{} = NULL").format(sql.Identifier(f)) for f in fields)
-    elif rule.action == "generalise":
-        generalisation = rule.generalise
-        assert generalisation is not None
-        fields = (generalisation.field,)
-        column = sql.Identifier(generalisation.field)
-        qualified = sql.Identifier("t", generalisation.field)
-        if generalisation.method == "ip_prefix":
-            params["ipv4_prefix"], params["ipv6_prefix"] = generalisation.ipv4_prefix, generalisation.ipv6_prefix
-            bits = sql.SQL(
-                "CASE WHEN family({c}) = 4 THEN {v4}::integer ELSE {v6}::integer END"
-            )
-            new = sql.SQL("network(set_masklen({c}, {bits}))::inet").format(
-                c=column, bits=bits.format(c=column, v4=sql.Placeholder("ipv4_prefix"), v6=sql.Placeholder("ipv6_prefix"))
-            )
-            not_done = sql.SQL("{c} IS NOT NULL AND masklen({c}) > {bits}").format(
-                c=qualified, bits=bits.format(c=qualified, v4=sql.Placeholder("ipv4_prefix"), v6=sql.Placeholder("ipv6_prefix"))
-            )
-        else:
-            params["truncate_unit"] = generalisation.unit
-            new = sql.SQL("date_trunc({u}::text, {c}, 'UTC')").format(u=sql.Placeholder("truncate_unit"), c=column)
-            not_done = sql.SQL("{c} IS NOT NULL AND {c} <> date_trunc({u}::text, {c}, 'UTC')").format(
-                c=qualified, u=sql.Placeholder("truncate_unit")
-            )
-        where = _and([where, not_done])
-        assignment = sql.SQL("{} = {}").format(column, new)
 
-    select_keys = sql.SQL("SELECT {} FROM {} WHERE {} LIMIT {}").format(
-        sql.Identifier("t", table.primary_key), _table_sql(datamap, ref, "t"), where, sql.Placeholder(BATCH_SIZE)
-    )
-    if rule.action in ("null_fields", "generalise"):
-        query = sql.SQL("UPDATE {} SET {} WHERE {} IN ({})").format(target, assignment, pk, select_keys)
-        return RetentionStatement(rule.name, ref, rule.action, Statement(rule.action, ref, query, params, tuple(needs)),
-                                  fields=fields, reason=rule.reason)  # fmt: skip
+def _single_statement_batch(
+    datamap: DataMap,
+    ref: TableRef,
+    scan: Statement,
+    action: Callable[[sql.Composable], sql.Composable],
+    extra_params: Mapping[str, Any],
+) -> Statement:
+    """``scan`` and ``action`` (a DELETE or UPDATE of ``"d"`` joined to ``scan`` by ctid, for
+    the rows due, pending and held by nothing) as one statement returning one row of counts."""
+    acting = sql.SQL("s.{due} AND s.{pending} AND NOT (s.{hold} OR s.{exception} OR s.{child})").format(
+        due=sql.Identifier(SCAN_DUE), pending=sql.Identifier(SCAN_PENDING), hold=sql.Identifier(SCAN_HELD_BY_HOLD),
+        exception=sql.Identifier(SCAN_HELD_BY_EXCEPTION), child=sql.Identifier(SCAN_HELD_BY_CHILD),
+    )  # fmt: skip
+    held_counts = [
+        sql.SQL("(SELECT count(*) FROM scan s WHERE s.{due} AND s.{pending} AND s.{flag}{before}) AS {name}").format(
+            due=sql.Identifier(SCAN_DUE), pending=sql.Identifier(SCAN_PENDING), flag=sql.Identifier(flag),
+            before=sql.SQL("").join(sql.SQL(" AND NOT s.{}").format(sql.Identifier(f)) for f in list(HELD_REASONS)[:n]),
+            name=sql.Identifier(flag),
+        )  # fmt: skip
+        for n, flag in enumerate(HELD_REASONS)
+    ]
+    query = sql.SQL(
+        "WITH scan AS ({scan}), acted AS ({action} RETURNING 1) SELECT "
+        "(SELECT count(*) FROM scan) AS {scanned}, (SELECT count(*) FROM acted) AS {affected}, "
+        "(SELECT s.{age} FROM scan s ORDER BY s.{age} DESC, s.{key} DESC LIMIT 1) AS {last_age}, "
+        "(SELECT s.{key} FROM scan s ORDER BY s.{age} DESC, s.{key} DESC LIMIT 1) AS {last_key}, "
+        "(SELECT min(s.{age}) FROM scan s WHERE s.{pending} AND NOT ({acting})) AS {oldest}, {held}"
+    ).format(
+        scan=scan.query, action=action(acting), scanned=sql.Identifier(BATCH_SCANNED),
+        affected=sql.Identifier(BATCH_AFFECTED), age=sql.Identifier(SCAN_AGE), key=sql.Identifier(SCAN_KEY),
+        last_age=sql.Identifier(BATCH_LAST_AGE), last_key=sql.Identifier(BATCH_LAST_KEY),
+        pending=sql.Identifier(SCAN_PENDING), acting=acting, oldest=sql.Identifier(BATCH_OLDEST_SKIPPED),
+        held=sql.SQL(", ").join(held_counts),
+    )  # fmt: skip
+    return Statement("retention_batch", ref, query, {**scan.params, **extra_params}, scan.input_params)
 
-    # delete_rows: objects owned by the rows go first (two-phase, see RetentionStatement).
-    object_steps = []
-    extra: list[str] = []
+
+def _object_steps(datamap: DataMap, ref: TableRef) -> tuple[list[ObjectStep], list[str]]:
+    steps: list[ObjectStep] = []
+    columns: list[str] = []
     for prefix_ref in datamap.prefixes_tied_to(ref):
         prefix = datamap.prefix(prefix_ref)
         assert prefix.tied_to is not None
         placeholder_columns = {p: prefix.tied_to.column_for(p) for p in prefix.placeholders}
         key_column = prefix.tied_to.key_column
-        object_steps.append(ObjectStep(prefix_ref, prefix.key_template, ref, placeholder_columns, key_column))
-        extra += [*placeholder_columns.values(), *([key_column] if key_column else [])]
-    if not object_steps:
-        query = sql.SQL("DELETE FROM {} WHERE {} IN ({})").format(target, pk, select_keys)
-        return RetentionStatement(rule.name, ref, rule.action, Statement(rule.action, ref, query, params, tuple(needs)),
-                                  reason=rule.reason)  # fmt: skip
-    columns = _unique([table.primary_key, *extra])
-    select_due = sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT {}").format(
-        sql.SQL(", ").join(sql.Identifier("t", c) for c in columns),
-        _table_sql(datamap, ref, "t"),
-        where,
-        sql.Identifier("t", table.primary_key),
-        sql.Placeholder(BATCH_SIZE),
-    )
+        steps.append(ObjectStep(prefix_ref, prefix.key_template, ref, placeholder_columns, key_column))
+        columns += [*placeholder_columns.values(), *([key_column] if key_column else [])]
+    return steps, columns
+
+
+def _referenced_columns(datamap: DataMap, ref: TableRef) -> list[str]:
+    """Columns of ``ref`` that owned rows and mentions point at (usually the primary key)."""
+    edges = graph.reference_edges(datamap, (ReferenceKind.ownership, ReferenceKind.mention))
+    return [e.parent_field for e in edges if e.parent == ref and e.child != ref]
+
+
+def cascade_of(datamap: DataMap, ref: TableRef) -> tuple[list[tuple[ReferenceEdge, int]], list[ReferenceEdge]]:
+    """What deleting rows of ``ref`` also deletes, as ``(ownership edge, depth)`` parents before
+    children, and the mention edges of every table deleted (cleared, rows stay)."""
+    owned: list[tuple[ReferenceEdge, int]] = []
+    frontier = [(ref, 0)]
+    while frontier:
+        parent, depth = frontier.pop(0)
+        for edge in _owned_edges(datamap, parent):
+            owned.append((edge, depth + 1))
+            frontier.append((edge.child, depth + 1))
+    deleted = {ref, *(e.child for e, _ in owned)}
+    mentions = [
+        e for e in graph.reference_edges(datamap, (ReferenceKind.mention,)) if e.parent in deleted and e.child not in deleted
+    ]
+    return owned, mentions
+
+
+def _cascade(datamap: DataMap, ref: TableRef) -> tuple[list[CascadeStep], list[MentionClear], list[TableRef]]:
+    owned, mention_edges = cascade_of(datamap, ref)
+    steps: list[CascadeStep] = []
+    for edge, _depth in owned:
+        child = datamap.table(edge.child)
+        objects, object_columns = _object_steps(datamap, edge.child)
+        columns = _unique([child.primary_key, *_referenced_columns(datamap, edge.child), *object_columns])
+        select = sql.SQL("SELECT {} FROM {} WHERE {}").format(
+            sql.SQL(", ").join(sql.Identifier("c", c) for c in columns),
+            _table_sql(datamap, edge.child, "c"),
+            _any(sql.Identifier("c", edge.field), KEYS),
+        )
+        delete = sql.SQL("DELETE FROM {} WHERE {}").format(
+            _table_sql(datamap, edge.child), _any(sql.Identifier(child.primary_key), KEYS)
+        )
+        steps.append(CascadeStep(
+            edge.child, edge, Statement("retention_cascade_select", edge.child, select, {}, (KEYS,)),
+            Statement("retention_cascade_delete", edge.child, delete, {}, (KEYS,)), tuple(objects),
+        ))  # fmt: skip
+    mentions = [
+        MentionClear(edge, Statement("retention_clear_mention", edge.child, sql.SQL("UPDATE {} SET {} = NULL WHERE {}").format(
+            _table_sql(datamap, edge.child), sql.Identifier(edge.field), _any(sql.Identifier(edge.field), KEYS),
+        ), {}, (KEYS,)))  # fmt: skip
+        for edge in mention_edges
+    ]
+    position = {r: i for i, r in enumerate(graph.erasure_order(datamap))}
+    tables = sorted({s.table for s in steps}, key=lambda r: position.get(r, -1))
+    return steps, mentions, tables
+
+
+def _retention_statement(datamap: DataMap, rule: RetentionRule) -> RetentionStatement:
+    assert rule.table is not None and rule.age_column is not None
+    ref = TableRef(rule.system, rule.table)
+    table = datamap.table(ref)
+    params: dict[str, Any] = {}
+    conditions = [_condition_sql(datamap, ref, table, c, i, params) for i, c in enumerate(rule.conditions)]
+    due = _and(conditions) if conditions else sql.SQL("TRUE")
+    target = _table_sql(datamap, ref)
+    pk = sql.Identifier(table.primary_key)
+    fields: tuple[str, ...] = ()
+    action_params: dict[str, Any] = {}
+
+    if rule.action in ("null_fields", "generalise"):
+        # not_done(alias): the field still needs the action (the scan's pending flag on alias t,
+        # and the UPDATE's re-check on the bare table).
+        if rule.action == "null_fields":
+            fields = tuple(rule.fields)
+
+            def not_done(alias: str | None) -> sql.Composable:
+                return _or([sql.SQL("{} IS NOT NULL").format(_column(alias, f)) for f in fields])
+
+            assignment = sql.SQL(", ").join(sql.SQL("{} = NULL").format(sql.Identifier(f)) for f in fields)
+        else:
+            generalisation = rule.generalise
+            assert generalisation is not None
+            fields = (generalisation.field,)
+            column = sql.Identifier(generalisation.field)
+            if generalisation.method == "ip_prefix":
+                action_params["ipv4_prefix"] = generalisation.ipv4_prefix
+                action_params["ipv6_prefix"] = generalisation.ipv6_prefix
+
+                def bits(c: sql.Composable) -> sql.Composable:
+                    return sql.SQL("CASE WHEN family({c}) = 4 THEN {v4}::integer ELSE {v6}::integer END").format(
+                        c=c, v4=sql.Placeholder("ipv4_prefix"), v6=sql.Placeholder("ipv6_prefix")
+                    )
+
+                new = sql.SQL("network(set_masklen({c}, {bits}))::inet").format(c=column, bits=bits(column))
+
+                def not_done(alias: str | None) -> sql.Composable:
+                    c = _column(alias, fields[0])
+                    return sql.SQL("{c} IS NOT NULL AND masklen({c}) > {bits}").format(c=c, bits=bits(c))
+            else:
+                action_params["truncate_unit"] = generalisation.unit
+                new = sql.SQL("date_trunc({u}::text, {c}, 'UTC')").format(u=sql.Placeholder("truncate_unit"), c=column)
+
+                def not_done(alias: str | None) -> sql.Composable:
+                    c = _column(alias, fields[0])
+                    return sql.SQL("{c} IS NOT NULL AND {c} <> date_trunc({u}::text, {c}, 'UTC')").format(
+                        c=c, u=sql.Placeholder("truncate_unit")
+                    )
+            assignment = sql.SQL("{} = {}").format(column, new)
+        pending = not_done("t")
+        scan_params: dict[str, Any] = {**params, **action_params}
+        scan = _scan(datamap, ref, rule.name, rule.period.sql_interval, rule.age_column, due=due, pending=pending,
+                     with_children=False, extra_columns=(), params=scan_params)  # fmt: skip
+        query = sql.SQL("UPDATE {} SET {} WHERE {} AND ({})").format(target, assignment, _any(pk, KEYS), not_done(None))
+        def in_batch(acting: sql.Composable) -> sql.Composable:
+            return sql.SQL("UPDATE {} AS d SET {} FROM scan s WHERE d.ctid = s.{} AND {} AND ({})").format(
+                target, assignment, sql.Identifier(SCAN_CTID), acting, not_done("d")
+            )
+
+        return RetentionStatement(
+            rule.name, ref, rule.action, scan, Statement(rule.action, ref, query, action_params, (KEYS,)),
+            primary_key=table.primary_key, age_column=rule.age_column, fields=fields, reason=rule.reason,
+            batch=_single_statement_batch(datamap, ref, scan, in_batch, action_params),
+        )  # fmt: skip
+
+    # delete_rows: the rows, everything they own (children first) and their objects; mentions cleared.
+    objects, object_columns = _object_steps(datamap, ref)
+    cascade, mentions, order = _cascade(datamap, ref)
+    scan = _scan(
+        datamap, ref, rule.name, rule.period.sql_interval, rule.age_column, due=due, pending=sql.SQL("TRUE"),
+        with_children=bool(cascade), extra_columns=[*_referenced_columns(datamap, ref), *object_columns], params=params,
+    )  # fmt: skip
     query = sql.SQL("DELETE FROM {} WHERE {}").format(target, _any(pk, KEYS))
+    batch = None
+    if not objects and not cascade and not mentions:
+        def delete_batch(acting: sql.Composable) -> sql.Composable:
+            return sql.SQL("DELETE FROM {} AS d USING scan s WHERE d.ctid = s.{} AND {}").format(
+                target, sql.Identifier(SCAN_CTID), acting
+            )
+
+        batch = _single_statement_batch(datamap, ref, scan, delete_batch, {})
     return RetentionStatement(
-        rule.name, ref, rule.action, Statement(rule.action, ref, query, {}, (KEYS,)),
-        select_due=Statement("select_due", ref, select_due, params, tuple(needs)),
-        objects=tuple(object_steps), reason=rule.reason,
-    )
+        rule.name, ref, rule.action, scan, Statement(rule.action, ref, query, {}, (KEYS,)), batch=batch,
+        primary_key=table.primary_key, age_column=rule.age_column, cascade=tuple(cascade),
+        deletion_order=tuple(order), mentions=tuple(mentions), objects=tuple(objects), reason=rule.reason,
+    )  # fmt: skip
 
 
 def _object_retention(datamap: DataMap, rule: RetentionRule) -> ObjectRetention:
@@ -1177,41 +1533,23 @@ def _object_retention(datamap: DataMap, rule: RetentionRule) -> ObjectRetention:
     if rule.age_column is None:
         return ObjectRetention(
             rule=rule.name, prefix=ref, list_prefix=prefix.static_prefix, period_days=rule.period.approx_days,
-            age_source="last_modified", reason=rule.reason,
-        )
+            period_interval=rule.period.sql_interval, age_source="last_modified", reason=rule.reason,
+        )  # fmt: skip
     source = datamap.tie_table(prefix)
     assert source is not None and prefix.tied_to is not None
     table = datamap.table(source)
     placeholder_columns = {p: prefix.tied_to.column_for(p) for p in prefix.placeholders}
     key_column = prefix.tied_to.key_column
     step = ObjectStep(ref, prefix.key_template, source, placeholder_columns, key_column)
-    period = f"period_{rule.name}"
-    params: dict[str, Any] = {period: rule.period.sql_interval, BATCH_SIZE: datamap.settings.retention_batch_size}
-    pk = sql.Identifier("t", table.primary_key)
-    where = [
-        sql.SQL("{} < {}::timestamptz - {}::interval").format(
-            sql.Identifier("t", rule.age_column), sql.Placeholder(AS_OF), sql.Placeholder(period)
-        ),
-        # > ALL(empty array) is true: the first page needs no typed NULL cursor.
-        sql.SQL("{} > ALL({})").format(pk, sql.Placeholder(AFTER_KEY)),
-        sql.SQL("{} <> ALL({})").format(pk, sql.Placeholder(HELD_KEYS)),
-    ]
-    needs = [AS_OF, AFTER_KEY, HELD_KEYS]
-    if table.scope_column:
-        where.append(
-            sql.SQL("({col} IS NULL OR {col} <> ALL({held}))").format(
-                col=sql.Identifier("t", table.scope_column), held=sql.Placeholder(HELD_SCOPE_IDS)
-            )
-        )
-        needs.append(HELD_SCOPE_IDS)
-    select_columns = _unique([table.primary_key, *placeholder_columns.values(), *([key_column] if key_column else [])])
-    select_due = sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT {}").format(
-        sql.SQL(", ").join(sql.Identifier("t", c) for c in select_columns),
-        _table_sql(datamap, source, "t"),
-        _and(where),
-        pk,
-        sql.Placeholder(BATCH_SIZE),
-    )
+    params: dict[str, Any] = {}
+    # A row whose key column is already cleared has nothing left to delete (when the key is
+    # stored); without a stored key the watermark alone keeps rows from being visited again.
+    pending = sql.SQL("{} IS NOT NULL").format(sql.Identifier("t", key_column)) if key_column else sql.SQL("TRUE")
+    scan = _scan(
+        datamap, source, rule.name, rule.period.sql_interval, rule.age_column, due=sql.SQL("TRUE"), pending=pending,
+        with_children=False, extra_columns=[*placeholder_columns.values(), *([key_column] if key_column else [])],
+        params=params,
+    )  # fmt: skip
     clear = None
     if key_column:
         clear = Statement("clear_key_column", source, sql.SQL("UPDATE {} SET {} = NULL WHERE {}").format(
@@ -1219,23 +1557,41 @@ def _object_retention(datamap: DataMap, rule: RetentionRule) -> ObjectRetention:
         ), {}, (KEYS,))  # fmt: skip
     return ObjectRetention(
         rule=rule.name, prefix=ref, list_prefix=prefix.static_prefix, period_days=rule.period.approx_days,
-        age_source="row", select_due=Statement("select_due", source, select_due, params, tuple(needs)),
-        object_step=step, clear_key_column=clear, reason=rule.reason,
+        period_interval=rule.period.sql_interval, age_source="row", scan=scan, object_step=step,
+        clear_key_column=clear, primary_key=table.primary_key, age_column=rule.age_column, reason=rule.reason,
+    )  # fmt: skip
+
+
+def _orphan_check(datamap: DataMap, ref: PrefixRef) -> OrphanCheck | None:
+    prefix = datamap.prefix(ref)
+    source = datamap.tie_table(prefix)
+    if source is None or prefix.tied_to is None:
+        return None
+    table = datamap.table(source)
+    placeholder_columns = {p: prefix.tied_to.column_for(p) for p in prefix.placeholders}
+    # The placeholder naming the primary key identifies the row; without one, the first.
+    match = next((p for p, c in placeholder_columns.items() if c == table.primary_key), next(iter(placeholder_columns)))
+    column = placeholder_columns[match]
+    existing = sql.SQL("SELECT {c}::text AS {c} FROM {t} WHERE {c}::text = ANY({k}::text[])").format(
+        c=sql.Identifier(column), t=_table_sql(datamap, source), k=sql.Placeholder(KEYS)
     )
+    return OrphanCheck(
+        ref, prefix.static_prefix, prefix.key_template, source, placeholder_columns, match, column,
+        Statement("orphan_check", source, existing, {}, (KEYS,)),
+    )  # fmt: skip
 
 
 def build_retention_plan(datamap: DataMap) -> RetentionPlan:
     """Every retention rule of the map as executable batches (see RetentionPlan for order)."""
-    order = {ref: index for index, ref in enumerate(graph.erasure_order(datamap))}
     objects = [_object_retention(datamap, r) for r in datamap.retention if r.prefix is not None]
     table_rules = [r for r in datamap.retention if r.table is not None]
     position = {r.name: i for i, r in enumerate(table_rules)}
-    table_rules.sort(
-        key=lambda r: (order.get(TableRef(r.system, r.table or ""), len(order)), r.action == "delete_rows", position[r.name])
-    )
+    table_rules.sort(key=lambda r: (ACTION_ORDER[r.action], position[r.name]))
+    orphans = [o for o in (_orphan_check(datamap, p) for p in datamap.prefix_refs()) if o is not None]
     return RetentionPlan(
         objects=tuple(objects),
         statements=tuple(_retention_statement(datamap, r) for r in table_rules),
+        orphans=tuple(orphans),
     )
 
 

@@ -1,0 +1,102 @@
+"""Legal holds as the values the retention statements bind.
+
+* ``table`` holds: ``held_tables`` (``schema.table`` names): nothing of the table is changed;
+* ``business`` holds: ``held_scope_ids``: rows collected for the business (its scope column);
+* ``person`` holds: the person's rows found by keyed hash (identity columns hashed in SQL, as the
+  suppression list is matched) and what they own, as ``held_keys__<system>__<table>``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from governance.datamap.model import DataMap, TableRef
+from governance.datamap.plans import HELD_SCOPE_IDS, RETENTION_HELD_TABLES, held_keys_param
+
+_EVERYTHING = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class PersonHold:
+    """A hold on one person, known by the keyed hash of one identity."""
+
+    hold_id: int
+    identity_kind: str
+    hash_key_id: str
+    subject_hash: str = field(repr=False)
+
+
+@dataclass
+class RetentionHolds:
+    """Holds in force at the sweep's ``as_of``, ready to bind."""
+
+    tables: set[str] = field(default_factory=set)
+    businesses: set[int] = field(default_factory=set)
+    keys: dict[TableRef, set[Any]] = field(default_factory=lambda: defaultdict(set))
+    count: int = 0
+
+    def values(self, tables: Any) -> dict[str, Any]:
+        """Bind values for a statement touching ``tables`` (TableRefs)."""
+        out: dict[str, Any] = {RETENTION_HELD_TABLES: sorted(self.tables), HELD_SCOPE_IDS: sorted(self.businesses)}
+        for ref in tables:
+            out[held_keys_param(ref)] = sorted(self.keys.get(ref, set()))
+        return out
+
+
+def load_holds(gov: psycopg.Connection[Any], datamap: DataMap, *, as_of: datetime) -> tuple[RetentionHolds, list[PersonHold]]:
+    """Every business, table and person hold in force at ``as_of`` (person holds still need
+    :func:`resolve_person_holds` against each app database)."""
+    with gov.cursor() as cur:
+        rows = cur.execute(
+            """
+            SELECT hold_id, scope, reason, case_reference, business_id, table_name, identity_kind, hash_key_id,
+                   subject_hash, LEAST(ends_at, released_at) AS ends_at
+              FROM governance.legal_holds
+             WHERE starts_at <= %(as_of)s
+               AND (ends_at IS NULL OR ends_at > %(as_of)s)
+               AND (released_at IS NULL OR released_at > %(as_of)s)
+             ORDER BY hold_id
+            """,
+            {"as_of": as_of},
+        ).fetchall()
+    holds = RetentionHolds(count=len(rows))
+    persons: list[PersonHold] = []
+    for hold_id, scope, _reason, _case, business_id, table_name, kind, key_id, digest, _ends_at in rows:
+        if scope == "table" and table_name:
+            holds.tables.add(table_name)
+        elif scope == "business" and business_id is not None:
+            holds.businesses.add(int(business_id))
+        elif scope == "person":
+            persons.append(PersonHold(int(hold_id), kind, key_id, digest))
+    return holds, persons
+
+
+def resolve_person_holds(
+    conn: psycopg.Connection[Any], datamap: DataMap, holds: RetentionHolds, persons: list[PersonHold], system: str
+) -> None:
+    """Add the primary keys of each held person's rows in ``system`` (and what they own)."""
+    if not persons:
+        return
+    from governance.crypto import hasher_from_airflow
+    from governance.datamap.plans import build_resolution_plan, keyed_hash_params
+    from governance.erasure.resolve import MatchByKeyedHash, resolve_subject
+
+    keyring = hasher_from_airflow().keyring
+    for hold in persons:
+        kind, key_id, digest = hold.identity_kind, hold.hash_key_id, hold.subject_hash
+        plan = build_resolution_plan(datamap, [kind], matching="keyed_hash")
+        if not plan.steps or plan.steps[0].table.system != system:
+            continue
+        matcher = MatchByKeyedHash({kind: [digest]}, keyed_hash_params(keyring.key(key_id)), created_before=_EVERYTHING)
+        resolution = resolve_subject(conn, datamap, plan, matcher, narrow=False)
+        for ref, rows in resolution.tables.items():
+            holds.keys[ref].update(rows.rows)
+    conn.rollback()
+
+
+__all__ = ["PersonHold", "RetentionHolds", "load_holds", "resolve_person_holds"]
