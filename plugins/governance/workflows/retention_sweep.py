@@ -55,7 +55,7 @@ def plan_sweep(options: dict[str, Any], *, now: datetime | None = None) -> list[
     from governance.datamap import load_datamap
     from governance.datamap.plans import build_retention_plan
     from governance.db import connect, conninfo_for
-    from governance.migrations import migrate
+    from governance.migrations import ensure_schema
     from governance.retention.checks import check_live_columns, check_run_input
     from governance.retention.engine import sweep_targets
 
@@ -67,7 +67,7 @@ def plan_sweep(options: dict[str, Any], *, now: datetime | None = None) -> list[
         return connect(conninfo_for(datamap.postgres_system(system).connection_id), application_name="governance-retention")
 
     check_live_columns(datamap, rules, app)
-    migrate(conninfo_for(GOVERNANCE_CONN_ID))
+    ensure_schema(conninfo_for(GOVERNANCE_CONN_ID))
     plan = build_retention_plan(datamap)
     targets = sweep_targets(datamap, plan, options["rules"] or None)
     log.info("retention sweep as of %s (%s): %d targets, %d rules", options["as_of"],
