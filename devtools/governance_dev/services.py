@@ -153,14 +153,16 @@ class EmbeddedPostgres:
         self.log_file.touch(exist_ok=True)
         run_as = self._run_as()
         if not (self.data_dir / "PG_VERSION").exists():
-            subprocess.run(
+            initdb = subprocess.run(
                 [
                     _pg_bin("initdb"), "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
                     "--encoding=UTF8", "--locale=C.UTF-8", "--no-instructions",
                 ],
-                check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                 env={**os.environ, "LC_ALL": "C.UTF-8"}, **run_as,
             )  # fmt: skip
+            if initdb.returncode != 0:
+                raise ServiceError(f"initdb of {self.data_dir} failed: {initdb.stdout.strip()[-2000:]}")
         if self.is_running():
             return
         if not port_is_free(self.port, self.host):

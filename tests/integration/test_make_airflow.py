@@ -49,12 +49,15 @@ def _get_json(url: str, token: str | None = None) -> dict:
         return dict(json.load(response))
 
 
-def _wait_for(predicate: Callable[[], object], timeout_s: float, what: str, log: Path) -> object:
+def _wait_for(predicate: Callable[[], object], timeout_s: float, what: str, log: Path,
+              proc: subprocess.Popen[bytes] | None = None) -> object:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         result = predicate()
         if result:
             return result
+        if proc is not None and proc.poll() is not None:  # it died: no point waiting out the deadline
+            raise AssertionError(f"{what}: make airflow exited {proc.returncode}; it printed:\n{log.read_text()[-4000:]}")
         time.sleep(1)
     raise AssertionError(f"{what} within {timeout_s:.0f} s; make airflow printed:\n{log.read_text()[-4000:]}")
 
@@ -89,7 +92,7 @@ def test_make_airflow_serves_the_dags_to_a_logged_in_user_and_ctrl_c_leaves_no_p
     proc, port, state_dir, log = running_make_airflow
     base = f"http://127.0.0.1:{port}"
 
-    _wait_for(lambda: "Airflow is up" in log.read_text(), 420, "make airflow did not say Airflow is up", log)
+    _wait_for(lambda: "Airflow is up" in log.read_text(), 420, "make airflow did not say Airflow is up", log, proc)
     assert proc.poll() is None
 
     def all_healthy() -> bool:
@@ -159,7 +162,7 @@ def test_make_airflow_stop_stops_a_background_make_airflow_with_every_component_
     running_make_airflow: tuple[subprocess.Popen[bytes], int, Path, Path],
 ) -> None:
     proc, port, state_dir, log = running_make_airflow
-    _wait_for(lambda: "Airflow is up" in log.read_text(), 420, "make airflow did not say Airflow is up", log)
+    _wait_for(lambda: "Airflow is up" in log.read_text(), 420, "make airflow did not say Airflow is up", log, proc)
     services = json.loads((state_dir / "services.json").read_text())
     service_pids = {int(services["s3_pid"]), int(services["standins_pid"])}
     running = _processes_of(state_dir, besides=service_pids)
