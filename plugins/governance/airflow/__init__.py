@@ -18,6 +18,8 @@ Erasure of one person (``dags/dsr_erasure.py``)::
     close_erasure(handle, certificate)
     request_outcome()
 
+Erasure of everything a business client's account holds (``dags/business_offboarding.py``) uses
+:func:`open_business_offboarding` in place of :func:`open_request` and the same blocks after it.
 An export (``dags/dsr_export.py``) uses :func:`verify_identity`, :func:`export_bundle` and
 :func:`close_export`.
 
@@ -30,11 +32,13 @@ bodies import drivers and clients when they run, so DAG files stay fast to parse
 from __future__ import annotations
 
 from governance.airflow.blocks import (
+    BUSINESS_VERIFICATION_CHOICES,
     EXPORT_VERIFICATION_OPTIONS,
     PERSON_VERIFICATION_CHOICES,
     ErasureApproval,
     ErasureExecution,
     approve_erasure,
+    business_offboarding_params,
     certify_erasure,
     close_erasure,
     close_export,
@@ -42,6 +46,7 @@ from governance.airflow.blocks import (
     execute_erasure,
     export_bundle,
     export_params,
+    open_business_offboarding,
     open_request,
     plan_erasure,
     record_suppression,
@@ -69,6 +74,7 @@ from governance.workflows.payloads import (
 )
 
 __all__ = [
+    "BUSINESS_VERIFICATION_CHOICES",
     "EXPORT_VERIFICATION_OPTIONS",
     "PERSON_VERIFICATION_CHOICES",
     "ApprovalPayload",
@@ -89,6 +95,7 @@ __all__ = [
     "VerificationPayload",
     "VerificationRecordPayload",
     "approve_erasure",
+    "business_offboarding_params",
     "certify_erasure",
     "close_erasure",
     "close_export",
@@ -96,6 +103,7 @@ __all__ = [
     "execute_erasure",
     "export_bundle",
     "export_params",
+    "open_business_offboarding",
     "open_request",
     "plan_erasure",
     "record_suppression",

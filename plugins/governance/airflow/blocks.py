@@ -66,6 +66,12 @@ PERSON_VERIFICATION_CHOICES = {
     "business_client_attestation": "The business client vouched for their caller",
     "not_verified": "Not verified (choose Reject)",
 }
+# How a business client's departure was confirmed (governance.workflows.dsr_erasure.BUSINESS_METHODS).
+BUSINESS_VERIFICATION_CHOICES = {
+    "contract_terminated": "The contract ended: the termination is on file",
+    "written_instruction": "The business client asked in writing for its account's data to be erased",
+    "not_verified": "Not confirmed (choose Reject)",
+}
 # What staff choose when verifying an export's identity (governance.workflows.dsr_export.HITL_OPTIONS).
 EXPORT_VERIFICATION_OPTIONS = list(export_tasks.HITL_OPTIONS)
 
@@ -144,6 +150,29 @@ def erasure_params() -> dict[str, Param]:
     }
 
 
+def business_offboarding_params() -> dict[str, Param]:
+    """The offboarding form: the business client's id, the reason, dry run, guard override."""
+    return {
+        "business_id": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            title="Business client id",
+            description="The business client leaving: everything its account holds about its callers and users is erased.",
+            section="Business",
+        ),
+        "reason": Param(
+            None,
+            type=["null", "string"],
+            maxLength=500,
+            title="Reason",
+            description="Why the data is no longer needed (e.g. contract ended on 2026-11-30). No personal data.",
+            section="Business",
+        ),
+        **_dry_run_params(subject=""),
+    }
+
+
 def export_params() -> dict[str, Param]:
     """The export form: the person, the data files' formats and how long the link stays valid."""
     return {
@@ -187,6 +216,23 @@ def open_request(kind: Literal["export", "erasure"]) -> XComArg:
         dag_run = context["dag_run"]
         opener = export_tasks.open_export_request if kind == "export" else erasure_tasks.open_erasure_request
         handle = opener(context["params"], run_id=dag_run.run_id, received_at=_run_received_at(dag_run))
+        return cast(RequestHandlePayload, handle)
+
+    return open_request_task()
+
+
+def open_business_offboarding() -> XComArg:
+    """``open_request`` for a business client leaving: validate ``business_id`` and ``reason``
+    and record (or, on a re-run, find) the offboarding request. Returns
+    :class:`~governance.workflows.payloads.RequestHandlePayload` (kind ``offboarding``)."""
+
+    @task(task_id=OPEN_REQUEST)
+    def open_request_task() -> RequestHandlePayload:
+        context = get_current_context()
+        dag_run = context["dag_run"]
+        handle = erasure_tasks.open_offboarding_request(
+            context["params"], run_id=dag_run.run_id, received_at=_run_received_at(dag_run)
+        )
         return cast(RequestHandlePayload, handle)
 
     return open_request_task()
