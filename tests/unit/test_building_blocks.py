@@ -39,6 +39,28 @@ def dags() -> dict[str, Any]:
     return bag.dags
 
 
+def test_the_blocks_name_the_task_ids_and_options_the_workflow_functions_use() -> None:
+    from governance.airflow import blocks
+    from governance.workflows import dsr_erasure, dsr_export
+
+    assert (blocks.APPROVE_ERASURE, blocks.ALREADY_APPROVED) == (dsr_erasure.APPROVAL_TASK, dsr_erasure.PRE_APPROVED_TASK)
+    assert (blocks.VERIFY_IDENTITY, blocks.RECORD_VERIFICATION) == (dsr_export.HITL_TASK_ID,
+                                                                     dsr_export.RECORD_VERIFICATION_TASK_ID)  # fmt: skip
+    assert blocks.EXPORT_VERIFICATION_OPTIONS == dsr_export.HITL_OPTIONS
+
+
+def test_importing_the_blocks_imports_no_workflow_module_drivers_or_clients() -> None:
+    """DAG files import governance.airflow at parse time: it must not pull in the task modules."""
+    import subprocess
+    import sys
+
+    code = ("import sys, governance.airflow; heavy = [m for m in ('governance.workflows.dsr_erasure', "
+            "'governance.workflows.dsr_export', 'psycopg', 'boto3', 'pandas', 'governance.datamap') if m in sys.modules]; "
+            "print(heavy)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
 def test_the_approval_choices_are_the_methods_the_workflow_records(dags: dict[str, Any]) -> None:
     assert set(PERSON_VERIFICATION_CHOICES) == {*VERIFICATION_METHODS, NOT_VERIFIED}
     assert set(BUSINESS_VERIFICATION_CHOICES) == {*BUSINESS_METHODS, NOT_VERIFIED}

@@ -1,6 +1,10 @@
 """The building blocks themselves (re-exported by :mod:`governance.airflow`; import from there).
 
-Each block adds its tasks to the DAG being defined and returns what the next block takes. Task
+Each block adds its tasks to the DAG being defined and returns what the next block takes.
+Task bodies import the workflow modules when they run, not here: DAG files import this module at
+parse time and must stay fast to parse (``benchmarks/parse.py``); the task ids and choices the
+workflow modules also name are repeated here, and ``tests/unit/test_building_blocks.py`` keeps
+them equal. Task
 ids are fixed here (the Privacy requests page, the failure alerts and the tests know them), so a
 DAG may use each block once. The blocks call the workflow functions of
 :mod:`governance.workflows.dsr_erasure` and :mod:`governance.workflows.dsr_export`, which are
@@ -19,8 +23,6 @@ from airflow.sdk import Param, TriggerRule, chain, get_current_context, task
 
 from governance.dag_defaults import GOVERNANCE_TAG, REQUEST_OUTCOME_TASK_ID, START_DATE, default_args
 from governance.dag_params import subject_params
-from governance.workflows import dsr_erasure as erasure_tasks
-from governance.workflows import dsr_export as export_tasks
 from governance.workflows.outcome import check_request_outcome
 from governance.workflows.payloads import (
     BundleCheckPayload,
@@ -47,11 +49,11 @@ if TYPE_CHECKING:
 OPEN_REQUEST = "open_request"
 PLAN_ERASURE = "plan_erasure"
 CHOOSE_PATH = "choose_path"
-APPROVE_ERASURE = erasure_tasks.APPROVAL_TASK
-ALREADY_APPROVED = erasure_tasks.PRE_APPROVED_TASK
+APPROVE_ERASURE = "approve_erasure"  # governance.workflows.dsr_erasure.APPROVAL_TASK
+ALREADY_APPROVED = "already_approved"  # governance.workflows.dsr_erasure.PRE_APPROVED_TASK
 CLOSE_REQUEST = "close_request"
-VERIFY_IDENTITY = export_tasks.HITL_TASK_ID
-RECORD_VERIFICATION = export_tasks.RECORD_VERIFICATION_TASK_ID
+VERIFY_IDENTITY = "verify_identity"  # governance.workflows.dsr_export.HITL_TASK_ID
+RECORD_VERIFICATION = "record_verification"  # governance.workflows.dsr_export.RECORD_VERIFICATION_TASK_ID
 PUBLISH_BUNDLE = "publish_bundle"
 BUILD_BUNDLE = "build_bundle"
 
@@ -73,7 +75,14 @@ BUSINESS_VERIFICATION_CHOICES = {
     "not_verified": "Not confirmed (choose Reject)",
 }
 # What staff choose when verifying an export's identity (governance.workflows.dsr_export.HITL_OPTIONS).
-EXPORT_VERIFICATION_OPTIONS = list(export_tasks.HITL_OPTIONS)
+EXPORT_VERIFICATION_OPTIONS = [
+    "Verified: signed in to their aircalls account",
+    "Verified: called back on the number we hold",
+    "Verified: replied from the e-mail address we hold",
+    "Verified: identity document checked",
+    "Verified: by the business client who asked for them",
+    "Reject: the identity could not be verified",
+]
 
 
 def _pulled(task_id: str, key: str) -> str:
@@ -212,6 +221,9 @@ def open_request(kind: Literal["export", "erasure"]) -> XComArg:
 
     @task(task_id=OPEN_REQUEST)
     def open_request_task() -> RequestHandlePayload:
+        from governance.workflows import dsr_erasure as erasure_tasks
+        from governance.workflows import dsr_export as export_tasks
+
         context = get_current_context()
         dag_run = context["dag_run"]
         opener = export_tasks.open_export_request if kind == "export" else erasure_tasks.open_erasure_request
@@ -228,6 +240,8 @@ def open_business_offboarding() -> XComArg:
 
     @task(task_id=OPEN_REQUEST)
     def open_request_task() -> RequestHandlePayload:
+        from governance.workflows import dsr_erasure as erasure_tasks
+
         context = get_current_context()
         dag_run = context["dag_run"]
         handle = erasure_tasks.open_offboarding_request(
@@ -250,6 +264,8 @@ def plan_erasure(handle: XComArg) -> XComArg:
 
     @task(task_id=PLAN_ERASURE)
     def plan_erasure_task(request: RequestHandlePayload) -> ErasurePlanPayload:
+        from governance.workflows import dsr_erasure as erasure_tasks
+
         context = get_current_context()
         dag_run, params = context["dag_run"], context["params"]
         summary = erasure_tasks.plan_erasure(
@@ -289,6 +305,8 @@ def approve_erasure(
 
     @task.branch(task_id=CHOOSE_PATH)
     def choose_path_task(summary: ErasurePlanPayload) -> list[str]:
+        from governance.workflows import dsr_erasure as erasure_tasks
+
         return erasure_tasks.choose_path(summary)
 
     path = choose_path_task(_payload(plan))
@@ -340,6 +358,8 @@ def execute_erasure(plan: XComArg, approval: ErasureApproval) -> ErasureExecutio
     # passed, so that a dry run, where both are skipped, skips this too).
     @task(task_id="execute_database", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
     def execute_database_task() -> DatabaseErasurePayload:
+        from governance.workflows import dsr_erasure as erasure_tasks
+
         context = get_current_context()
         ti, dag_run = context["ti"], context["dag_run"]
         result = erasure_tasks.execute_database(
@@ -350,10 +370,14 @@ def execute_erasure(plan: XComArg, approval: ErasureApproval) -> ErasureExecutio
 
     @task(task_id="delete_objects")
     def delete_objects_task(summary: ErasurePlanPayload) -> ObjectErasurePayload:
+        from governance.workflows import dsr_erasure as erasure_tasks
+
         return cast(ObjectErasurePayload, erasure_tasks.delete_objects(summary))
 
     @task(task_id="erase_processors")
     def erase_processors_task(summary: ErasurePlanPayload) -> ProcessorErasurePayload:
+        from governance.workflows import dsr_erasure as erasure_tasks
+
         return cast(ProcessorErasurePayload, erasure_tasks.erase_processors(summary))
 
     database = execute_database_task()
@@ -371,6 +395,8 @@ def verify_erasure(plan: XComArg, execution: ErasureExecution) -> XComArg:
 
     @task(task_id="verify_erasure")
     def verify_erasure_task(summary: ErasurePlanPayload) -> VerificationPayload:
+        from governance.workflows import dsr_erasure as erasure_tasks
+
         return cast(VerificationPayload, erasure_tasks.verify_erasure(summary))
 
     verified = verify_erasure_task(_payload(plan))
@@ -384,6 +410,8 @@ def record_suppression(plan: XComArg, execution: ErasureExecution) -> XComArg:
 
     @task(task_id="record_suppression")
     def record_suppression_task(summary: ErasurePlanPayload) -> SuppressionPayload:
+        from governance.workflows import dsr_erasure as erasure_tasks
+
         return cast(SuppressionPayload, erasure_tasks.record_suppression(summary))
 
     suppressed = record_suppression_task(_payload(plan))
@@ -399,6 +427,8 @@ def certify_erasure(handle: XComArg, *after: XComArg) -> XComArg:
 
     @task(task_id="issue_certificate", trigger_rule=TriggerRule.ALL_DONE)
     def issue_certificate_task() -> CertificatePayload | None:
+        from governance.workflows import dsr_erasure as erasure_tasks
+
         context = get_current_context()
         dag_run = context["dag_run"]
         certificate = erasure_tasks.issue_certificate(
@@ -418,6 +448,8 @@ def close_erasure(handle: XComArg, certificate: XComArg) -> XComArg:
 
     @task(task_id=CLOSE_REQUEST, trigger_rule=TriggerRule.ALL_DONE)
     def close_request_task() -> ClosedRequestPayload:
+        from governance.workflows import dsr_erasure as erasure_tasks
+
         context = get_current_context()
         closed = erasure_tasks.close_erasure_request(
             context["ti"].xcom_pull(task_ids=open_task), run_id=context["dag_run"].run_id
@@ -442,6 +474,8 @@ def verify_identity(handle: XComArg, *, wait: timedelta = timedelta(days=7)) -> 
 
     @task.branch(task_id="route_verification")
     def route_verification_task(request: RequestHandlePayload) -> str:
+        from governance.workflows import dsr_export as export_tasks
+
         return export_tasks.verification_route(request)
 
     question = HITLOperator(
@@ -461,6 +495,8 @@ def verify_identity(handle: XComArg, *, wait: timedelta = timedelta(days=7)) -> 
 
     @task(task_id=RECORD_VERIFICATION, trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
     def record_verification_task(request: RequestHandlePayload) -> VerificationRecordPayload:
+        from governance.workflows import dsr_export as export_tasks
+
         response = get_current_context()["ti"].xcom_pull(task_ids=VERIFY_IDENTITY)
         return cast(VerificationRecordPayload, export_tasks.record_verification(request, response))
 
@@ -480,6 +516,8 @@ def export_bundle(handle: XComArg, verification: XComArg) -> XComArg:
     def build_bundle_task(
         request: RequestHandlePayload, _verification: VerificationRecordPayload
     ) -> BundlePayload:
+        from governance.workflows import dsr_export as export_tasks
+
         context = get_current_context()
         return cast(
             BundlePayload,
@@ -488,6 +526,8 @@ def export_bundle(handle: XComArg, verification: XComArg) -> XComArg:
 
     @task(task_id="check_bundle")
     def check_bundle_task(request: RequestHandlePayload, summary: BundlePayload) -> BundleCheckPayload:
+        from governance.workflows import dsr_export as export_tasks
+
         run_id = get_current_context()["dag_run"].run_id
         return cast(BundleCheckPayload, export_tasks.check_bundle(request, summary, run_id=run_id))
 
@@ -495,6 +535,8 @@ def export_bundle(handle: XComArg, verification: XComArg) -> XComArg:
     def publish_bundle_task(
         request: RequestHandlePayload, gate: BundleCheckPayload
     ) -> PublishedBundlePayload:
+        from governance.workflows import dsr_export as export_tasks
+
         run_id = get_current_context()["dag_run"].run_id
         return cast(PublishedBundlePayload, export_tasks.publish_bundle(request, gate, run_id=run_id))
 
@@ -511,6 +553,8 @@ def close_export(handle: XComArg, published: XComArg) -> XComArg:
 
     @task(task_id=CLOSE_REQUEST, trigger_rule=TriggerRule.ALL_DONE)
     def close_request_task() -> ClosedRequestPayload:
+        from governance.workflows import dsr_export as export_tasks
+
         context = get_current_context()
         ti, dag_run = context["ti"], context["dag_run"]
         closed = export_tasks.close_export_request(
