@@ -29,197 +29,41 @@ subject to legal retention), and proves it:
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Any
+from airflow.sdk import dag
 
-from airflow.providers.standard.operators.hitl import ApprovalOperator
-from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
-
-from governance.dag_defaults import (
-    GOVERNANCE_TAG,
-    REQUEST_OUTCOME_TASK_ID,
-    START_DATE,
-    approval_assignees,
-    default_args,
+from governance.airflow import (
+    PERSON_VERIFICATION_CHOICES,
+    approve_erasure,
+    certify_erasure,
+    close_erasure,
+    erasure_params,
+    execute_erasure,
+    open_request,
+    plan_erasure,
+    record_suppression,
+    request_dag_args,
     request_outcome,
+    verify_erasure,
 )
-from governance.dag_params import subject_params
-
-# How the identity was verified, in the approver's words (codes are what the request records; a
-# test keeps them in step with governance.workflows.dsr_erasure.VERIFICATION_METHODS). No default:
-# the approver chooses, so one click never records a method nobody used (approving with none
-# chosen, or with "not verified", changes nothing and says so).
-VERIFICATION_CHOICES = {
-    "account_login": "They asked while signed in to their aircalls account",
-    "phone_callback": "We called back the phone number we hold for them",
-    "email_link": "They confirmed through a link sent to the e-mail address we hold",
-    "id_document": "We checked an identity document",
-    "business_client_attestation": "The business client vouched for their caller",
-    "not_verified": "Not verified (choose Reject)",
-}
-PLAN = "ti.xcom_pull(task_ids='plan_erasure')"
-RUN_ORDER = ("open_request", "plan_erasure", "choose_path", "approve_erasure", "already_approved", "execute_database",
-             "delete_objects", "erase_processors", "verify_erasure", "record_suppression", "issue_certificate",
-             "close_request")  # fmt: skip
 
 
 @dag(
     dag_id="dsr_erasure",
     description="Erase one person everywhere the data map reaches, after a dry run and an approval, with a certificate",
     schedule=None,
-    start_date=START_DATE,
-    catchup=False,
     max_active_runs=8,
-    default_args=default_args(alert_only_from=REQUEST_OUTCOME_TASK_ID),
-    params={
-        **subject_params(kind="erasure"),
-        "dry_run": Param(
-            True,
-            type="boolean",
-            title="Dry run",
-            description="Compute and store the plan, change nothing. Turn off to erase (after approval).",
-            section="Run",
-        ),
-        "override_guard": Param(
-            False,
-            type="boolean",
-            title="Override the safety guard",
-            description=(
-                "Erase even when the plan touches more than the allowed share of a table or matches several "
-                "people with one identity. Only after reviewing a dry run."
-            ),
-            section="Run",
-        ),
-    },
-    tags=[GOVERNANCE_TAG, "privacy-request"],
+    params=erasure_params(),
     doc_md=__doc__,
+    **request_dag_args(),
 )
 def dsr_erasure() -> None:
-    @task
-    def open_request() -> dict[str, Any]:
-        from governance.workflows.dsr_erasure import open_erasure_request
-
-        context = get_current_context()
-        dag_run = context["dag_run"]
-        return open_erasure_request(
-            context["params"], run_id=dag_run.run_id, received_at=dag_run.logical_date or dag_run.run_after
-        )
-
-    @task
-    def plan_erasure(handle: dict[str, Any]) -> dict[str, Any]:
-        from governance.workflows.dsr_erasure import plan_erasure as plan
-
-        context = get_current_context()
-        dag_run = context["dag_run"]
-        return plan(
-            handle,
-            dry_run=bool(context["params"].get("dry_run", True)),
-            override=bool(context["params"].get("override_guard", False)),
-            dag_id=dag_run.dag_id,
-            run_id=dag_run.run_id,
-            as_of=dag_run.logical_date or dag_run.run_after,
-        )
-
-    @task.branch
-    def choose_path(summary: dict[str, Any]) -> list[str]:
-        from governance.workflows.dsr_erasure import choose_path as choose
-
-        return choose(summary)
-
-    approve_erasure = ApprovalOperator(
-        task_id="approve_erasure",
-        subject="Erasure request {{ " + PLAN + "['request_id'] }}: verify the person, then approve the plan",
-        body="{{ " + PLAN + "['approval_markdown'] }}",
-        params={
-            "verification_method": Param(
-                None,
-                type=["null", "string"],
-                enum=[None, *VERIFICATION_CHOICES],
-                values_display=VERIFICATION_CHOICES,
-                title="How did you verify the person's identity?",
-                description="Recorded on the request and in the certificate. Approve only once it was verified.",
-            )
-        },
-        response_timeout=timedelta(days=14),
-        assigned_users=approval_assignees(),  # [governance] approvers; None: whoever Airflow lets answer
-        # Waiting for a person is not work: the task may wait as long as the answer may take.
-        execution_timeout=timedelta(days=14) + timedelta(days=1),
-    )
-
-    @task
-    def already_approved() -> None:
-        """The request was verified and approved at intake (or by an earlier run)."""
-
-    # Runs after the approval or its bypass, whichever the branch chose (the plan is pulled, not
-    # passed, so that a dry run, where both are skipped, skips this too).
-    @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
-    def execute_database() -> dict[str, Any]:
-        from governance.workflows.dsr_erasure import execute_database as execute
-
-        context = get_current_context()
-        summary = context["ti"].xcom_pull(task_ids="plan_erasure")
-        approval = context["ti"].xcom_pull(task_ids="approve_erasure")
-        dag_run = context["dag_run"]
-        return execute(summary, approval=approval, run_id=dag_run.run_id,
-                       triggered_by=getattr(dag_run, "triggering_user_name", None))  # fmt: skip
-
-    @task
-    def delete_objects(summary: dict[str, Any]) -> dict[str, Any]:
-        from governance.workflows.dsr_erasure import delete_objects as delete
-
-        return delete(summary)
-
-    @task
-    def erase_processors(summary: dict[str, Any]) -> dict[str, Any]:
-        from governance.workflows.dsr_erasure import erase_processors as erase
-
-        return erase(summary)
-
-    @task
-    def verify_erasure(summary: dict[str, Any]) -> dict[str, Any]:
-        from governance.workflows.dsr_erasure import verify_erasure as verify
-
-        return verify(summary)
-
-    @task
-    def record_suppression(summary: dict[str, Any]) -> dict[str, Any]:
-        from governance.workflows.dsr_erasure import record_suppression as record
-
-        return record(summary)
-
-    @task(trigger_rule=TriggerRule.ALL_DONE)
-    def issue_certificate() -> dict[str, Any] | None:
-        from governance.workflows.dsr_erasure import issue_certificate as issue
-
-        context = get_current_context()
-        dag_run = context["dag_run"]
-        handle = context["ti"].xcom_pull(task_ids="open_request")
-        return issue(handle, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
-
-    @task(trigger_rule=TriggerRule.ALL_DONE)
-    def close_request() -> dict[str, Any]:
-        from governance.workflows.dsr_erasure import close_erasure_request
-
-        context = get_current_context()
-        handle = context["ti"].xcom_pull(task_ids="open_request")
-        return close_erasure_request(handle, run_id=context["dag_run"].run_id)
-
-    handle = open_request()
-    summary = plan_erasure(handle)
-    path = choose_path(summary)
-    executed = execute_database()
-    path >> [approve_erasure, already_approved()] >> executed
-    verified = verify_erasure(summary)
-    executed >> delete_objects(summary) >> erase_processors(summary) >> verified
-    suppressed = record_suppression(summary)
-    executed >> suppressed
-    certificate = issue_certificate()
-    [handle, verified, suppressed] >> certificate
-    closed = close_request()
-    certificate >> closed
-    # The run fails when the request was not served (any step failed, or the outcome says so).
-    outcome = request_outcome(order=RUN_ORDER)
-    [handle, summary, path, approve_erasure, executed, verified, suppressed, certificate, closed] >> outcome
+    handle = open_request("erasure")
+    plan = plan_erasure(handle)
+    approval = approve_erasure(plan, verification_choices=PERSON_VERIFICATION_CHOICES)
+    executed = execute_erasure(plan, approval)
+    certificate = certify_erasure(handle, verify_erasure(plan, executed), record_suppression(plan, executed))
+    close_erasure(handle, certificate)
+    request_outcome()
 
 
 dsr_erasure()

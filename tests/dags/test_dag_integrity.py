@@ -14,6 +14,7 @@ DAG_FILES = sorted((ROOT / "dags").glob("*.py"))
 ALLOWED_TOP_LEVEL_IMPORTS = {
     "__future__", "typing", "datetime", "airflow.sdk", "governance.dag_defaults", "governance.dag_params",
     "airflow.providers.standard.operators.hitl",  # human-in-the-loop approval steps
+    "governance.airflow",  # the public building blocks
 }
 
 

@@ -88,7 +88,9 @@ MATCHED_KEYS_PREFIX = "kh_matched_"  # primary keys whose identity column's dige
 
 _HMAC_BLOCK = 64  # SHA-256 block size
 
-Matching = Literal["identity", "keyed_hash"]
+# "business": every person of one business client (a plan whose root is a business id:
+# :func:`build_business_resolution_plan`).
+Matching = Literal["identity", "keyed_hash", "business"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -531,6 +533,8 @@ def build_resolution_plan(
     among the keys in ``kh_planned_<system>_<table>``. No key material is ever bound.
     """
     kinds = tuple(sorted(set(identity_kinds)))
+    if not kinds and business_scope and matching == "business":
+        return build_business_resolution_plan(datamap)
     unknown = [k for k in kinds if k not in datamap.identity_kinds]
     if unknown or not kinds:
         raise DataMapError(
@@ -686,6 +690,112 @@ def _keyed_hash_scan(datamap: DataMap, column: IdentityColumn) -> KeyedHashScan:
     )  # fmt: skip
     statement = Statement("keyed_hash_scan", column.table, query, {}, ())
     return KeyedHashScan(column, table.primary_key, matched_keys_param(column), statement)
+
+
+def build_business_resolution_plan(datamap: DataMap) -> ResolutionPlan:
+    """Plan how to find every row, object and processor record one business client's account
+    holds about its callers and users (a business leaving: policy 6).
+
+    The root is a business id (``scope_ids``), not a person's identities: every row of a table
+    holding identities (``users``, ``callers``) whose scope column is the business, then, along
+    ownership references, what those rows own (filtered to the business where the owned table has
+    a scope column too), the objects tied to them, and the mentions of them elsewhere (cleared).
+    Identity tables without a scope column cannot be attributed to a business and are listed in
+    ``out_of_scope``. The root steps also return the identity columns, so that each person's
+    records can be looked up at the processors (in the task, never in XCom or a log).
+
+    The statements are the ones erasure executes and verification re-runs
+    (:func:`build_erasure_plan` on this plan); ``build_resolution_plan(datamap, (),
+    business_scope=True, matching="business")`` returns this plan too, so a stored business plan
+    is rebuilt and checked like any other.
+    """
+    kinds = tuple(datamap.identity_kinds)
+    reach = graph.subject_reach(datamap, kinds)
+    out_of_scope = sorted({c.table for c in reach.identity_columns if datamap.table(c.table).scope_column is None})
+    if out_of_scope:
+        reach = _reach_without(datamap, kinds, set(out_of_scope))
+    roots = {c.table for c in reach.identity_columns}
+    outputs: dict[TableRef, dict[str, str]] = {t: {} for t in reach.owned_tables}
+    for edge in (*reach.ownership_edges, *reach.mention_edges):
+        outputs[edge.parent][key_param(datamap, edge.parent, edge.parent_field)] = edge.parent_field
+    object_steps: list[ObjectStep] = []
+    extra_columns: dict[TableRef, list[str]] = {t: [] for t in reach.owned_tables}
+    for prefix_ref in reach.object_prefixes:
+        prefix = datamap.prefix(prefix_ref)
+        source = datamap.tie_table(prefix)
+        assert source is not None and prefix.tied_to is not None
+        placeholder_columns = {p: prefix.tied_to.column_for(p) for p in prefix.placeholders}
+        key_column = prefix.tied_to.key_column
+        object_steps.append(ObjectStep(prefix_ref, prefix.key_template, source, placeholder_columns, key_column))
+        extra_columns[source] += [*placeholder_columns.values(), *([key_column] if key_column else [])]
+    for column in reach.identity_columns:
+        extra_columns[column.table].append(column.field)
+
+    steps: list[ResolutionStep] = []
+    for ref in reach.owned_tables:
+        table = datamap.table(ref)
+        parents = tuple(reach.parents_of(ref))
+        output_params = dict(outputs[ref])
+        if extra_columns[ref]:
+            output_params.setdefault(key_param(datamap, ref, table.primary_key), table.primary_key)
+        columns = _unique([
+            table.primary_key, *output_params.values(), *extra_columns[ref],
+            *([table.scope_column] if table.scope_column else []), *(edge.field for edge in parents),
+        ])  # fmt: skip
+        if ref in roots:  # every row collected for the business
+            assert table.scope_column is not None
+            where: sql.Composable = _any(sql.Identifier(table.scope_column), SCOPE_IDS)
+            needs: tuple[str, ...] = (SCOPE_IDS,)
+            scoped = True
+        else:
+            where, needs, scoped = _match_where(datamap, ref, table, (), parents, True, "business")
+        steps.append(
+            ResolutionStep(
+                table=ref,
+                primary_key=table.primary_key,
+                columns=columns,
+                select=_resolve_statement(datamap, ref, table, columns, (), parents, where, needs, "business"),
+                count=_narrowed_statement(datamap, ref, table, "count", where, needs),
+                export=_narrowed_statement(datamap, ref, table, "export", where, needs),
+                identity_matches=(),
+                owned_via=parents,
+                output_params=output_params,
+                scoped=scoped,
+            )
+        )
+    mentions: list[MentionStep] = []
+    for edge in reach.mention_edges:
+        child = datamap.table(edge.child)
+        param = key_param(datamap, edge.parent, edge.parent_field)
+        # Every mention of the business's people, whichever business the mentioning row is of.
+        names = _unique([child.primary_key, edge.field, *([child.scope_column] if child.scope_column else [])])
+        query = sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {}").format(
+            _columns(names), _table_sql(datamap, edge.child), _any(sql.Identifier(edge.field), param),
+            sql.Identifier(child.primary_key),
+        )  # fmt: skip
+        mentions.append(
+            MentionStep(
+                edge=edge, primary_key=child.primary_key,
+                select=Statement("mentions", edge.child, query, {}, (param,)), parent_param=param,
+            )
+        )  # fmt: skip
+    processors = tuple(
+        ProcessorStep(p.name, tuple(k for k in kinds if k in p.lookup_identity_kinds))
+        for p in datamap.processors
+        if any(k in p.lookup_identity_kinds for k in kinds)
+    )
+    return ResolutionPlan(
+        identity_kinds=(),
+        business_scope=True,
+        steps=tuple(steps),
+        mentions=tuple(mentions),
+        objects=tuple(object_steps),
+        # Export bundles are a person's own requests, not the business's: their erasures remove them.
+        request_objects=(),
+        processors=processors,
+        out_of_scope=tuple(out_of_scope),
+        matching="business",
+    )
 
 
 def _identity_match(

@@ -76,7 +76,10 @@ def approved_statements(datamap: DataMap, work: ErasureWork) -> dict[str, Statem
 
     Raises :class:`PlanOutdated` when any differs (the map changed between plan and execution):
     an approval is of the statements shown, so different ones never run."""
-    resolution = build_resolution_plan(datamap, work.identity_kinds, business_scope=work.business_id is not None)
+    resolution = build_resolution_plan(
+        datamap, work.identity_kinds, business_scope=work.business_id is not None,
+        matching="identity" if work.identity_kinds else "business",  # no identities: a business's offboarding
+    )  # fmt: skip
     by_order = dict(enumerate(build_erasure_plan(datamap, resolution).statements, start=1))
     statements: dict[str, Statement] = {}
     changed: list[str] = []

@@ -57,6 +57,7 @@ __all__ = [
     "STILL_KEPT",
     "Ambiguity",
     "IdentityMatcher",
+    "MatchByBusiness",
     "MatchByIdentity",
     "MatchByKeyedHash",
     "MentionRows",
@@ -124,3 +125,19 @@ class MatchByKeyedHash(IdentityMatcher):
 
     def __repr__(self) -> str:
         return f"MatchByKeyedHash(<{','.join(self.kinds)}>)"
+
+
+class MatchByBusiness(IdentityMatcher):
+    """No identity: a business plan's statements bind only the business id (``scope_ids``)."""
+
+    matching: Matching = "business"
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return ()
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def __repr__(self) -> str:
+        return "MatchByBusiness()"

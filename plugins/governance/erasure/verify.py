@@ -29,7 +29,7 @@ import psycopg
 from governance.datamap.model import DataMap, PrefixRef, TableRef
 from governance.datamap.plans import KEYS, REFERENCE_VALUES, build_erasure_plan, build_resolution_plan
 from governance.erasure.planner import ErasureWork
-from governance.erasure.resolve import MatchByIdentity, resolve_subject
+from governance.erasure.resolve import IdentityMatcher, MatchByBusiness, MatchByIdentity, resolve_subject
 from governance.identity import SubjectIdentities
 
 log = logging.getLogger(__name__)
@@ -87,16 +87,24 @@ def _object_has_versions(client: Any, bucket: str, key: str) -> bool:
 def collect_checks(
     datamap: DataMap,
     work: ErasureWork,
-    identities: SubjectIdentities,
+    identities: SubjectIdentities | None,
     *,
     system_conninfo: Callable[[str], str],
     object_client: Callable[[str], Any],
     processor_client: Callable[[str], Any],
     as_of: datetime,
+    people: Sequence[SubjectIdentities] | None = None,
 ) -> list[Check]:
-    """Look again everywhere; one :class:`Check` per target (not yet validated)."""
+    """Look again everywhere; one :class:`Check` per target (not yet validated).
+
+    A business's offboarding (a plan without identity kinds) is resolved again by its business id,
+    and ``people`` (its people's identities) are looked up again at each processor."""
     checks: list[Check] = []
-    plan = build_resolution_plan(datamap, work.identity_kinds, business_scope=work.business_id is not None)
+    by_business = not work.identity_kinds
+    plan = build_resolution_plan(datamap, work.identity_kinds, business_scope=work.business_id is not None,
+                                 matching="business" if by_business else "identity")  # fmt: skip
+    matcher: IdentityMatcher = MatchByBusiness() if by_business else MatchByIdentity(identities)  # type: ignore[arg-type]
+    lookups = list(people or []) if by_business else [identities]
     # The checks of the erasure statements the plan ran (mentions still pointing, fields cleared).
     checks_by_step = {
         order: statement.check
@@ -115,7 +123,7 @@ def collect_checks(
         with psycopg.connect(system_conninfo(system.connection_id), application_name="governance-erasure-verify") as conn:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             resolution = resolve_subject(
-                conn, datamap, plan, MatchByIdentity(identities), as_of=as_of,
+                conn, datamap, plan, matcher, as_of=as_of,
                 scope_ids=[work.business_id] if work.business_id is not None else None, narrow=False, exclude=exclude,
             )  # fmt: skip
             for ref, rows in resolution.tables.items():
@@ -154,7 +162,7 @@ def collect_checks(
         client = processor_client(processor.processor)
         try:
             kept = kept_records.get(processor.processor, set())
-            found = [r.record_id for r in client.lookup(identities) if r.record_id not in kept]
+            found = sorted({r.record_id for person in lookups if person is not None for r in client.lookup(person)} - kept)
         finally:
             close = getattr(client, "close", None)
             if close is not None:
@@ -200,17 +208,18 @@ def validate_with_great_expectations(checks: Sequence[Check]) -> VerificationRes
 def verify_erasure(
     datamap: DataMap,
     work: ErasureWork,
-    identities: SubjectIdentities,
+    identities: SubjectIdentities | None,
     *,
     system_conninfo: Callable[[str], str],
     object_client: Callable[[str], Any],
     processor_client: Callable[[str], Any],
     as_of: datetime,
+    people: Sequence[SubjectIdentities] | None = None,
 ) -> VerificationResult:
     """Collect and validate every check (see the module docstring)."""
     checks = collect_checks(
         datamap, work, identities, system_conninfo=system_conninfo, object_client=object_client,
-        processor_client=processor_client, as_of=as_of,
+        processor_client=processor_client, as_of=as_of, people=people,
     )  # fmt: skip
     return validate_with_great_expectations(checks)
 

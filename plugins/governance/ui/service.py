@@ -23,7 +23,8 @@ from governance.config import GOVERNANCE_CONN_ID
 from governance.privacy_requests import RequestKind
 from governance.ui.access import Staff
 
-DAG_FOR_KIND: dict[str, str] = {"export": "dsr_export", "erasure": "dsr_erasure"}
+# A business client's offboarding is a request too (recorded by its DAG, shown on the page).
+DAG_FOR_KIND: dict[str, str] = {"export": "dsr_export", "erasure": "dsr_erasure", "offboarding": "business_offboarding"}
 APPROVAL_TASK = "approve_erasure"
 EXPORT_VERIFICATION_TASK = "verify_identity"
 STATUSES = ("received", "verified", "in_progress", "completed", "failed", "rejected")

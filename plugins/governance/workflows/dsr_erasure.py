@@ -109,6 +109,43 @@ def open_erasure_request(conf: Mapping[str, Any], *, run_id: str, received_at: d
     return handle.to_xcom()
 
 
+def open_offboarding_request(conf: Mapping[str, Any], *, run_id: str, received_at: datetime) -> dict[str, Any]:
+    """Validate the offboarding form (business id, reason) and return the handle of the
+    business's open offboarding request (a re-run continues it) or of one recorded for this run."""
+    from governance.datamap import load_datamap
+    from governance.db import connect, conninfo_for
+    from governance.erasure.business import (
+        OFFBOARDING,
+        InvalidOffboarding,
+        business_exists,
+        open_offboarding,
+        parse_offboarding_form,
+    )
+    from governance.migrations import migrate
+    from governance.workflows.request_intake import RequestHandle
+
+    try:
+        business_id, reason = parse_offboarding_form(conf)
+    except InvalidOffboarding as exc:
+        _fail(f"cannot start this offboarding: {exc}. Nothing was read or changed.")
+    if not business_exists(load_datamap(), business_id, system_conninfo=conninfo_for):
+        _fail(f"cannot start this offboarding: there is no business client {business_id}. Nothing was changed.")
+    gov = _gov()
+    migrate(gov)
+    with connect(gov) as conn:
+        request_id, status = open_offboarding(conn, business_id=business_id, reason=reason, run_id=run_id,
+                                              received_at=received_at)  # fmt: skip
+    log.info("offboarding request %s (business %s, %s)", request_id, business_id, status)
+    handle = RequestHandle(request_id=request_id, kind=OFFBOARDING, business_id=business_id, identity_kinds=(),
+                           verified=status == "verified", source="trigger_form", status=status)  # fmt: skip
+    return handle.to_xcom()
+
+
+def _is_offboarding(work: Any) -> bool:
+    """A business client's offboarding: a plan rooted at a business, not at a person's identities."""
+    return not work.identity_kinds and work.business_id is not None
+
+
 def request_approval_state(conn: Any, request_id: str) -> tuple[bool, bool]:
     """(verified, approved) as recorded on the request (at intake or by an earlier approval)."""
     row = conn.execute(
@@ -207,10 +244,11 @@ def plan_erasure(
 ) -> dict[str, Any]:
     """Persist the plan for the request (or pick up the one being carried out) and return its
     summary: counts per table and effect, what is kept and why, the guard's verdict."""
-    from governance.crypto import hasher_from_airflow
+    from governance.crypto import cipher_from_airflow, hasher_from_airflow
     from governance.datamap import load_datamap
     from governance.db import connect, conninfo_for
     from governance.erasure import store
+    from governance.erasure.business import OFFBOARDING, business_lock, compute_business_work, store_people
     from governance.erasure.guard import refusal_message
     from governance.erasure.locking import subject_lock
     from governance.erasure.readable import erasure_plan_text
@@ -233,15 +271,28 @@ def plan_erasure(
                         "approval_markdown": erasure_plan_text(summary, dry_run=False, dry_run_summary=before)}  # fmt: skip
     datamap = load_datamap()
     hasher = hasher_from_airflow()
-    identities = load_identities(request.request_id, conninfo=gov)
     plan_id = store.plan_id_for(request.request_id, run_id)
-    with subject_lock(gov, hasher, identities):
+    offboarding = request.kind == OFFBOARDING
+    people: list[Any] = []
+    if offboarding:
+        lock = business_lock(gov, int(request.business_id or 0))
+    else:
+        identities = load_identities(request.request_id, conninfo=gov)
+        lock = subject_lock(gov, hasher, identities)
+    with lock:
         try:
-            work = compute_work(
-                datamap, identities, request_id=request.request_id, plan_id=plan_id, business_id=request.business_id,
-                as_of=as_of, override=override, governance_conninfo=gov, system_conninfo=conninfo_for,
-                processor_client=_processor_client(datamap), hasher=hasher,
-            )  # fmt: skip
+            if offboarding:
+                work, people = compute_business_work(
+                    datamap, business_id=int(request.business_id or 0), request_id=request.request_id, plan_id=plan_id,
+                    as_of=as_of, override=override, governance_conninfo=gov, system_conninfo=conninfo_for,
+                    processor_client=_processor_client(datamap), hasher=hasher,
+                )  # fmt: skip
+            else:
+                work = compute_work(
+                    datamap, identities, request_id=request.request_id, plan_id=plan_id, business_id=request.business_id,
+                    as_of=as_of, override=override, governance_conninfo=gov, system_conninfo=conninfo_for,
+                    processor_client=_processor_client(datamap), hasher=hasher,
+                )  # fmt: skip
         except Exception as exc:
             cause = planning_failure(exc)
             with connect(gov) as conn:  # the request says why, for close_request and the page
@@ -261,6 +312,8 @@ def plan_erasure(
             store.save_plan(conn, work, status=status, dag_id=dag_id, dag_run_id=run_id, dry_run=dry_run, as_of=as_of,
                             override=override, refusal=refusal, at=_now())  # fmt: skip
             store.supersede_planned(conn, request.request_id, keep=plan_id, at=_now())
+            if offboarding and not dry_run and not work.guard.refused:  # for the processors, after the rows are gone
+                store_people(conn, request.request_id, people, cipher=cipher_from_airflow())
             before = None if dry_run else store.latest_dry_run_summary(conn, request.request_id, other_than=plan_id)
     from governance.lineage import record_table_read
 
@@ -329,6 +382,7 @@ def record_approval(
     from governance.approvers import approver_refusal
     from governance.db import connect
     from governance.erasure import store
+    from governance.erasure.business import BUSINESS_METHODS, OFFBOARDING
     from governance.workflows.request_intake import mark_approved, mark_verified
 
     params = dict(payload.get("params_input") or {})
@@ -336,14 +390,19 @@ def record_approval(
     if method == NOT_VERIFIED:
         _fail("the plan was approved, but the identity is marked not verified: nothing was changed. Verify the "
               "person, then clear this task and answer again (or Reject)")  # fmt: skip
-    if method not in VERIFICATION_METHODS:
+    gov = _gov()
+    with connect(gov) as conn:
+        kind = conn.execute("SELECT kind FROM governance.privacy_requests WHERE request_id = %s", (request_id,)).fetchone()
+    if kind is not None and kind[0] == OFFBOARDING:
+        if method not in BUSINESS_METHODS:
+            _fail("the approval does not say how the business client's departure was confirmed: nothing was changed")
+    elif method not in VERIFICATION_METHODS:
         _fail("the approval does not say how the person's identity was verified: nothing was changed")
     user = payload.get("responded_by_user") or {}
     approver = str(user.get("name") or user.get("id") or "unknown") if isinstance(user, Mapping) else str(user)
     refusal = approver_refusal(user)  # [governance] approvers, when configured
     if refusal:
         _fail(refusal)
-    gov = _gov()
     with connect(gov) as conn:  # four eyes, wherever the approval was given (page or Required actions)
         recorder = conn.execute(
             "SELECT actor FROM governance.request_actions WHERE request_id = %s AND action = 'recorded' LIMIT 1",
@@ -390,12 +449,27 @@ def _progress(plan_id: str) -> dict[str, dict[str, Any]]:
 
 
 def _lock(work: Any) -> Any:
+    """The lock erasures of the same subject take (a person's identities, or a business), and the
+    person's identities (None for a business: see :func:`_people`)."""
     from governance.crypto import hasher_from_airflow
+    from governance.erasure.business import business_lock
     from governance.erasure.locking import subject_lock
     from governance.workflows.request_intake import load_identities
 
+    if _is_offboarding(work):
+        return business_lock(_gov(), int(work.business_id)), None
     identities = load_identities(work.request_id, conninfo=_gov())
     return subject_lock(_gov(), hasher_from_airflow(), identities), identities
+
+
+def _people(request_id: str) -> list[Any]:
+    """The identities of an offboarded business's people, decrypted inside the task."""
+    from governance.crypto import cipher_from_airflow
+    from governance.db import connect
+    from governance.erasure.business import load_people
+
+    with connect(_gov()) as conn:
+        return load_people(conn, request_id, cipher=cipher_from_airflow())
 
 
 def execute_database(
@@ -531,6 +605,7 @@ def verify_erasure(summary: Mapping[str, Any]) -> dict[str, Any]:
         result = verify(
             datamap, work, identities, system_conninfo=conninfo_for, object_client=_object_client(datamap),
             processor_client=_processor_client(datamap), as_of=datetime.fromisoformat(work.as_of),
+            people=_people(work.request_id) if _is_offboarding(work) else None,
         )  # fmt: skip
     from governance.db import connect
 
@@ -561,10 +636,13 @@ def record_suppression(summary: Mapping[str, Any]) -> dict[str, Any]:
     if len(markers) != len(work.systems):
         _fail(f"plan {plan_id}: the database steps are not done; nothing to record")
     erased_at = max(markers) if markers else _now()
-    identities = load_identities(work.request_id, conninfo=_gov())
+    # A business's people are suppressed for that business: a restore re-erases what it held of them.
+    people = _people(work.request_id) if _is_offboarding(work) else [load_identities(work.request_id, conninfo=_gov())]
+    count = 0
     with connect(_gov()) as conn:
-        count = record(conn, request_id=work.request_id, identities=identities, hasher=hasher_from_airflow(),
-                       business_id=work.business_id, erased_at=erased_at, at=_now())  # fmt: skip
+        for identities in people:
+            count += record(conn, request_id=work.request_id, identities=identities, hasher=hasher_from_airflow(),
+                            business_id=work.business_id, erased_at=erased_at, at=_now())  # fmt: skip
     log.info("erasure %s: %d identities on the suppression list", plan_id, count)
     return {"plan_id": plan_id, "recorded": count}
 
@@ -575,6 +653,7 @@ def issue_certificate(handle: Mapping[str, Any] | None, *, dag_id: str, run_id: 
     from governance.datamap import load_datamap
     from governance.db import connect
     from governance.erasure import store
+    from governance.erasure.business import POLICY as OFFBOARDING_POLICY
     from governance.erasure.certificate import build_certificate, ledger_position, store_certificate
     from governance.erasure.claims import held_by_another_run
     from governance.erasure.planner import ErasureWork
@@ -597,15 +676,24 @@ def issue_certificate(handle: Mapping[str, Any] | None, *, dag_id: str, run_id: 
         method = conn.execute(
             "SELECT verification_method FROM governance.privacy_requests WHERE request_id = %s", (request_id,)
         ).fetchone()
-        identities = load_identities(request_id, conninfo=gov)
         hasher = hasher_from_airflow()
-        hashes = [(kind, hasher.key_id, hasher.hash(kind, value)) for kind, value in identities.items()]
+        offboarding = _is_offboarding(work)
+        identities = [] if offboarding else load_identities(request_id, conninfo=gov).items()
+        hashes = [(kind, hasher.key_id, hasher.hash(kind, value)) for kind, value in identities]
         certificate = build_certificate(
             work, plan_row=row, progress=progress, verification=row["verification"], subject_hashes=hashes,
             ledger=ledger_position(conn, dag_id, run_id), issued_at=_now(),
             approval={"approved_at": row["approved_at"].isoformat() if row["approved_at"] else None,
                       "approved_by": row["approved_by"], "verification_method": method[0] if method else None},
         )  # fmt: skip
+        if offboarding:  # the subject is the business: its id, why, and how many people, never who
+            reason = conn.execute("SELECT reason FROM governance.privacy_requests WHERE request_id = %s",
+                                  (request_id,)).fetchone()  # fmt: skip
+            people = conn.execute("SELECT count(*) FROM governance.offboarding_people WHERE request_id = %s",
+                                  (request_id,)).fetchone()  # fmt: skip
+            certificate["policy"] = OFFBOARDING_POLICY
+            certificate["offboarding"] = {"business_id": work.business_id, "reason": reason[0] if reason else None,
+                                          "people": int(people[0]) if people else 0}  # fmt: skip
         datamap = load_datamap()
         systems = datamap.object_systems
         s3 = _object_client(datamap)(systems[0].name) if systems else None
@@ -620,6 +708,7 @@ def close_erasure_request(handle: Mapping[str, Any] | None, *, run_id: str) -> d
     """Set the request's outcome (the last task; runs after failures too)."""
     from governance.db import connect
     from governance.erasure import store
+    from governance.erasure.business import forget_people
     from governance.erasure.claims import held_by_another_run
     from governance.workflows.request_intake import close_request
 
@@ -643,6 +732,8 @@ def close_erasure_request(handle: Mapping[str, Any] | None, *, run_id: str) -> d
         log.info("erasure %s: dry run; the request stays open (trigger again with this request id)", request_id)
         return {"request_id": request_id, "outcome": "dry_run", "plan_id": row["plan_id"], "served": True}
     if row is not None and row["status"] == "verified" and certificate is not None and certificate[1]:
+        with connect(gov) as conn:  # an offboarding's people are not kept once it is complete
+            forget_people(conn, request_id)
         status = close_request(request_id, succeeded=True, at=_now(), result_uri=certificate[0],
                                detail=f"erased; plan {row['plan_id']}", conninfo=gov)  # fmt: skip
         return {"request_id": request_id, "status": status, "result_uri": certificate[0], "plan_id": row["plan_id"],
