@@ -16,10 +16,12 @@ subject to legal retention), and proves it:
 4. **execute_database**, **delete_objects**, **erase_processors**: set-based statements keyed by
    the planned primary keys, one transaction per database; every version of every object;
    the processors' erase calls. Progress is recorded per step: a re-run continues.
-5. **verify_erasure**: the person is looked up again everywhere (Great Expectations checks the
+5. **record_suppression**, as soon as the database step has committed (beside the object,
+   processor and verification steps): keyed hashes on the suppression list, for re-erasure after
+   a restore (`python -m governance reapply-suppressions`), so a later failure cannot leave
+   someone whose rows are gone off the list.
+6. **verify_erasure**: the person is looked up again everywhere (Great Expectations checks the
    findings); anything left that the plan did not keep fails the run and is named.
-6. **record_suppression**: keyed hashes on the suppression list, for re-erasure after a restore
-   (`python -m governance reapply-suppressions`).
 7. **issue_certificate** and **close_request** run after failures too: the certificate (JSON and
    HTML, keyed hashes only) and the request's outcome.
 8. **request_outcome** fails the run when the request was not served (a step failed, or the
