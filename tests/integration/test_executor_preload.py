@@ -46,9 +46,11 @@ def test_modules_are_imported_once_in_the_forking_process_before_its_workers_exi
         sys.modules.pop(PROBE, None)
 
 
-def test_preload_list_defaults_to_great_expectations_and_can_be_emptied(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_preload_list_defaults_to_great_expectations_and_the_ledger_and_can_be_emptied(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv(PRELOAD_ENV, raising=False)
-    assert preload_names() == ["great_expectations"]
+    assert preload_names() == ["great_expectations", "governance.ledger", "governance.lineage", "governance.db"]
     monkeypatch.setenv(PRELOAD_ENV, "")
     assert preload_names() == []
     monkeypatch.setenv(PRELOAD_ENV, " pandas ,boto3,")
