@@ -17,7 +17,25 @@ the cost follows the person's rows, not the tables). Last, one person is erased 
 real (plan, database, objects, processors, verification with Great Expectations, certificate),
 phase by phase, at the last scale. Ratios are printed, not asserted. Databases are dropped at the end.
 
+**Verification's share** (goal: at most 20% of the approved run's time). Great Expectations, the
+engine verification records its expectations with, costs 5-14 s to import here and milliseconds to
+run. Deployments load it once in the scheduler before LocalExecutor forks its workers
+(``governance.executors.PreloadingLocalExecutor``), so task processes start with it. The in-process
+run mirrors that: it preloads GX first and prints that one-off cost apart (``--no-preload``: each
+run pays it inside ``verify``, as every task process did before). Then it prints verification's
+share of the run next to the database phase.
+
+``--standalone`` also erases the end-to-end person under a real ``airflow standalone`` (LocalExecutor
+task processes; a request verified and approved at intake, so no one has to click), once per
+executor in ``--executors`` (default ``preloading,local``: the project's preloading LocalExecutor,
+then Airflow's own), each on a copy of the seeded database (``CREATE DATABASE ... TEMPLATE``) made
+before anything was erased. Object and processor records are not copied: the in-process run (or,
+with ``--no-e2e``, the first standalone run) erased them, so the standalone runs' object and
+processor tasks mostly find nothing left; their database and verification tasks do the full work. Per run it prints the run's wall time, the database task, the verification task, its
+share, and whether the verification task imported GX itself (its log says so).
+
     .venv/bin/python benchmarks/erasure.py [--scales small,large] [--repeat 7] [--people both_user_and_caller,payer]
+                                           [--no-preload] [--standalone [--executors preloading,local]]
 """
 
 from __future__ import annotations
@@ -179,6 +197,20 @@ def measure_person(app_url: str, key: str, repeat: int, as_of: datetime) -> dict
             "project_s": ours, "baseline_s": theirs, "ratio": ours / theirs if theirs else float("inf")}  # fmt: skip
 
 
+VERIFY_SHARE_GOAL = 0.20
+VERIFY = "verify"
+EXECUTORS = {"preloading": "governance.executors.PreloadingLocalExecutor", "local": "LocalExecutor"}
+
+
+def preload_like_the_scheduler() -> float:
+    """What ``PreloadingLocalExecutor`` does once in the scheduler before forking workers; seconds."""
+    from governance.executors import preload_modules, preload_names
+
+    t0 = time.perf_counter()
+    preload_modules(preload_names())
+    return time.perf_counter() - t0
+
+
 def end_to_end(key: str, as_of: datetime) -> dict[str, float]:
     """Erase ``key`` for real, task function by task function; seconds per phase."""
     from governance.workflows import dsr_erasure as wf
@@ -204,12 +236,83 @@ def end_to_end(key: str, as_of: datetime) -> dict[str, float]:
     timed("suppression", lambda: wf.record_suppression(summary))
     timed("objects", lambda: wf.delete_objects(summary))
     timed("processors", lambda: wf.erase_processors(summary))
-    timed("verify (incl. Great Expectations import)", lambda: wf.verify_erasure(summary))
+    timed(VERIFY, lambda: wf.verify_erasure(summary))
     timed("certificate", lambda: wf.issue_certificate(handle, dag_id="dsr_erasure", run_id=run_id))
     close = timed("close", lambda: wf.close_erasure_request(handle, run_id=run_id))
     times["total"] = sum(times.values())
     assert close.get("status") == "completed", close
     return times
+
+
+def copy_database(admin_url: str, template: str) -> str:
+    """A copy of ``template`` (file level, fast), for a run that must start from the seeded state."""
+    import psycopg
+    from psycopg import sql
+
+    name = f"{template}_copy_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template)))
+    return name
+
+
+def standalone_run(admin_url: str, database: str, key: str, executor: str) -> dict[str, Any]:
+    """Erase ``key`` in ``database`` through ``dsr_erasure`` under a real ``airflow standalone``."""
+    import psycopg
+
+    from governance.crypto import cipher_from_airflow, generate_key_connection, hasher_from_airflow
+    from governance.datamap import phone_region
+    from governance.identity import SubjectIdentities
+    from governance.privacy_requests import create_request
+    from governance.workflows.request_intake import mark_approved, mark_verified
+    from governance_dev.seed import cast_member
+
+    harness = _benchmark_module("airflow_standalone")
+    url = _seed_helpers().database_url(admin_url, database)
+    conn_json = json.loads(os.environ["AIRFLOW_CONN_AIRCALLS_APP"])
+    conn_json["schema"] = database
+    env = {"AIRFLOW_CONN_AIRCALLS_APP": json.dumps(conn_json), "AIRFLOW_CONN_GOVERNANCE_DB": json.dumps(conn_json),
+           "AIRFLOW_CONN_GOVERNANCE_LEDGER_KEY": os.environ.get("AIRFLOW_CONN_GOVERNANCE_LEDGER_KEY")
+           or json.dumps(generate_key_connection("hash", "bench-ledger"))}  # fmt: skip
+    subject = cast_member(key)
+    identities = SubjectIdentities.parse(email=subject.email, phone=subject.phone, region=phone_region())
+    now = datetime.now(UTC)
+    with psycopg.connect(url) as conn:
+        request_id = create_request(conn, kind="erasure", identities=identities, hasher=hasher_from_airflow(),
+                                    cipher=cipher_from_airflow(), received_at=now, source="cli")  # fmt: skip
+    mark_verified(request_id, method="id_document", verified_by="bench-intake", at=now, conninfo=url)
+    mark_approved(request_id, approved_by="bench-intake", at=now, conninfo=url)
+    airflow = harness.StandaloneAirflow(admin_url, ROOT / "dags", ROOT / "plugins", executor=EXECUTORS[executor],
+                                        env_extra=env)  # fmt: skip
+    try:
+        print(f"  airflow standalone ({executor} executor) starting ...", flush=True)
+        airflow.start({"dsr_erasure"})
+        run_id = airflow.trigger("dsr_erasure", {"request_id": request_id, "dry_run": False})
+        state = airflow.wait_run("dsr_erasure", run_id)
+        tasks = {t: (st, a, b) for t, st, a, b in airflow.task_times("dsr_erasure", run_id)}
+        logs = airflow.task_logs()
+    finally:
+        airflow.stop()
+
+    def took(task_id: str) -> float:
+        _state, began, ended = tasks.get(task_id, ("", None, None))
+        return (ended - began).total_seconds() if began and ended else float("nan")
+
+    starts = [b for _s, b, _e in tasks.values() if b]
+    ends = [e for _s, _b, e in tasks.values() if e]
+    run_s = (max(ends) - min(starts)).total_seconds() if starts and ends else float("nan")
+    verify_log = [line for line in logs.splitlines() if "Great Expectations imported in this process" in line]
+    return {"executor": executor, "state": state, "run_s": run_s, "database_s": took("execute_database"),
+            "verify_s": took("verify_erasure"), "tasks_s": sum(took(t) for t in tasks if tasks[t][1]),
+            "gx_imported_in_task": bool(verify_log)}  # fmt: skip
+
+
+def _benchmark_module(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
+    spec.loader.exec_module(module)
+    return module
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     # heavy_subject (1,000 recordings of 256 KiB at large) exhausts moto's memory: the S3 stand-in
     # keeps every version in RAM. Against MinIO, pass --e2e-person heavy_subject.
     parser.add_argument("--e2e-person", default="both_user_and_caller", help="who is erased end to end (last scale)")
+    parser.add_argument("--no-preload", action="store_true",
+                        help="do not preload Great Expectations (verify pays its import, as before)")  # fmt: skip
+    parser.add_argument("--standalone", action="store_true", help="also erase under a real airflow standalone")
+    parser.add_argument("--executors", default="preloading,local", help="executors for --standalone, in order")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="bench-erasure-airflow-"))
@@ -232,18 +339,23 @@ def main(argv: list[str] | None = None) -> int:
     people = [p for p in args.people.split(",") if p]
     results: dict[str, list[dict[str, Any]]] = {}
     e2e: dict[str, dict[str, float]] = {}
+    standalone: list[dict[str, Any]] = []
     scales = [s for s in args.scales.split(",") if s]
+    if not args.no_preload and not args.no_e2e:
+        e2e["preload"] = {"preload_s": preload_like_the_scheduler()}
+        print(f"Great Expectations preloaded in {e2e['preload']['preload_s']:.1f} s (once, as the scheduler does "
+              "before forking LocalExecutor's workers)", flush=True)  # fmt: skip
     try:
-        _run_scales(helpers, args, scales, people, admin_url, as_of, results, e2e)
+        _run_scales(helpers, args, scales, people, admin_url, as_of, results, e2e, standalone)
     except subprocess.TimeoutExpired:  # the S3 stand-in was slow to stop after a large run
         pass
-    _print_summary(args, results, e2e, helpers.peak_rss_mb())
+    _print_summary(args, results, e2e, standalone, helpers.peak_rss_mb())
     return 0
 
 
 def _run_scales(
     helpers: Any, args: argparse.Namespace, scales: list[str], people: list[str], admin_url: str, as_of: datetime,
-    results: dict[str, list[dict[str, Any]]], e2e: dict[str, dict[str, float]],
+    results: dict[str, list[dict[str, Any]]], e2e: dict[str, dict[str, float]], standalone: list[dict[str, Any]],
 ) -> None:
     from governance.migrations import migrate
     from governance_dev.seed import SeedTargets, seed_reference_deployment
@@ -271,6 +383,13 @@ def _run_scales(
                 print(f"  seeded in {time.perf_counter() - t0:.0f} s", flush=True)
                 migrate(url)
                 _configure(url, endpoint, payments, crm, bucket, desk)
+                copies: dict[str, str] = {}
+                if args.standalone and scale == scales[-1]:  # before anything of the person is erased
+                    for executor in [e for e in args.executors.split(",") if e]:
+                        t0 = time.perf_counter()
+                        copies[executor] = copy_database(admin_url, name)
+                        print(f"  copied the seeded database for the {executor} run in {time.perf_counter() - t0:.0f} s",
+                              flush=True)  # fmt: skip
                 results[scale] = []
                 for key in people:
                     result = measure_person(url, key, args.repeat, as_of)
@@ -283,6 +402,12 @@ def _run_scales(
                     e2e[scale] = end_to_end(args.e2e_person, as_of)
                     print(f"  end to end ({args.e2e_person}): "
                           + ", ".join(f"{k} {v:.2f} s" for k, v in e2e[scale].items()), flush=True)  # fmt: skip
+                for executor, copy in copies.items():
+                    try:
+                        standalone.append({"scale": scale, **standalone_run(admin_url, copy, args.e2e_person, executor)})
+                        print(f"  standalone: {standalone[-1]}", flush=True)
+                    finally:
+                        drop_database(admin_url, copy)
             finally:
                 payments.stop()
                 crm.stop()
@@ -291,7 +416,8 @@ def _run_scales(
 
 
 def _print_summary(
-    args: argparse.Namespace, results: dict[str, list[dict[str, Any]]], e2e: dict[str, dict[str, float]], rss: float
+    args: argparse.Namespace, results: dict[str, list[dict[str, Any]]], e2e: dict[str, dict[str, float]],
+    standalone: list[dict[str, Any]], rss: float,
 ) -> None:
     print()
     print(f"{'person':24} {'scale':6} {'rows':>6} {'project ms':>11} {'hand ms':>9} {'ratio':>6}  (goal <= {DB_GOAL})")
@@ -305,7 +431,23 @@ def _print_summary(
             print(f"{small['person']:24} large/small database phase {ratio:.2f}  (goal <= {SCALE_GOAL}: "
                   f"{'met' if ratio <= SCALE_GOAL else 'NOT met'})")  # fmt: skip
     for scale, times in e2e.items():
+        if scale == "preload":
+            continue
         print(f"\nend to end, {args.e2e_person} at {scale}: " + ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
+        share = times[VERIFY] / times["total"]
+        preload = e2e.get("preload", {}).get("preload_s")
+        print(f"approved run {times['total']:.2f} s (database phase {times['database']:.2f} s); verification "
+              f"{times[VERIFY]:.2f} s = {share:.0%} of the run (goal <= {VERIFY_SHARE_GOAL:.0%}: "
+              f"{'met' if share <= VERIFY_SHARE_GOAL else 'NOT met'}); "
+              + (f"Great Expectations preloaded once beforehand in {preload:.1f} s" if preload is not None
+                 else "Great Expectations imported inside verification (--no-preload)"))  # fmt: skip
+    for run in standalone:
+        share = run["verify_s"] / run["run_s"]
+        print(f"airflow standalone, {run['executor']} executor, {args.e2e_person} at {run['scale']}: run {run['state']}, "
+              f"approved run {run['run_s']:.1f} s (tasks {run['tasks_s']:.1f} s; database task {run['database_s']:.1f} s); "
+              f"verification task {run['verify_s']:.1f} s = {share:.0%} (goal <= {VERIFY_SHARE_GOAL:.0%}: "
+              f"{'met' if share <= VERIFY_SHARE_GOAL else 'NOT met'}); Great Expectations imported by the task: "
+              f"{'yes' if run['gx_imported_in_task'] else 'no (preloaded)'}")  # fmt: skip
     print(f"peak RSS {rss:,.0f} MB")
 
 

@@ -32,6 +32,7 @@ import psutil
 from governance.config import PROJECT_ROOT
 from governance_dev.services import HOST, STATE_DIR, ServiceError, port_is_free, start_stack
 
+PRELOADING_EXECUTOR = "governance.executors.PreloadingLocalExecutor"
 GRACE_SECONDS = 30.0
 READY_TIMEOUT_SECONDS = 300.0
 
@@ -57,6 +58,9 @@ def standalone_environment(stack_env: dict[str, str], port: int) -> dict[str, st
     env["AIRFLOW__API__HOST"] = HOST
     # Without this, tasks report to :8080 and fail with "connection refused" when the port moves.
     env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://{HOST}:{port}/execution/"
+    # LocalExecutor that imports Great Expectations once in the scheduler before forking its
+    # workers, so verification and export-gate tasks do not each pay its import.
+    env.setdefault("AIRFLOW__CORE__EXECUTOR", PRELOADING_EXECUTOR)
     return env
 
 

@@ -2,8 +2,9 @@
 
 Each row (``governance.audit_ledger``) says which task of which run ended in which state, when,
 which datasets it read and wrote, how many rows it changed and for which privacy request; never
-personal data. Rows are written by the Airflow listener (``governance.ledger_listener``) and, for
-states the scheduler sets without running the task, by the reconciliation at the end of each run.
+personal data. Rows are written by the Airflow listener (``governance.ledger_listener``) in the
+task's own process and, for states the scheduler sets without running the task, by the maintenance
+pass's reconciliation of each ended run.
 
 Tamper evidence:
 
@@ -14,9 +15,12 @@ Tamper evidence:
   the database (Airflow connection ``governance_ledger_key``, same layout as the other keys, key id
   stored on each row so the key can rotate). Editing, deleting, inserting or reordering rows
   breaks the chain; rebuilding it needs the key.
-* At the end of each DAG run the head (seq, mac) is anchored in the object store
+* The head (seq, mac) is anchored in the object store
   (``s3://<bucket>/governance/ledger-anchors/<seq>.json``, itself MAC'd), outside the database, so
-  a deleted tail or a rebuilt chain no longer matches the anchors.
+  a deleted tail or a rebuilt chain no longer matches the anchors. The maintenance pass beside the
+  scheduler (``python -m governance maintain``) anchors when rows were added and the newest anchor
+  is older than ``--anchor-interval`` (default 5 minutes): a cut tail goes unnoticed for at most
+  that interval plus one pass. Nothing of this runs in the scheduler.
 
 ``python -m governance verify-ledger`` recomputes the chain from row 1, compares it with the
 anchors and reports OK or the first row that was edited, inserted, deleted or reordered.

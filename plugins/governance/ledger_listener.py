@@ -12,8 +12,12 @@ Registered by ``plugins/governance_lineage_plugin.py``, so every DAG gets it wit
 
 Nothing runs in the scheduler: reconciling the states the scheduler sets without running the
 task (skipped, upstream_failed; a crashed worker never called its listener) and anchoring the
-ledger head are done beside it by ``python -m governance maintain`` (:mod:`governance.maintenance`),
-so the ledger can never slow the scheduler loop.
+ledger head (every 5 minutes when rows were added) are done beside it by
+``python -m governance maintain`` (:mod:`governance.maintenance`), so the ledger can never slow the
+scheduler loop. The one task hook Airflow calls inside the scheduler (``on_task_instance_failed``,
+when the executor reports a task dead that never reported itself) writes nothing there: the
+listener notes at ``on_starting`` that it lives in a scheduler, and the maintenance pass adds the
+row when the run ends. The listener implements no DAG-run hooks.
 
 A listener must never fail a task or the scheduler loop, and pluggy stops calling the remaining
 listeners when one raises: every hook here logs and swallows its errors. A lost task-side write
@@ -78,8 +82,25 @@ def _append(entries: Iterable[Any]) -> None:
         writer.append(entries)
 
 
+def _is_scheduler(component: Any) -> bool:
+    return str(getattr(component, "job_type", "") or "") == "SchedulerJob"
+
+
 class GovernanceLedgerListener:
     """Airflow listener: per-task lineage isolation and a ledger row for every task final state."""
+
+    def __init__(self) -> None:
+        # The component this process runs (a Job in the scheduler, triggerer, dag processor); its
+        # job_type is set after on_starting, so it is read when a hook fires.
+        self._component: Any = None
+
+    @hookimpl
+    def on_starting(self, component: Any) -> None:
+        self._component = component
+
+    def in_scheduler(self) -> bool:
+        """Whether this process is Airflow's scheduler (where the ledger must not do work)."""
+        return _is_scheduler(self._component)
 
     @hookimpl(tryfirst=True)
     def on_task_instance_running(self, previous_state: Any, task_instance: Any) -> None:
@@ -94,6 +115,10 @@ class GovernanceLedgerListener:
         try:
             if hasattr(task_instance, "get_template_context"):
                 entry = _entry_for_running_task(task_instance, state)
+            elif self.in_scheduler():  # never in the scheduler loop: maintenance reconciles it
+                log.debug("governance listener: %s.%s left to the maintenance pass",
+                          getattr(task_instance, "dag_id", "?"), getattr(task_instance, "task_id", "?"))  # fmt: skip
+                return
             else:  # a state changed in the UI/API: the DB model, nothing ran in this process
                 from governance.ledger import entry_from_task_instance
 

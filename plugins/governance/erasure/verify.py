@@ -18,7 +18,6 @@ never an identity or a personal value, so its results can be stored and shown as
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -177,15 +176,16 @@ def _ref(text: str) -> TableRef:
 
 
 def validate_with_great_expectations(checks: Sequence[Check]) -> VerificationResult:
-    """Validate every check with a Great Expectations suite (ephemeral context, pandas frames)."""
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-    import great_expectations as gx
-    import pandas as pd
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+    """Validate every check with a Great Expectations suite (ephemeral context, pandas frames).
 
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    GX is loaded through :mod:`governance.expectations`: free in a task process forked from a
+    scheduler that preloaded it (:class:`governance.executors.PreloadingLocalExecutor`)."""
+    import pandas as pd
+
+    from governance import expectations
+
+    gx = expectations.load()
+    context = expectations.ephemeral_context()
     source = context.data_sources.add_pandas("erasure_verification")
     asset = source.add_dataframe_asset("findings")
     batch_definition = asset.add_batch_definition_whole_dataframe("whole")

@@ -411,28 +411,14 @@ def _settle_ties(
 
 
 def _run_suites(frames: _Frames, *, allowed: set[str], scope_ids: Sequence[int] | None) -> list[GateCheck]:
-    import logging
-
     import pandas as pd
 
-    for noisy in ("great_expectations", "great_expectations.core", "great_expectations.data_context"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    import great_expectations as gx
-    import great_expectations.expectations as gxe
-    from great_expectations.data_context.types.base import (
-        DataContextConfig,
-        InMemoryStoreBackendDefaults,
-        ProgressBarsConfig,
-    )
+    from governance import expectations as engine
 
-    context = gx.get_context(
-        mode="ephemeral",
-        project_config=DataContextConfig(
-            store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
-            analytics_enabled=False,
-            progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False),
-        ),
-    )
+    gx = engine.load()  # free when the scheduler preloaded it (governance.executors)
+    import great_expectations.expectations as gxe
+
+    context = engine.ephemeral_context()
     source = context.data_sources.add_pandas("export_bundle")
     suites: dict[str, tuple[pd.DataFrame, list[Any]]] = {
         "counts": (
