@@ -390,6 +390,11 @@ def record_approval(
     if method == NOT_VERIFIED:
         _fail("the plan was approved, but the identity is marked not verified: nothing was changed. Verify the "
               "person, then clear this task and answer again (or Reject)")  # fmt: skip
+    user = payload.get("responded_by_user") or {}
+    approver = str(user.get("name") or user.get("id") or "unknown") if isinstance(user, Mapping) else str(user)
+    refusal = approver_refusal(user)  # [governance] approvers, when configured
+    if refusal:
+        _fail(refusal)
     gov = _gov()
     with connect(gov) as conn:
         kind = conn.execute("SELECT kind FROM governance.privacy_requests WHERE request_id = %s", (request_id,)).fetchone()
@@ -398,11 +403,6 @@ def record_approval(
             _fail("the approval does not say how the business client's departure was confirmed: nothing was changed")
     elif method not in VERIFICATION_METHODS:
         _fail("the approval does not say how the person's identity was verified: nothing was changed")
-    user = payload.get("responded_by_user") or {}
-    approver = str(user.get("name") or user.get("id") or "unknown") if isinstance(user, Mapping) else str(user)
-    refusal = approver_refusal(user)  # [governance] approvers, when configured
-    if refusal:
-        _fail(refusal)
     with connect(gov) as conn:  # four eyes, wherever the approval was given (page or Required actions)
         recorder = conn.execute(
             "SELECT actor FROM governance.request_actions WHERE request_id = %s AND action = 'recorded' LIMIT 1",
