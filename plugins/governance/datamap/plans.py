@@ -551,19 +551,7 @@ def build_resolution_plan(
             reach = _reach_without(datamap, kinds, set(out_of_scope))
 
     # Which columns of each table later steps need, and under which parameter name.
-    outputs: dict[TableRef, dict[str, str]] = {t: {} for t in reach.owned_tables}
-    for edge in (*reach.ownership_edges, *reach.mention_edges):
-        outputs[edge.parent][key_param(datamap, edge.parent, edge.parent_field)] = edge.parent_field
-    object_steps: list[ObjectStep] = []
-    extra_columns: dict[TableRef, list[str]] = {t: [] for t in reach.owned_tables}
-    for prefix_ref in reach.object_prefixes:
-        prefix = datamap.prefix(prefix_ref)
-        source = datamap.tie_table(prefix)
-        assert source is not None and prefix.tied_to is not None
-        placeholder_columns = {p: prefix.tied_to.column_for(p) for p in prefix.placeholders}
-        key_column = prefix.tied_to.key_column
-        object_steps.append(ObjectStep(prefix_ref, prefix.key_template, source, placeholder_columns, key_column))
-        extra_columns[source] += [*placeholder_columns.values(), *([key_column] if key_column else [])]
+    outputs, object_steps, extra_columns = _reach_outputs(datamap, reach)
 
     steps: list[ResolutionStep] = []
     for ref in reach.owned_tables:
@@ -692,6 +680,28 @@ def _keyed_hash_scan(datamap: DataMap, column: IdentityColumn) -> KeyedHashScan:
     return KeyedHashScan(column, table.primary_key, matched_keys_param(column), statement)
 
 
+def _reach_outputs(
+    datamap: DataMap, reach: graph.SubjectReach
+) -> tuple[dict[TableRef, dict[str, str]], list[ObjectStep], dict[TableRef, list[str]]]:
+    """What the steps of a reach must return for later steps: per table, the key columns its
+    children and mentions bind (param name -> column), the object steps tied to its rows, and the
+    extra columns those objects' keys are built from."""
+    outputs: dict[TableRef, dict[str, str]] = {t: {} for t in reach.owned_tables}
+    for edge in (*reach.ownership_edges, *reach.mention_edges):
+        outputs[edge.parent][key_param(datamap, edge.parent, edge.parent_field)] = edge.parent_field
+    object_steps: list[ObjectStep] = []
+    extra_columns: dict[TableRef, list[str]] = {t: [] for t in reach.owned_tables}
+    for prefix_ref in reach.object_prefixes:
+        prefix = datamap.prefix(prefix_ref)
+        source = datamap.tie_table(prefix)
+        assert source is not None and prefix.tied_to is not None
+        placeholder_columns = {p: prefix.tied_to.column_for(p) for p in prefix.placeholders}
+        key_column = prefix.tied_to.key_column
+        object_steps.append(ObjectStep(prefix_ref, prefix.key_template, source, placeholder_columns, key_column))
+        extra_columns[source] += [*placeholder_columns.values(), *([key_column] if key_column else [])]
+    return outputs, object_steps, extra_columns
+
+
 def build_business_resolution_plan(datamap: DataMap) -> ResolutionPlan:
     """Plan how to find every row, object and processor record one business client's account
     holds about its callers and users (a business leaving: policy 6).
@@ -715,19 +725,7 @@ def build_business_resolution_plan(datamap: DataMap) -> ResolutionPlan:
     if out_of_scope:
         reach = _reach_without(datamap, kinds, set(out_of_scope))
     roots = {c.table for c in reach.identity_columns}
-    outputs: dict[TableRef, dict[str, str]] = {t: {} for t in reach.owned_tables}
-    for edge in (*reach.ownership_edges, *reach.mention_edges):
-        outputs[edge.parent][key_param(datamap, edge.parent, edge.parent_field)] = edge.parent_field
-    object_steps: list[ObjectStep] = []
-    extra_columns: dict[TableRef, list[str]] = {t: [] for t in reach.owned_tables}
-    for prefix_ref in reach.object_prefixes:
-        prefix = datamap.prefix(prefix_ref)
-        source = datamap.tie_table(prefix)
-        assert source is not None and prefix.tied_to is not None
-        placeholder_columns = {p: prefix.tied_to.column_for(p) for p in prefix.placeholders}
-        key_column = prefix.tied_to.key_column
-        object_steps.append(ObjectStep(prefix_ref, prefix.key_template, source, placeholder_columns, key_column))
-        extra_columns[source] += [*placeholder_columns.values(), *([key_column] if key_column else [])]
+    outputs, object_steps, extra_columns = _reach_outputs(datamap, reach)
     for column in reach.identity_columns:
         extra_columns[column.table].append(column.field)
 
