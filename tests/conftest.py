@@ -53,3 +53,24 @@ pytest_plugins = [
     "tests.fixtures.reference",
     "tests.fixtures.lineage",
 ]
+
+
+def pytest_sessionfinish(session: object, exitstatus: int) -> None:
+    """Nothing a test session started outlives it. ``dag.test()`` runs Airflow's DAG-run listeners
+    in this process, and the OpenLineage listener submits their events to a process pool of its own
+    (forked workers that read a pipe they also hold open): when an xdist worker exits without
+    shutting that pool down, its workers wait forever, holding the session's output open. Shut the
+    pool down, then stop any child process still running."""
+    import psutil
+    from airflow.providers.openlineage.plugins.listener import get_openlineage_listener
+
+    listener = get_openlineage_listener()
+    pool, listener._executor = getattr(listener, "_executor", None), None
+    if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        child.terminate()
+    _gone, alive = psutil.wait_procs(children, timeout=10)
+    for child in alive:
+        child.kill()
