@@ -121,7 +121,28 @@ def demo_conf(dag_id: str) -> dict[str, Any]:
                 "formats": ["json", "csv", "html"]}  # fmt: skip
     if dag_id == "dsr_erasure":
         return {"request_id": _verified_request("erasure", DEMO_ERASURE_SUBJECT, datetime.now(UTC)), "dry_run": True}
+    if dag_id == "business_offboarding":
+        return {"business_id": _smallest_business(), "reason": "demo: what leaving would erase (dry run)",
+                "dry_run": True, "override_guard": True}  # fmt: skip  (a business is always beyond the guard)
     return {}
+
+
+def _smallest_business() -> int:
+    """The business client with the fewest users and callers outside the cast's businesses (1..7):
+    the demo's offboarding is a dry run of it (the plan, nothing changed)."""
+    from governance.datamap import load_datamap
+    from governance.db import connect, conninfo_for
+
+    app = load_datamap().postgres_systems[0]
+    with connect(conninfo_for(app.connection_id)) as conn:
+        row = conn.execute(
+            "SELECT b.id FROM app.businesses b WHERE b.id > 7 ORDER BY"
+            " (SELECT count(*) FROM app.users u WHERE u.business_id = b.id)"
+            " + (SELECT count(*) FROM app.callers c WHERE c.business_id = b.id), b.id LIMIT 1"
+        ).fetchone()
+    if row is None:
+        raise SystemExit("demo: the reference deployment holds no business client to offboard")
+    return int(row[0])
 
 
 def _verified_request(kind: RequestKind, cast_key: str, now: Any) -> str:

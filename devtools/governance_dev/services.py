@@ -218,20 +218,24 @@ AIRFLOW_DATABASE = "airflow"
 
 @dataclass(frozen=True)
 class StackPorts:
+    """Default ports lie below Linux's ephemeral range (32768-60999): a port in it can be taken
+    at any moment as the source port of an outgoing connection (which SO_REUSEADDR cannot share),
+    so a busy machine made `make demo` fail with "port ... is taken"."""
+
     postgres: int
     s3: int
     payments: int
     crm: int
-    support_desk: int = 59103
+    support_desk: int = 29103
 
     @classmethod
     def from_env(cls) -> StackPorts:
         return cls(
-            postgres=int(os.environ.get("GOVERNANCE_PG_PORT", "54329")),
-            s3=int(os.environ.get("GOVERNANCE_S3_PORT", "59000")),
-            payments=int(os.environ.get("GOVERNANCE_PAYMENTS_PORT", "59101")),
-            crm=int(os.environ.get("GOVERNANCE_CRM_PORT", "59102")),
-            support_desk=int(os.environ.get("GOVERNANCE_SUPPORT_DESK_PORT", "59103")),
+            postgres=int(os.environ.get("GOVERNANCE_PG_PORT", "25432")),
+            s3=int(os.environ.get("GOVERNANCE_S3_PORT", "29000")),
+            payments=int(os.environ.get("GOVERNANCE_PAYMENTS_PORT", "29101")),
+            crm=int(os.environ.get("GOVERNANCE_CRM_PORT", "29102")),
+            support_desk=int(os.environ.get("GOVERNANCE_SUPPORT_DESK_PORT", "29103")),
         )
 
 

@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from governance_dev.services import port_is_free, stop_stack
 
 
@@ -62,3 +64,20 @@ def test_services_stop_kills_a_process_that_ignores_sigterm_after_the_grace_peri
 
 
 IGNORE_SIGTERM = "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+
+
+def test_default_service_ports_lie_below_the_ephemeral_port_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An outgoing connection may take any port of Linux's ephemeral range as its source port, and
+    a listener cannot share it even with SO_REUSEADDR: the stack's defaults must lie below it."""
+    from governance_dev.services import StackPorts
+
+    for name in ("GOVERNANCE_PG_PORT", "GOVERNANCE_S3_PORT", "GOVERNANCE_PAYMENTS_PORT", "GOVERNANCE_CRM_PORT",
+                 "GOVERNANCE_SUPPORT_DESK_PORT"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    low = 32768
+    ranges = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    if ranges.exists():
+        low = min(low, int(ranges.read_text().split()[0]))
+    ports = StackPorts.from_env().__dict__
+    assert len(set(ports.values())) == len(ports), ports
+    assert all(1024 < port < low for port in ports.values()), ports
