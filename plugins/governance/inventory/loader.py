@@ -147,15 +147,15 @@ def load_reference(directory: Path | None = None) -> TransferReference:
 
     for i, state in enumerate(reference.eea.states):
         if state.code not in codes:
-            place("eea", f"states[{i}].code", f"{state.code!r} is not an ISO 3166-1 country code{suggest(state.code, codes)}")
+            place("eea", f"states[{state.name}].code", f"{state.code!r} is not an ISO 3166-1 country code{suggest(state.code, codes)}")
     for code, count in Counter(s.code for s in reference.eea.states).items():
         if count > 1:
             place("eea", "states", f"{code} is listed {count} times")
     for i, decision in enumerate(reference.adequacy.decisions):
         if decision.country not in codes:
-            place("adequacy", f"decisions[{i}].country", f"{decision.country!r} is not an ISO 3166-1 country code")
+            place("adequacy", f"decisions[{decision.name}].country", f"{decision.country!r} is not an ISO 3166-1 country code")
         if reference.in_eea(decision.country):
-            place("adequacy", f"decisions[{i}].country", f"{decision.country} is in the EEA: it needs no adequacy decision")
+            place("adequacy", f"decisions[{decision.name}].country", f"{decision.country} is in the EEA: it needs no adequacy decision")
     for code, count in Counter(d.country for d in reference.adequacy.decisions).items():
         if count > 1:
             place("adequacy", "decisions", f"{code} has {count} decisions; keep one per country")
