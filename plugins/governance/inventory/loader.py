@@ -145,13 +145,13 @@ def load_reference(directory: Path | None = None) -> TransferReference:
     def place(key: str, path: str, message: str) -> None:
         issues.append(DataMapIssue(str(directory / files[key][0]), path, message, _line_for(path, lines_of[key])))
 
-    for i, state in enumerate(reference.eea.states):
+    for state in reference.eea.states:
         if state.code not in codes:
             place("eea", f"states[{state.name}].code", f"{state.code!r} is not an ISO 3166-1 country code{suggest(state.code, codes)}")
     for code, count in Counter(s.code for s in reference.eea.states).items():
         if count > 1:
             place("eea", "states", f"{code} is listed {count} times")
-    for i, decision in enumerate(reference.adequacy.decisions):
+    for decision in reference.adequacy.decisions:
         if decision.country not in codes:
             place("adequacy", f"decisions[{decision.name}].country", f"{decision.country!r} is not an ISO 3166-1 country code")
         if reference.in_eea(decision.country):
