@@ -106,7 +106,8 @@ def flow_diagram_svg(inventory: Inventory) -> str:
 
 _STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #1d2733; max-width: 1100px; }
-table { border-collapse: collapse; width: 100%; margin: 1em 0; font-size: 14px; }
+table { border-collapse: collapse; width: 100%; margin: 1em 0; font-size: 13px; table-layout: fixed; }
+td { overflow-wrap: anywhere; } small { color: #5b6b7c; }
 th, td { border: 1px solid #c9d3de; padding: 6px 8px; text-align: left; vertical-align: top; }
 th { background: #eef3f8; }
 .ok { color: #2f7d32; font-weight: bold; } .bad { color: #c62828; font-weight: bold; }
@@ -117,6 +118,24 @@ th { background: #eef3f8; }
 
 def _list(items: Any) -> str:
     return "<br>".join(escape(str(i)) for i in items)
+
+
+def _named(key: str, kind: str) -> str:
+    """A fideslang key in words, the key below it (``Payment Processing`` / ``essential.service...``)."""
+    from governance.datamap.taxonomy import default_taxonomy
+
+    entries = default_taxonomy().data_uses if kind == "use" else default_taxonomy().data_categories
+    entry = entries.get(key)
+    name = entry.name if entry else key
+    return f"{escape(name)}<br><small>{escape(key)}</small>"
+
+
+def _tia(mechanism: str, tia_on_file: bool) -> str:
+    if tia_on_file:
+        return "yes"
+    if mechanism in ("scc_2021", "bcr"):
+        return '<span class="bad">no</span>'
+    return "not needed"
 
 
 def inventory_html(inventory: Inventory) -> str:
@@ -159,11 +178,13 @@ def inventory_html(inventory: Inventory) -> str:
             if e.dpa_signed and e.dpa_review_by
             else '<span class="bad">none on file</span>'
         )
-        seen = f"{e.last_observed:%Y-%m-%d}" if e.last_observed else "not observed"
+        technical = any(c != "contractual" for c in e.channels)
+        seen = f"{e.last_observed:%Y-%m-%d}" if e.last_observed else ("not observed" if technical else "contract only")
         rows.append(
             f"<tr><td><b>{escape(e.legal_name)}</b><br><small>{escape(e.name)}, {escape(e.role)}</small></td>"
-            f"<td>{escape(e.purpose)}</td><td>{_list(e.data_categories)}</td><td>{_list(e.channels)}</td>"
-            f"<td>{safeguards}</td><td>{'yes' if e.tia_on_file else 'no'}</td><td>{dpa}</td><td>{seen}</td></tr>"
+            f"<td>{_named(e.purpose, 'use')}</td><td>{'<br>'.join(_named(c, 'category') for c in e.data_categories)}</td>"
+            f"<td>{_list(e.channels)}</td><td>{safeguards}</td><td>{_tia(e.mechanism, e.tia_on_file)}</td>"
+            f"<td>{dpa}</td><td>{seen}</td></tr>"
         )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Subprocessor and transfer inventory {escape(inventory.list_version)}</title>
@@ -179,7 +200,10 @@ Customers were last notified of version <b>{escape(inventory.notice_version)}</b
 {violations}
 <h2>Where personal data goes</h2>
 <p>From the systems it leaves (left), to the subprocessors receiving it (middle), to the countries where they
-process it (right). A red line is a transfer without a valid safeguard.</p>
+process it (right). A green line to a country is a transfer with a valid safeguard (or none needed, inside the
+EEA); a thick red line is one without. "Receives through" names how data reaches each subprocessor: a processor
+or system of the data map that the workflows use (its flows are checked against the audit ledger), or
+"contractual" when only the product sends it data and the contract is the record.</p>
 {flow_diagram_svg(inventory)}
 <h2>Who receives what, where, under which safeguard</h2>
 <table><tr><th>Subprocessor</th><th>Purpose</th><th>Data categories</th><th>Receives through</th>
