@@ -88,7 +88,11 @@ def screenshot(html: bytes, name: str, tmp_path: Path) -> Path:
 def test_the_reference_deployment_is_clean_recorded_once_per_run_and_published(
     reference_clone: Deployment, s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from governance.workflows.subprocessor_inventory import build_and_publish, check_inventory, fingerprint_inputs
+    from governance.workflows.subprocessor_inventory import (
+        build_and_publish,
+        check_inventory,
+        fingerprint_inputs,
+    )
 
     plant_observed_flows(reference_clone, tmp_path / "events.jsonl", monkeypatch)
     assert fingerprint_inputs()["changed"] is True  # no snapshot yet
