@@ -82,3 +82,16 @@ def test_a_violation_fails_the_run_and_alerts_after_the_report_is_published(
         k for k in objects if k.endswith(".html") and "/latest/" not in k
     )
     assert [(a.get("dag_id"), a.get("task_id")) for a in alerts] == [("subprocessor_inventory", "check_inventory")]
+
+
+def test_the_inventory_runs_weekly_and_on_the_asset_its_input_watcher_emits(get_dag: Callable[[str], Any]) -> None:
+    from airflow.sdk import Asset
+
+    inventory, watcher = get_dag("subprocessor_inventory"), get_dag("subprocessor_inventory_inputs")
+    timetable = inventory.timetable
+    assert type(timetable).__name__ == "AssetOrTimeSchedule"
+    assert timetable.timetable.expression == "0 6 * * 1"  # Mondays 06:00 UTC
+    [outlet] = watcher.get_task("fingerprint_inputs").outlets
+    assert outlet == Asset(name="subprocessor_inventory_inputs")
+    assert list(timetable.asset_condition.objects) == [Asset(name="subprocessor_inventory_inputs")]
+    assert inventory.get_task("build_and_publish").outlets == [Asset(name="subprocessor_transfer_inventory")]
