@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from governance.datamap.model import DataMap, PostgresSystem
 from governance.datamap.taxonomy import is_within
@@ -390,12 +391,11 @@ def build_inventory(
 
 
 def _namespace(uri: str) -> str:
-    from governance.lineage import openlineage_dataset
-
-    try:
-        return openlineage_dataset(uri)[0]
-    except ValueError:
-        return uri
+    """The OpenLineage namespace of a dataset URI (``scheme://host:port``), as
+    ``governance.lineage.openlineage_dataset`` names it (kept here: that module imports the
+    OpenLineage client, which a pure reconciliation does not need)."""
+    parts = urlsplit(uri)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else uri
 
 
 def notice_entries(declared: SubprocessorList) -> dict[str, NoticeEntry]:
