@@ -121,3 +121,38 @@ def test_the_reference_deployment_is_clean_recorded_once_per_run_and_published(
     assert check_inventory(first)["clean"] is True
     png = screenshot(latest["transfer_inventory.html"], "transfer_inventory_reference", tmp_path)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+
+def test_processor_calls_name_the_processor_in_its_connections_namespace(reference_clone: Deployment) -> None:
+    """What makes processor flows observable: a look-up reads the processor, an erasure writes it,
+    both named ``scheme://host:port/<processor>`` after the connection (templated and Python
+    connectors alike), on the running task's lineage."""
+    from governance.connections import get_connection
+    from governance.connectors.base import processor_connector
+    from governance.datamap import load_datamap
+    from governance.identity import SubjectIdentities
+    from governance.inventory.observed import processor_uri
+    from governance.lineage import collected_task_lineage, reset_collected_lineage
+    from governance_dev.seed import cast_member
+
+    datamap = load_datamap()
+    member = cast_member("processor_only_payments")
+    subject = SubjectIdentities.parse(email=member.email, phone=None, region="US")
+    payments = processor_uri(get_connection("payments_processor"), "payments_processor")
+    desk = processor_uri(get_connection("support_desk"), "support_desk")
+    assert payments.startswith("http://127.0.0.1:") and payments.endswith("/payments_processor")
+
+    reset_collected_lineage()
+    with processor_connector(datamap.processor("payments_processor")) as client:  # type: ignore[arg-type]
+        [record] = client.lookup(subject)
+    with processor_connector(datamap.processor("support_desk")) as client:  # type: ignore[arg-type]
+        client.lookup(subject)
+    looked_up = collected_task_lineage()
+    assert (looked_up.inputs, looked_up.outputs) == (tuple(sorted([payments, desk])), ())
+
+    reset_collected_lineage()
+    with processor_connector(datamap.processor("payments_processor")) as client:  # type: ignore[arg-type]
+        assert client.erase(record.record_id) == "erased"
+    erased = collected_task_lineage()
+    assert erased.outputs == (payments,)
+    assert record.record_id in reference_clone.payments.deleted_ids()

@@ -56,12 +56,11 @@ def _namespace_prefix(url: str) -> str | None:
 
 
 def processor_uri(connection: ConnectionInfo, processor: str) -> str:
-    """The dataset URI a call to ``processor`` through ``connection`` is recorded under: the
-    processor in its connection's namespace (``https://api.example.com:443/payments_processor``)."""
-    prefix = _namespace_prefix(connection.base_url())
-    if prefix is None:
-        raise ValueError(f"connection {connection.conn_id!r} has no host")
-    return prefix + processor
+    """The dataset URI calls to ``processor`` through ``connection`` are recorded under
+    (``governance.lineage.processor_uri``: ``https://api.example.com:443/payments_processor``)."""
+    from governance.lineage import processor_uri as uri
+
+    return uri(connection.base_url(), processor)
 
 
 def _postgres_prefix(info: ConnectionInfo, schema: str | None) -> str:
