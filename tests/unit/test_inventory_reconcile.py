@@ -105,7 +105,7 @@ def reconcile(
     return build_inventory(
         declared, datamap, reference,
         observed=Observations(tuple(flows), LEDGER_START),
-        prefixes=channel_prefixes(datamap, declared, connection=connection),
+        prefixes=channel_prefixes(datamap, declared, connection=connection, own_buckets=["gov-reports"]),
         notified=notified, as_of=AS_OF,
     )  # fmt: skip
 
@@ -172,7 +172,8 @@ def _set_dpa(name: str, review_by: str) -> Callable[[dict[str, Any]], None]:
 CASES = [
     pytest.param(Planted(datamap=_add_sms_processor), {("undeclared_processor", "sms_gateway")},
                  id="undeclared-processor-in-the-map"),
-    pytest.param(Planted(flows=lambda f: [*f, ObservedDataset("https://sms.example:443/send", RECENT, 5)]),
+    pytest.param(Planted(flows=lambda f: [*f, ObservedDataset("https://sms.example:443/send", RECENT, 5),
+                                          ObservedDataset("s3://gov-reports/governance/transfer-inventory", RECENT, 1)]),
                  {("undeclared_observed_flow", "https://sms.example:443")}, id="undeclared-flow-observed"),
     pytest.param(Planted(datamap=lambda d: processor(d, "crm")["data_categories"].append("user.financial.bank_account")),
                  {("undeclared_category", "crm")}, id="undeclared-category-sent"),

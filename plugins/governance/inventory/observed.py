@@ -75,11 +75,16 @@ def _connection_prefix(info: ConnectionInfo) -> str | None:
 
 
 def channel_prefixes(
-    datamap: DataMap, declared: SubprocessorList, *, connection: Callable[[str], ConnectionInfo] | None = None
+    datamap: DataMap,
+    declared: SubprocessorList,
+    *,
+    connection: Callable[[str], ConnectionInfo] | None = None,
+    own_buckets: Iterable[str] = (),
 ) -> ChannelPrefixes:
     """URI prefixes of every processor and system of the data map and every declared connection,
-    plus the governance database (internal). A connection that is not configured has no prefix
-    (nothing can have been sent through it); it is logged by id."""
+    plus what is the project's own (internal): the governance database and the ``governance/``
+    prefix of ``own_buckets`` (reports, ledger anchors). A connection that is not configured has
+    no prefix (nothing can have been sent through it); it is logged by id."""
     if connection is None:
         from governance.connections import get_connection as connection
     assert connection is not None
@@ -112,6 +117,7 @@ def channel_prefixes(
                     channels[f"connection:{channel.connection}"] = [prefix]
     governance = info(GOVERNANCE_CONN_ID)
     internal = [_postgres_prefix(governance, GOVERNANCE_SCHEMA)] if governance else []
+    internal += [f"s3://{bucket}/governance/" for bucket in sorted(set(own_buckets))]
     return ChannelPrefixes(channels=channels, internal=internal)
 
 

@@ -69,6 +69,9 @@ def fingerprint_inputs() -> dict[str, Any]:
     ensure_schema(conninfo)
     with connect(conninfo, application_name="governance-inventory") as conn:
         last = latest_fingerprint(conn)
+    from governance.lineage import record_table_read
+
+    record_table_read(GOVERNANCE_CONN_ID, "governance", "transfer_inventory")
     changed = last != (list_sha, map_sha)
     log.info("subprocessor list %s, data map %s: %s", list_sha[:12], map_sha[:12], "changed" if changed else "unchanged")
     return {"list_sha256": list_sha, "datamap_sha256": map_sha, "changed": changed}
@@ -114,11 +117,13 @@ def build_and_publish(*, run_id: str, as_of: datetime) -> dict[str, Any]:
         record_table_read(GOVERNANCE_CONN_ID, "governance", "audit_ledger")
         notified = notified_baseline(conn, declared.customer_notice.version)
     observed = merge_observations([ledger, openlineage_observations(openlineage_events_path(), as_of=as_of)])
-    inventory = build_inventory(
-        declared, datamap, reference, observed=observed, prefixes=channel_prefixes(datamap, declared),
-        notified=notified, as_of=as_of,
-    )  # fmt: skip
+    from governance.ledger import anchor_bucket
+
     bucket = report_bucket()
+    prefixes = channel_prefixes(datamap, declared, own_buckets=[bucket, anchor_bucket()])
+    inventory = build_inventory(
+        declared, datamap, reference, observed=observed, prefixes=prefixes, notified=notified, as_of=as_of
+    )
     report_uri = publish_report(s3_client(OBJECTS_CONN_ID), bucket, inventory, inventory_files(inventory))
     with connect(conninfo, application_name="governance-inventory") as conn:
         record_snapshot(conn, run_id=run_id, inventory=inventory, declared=declared, datamap=datamap, report_uri=report_uri)
