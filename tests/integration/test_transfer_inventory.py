@@ -95,7 +95,9 @@ def test_the_reference_deployment_is_clean_recorded_once_per_run_and_published(
     )
 
     plant_observed_flows(reference_clone, tmp_path / "events.jsonl", monkeypatch)
-    assert fingerprint_inputs()["changed"] is True  # no snapshot yet
+    announced = fingerprint_inputs()
+    assert announced["changed"] is True  # no snapshot yet
+    assert fingerprint_inputs(last_emitted=announced)["changed"] is False  # already announced: one run, not one per check
     as_of = datetime.now(UTC)
     first = build_and_publish(run_id="scheduled__2026-12-07T06:00:00+00:00", as_of=as_of)
     again = build_and_publish(run_id="scheduled__2026-12-07T06:00:00+00:00", as_of=as_of)  # a retry

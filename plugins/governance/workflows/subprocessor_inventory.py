@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, NoReturn
 
@@ -54,9 +55,11 @@ def _load() -> tuple[Any, Any, Any]:
     return datamap, reference, declared
 
 
-def fingerprint_inputs() -> dict[str, Any]:
-    """sha256 of the subprocessor file and the data map, and whether they differ from the latest
-    snapshot's (True when there is none)."""
+def fingerprint_inputs(*, last_emitted: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """sha256 of the subprocessor file and the data map, and whether the inventory should run:
+    they differ from the latest snapshot's (or there is none) and were not already announced
+    (``last_emitted``: the watcher's previous result), so a file that keeps failing validation
+    triggers one run and one alert, not one every quarter of an hour."""
     from governance.config import datamap_path
     from governance.db import connect, conninfo_for
     from governance.inventory.loader import subprocessors_path
@@ -72,7 +75,9 @@ def fingerprint_inputs() -> dict[str, Any]:
     from governance.lineage import record_table_read
 
     record_table_read(GOVERNANCE_CONN_ID, "governance", "transfer_inventory")
-    changed = last != (list_sha, map_sha)
+    announced = last_emitted is not None and (last_emitted.get("list_sha256"), last_emitted.get("datamap_sha256")) == (
+        list_sha, map_sha)  # fmt: skip
+    changed = last != (list_sha, map_sha) and not announced
     log.info("subprocessor list %s, data map %s: %s", list_sha[:12], map_sha[:12], "changed" if changed else "unchanged")
     return {"list_sha256": list_sha, "datamap_sha256": map_sha, "changed": changed}
 
