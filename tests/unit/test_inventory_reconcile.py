@@ -266,3 +266,23 @@ def test_the_csv_has_one_row_per_subprocessor_and_country(
     assert (crm["country"], crm["safeguard"], crm["lawful"], crm["receives_through"]) == (
         "DE", "EEA (no transfer)", "yes", "processor:crm")
     assert {r["lawful"] for r in rows} == {"yes"}
+
+
+@pytest.mark.parametrize(
+    ("host", "schema", "port"),
+    [("https://pay.example", "", None), ("pay.example", "", None), ("pay.example", "https", 8443),
+     ("http://127.0.0.1", "", 5001), ("HTTPS://Pay.Example/", "", None)],
+)  # fmt: skip
+def test_the_inventory_names_a_processor_as_its_connector_reports_it(host: str, schema: str, port: int | None) -> None:
+    """The connector records calls under the base URL its hook builds; the inventory must
+    compute the same URI from the connection, or every flow would look undeclared."""
+    from airflow.sdk import Connection
+
+    from governance.connectors.processors import ProcessorHook
+    from governance.lineage import processor_uri as recorded_uri
+
+    hook = ProcessorHook("payments_processor", connection=Connection(
+        conn_id="payments_processor", conn_type="http", host=host, schema=schema or None, port=port))  # fmt: skip
+    recorded = recorded_uri(hook.url_from_endpoint("").rstrip("/"), "payments_processor")
+    info = ConnectionInfo("payments_processor", "http", host, port, schema=schema)
+    assert processor_uri(info, "payments_processor") == recorded

@@ -55,12 +55,21 @@ def _namespace_prefix(url: str) -> str | None:
     return f"{parts.scheme}://{parts.hostname.lower()}" + (f":{port}" if port else "") + "/"
 
 
+def processor_base_url(connection: ConnectionInfo) -> str:
+    """The base URL the processor connectors call, built as their hook builds it
+    (``governance.connectors.processors.ProcessorHook``: the scheme in host, else the connection's
+    ``schema``, else https; the port appended)."""
+    host = connection.host
+    base = host if "://" in host else f"{connection.schema or 'https'}://{host}"
+    return f"{base.rstrip('/')}:{connection.port}" if connection.port else base.rstrip("/")
+
+
 def processor_uri(connection: ConnectionInfo, processor: str) -> str:
     """The dataset URI calls to ``processor`` through ``connection`` are recorded under
     (``governance.lineage.processor_uri``: ``https://api.example.com:443/payments_processor``)."""
     from governance.lineage import processor_uri as uri
 
-    return uri(connection.base_url(), processor)
+    return uri(processor_base_url(connection), processor)
 
 
 def _postgres_prefix(info: ConnectionInfo, schema: str | None) -> str:
@@ -99,7 +108,7 @@ def channel_prefixes(
     channels: dict[str, list[str]] = {}
     for processor in datamap.processors:
         found = info(processor.connection_id)
-        prefix = _namespace_prefix(found.base_url()) if found and found.host else None
+        prefix = _namespace_prefix(processor_base_url(found)) if found and found.host else None
         if prefix:
             channels[f"processor:{processor.name}"] = [prefix + processor.name]
     for system in datamap.systems:
