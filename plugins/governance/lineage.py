@@ -99,6 +99,17 @@ def s3_prefix_uri(bucket: str, key_prefix: str) -> str:
     return f"s3://{bucket}/{prefix}"
 
 
+def processor_uri(base_url: str, processor: str) -> str:
+    """``scheme://host:port/<processor>``: a processor of the data map as a dataset, in the
+    namespace of the connection it is reached through (default ports written out, so every writer
+    and reader of lineage names it alike; the subprocessor inventory matches it to a declaration)."""
+    parts = urlsplit(base_url if "://" in base_url else f"http://{base_url}")
+    if not parts.hostname:
+        raise LineageNameError(f"processor {processor!r}: its connection has no host")
+    port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+    return f"{parts.scheme}://{parts.hostname.lower()}{f':{port}' if port else ''}/{_identifier('processor', processor)}"
+
+
 def _postgres_location(source: str | ConnectionInfo) -> tuple[str, int | None, str]:
     """(host, port, database) of a connection id, a ConnectionInfo or a libpq URL (no credentials)."""
     if isinstance(source, ConnectionInfo):
@@ -158,6 +169,12 @@ def record_object_read(bucket: str, key_prefix: str) -> str:
 def record_object_write(bucket: str, key_prefix: str, *, objects: int | None = None) -> str:
     """Report that the running task wrote or deleted ``objects`` objects under ``key_prefix``."""
     return _record("output", s3_prefix_uri(bucket, key_prefix), objects)
+
+
+def record_processor_call(base_url: str, processor: str, *, changes: bool) -> str:
+    """Report that the running task called ``processor``: a look-up or export reads it (and sends
+    it the person's identity), an erasure (``changes``) writes it."""
+    return _record("output" if changes else "input", processor_uri(base_url, processor), None)
 
 
 # --------------------------------------------------------------------------------------------
