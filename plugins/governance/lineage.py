@@ -161,6 +161,23 @@ def record_table_write(source: str | ConnectionInfo, schema: str, table: str, *,
     return _record("output", table_uri(source, schema, table), rows)
 
 
+def record_governance_tables(
+    source: str | ConnectionInfo, *, read: Iterable[str] = (), written: Iterable[str] = ()
+) -> list[str]:
+    """Report the tables of the ``governance`` schema the running task read and wrote (requests,
+    plans, suppression list, certificates): the platform's own records are datasets too."""
+    uris = [record_table_read(source, "governance", table) for table in read]
+    return uris + [record_table_write(source, "governance", table) for table in written]
+
+
+def record_request_opened(source: str | ConnectionInfo, conf: Mapping[str, Any]) -> list[str]:
+    """What opening a privacy request from a run configuration touches: the request read (by its
+    id) or recorded (a form's identities), and the run recorded among the request's runs."""
+    if str(conf.get("request_id") or "").strip():
+        return record_governance_tables(source, read=("privacy_requests",), written=("request_runs",))
+    return record_governance_tables(source, written=("privacy_requests", "request_runs"))
+
+
 def record_object_read(bucket: str, key_prefix: str) -> str:
     """Report that the running task read objects under ``key_prefix``."""
     return _record("input", s3_prefix_uri(bucket, key_prefix), None)
