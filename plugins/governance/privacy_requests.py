@@ -29,7 +29,8 @@ from governance.identity import InvalidIdentity, SubjectIdentities
 RequestKind = Literal["export", "erasure"]
 REQUEST_KINDS: tuple[RequestKind, ...] = ("export", "erasure")
 RequestSource = Literal["cli", "trigger_form", "intake", "api"]
-# Policy section 11: requests are answered within 30 days.
+# Policy section 11: requests are answered within 30 days (the default of
+# include/request_deadlines.yaml, which sets other periods per jurisdiction).
 RESPONSE_DEADLINE = timedelta(days=30)
 _PREFIX: dict[str, str] = {"export": "exp", "erasure": "era"}
 REQUEST_ID_RE = re.compile(r"^[a-z]{3}-[0-9]{8}-[0-9a-f]{12}$")
@@ -99,8 +100,10 @@ def create_request(
     business_id: int | None = None,
     source: RequestSource = "cli",
     request_id: str | None = None,
+    jurisdiction: str | None = None,
 ) -> str:
-    """Insert a request (status ``received``, due 30 days after ``received_at``); return its id.
+    """Insert a request (status ``received``, due 30 days after ``received_at``, or what its
+    ``jurisdiction``'s law gives: ``governance.request_deadlines``); return its id.
 
     With an explicit ``request_id`` the call is idempotent: a retry that finds the same id
     returns it without a second row.
@@ -111,10 +114,17 @@ def create_request(
         raise InvalidRequest("business_id must be a positive id")
     if received_at.tzinfo is None:
         raise InvalidRequest("received_at must be timezone-aware")
+    from governance.request_deadlines import response_periods, validate_jurisdiction
+
+    try:
+        jurisdiction = validate_jurisdiction(jurisdiction)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
     request_id = validate_request_id(request_id) if request_id else new_request_id(kind, received_at)
     values: dict[str, Any] = {
         "request_id": request_id, "kind": kind, "source": source, "received_at": received_at,
-        "due_at": received_at + RESPONSE_DEADLINE, "business_id": business_id,
+        "due_at": response_periods().due_at(received_at, jurisdiction), "business_id": business_id,
+        "jurisdiction": jurisdiction,
         "email_encrypted": None, "phone_encrypted": None, "email_hash": None, "phone_hash": None,
         "encryption_key_id": cipher.key_id, "hash_key_id": hasher.key_id,
     }  # fmt: skip
@@ -125,10 +135,10 @@ def create_request(
         """
         INSERT INTO governance.privacy_requests (
             request_id, kind, source, received_at, due_at, business_id, email_encrypted, phone_encrypted,
-            email_hash, phone_hash, encryption_key_id, hash_key_id)
+            email_hash, phone_hash, encryption_key_id, hash_key_id, jurisdiction)
         VALUES (%(request_id)s, %(kind)s, %(source)s, %(received_at)s, %(due_at)s, %(business_id)s,
             %(email_encrypted)s, %(phone_encrypted)s, %(email_hash)s, %(phone_hash)s,
-            %(encryption_key_id)s, %(hash_key_id)s)
+            %(encryption_key_id)s, %(hash_key_id)s, %(jurisdiction)s)
         ON CONFLICT (request_id) DO NOTHING
         """,
         values,
@@ -200,7 +210,7 @@ VERIFICATION_METHOD_CODES: dict[str, str] = {
     "business_client_attestation": "attested by the requesting business client",
 }
 
-FINISHED_STATUSES = ("completed", "rejected")
+FINISHED_STATUSES = ("completed", "rejected", "responded")
 MIN_REOPEN_REASON = 10
 
 

@@ -27,7 +27,8 @@ from governance.ui.access import Staff
 DAG_FOR_KIND: dict[str, str] = {"export": "dsr_export", "erasure": "dsr_erasure", "offboarding": "business_offboarding"}
 APPROVAL_TASK = "approve_erasure"
 EXPORT_VERIFICATION_TASK = "verify_identity"
-STATUSES = ("received", "verified", "in_progress", "completed", "failed", "rejected")
+STATUSES = ("received", "awaiting_verification", "verified", "dispatched", "in_progress", "completed", "failed",
+            "rejected", "extended", "responded")
 SORTS = {"received": "received_at", "deadline": "due_at", "kind": "kind", "status": "status"}
 _migrated: set[str] = set()
 
@@ -117,7 +118,7 @@ def start_run(request_id: str, *, staff: Staff, dry_run: bool | None = None) -> 
 
     row = request_row(request_id)
     dag_id = DAG_FOR_KIND[row["kind"]]
-    if row["status"] in ("completed", "rejected"):
+    if row["status"] in ("completed", "rejected", "responded"):
         raise PageError(f"The request is {row['status']}: record a new request instead.", 409)
     conf: dict[str, Any] = {"request_id": request_id}
     if row["kind"] == "erasure":
@@ -167,7 +168,7 @@ def list_requests(*, kind: str | None = None, status: str | None = None, sort: s
         rows = cur.execute(query, values).fetchall()
     now = _now()
     for row in rows:
-        row["days_left"] = None if row["status"] in ("completed", "rejected") else days_left(row["due_at"], now)
+        row["days_left"] = None if row["status"] in ("completed", "rejected", "responded") else days_left(row["due_at"], now)
     return rows
 
 
@@ -184,7 +185,7 @@ def request_row(request_id: str) -> dict[str, Any]:
                           (request_id,)).fetchone()  # fmt: skip
     if row is None:
         raise PageError(f"No privacy request {request_id}.", 404)
-    row["days_left"] = None if row["status"] in ("completed", "rejected") else days_left(row["due_at"])
+    row["days_left"] = None if row["status"] in ("completed", "rejected", "responded") else days_left(row["due_at"])
     return row
 
 
