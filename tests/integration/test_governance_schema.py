@@ -173,7 +173,12 @@ def test_request_cli_reads_identities_from_stdin_and_prints_only_the_id(
 
 
 def test_final_outcomes_keep_a_completed_request_and_a_rejection_says_why(governance_db: str) -> None:
-    from governance.workflows.request_intake import close_request, mark_approved, mark_in_progress, reject_request
+    from governance.workflows.request_intake import (
+        close_request,
+        mark_approved,
+        mark_in_progress,
+        reject_request,
+    )
 
     hasher, cipher = hasher_from_airflow(), cipher_from_airflow()
     with psycopg.connect(governance_db) as conn:
