@@ -120,6 +120,8 @@ def start_run(request_id: str, *, staff: Staff, dry_run: bool | None = None) -> 
     dag_id = DAG_FOR_KIND[row["kind"]]
     if row["status"] in ("completed", "rejected", "responded"):
         raise PageError(f"The request is {row['status']}: record a new request instead.", 409)
+    if row["effective_status"] in ("verified", "dispatched") and (row["kind"] == "export" or (row["kind"] == "erasure" and dry_run is False)):
+        return dispatch_verified(row["request_id"], staff=staff)
     conf: dict[str, Any] = {"request_id": request_id}
     if row["kind"] == "erasure":
         conf["dry_run"] = True if dry_run is None else bool(dry_run)
@@ -135,11 +137,31 @@ def start_run(request_id: str, *, staff: Staff, dry_run: bool | None = None) -> 
     return run_id
 
 
+def dispatch_verified(request_id: str, *, staff: Staff) -> str:
+    """Serve a verified request through the intake's dispatcher (:mod:`governance.dispatch`):
+    the run id derives from the request id, so the page and the next intake pass start it once.
+    Returns the run id."""
+    from governance.db import connect
+    from governance.dispatch import MetadataRunTrigger, NotDispatchable, dispatch_request
+
+    try:
+        result = dispatch_request(governance_conninfo(), request_id, trigger=MetadataRunTrigger(user=staff.name),
+                                  at=_now(), by=staff.name)  # fmt: skip
+    except NotDispatchable as exc:
+        raise PageError(str(exc), 409) from None
+    if result.triggered:
+        with connect(governance_conninfo()) as conn:
+            record_action(conn, request_id, "run_started", staff, {"dag_id": result.dispatch.dag_id,
+                          "run_id": result.dispatch.run_id, **{k: v for k, v in result.dispatch.conf.items()
+                                                               if k != "request_id"}})  # fmt: skip
+    return result.dispatch.run_id
+
+
 # --------------------------------------------------------------------------------------------
 # Reading requests back (never an identity)
 
 _COLUMNS = (
-    "request_id, kind, status, source, received_at, due_at, completed_at, business_id, verified_at, "
+    "request_id, kind, status, effective_status, source, received_at, due_at, completed_at, business_id, verified_at, "
     "verification_method, approved_at, approved_by, dag_run_id, outcome_detail, result_uri IS NOT NULL AS has_result, "
     "email_hash IS NOT NULL AS has_email, phone_hash IS NOT NULL AS has_phone"
 )
