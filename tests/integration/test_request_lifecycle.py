@@ -194,3 +194,28 @@ def test_deadline_alerts_are_sent_once_per_state_change_under_a_frozen_clock(gov
     assert at(34) == []
     assert sent[0]["days_left"] == 7 and sent[-2]["days_left"] == -1 and sent[-1]["days_left"] == 7
     assert all(set(a) == {"event", "request_id", "kind", "status", "due_at", "days_left"} for a in sent)
+
+
+def test_the_request_command_extends_retries_and_records_the_response_refusing_what_the_lifecycle_forbids(
+    gov: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from governance.cli import main
+
+    monkeypatch.setenv("AIRFLOW_CONN_GOVERNANCE_DB", gov.replace("postgresql://", "postgres://"))
+    request_id = _new(gov)
+    assert main(["request", "extend", request_id, "--days", "30", "--reason", "six systems to search", "--by", "dpo"]) == 0
+    assert main(["request", "extend", request_id, "--days", "5", "--reason", "one more time please", "--by", "dpo"]) == 2
+    assert "extended once" in capsys.readouterr().err
+    assert main(["request", "retry", request_id, "--reason", "nothing failed yet", "--by", "dpo"]) == 2
+    assert main(["request", "respond", request_id, "--via", "email", "--by", "dpo"]) == 2
+    mark_in_progress(request_id, dag_run_id="run-1", at=T0, conninfo=gov)
+    close_request(request_id, succeeded=False, at=T0, detail="processor down", conninfo=gov)
+    mark_verified(request_id, method="email_link", verified_by="desk", at=T0, conninfo=gov)
+    assert main(["request", "retry", request_id, "--reason", "the processor is back up", "--by", "dpo"]) == 0
+    assert "attempt 2" in capsys.readouterr().out
+    assert _row(gov, request_id, "status", "dispatch_attempt", "due_at") == ("verified", 2, T0 + timedelta(days=60))
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("email: narnia@example.com\n"))
+    assert main(["request", "new", "--kind", "export", "--jurisdiction", "Narnia"]) == 2
+    assert "ISO 3166" in capsys.readouterr().err
