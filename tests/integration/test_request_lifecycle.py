@@ -219,3 +219,32 @@ def test_the_request_command_extends_retries_and_records_the_response_refusing_w
     monkeypatch.setattr("sys.stdin", io.StringIO("email: narnia@example.com\n"))
     assert main(["request", "new", "--kind", "export", "--jurisdiction", "Narnia"]) == 2
     assert "ISO 3166" in capsys.readouterr().err
+
+
+def test_the_sla_report_shows_open_requests_by_age_and_state_and_time_to_complete_per_kind(
+    gov: str, s3: Any, make_bucket: Callable[[str], str]
+) -> None:
+    from governance.sla_report import publish, sla_figures
+
+    as_of = T0 + timedelta(days=40)
+    fast, slow = _new(gov, at=T0 + timedelta(days=30)), _new(gov, BOB, at=T0)
+    waiting, late = _new(gov, at=T0 + timedelta(days=38), kind="erasure"), _new(gov, BOB, at=T0 + timedelta(days=5),
+                                                                                  kind="erasure")  # fmt: skip
+    for request_id, took in ((fast, 2), (slow, 10)):
+        mark_in_progress(request_id, dag_run_id="run-1", at=T0, conninfo=gov)
+        received = _row(gov, request_id, "received_at")[0]
+        close_request(request_id, succeeded=True, at=received + timedelta(days=took), result_uri="s3://b/k", conninfo=gov)
+    with psycopg.connect(gov) as conn:
+        intake.validate_requests(conn, at=as_of, cipher=cipher_from_airflow())
+        figures = sla_figures(conn, as_of=as_of)
+    assert figures.open_by_band["0-7 days"] == {"awaiting_verification": 1}
+    assert figures.open_by_band["over 30 days"] == {"awaiting_verification": 1}
+    assert (figures.overdue, figures.due_soon) == (1, 0)
+    [export] = figures.kinds
+    assert (export.kind, export.completed, export.median_days, export.worst_days) == ("export", 2, 6.0, 10.0)
+    bucket = make_bucket("sla")
+    uris = publish(s3, bucket, figures)
+    assert uris[1] == f"s3://{bucket}/reports/privacy-requests/latest.html"
+    page = s3.get_object(Bucket=bucket, Key="reports/privacy-requests/latest.html")["Body"].read().decode()
+    assert "<svg" in page and "6.0 days" in page and "10.0 days" in page and "<strong>1</strong> open request(s) overdue" in page
+    assert waiting not in page and late not in page and "@" not in page and "+1415" not in page

@@ -101,3 +101,31 @@ def intake_pass() -> XComArg:
     recorded = record(planned)  # type: ignore[arg-type]
     dispatched >> recorded
     return recorded
+
+
+def sla_report_asset() -> Any:
+    """The Asset the daily SLA report updates (the objects bucket's report folder)."""
+    from airflow.sdk import Asset
+
+    from governance.config import objects_bucket
+    from governance.sla_report import REPORT_PREFIX
+
+    return Asset("privacy_request_sla_report", uri=f"s3://{objects_bucket()}/{REPORT_PREFIX}/latest.html")
+
+
+def publish_sla_report() -> XComArg:
+    """One task: compute the figures as of the run's date and publish the HTML report."""
+
+    @task(task_id="publish_sla_report", outlets=[sla_report_asset()])
+    def publish() -> dict[str, Any]:
+        from governance.config import OBJECTS_CONN_ID, objects_bucket
+        from governance.db import connect
+        from governance.objectstore import s3_client
+        from governance.sla_report import publish, sla_figures
+
+        with connect(_governance()) as conn:
+            figures = sla_figures(conn, as_of=_pass_time())
+        uris = publish(s3_client(OBJECTS_CONN_ID), objects_bucket(), figures)
+        return {**figures.to_xcom(), "published": uris}
+
+    return publish()
