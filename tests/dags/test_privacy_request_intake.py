@@ -245,15 +245,21 @@ def test_intake_dispatches_once_and_after_export_erasure_and_scrub_airflow_holds
 
 
 def test_the_page_and_the_intake_share_one_dispatcher_and_a_lost_or_failed_trigger_is_retried_once(
-    synced_dags: None, make_db: Callable[[str], str],
+    synced_dags: None, make_db: Callable[[str], str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from airflow.api_fastapi.app import init_auth_manager
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
 
     from governance.migrations import migrate
+    from governance.ui.mount import MOUNT, LazyApp
+    from tests.integration.test_privacy_requests_api import as_user
 
     url = make_db("dispatch")
     migrate(url)
+    monkeypatch.setenv("AIRFLOW_CONN_GOVERNANCE_DB", url.replace("postgresql://", "postgres://"))
     at = datetime(2026, 11, 30, 9, tzinfo=UTC)
     token = secrets.token_hex(4)
     ids = [_record(url, "export", f"page.{token}@example.com", f"+1415555{n:04d}", at) for n in (171, 172)]
@@ -268,9 +274,14 @@ def test_the_page_and_the_intake_share_one_dispatcher_and_a_lost_or_failed_trigg
         MetadataRunTrigger()(dag_id, run_id, conf)
         raise TimeoutError("the run was created but the answer never came back")
 
-    # The page dispatches (the same function the page's Start button calls, in the API server).
-    page = dispatch_request(url, page_first, trigger=MetadataRunTrigger(user="privacy.officer"), at=at, by="privacy.officer")
-    assert (page.triggered, page.recorded) == (True, True)
+    # The Privacy requests page starts a verified request through the same dispatcher, twice.
+    init_auth_manager()
+    server = FastAPI()  # mounted as Airflow's API server mounts the plugin's app
+    server.mount(MOUNT, LazyApp())
+    with TestClient(server, base_url="http://testserver" + MOUNT) as page:
+        for _ in range(2):
+            started = page.post(f"/api/requests/{page_first}/runs", headers=as_user("privacy.officer", "op"), json={})
+            assert started.status_code == 200 and started.json() == {"run_id": dispatch_run_id(page_first)}
     # The API is unreachable, then the answer is lost: the request stays verified each time...
     with pytest.raises(ConnectionError):
         dispatch_request(url, lost_answer, trigger=unreachable, at=at, by="privacy_request_intake")
