@@ -111,6 +111,22 @@ def _record(app_url: str, kind: str, email: str, phone: str, at: datetime) -> st
         )  # fmt: skip
 
 
+def _died_run(url: str, at: datetime) -> str:
+    """A verified export dispatched to a run that then died: Airflow shows it failed, and no
+    task recorded the request's outcome."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with psycopg.connect(url) as conn:
+        request_id = _record(url, "export", f"died.{secrets.token_hex(4)}@example.com", _free_phone(conn), at)
+    verify_request(url, request_id, method="email_link", by="intake-desk", at=at)
+    dispatch_request(url, request_id, trigger=MetadataRunTrigger(), at=at, by="privacy.officer")
+    with create_session() as session:
+        run = session.query(DagRun).filter_by(dag_id="dsr_export", run_id=dispatch_run_id(request_id)).one()
+        run.state, run.end_date = DagRunState.FAILED, at
+    return request_id
+
+
 @contextmanager
 def as_scheduler_would(run_id: str) -> Iterator[None]:
     """dag.test() names its own run: give it the run id the intake triggered."""
@@ -164,7 +180,7 @@ def _found(needles: list[str], **haystacks: str) -> list[tuple[str, str]]:
 
 
 def test_intake_dispatches_once_and_after_export_erasure_and_scrub_airflow_holds_no_personal_data(
-    get_dag: Callable[[str], Any], reference_clone: Deployment, lineage_events: LineageEvents,
+    get_dag: Callable[[str], Any], synced_dags: None, reference_clone: Deployment, lineage_events: LineageEvents,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     from governance.export.state import reveal_passphrase
@@ -178,12 +194,19 @@ def test_intake_dispatches_once_and_after_export_erasure_and_scrub_airflow_holds
     duplicate_id = _record(url, "export", email.upper(), phone, at + timedelta(seconds=1))
     for request_id in (export_id, erasure_id):
         verify_request(url, request_id, method="email_link", by="intake-desk", at=at)
+    died_id = _died_run(url, at)
 
     intake = get_dag("privacy_request_intake").test()
     assert intake.state == DagRunState.SUCCESS, task_states(intake)
     assert xcom_result(intake, "validate_requests") == {"awaiting_verification": [], "rejected": [],
                                                          "duplicates": {duplicate_id: export_id}}  # fmt: skip
     assert sorted(xcom_result(intake, "record_dispatches")["dispatched"]) == sorted([export_id, erasure_id])
+    # A run that Airflow shows failed, its request still dispatched: reconciled as failed, with why.
+    assert list(xcom_result(intake, "reconcile_runs")) == [died_id]
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT status, outcome_detail FROM governance.privacy_requests WHERE request_id = %s",
+                            (died_id,)).fetchone() == (  # fmt: skip
+            "failed", f"run {dispatch_run_id(died_id)} of dsr_export ended failed without recording the request's outcome")
     runs = {"dsr_export": dispatch_run_id(export_id), "dsr_erasure": dispatch_run_id(erasure_id)}
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session

@@ -53,7 +53,8 @@ def intake_pass() -> XComArg:
         def run_state(dag_id: str, run_id: str) -> str | None:
             if not ti.get_dr_count(dag_id=dag_id, run_ids=[run_id]):
                 return None
-            return str(ti.get_dagrun_state(dag_id=dag_id, run_id=run_id))
+            state = ti.get_dagrun_state(dag_id=dag_id, run_id=run_id)
+            return str(getattr(state, "value", state))  # an Enum: str() would give "DagRunState.FAILED"
 
         with connect(_governance()) as conn:
             return reconcile_runs(conn, at=_pass_time(), run_state=run_state)
