@@ -21,9 +21,9 @@ from typing import Any
 
 import psycopg
 
+from governance.config import SLA_REPORT_PREFIX as REPORT_PREFIX
 from governance.request_lifecycle import FINAL_STATES
 
-REPORT_PREFIX = "reports/privacy-requests"
 AGE_BANDS: tuple[tuple[str, int, int | None], ...] = (
     ("0-7 days", 0, 7), ("8-14 days", 8, 14), ("15-21 days", 15, 21), ("22-30 days", 22, 30), ("over 30 days", 31, None),
 )  # fmt: skip

@@ -181,7 +181,7 @@ def _found(needles: list[str], **haystacks: str) -> list[tuple[str, str]]:
 
 def test_intake_dispatches_once_and_after_export_erasure_and_scrub_airflow_holds_no_personal_data(
     get_dag: Callable[[str], Any], synced_dags: None, reference_clone: Deployment, lineage_events: LineageEvents,
-    capfd: pytest.CaptureFixture[str],
+    s3: Any, capfd: pytest.CaptureFixture[str],
 ) -> None:
     from governance.export.state import reveal_passphrase
     from governance.run_confs import scrub_run_confs
@@ -240,6 +240,14 @@ def test_intake_dispatches_once_and_after_export_erasure_and_scrub_airflow_holds
     assert link and passphrase
     assert lifecycle == [("received", "verified"), ("verified", "dispatched"), ("dispatched", "in_progress"),
                          ("in_progress", "completed")]  # fmt: skip
+
+    # The daily SLA report counts both completed requests (and is searched with the rest).
+    report = get_dag("privacy_request_sla_report").test()
+    assert report.state == DagRunState.SUCCESS, task_states(report)
+    published = xcom_result(report, "publish_sla_report")
+    assert published["completed"]["export"] >= 1 and published["completed"]["erasure"] >= 1
+    page = s3.get_object(Bucket=reference_clone.bucket, Key="reports/privacy-requests/latest.html")["Body"].read()
+    assert b"<svg" in page and b"Time to complete" in page
 
     # The one documented exception: identities typed into a trigger form stay in that run's
     # configuration (and a trigger's action-log entry) until scrub-run-confs has run.
