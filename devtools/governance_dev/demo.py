@@ -112,7 +112,8 @@ def demo_conf(dag_id: str) -> dict[str, Any]:
     The request DAGs serve requests recorded and verified the way intake would (so no one has to
     answer the verification step in the UI, and no identity sits in a run configuration):
     dsr_export builds a bundle for one cast member; dsr_erasure runs as the trigger form's
-    default, a dry run, for another: it stores and shows the plan and changes nothing.
+    default, a dry run, for another (its request left unverified, so the intake never dispatches
+    it as a real erasure): it stores and shows the plan and changes nothing.
     """
     from datetime import UTC, datetime
 
@@ -120,7 +121,10 @@ def demo_conf(dag_id: str) -> dict[str, Any]:
         return {"request_id": _verified_request("export", DEMO_EXPORT_SUBJECT, datetime.now(UTC)),
                 "formats": ["json", "csv", "html"]}  # fmt: skip
     if dag_id == "dsr_erasure":
-        return {"request_id": _verified_request("erasure", DEMO_ERASURE_SUBJECT, datetime.now(UTC)), "dry_run": True}
+        # Not verified: a verified erasure is approved, and the intake (privacy_request_intake)
+        # would dispatch it as a real erasure; a dry run needs no approval.
+        return {"request_id": _verified_request("erasure", DEMO_ERASURE_SUBJECT, datetime.now(UTC), verify=False),
+                "dry_run": True}
     if dag_id == "business_offboarding":
         return {"business_id": _smallest_business(), "reason": "demo: what leaving would erase (dry run)",
                 "dry_run": True, "override_guard": True}  # fmt: skip  (a business is always beyond the guard)
@@ -145,8 +149,8 @@ def _smallest_business() -> int:
     return int(row[0])
 
 
-def _verified_request(kind: RequestKind, cast_key: str, now: Any) -> str:
-    """Record a request for a cast member and mark it verified, as intake would."""
+def _verified_request(kind: RequestKind, cast_key: str, now: Any, *, verify: bool = True) -> str:
+    """Record a request for a cast member and (``verify``) mark it verified, as staff would."""
     from governance.config import GOVERNANCE_CONN_ID
     from governance.crypto import cipher_from_airflow, hasher_from_airflow
     from governance.datamap import phone_region
@@ -168,8 +172,9 @@ def _verified_request(kind: RequestKind, cast_key: str, now: Any) -> str:
             received_at=now,
             source="intake",
         )
-    mark_verified(request_id, method="demo: identities of a seeded test subject", verified_by="make demo", at=now,
-                  conninfo=conninfo)  # fmt: skip
+    if verify:
+        mark_verified(request_id, method="demo: identities of a seeded test subject", verified_by="make demo", at=now,
+                      conninfo=conninfo)  # fmt: skip
     return request_id
 
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "migrate": ("governance.migrations", "create or upgrade the governance schema (idempotent)"),
     "grants": ("governance.grants", "print or apply (--apply) the database roles' grants the data map implies (idempotent)"),
-    "request": ("governance.privacy_requests", "record a privacy request (identities from stdin), verify, reopen or show one"),
+    "request": ("governance.privacy_requests", "record a privacy request (identities from stdin), verify, extend, retry, respond, reopen or show one"),
     "serve": ("governance.serve", "serve one recorded request locally end to end (dag.test), stopping at a pending human step"),
     "keys": ("governance.crypto", "generate key material for the keyed-hash and encryption connections"),
     "validate-datamap": ("governance.datamap.command", "validate the data map and print what is wrong"),

@@ -67,6 +67,11 @@ def datamap_path() -> Path:
     return Path(os.environ.get("GOVERNANCE_DATAMAP", INCLUDE_DIR / "datamap.yaml"))
 
 
+# Where the daily privacy-request SLA report is published in the objects bucket (the Asset
+# privacy_request_sla_report; governance.sla_report).
+SLA_REPORT_PREFIX = "reports/privacy-requests"
+
+
 def objects_bucket() -> str:
     """Bucket holding recordings, transcripts and exports."""
     return os.environ.get("GOVERNANCE_OBJECTS_BUCKET", "aircalls-data")

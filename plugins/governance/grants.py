@@ -48,6 +48,10 @@ GOVERNANCE_TABLE_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "schema_migrations": ("SELECT",),  # ensure_schema checks the version, never writes it
     AUDIT_LEDGER: (),
     "request_actions": ("SELECT", "INSERT"),
+    # The request lifecycle (migration 0014): its table of transitions is read only, the
+    # transitions kept are append-only (the lifecycle trigger inserts as the task role).
+    "request_status_transitions": ("SELECT",),
+    "request_transitions": ("SELECT", "INSERT"),
 }
 DEFAULT_GOVERNANCE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 LEDGER_WRITER_PRIVILEGES = ("SELECT", "INSERT")

@@ -201,9 +201,25 @@ class GovernanceFailureNotifier(BaseNotifier):
             logger.warning("alerts connection %r unreadable: %s", self.conn_id, type(exc).__name__)
             return None
 
-    def _post_webhook(self, connection: ConnectionInfo, alert: TaskFailureAlert) -> None:
+    def deliver(self, payload: Mapping[str, Any], *, subject: str) -> None:
+        """Deliver another governance event (e.g. a request's deadline alert) through the same
+        channels as a task failure: one log line, the webhook, the e-mail. ``payload`` must hold
+        ids, states and dates only. Never raises."""
+        fields = dict(payload)
+        logger.warning("%s %s", fields.get("event", "governance_event"), json.dumps(fields, sort_keys=True, default=str))
+        connection = self._alerts_connection()
+        if connection is None:
+            return
+        if connection.host:
+            self._post_webhook(connection, fields)
+        if _email_recipients(connection.extra):
+            self._send_email(connection, fields, subject=subject)
+
+    def _post_webhook(self, connection: ConnectionInfo, alert: TaskFailureAlert | Mapping[str, Any]) -> None:
         """POST the payload; a non-2xx answer or a transport error is logged, not raised."""
         import requests
+
+        body = alert.webhook_payload() if isinstance(alert, TaskFailureAlert) else json.loads(json.dumps(alert, default=str))
 
         extra = connection.extra
         endpoint = str(extra.get("endpoint") or "")
@@ -215,7 +231,7 @@ class GovernanceFailureNotifier(BaseNotifier):
         try:
             timeout = float(extra.get("timeout", DEFAULT_WEBHOOK_TIMEOUT_S))
             response = requests.post(
-                url, json=alert.webhook_payload(), headers=headers, auth=auth, timeout=timeout
+                url, json=body, headers=headers, auth=auth, timeout=timeout
             )
         except Exception as exc:
             logger.warning("failure webhook not delivered: %s", type(exc).__name__)
@@ -223,12 +239,18 @@ class GovernanceFailureNotifier(BaseNotifier):
         if not response.ok:
             logger.warning("failure webhook not delivered: HTTP %s", response.status_code)
 
-    def _send_email(self, connection: ConnectionInfo, alert: TaskFailureAlert) -> None:
+    def _send_email(
+        self, connection: ConnectionInfo, alert: TaskFailureAlert | Mapping[str, Any], *, subject: str | None = None
+    ) -> None:
         """Send the alert by e-mail through SmtpHook; any error is logged by class, not raised."""
         extra = connection.extra
         smtp_conn_id = str(extra.get("smtp_conn_id") or DEFAULT_SMTP_CONN_ID)
-        fields = alert.webhook_payload()
-        subject = f"[governance] task failed: {alert.dag_id}.{alert.task_id}"
+        if isinstance(alert, TaskFailureAlert):
+            fields = alert.webhook_payload()
+            subject = f"[governance] task failed: {alert.dag_id}.{alert.task_id}"
+        else:
+            fields = dict(alert)
+            subject = f"[governance] {subject or fields.get('event')}"
         rows = "".join(
             f"<tr><th align='left'>{html.escape(key)}</th><td>{html.escape(str(value))}</td></tr>"
             for key, value in fields.items()

@@ -29,7 +29,8 @@ from governance.identity import InvalidIdentity, SubjectIdentities
 RequestKind = Literal["export", "erasure"]
 REQUEST_KINDS: tuple[RequestKind, ...] = ("export", "erasure")
 RequestSource = Literal["cli", "trigger_form", "intake", "api"]
-# Policy section 11: requests are answered within 30 days.
+# Policy section 11: requests are answered within 30 days (the default of
+# include/request_deadlines.yaml, which sets other periods per jurisdiction).
 RESPONSE_DEADLINE = timedelta(days=30)
 _PREFIX: dict[str, str] = {"export": "exp", "erasure": "era"}
 REQUEST_ID_RE = re.compile(r"^[a-z]{3}-[0-9]{8}-[0-9a-f]{12}$")
@@ -99,8 +100,10 @@ def create_request(
     business_id: int | None = None,
     source: RequestSource = "cli",
     request_id: str | None = None,
+    jurisdiction: str | None = None,
 ) -> str:
-    """Insert a request (status ``received``, due 30 days after ``received_at``); return its id.
+    """Insert a request (status ``received``, due 30 days after ``received_at``, or what its
+    ``jurisdiction``'s law gives: ``governance.request_deadlines``); return its id.
 
     With an explicit ``request_id`` the call is idempotent: a retry that finds the same id
     returns it without a second row.
@@ -111,10 +114,17 @@ def create_request(
         raise InvalidRequest("business_id must be a positive id")
     if received_at.tzinfo is None:
         raise InvalidRequest("received_at must be timezone-aware")
+    from governance.request_deadlines import response_periods, validate_jurisdiction
+
+    try:
+        jurisdiction = validate_jurisdiction(jurisdiction)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
     request_id = validate_request_id(request_id) if request_id else new_request_id(kind, received_at)
     values: dict[str, Any] = {
         "request_id": request_id, "kind": kind, "source": source, "received_at": received_at,
-        "due_at": received_at + RESPONSE_DEADLINE, "business_id": business_id,
+        "due_at": response_periods().due_at(received_at, jurisdiction), "business_id": business_id,
+        "jurisdiction": jurisdiction,
         "email_encrypted": None, "phone_encrypted": None, "email_hash": None, "phone_hash": None,
         "encryption_key_id": cipher.key_id, "hash_key_id": hasher.key_id,
     }  # fmt: skip
@@ -125,10 +135,10 @@ def create_request(
         """
         INSERT INTO governance.privacy_requests (
             request_id, kind, source, received_at, due_at, business_id, email_encrypted, phone_encrypted,
-            email_hash, phone_hash, encryption_key_id, hash_key_id)
+            email_hash, phone_hash, encryption_key_id, hash_key_id, jurisdiction)
         VALUES (%(request_id)s, %(kind)s, %(source)s, %(received_at)s, %(due_at)s, %(business_id)s,
             %(email_encrypted)s, %(phone_encrypted)s, %(email_hash)s, %(phone_hash)s,
-            %(encryption_key_id)s, %(hash_key_id)s)
+            %(encryption_key_id)s, %(hash_key_id)s, %(jurisdiction)s)
         ON CONFLICT (request_id) DO NOTHING
         """,
         values,
@@ -200,7 +210,7 @@ VERIFICATION_METHOD_CODES: dict[str, str] = {
     "business_client_attestation": "attested by the requesting business client",
 }
 
-FINISHED_STATUSES = ("completed", "rejected")
+FINISHED_STATUSES = ("completed", "rejected", "responded")
 MIN_REOPEN_REASON = 10
 
 
@@ -342,6 +352,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     new = sub.add_parser("new", help="record a request; identities from stdin (JSON or 'email: ...' lines)")
     new.add_argument("--kind", choices=REQUEST_KINDS, required=True)
     new.add_argument("--business-id", type=int, default=None, help="only this business client's data")
+    new.add_argument("--jurisdiction", default=None,
+                     help="ISO 3166 code (GB, US-CA): its law's deadline (include/request_deadlines.yaml), else 30 days")  # fmt: skip
+    extend = sub.add_parser("extend", help="extend the request's deadline once, with a reason (the legal extension)")
+    extend.add_argument("request_id")
+    extend.add_argument("--days", type=int, required=True, help="days added to the deadline (at most 62)")
+    extend.add_argument("--reason", required=True, help="why (staff's words, no identities; at least 10 characters)")
+    extend.add_argument("--by", default=None, help="who extends (default: the operating-system user)")
+    retry = sub.add_parser("retry", help="clear a failed request so the next intake pass dispatches a new run")
+    retry.add_argument("request_id")
+    retry.add_argument("--reason", required=True, help="why it is tried again (at least 10 characters)")
+    retry.add_argument("--by", default=None, help="who clears it (default: the operating-system user)")
+    respond = sub.add_parser("respond", help="record that the person was told the outcome (when: now; how: --via)")
+    respond.add_argument("request_id")
+    respond.add_argument("--via", required=True, choices=["email", "post", "phone", "portal", "in_person"])
+    respond.add_argument("--by", default=None, help="who told them (default: the operating-system user)")
     show = sub.add_parser("show", help="print a request's status (never its identities)")
     show.add_argument("request_id")
     reopen = sub.add_parser(
@@ -359,6 +384,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     verify.add_argument("--by", required=True, help="who verified them (recorded; for an erasure not its recorder)")
 
 
+def _lifecycle_command(args: argparse.Namespace, conninfo: str, request_id: str) -> int:
+    """``request extend|retry|respond``: one lifecycle step, refused (exit 2) when not allowed."""
+    import getpass
+
+    from governance.db import connect
+    from governance.migrations import ensure_schema
+    from governance.request_lifecycle import (
+        InvalidTransition,
+        extend_deadline,
+        record_response,
+        retry_request,
+    )
+
+    ensure_schema(conninfo)
+    by, now = args.by or getpass.getuser(), datetime.now(UTC)
+    try:
+        with connect(conninfo) as conn:
+            if args.action == "extend":
+                due = extend_deadline(conn, request_id, extra=timedelta(days=args.days), reason=args.reason, by=by, at=now)
+                message = f"{request_id} extended: now due {due:%Y-%m-%d %H:%M} UTC"
+            elif args.action == "retry":
+                attempt = retry_request(conn, request_id, reason=args.reason, by=by, at=now)
+                message = f"{request_id} cleared for retry: the next intake pass dispatches attempt {attempt}"
+            else:
+                record_response(conn, request_id, via=args.via, at=now, by=by)
+                message = f"{request_id} responded ({args.via})"
+    except UnknownRequest as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (InvalidTransition, InvalidRequest) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(message)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from governance.config import GOVERNANCE_CONN_ID
     from governance.crypto import cipher_from_airflow, hasher_from_airflow
@@ -374,6 +435,13 @@ def run(args: argparse.Namespace) -> int:
         except InvalidIdentity as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        from governance.request_deadlines import validate_jurisdiction
+
+        try:
+            validate_jurisdiction(args.jurisdiction)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         ensure_schema(conninfo)
         with connect(conninfo) as conn:
             request_id = create_request(
@@ -385,6 +453,7 @@ def run(args: argparse.Namespace) -> int:
                 received_at=datetime.now(UTC),
                 business_id=args.business_id,
                 source="cli",
+                jurisdiction=args.jurisdiction,
             )
         print(request_id)
         return 0
@@ -405,6 +474,8 @@ def run(args: argparse.Namespace) -> int:
             return 2
         print(f"{request_id} verified ({method}): serve it with `python -m governance serve {request_id}`")
         return 0
+    if args.action in ("extend", "retry", "respond"):
+        return _lifecycle_command(args, conninfo, request_id)
     if args.action == "reopen":
         import getpass
 
@@ -423,7 +494,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     with connect(conninfo) as conn, conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
-            "SELECT request_id, kind, status, source, received_at, due_at, completed_at, business_id"
+            "SELECT request_id, kind, status, source, received_at, due_at, completed_at, business_id, jurisdiction,"
+            " original_due_at, extended_at, extension_reason, dispatch_run_id, responded_at, responded_via"
             " FROM governance.privacy_requests WHERE request_id = %s",
             (request_id,),
         ).fetchone()

@@ -15,6 +15,7 @@ ALLOWED_TOP_LEVEL_IMPORTS = {
     "__future__", "typing", "datetime", "airflow.sdk", "governance.dag_defaults", "governance.dag_params",
     "airflow.providers.standard.operators.hitl",  # human-in-the-loop approval steps
     "governance.airflow",  # the public building blocks
+    "governance.airflow.intake",  # the intake DAG's blocks (TriggerDagRunOperator: only that DAG pays for it)
 }
 
 

@@ -20,7 +20,7 @@ from governance.export.storage import bundle_locations
 from governance.identity import SubjectIdentities
 from governance.migrations import migrate
 from governance.privacy_requests import create_request
-from governance.workflows.request_intake import close_request
+from governance.workflows.request_intake import close_request, mark_in_progress
 from tests.fixtures.services import S3_ACCESS_KEY, S3_SECRET_KEY
 
 RECEIVED = datetime(2026, 10, 1, 9, 0, tzinfo=UTC)
@@ -50,6 +50,7 @@ def exported(make_db: Callable[[str], str], make_bucket: Callable[[str], str], s
                 conn, kind=kind, identities=SubjectIdentities.parse(email=f"{kind}.link@example.com"),
                 hasher=hasher_from_airflow(), cipher=cipher_from_airflow(), received_at=RECEIVED,
             )  # fmt: skip
+    mark_in_progress(ids["export"], dag_run_id="run-1", at=COMPLETED, conninfo=url)
     close_request(ids["export"], succeeded=True, at=COMPLETED, result_uri="https://expired.example/link", conninfo=url)
     locations = bundle_locations(load_datamap(), ids["export"])
     assert locations.bucket == bucket
@@ -102,7 +103,7 @@ def test_no_link_is_issued_when_there_is_no_bundle_to_give(exported: dict[str, A
         request_id = exported["erasure"]
     elif case == "not completed":
         with psycopg.connect(exported["url"]) as conn:
-            conn.execute("UPDATE governance.privacy_requests SET status = 'in_progress' WHERE request_id = %s", (request_id,))
+            conn.execute("UPDATE governance.privacy_requests SET status = 'verified' WHERE request_id = %s", (request_id,))
     elif case == "bundle swept":
         exported["s3"].delete_object(Bucket=exported["locations"].bucket, Key=exported["locations"].published_key)
     elif case == "too many days":

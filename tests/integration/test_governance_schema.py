@@ -173,7 +173,12 @@ def test_request_cli_reads_identities_from_stdin_and_prints_only_the_id(
 
 
 def test_final_outcomes_keep_a_completed_request_and_a_rejection_says_why(governance_db: str) -> None:
-    from governance.workflows.request_intake import close_request, mark_approved, reject_request
+    from governance.workflows.request_intake import (
+        close_request,
+        mark_approved,
+        mark_in_progress,
+        reject_request,
+    )
 
     hasher, cipher = hasher_from_airflow(), cipher_from_airflow()
     with psycopg.connect(governance_db) as conn:
@@ -185,6 +190,7 @@ def test_final_outcomes_keep_a_completed_request_and_a_rejection_says_why(govern
     later = RECEIVED + timedelta(days=1)
     mark_approved(done, approved_by=" officer ", at=later, conninfo=governance_db)
     mark_approved(done, approved_by="someone else", at=later + timedelta(hours=1), conninfo=governance_db)
+    mark_in_progress(done, dag_run_id="run-1", at=later, conninfo=governance_db)  # the lifecycle: claimed, then closed
     close_request(done, succeeded=True, at=later, result_uri="s3://bucket/cert.json", conninfo=governance_db)
     assert reject_request(done, at=later, detail="too late", conninfo=governance_db) == "rejected"
     close_request(done, succeeded=False, at=later, detail="a late failure", conninfo=governance_db)
@@ -242,7 +248,7 @@ def test_two_databases_migrated_at_once_both_succeed_when_they_race_to_create_a_
 
 def test_only_a_finished_request_can_be_reopened_and_only_with_a_reason(governance_db: str) -> None:
     from governance.privacy_requests import reopen_request
-    from governance.workflows.request_intake import close_request
+    from governance.workflows.request_intake import close_request, mark_in_progress
 
     subject = SubjectIdentities.parse(email="reopen@example.com")
     with psycopg.connect(governance_db) as conn:
@@ -252,6 +258,7 @@ def test_only_a_finished_request_can_be_reopened_and_only_with_a_reason(governan
             reopen_request(conn, request_id, reason="a reason long enough", by="dpo", at=RECEIVED)
         with pytest.raises(UnknownRequest):
             reopen_request(conn, "era-20261102-000000000000", reason="a reason long enough", by="dpo", at=RECEIVED)
+    mark_in_progress(request_id, dag_run_id="run-1", at=RECEIVED, conninfo=governance_db)
     close_request(request_id, succeeded=True, at=RECEIVED, result_uri="s3://b/cert.json", detail="erased",
                   conninfo=governance_db)  # fmt: skip
     with psycopg.connect(governance_db) as conn:

@@ -468,3 +468,18 @@ def test_a_request_workflows_steps_do_not_alert_only_its_last_task_does(
     assert receiver.requests == [], "a failed step is alerted by the run's request_outcome task, not twice"
     GovernanceFailureNotifier(only_task_id=TASK_ID).notify(failure_context)
     assert len(receiver.requests) == 1 and json.loads(receiver.requests[0].body)["task_id"] == TASK_ID
+
+
+def test_a_deadline_alert_reaches_the_webhook_with_ids_and_dates_only(
+    receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from governance.workflows.privacy_request_intake import notifier_sender
+
+    _alerts_connection(monkeypatch, receiver.port)
+    alert = {"event": "request_overdue", "request_id": REQUEST_ID, "kind": "erasure", "status": "dispatched",
+             "due_at": "2026-12-28T10:00:00+00:00", "days_left": -1}  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="governance.notifier"):
+        notifier_sender()(alert)
+    [posted] = receiver.requests
+    assert posted.path == "/hooks/airflow" and json.loads(posted.body) == alert
+    assert any("request_overdue" in r.getMessage() and REQUEST_ID in r.getMessage() for r in caplog.records)

@@ -17,7 +17,7 @@ from governance.export.state import ensure_passphrase
 from governance.identity import SubjectIdentities
 from governance.migrations import migrate
 from governance.privacy_requests import create_request
-from governance.workflows.request_intake import close_request
+from governance.workflows.request_intake import close_request, mark_in_progress
 
 pytestmark = pytest.mark.integration
 
@@ -115,6 +115,7 @@ def test_passphrase_reveal_is_recorded_with_the_user_and_refused_to_other_roles(
         request_id = create_request(conn, kind="export", identities=SubjectIdentities.parse(email="reveal@example.com"),
                                     hasher=hasher_from_airflow(), cipher=cipher_from_airflow(), received_at=at)  # fmt: skip
         passphrase = ensure_passphrase(conn, request_id, cipher=cipher_from_airflow(), at=at)
+    mark_in_progress(request_id, dag_run_id="run-1", at=at, conninfo=governance_db)
     close_request(request_id, succeeded=True, at=at, result_uri="https://objects.example/bundle?sig=1", conninfo=governance_db)
 
     assert client.post(f"/api/requests/{request_id}/passphrase", headers=as_user("vera", "viewer")).status_code == 403

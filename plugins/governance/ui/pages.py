@@ -154,7 +154,7 @@ def request_page(view: RequestView, *, base: str, airflow_base: str, staff: Staf
         "</table>"
     )  # fmt: skip
     # -- actions
-    if r["kind"] == "erasure" and r["status"] not in ("completed", "rejected"):
+    if r["kind"] == "erasure" and r["status"] not in ("completed", "rejected", "responded"):
         waiting = view.waiting("approve_erasure")
         running = [run for run in view.runs if run.state in ("queued", "running")]
         dry = plans.get("dry_run")
@@ -187,7 +187,7 @@ def request_page(view: RequestView, *, base: str, airflow_base: str, staff: Staf
             )
         elif running:
             parts.append(message("A run of this request is under way; reload the page to follow it."))
-    if r["kind"] == "export" and r["status"] not in ("completed", "rejected"):
+    if r["kind"] == "export" and r["status"] not in ("completed", "rejected", "responded"):
         waiting = view.waiting("verify_identity")
         running = [run for run in view.runs if run.state in ("queued", "running")]
         if waiting is not None and export_options and permissions.get("approve"):

@@ -27,7 +27,8 @@ from governance.ui.access import Staff
 DAG_FOR_KIND: dict[str, str] = {"export": "dsr_export", "erasure": "dsr_erasure", "offboarding": "business_offboarding"}
 APPROVAL_TASK = "approve_erasure"
 EXPORT_VERIFICATION_TASK = "verify_identity"
-STATUSES = ("received", "verified", "in_progress", "completed", "failed", "rejected")
+STATUSES = ("received", "awaiting_verification", "verified", "dispatched", "in_progress", "completed", "failed",
+            "rejected", "extended", "responded")
 SORTS = {"received": "received_at", "deadline": "due_at", "kind": "kind", "status": "status"}
 _migrated: set[str] = set()
 
@@ -117,8 +118,10 @@ def start_run(request_id: str, *, staff: Staff, dry_run: bool | None = None) -> 
 
     row = request_row(request_id)
     dag_id = DAG_FOR_KIND[row["kind"]]
-    if row["status"] in ("completed", "rejected"):
+    if row["status"] in ("completed", "rejected", "responded"):
         raise PageError(f"The request is {row['status']}: record a new request instead.", 409)
+    if row["effective_status"] in ("verified", "dispatched") and (row["kind"] == "export" or (row["kind"] == "erasure" and dry_run is False)):
+        return dispatch_verified(row["request_id"], staff=staff)
     conf: dict[str, Any] = {"request_id": request_id}
     if row["kind"] == "erasure":
         conf["dry_run"] = True if dry_run is None else bool(dry_run)
@@ -134,11 +137,31 @@ def start_run(request_id: str, *, staff: Staff, dry_run: bool | None = None) -> 
     return run_id
 
 
+def dispatch_verified(request_id: str, *, staff: Staff) -> str:
+    """Serve a verified request through the intake's dispatcher (:mod:`governance.dispatch`):
+    the run id derives from the request id, so the page and the next intake pass start it once.
+    Returns the run id."""
+    from governance.db import connect
+    from governance.dispatch import MetadataRunTrigger, NotDispatchable, dispatch_request
+
+    try:
+        result = dispatch_request(governance_conninfo(), request_id, trigger=MetadataRunTrigger(user=staff.name),
+                                  at=_now(), by=staff.name)  # fmt: skip
+    except NotDispatchable as exc:
+        raise PageError(str(exc), 409) from None
+    if result.triggered:
+        with connect(governance_conninfo()) as conn:
+            record_action(conn, request_id, "run_started", staff, {"dag_id": result.dispatch.dag_id,
+                          "run_id": result.dispatch.run_id, **{k: v for k, v in result.dispatch.conf.items()
+                                                               if k != "request_id"}})  # fmt: skip
+    return result.dispatch.run_id
+
+
 # --------------------------------------------------------------------------------------------
 # Reading requests back (never an identity)
 
 _COLUMNS = (
-    "request_id, kind, status, source, received_at, due_at, completed_at, business_id, verified_at, "
+    "request_id, kind, status, effective_status, source, received_at, due_at, completed_at, business_id, verified_at, "
     "verification_method, approved_at, approved_by, dag_run_id, outcome_detail, result_uri IS NOT NULL AS has_result, "
     "email_hash IS NOT NULL AS has_email, phone_hash IS NOT NULL AS has_phone"
 )
@@ -167,7 +190,7 @@ def list_requests(*, kind: str | None = None, status: str | None = None, sort: s
         rows = cur.execute(query, values).fetchall()
     now = _now()
     for row in rows:
-        row["days_left"] = None if row["status"] in ("completed", "rejected") else days_left(row["due_at"], now)
+        row["days_left"] = None if row["status"] in ("completed", "rejected", "responded") else days_left(row["due_at"], now)
     return rows
 
 
@@ -184,7 +207,7 @@ def request_row(request_id: str) -> dict[str, Any]:
                           (request_id,)).fetchone()  # fmt: skip
     if row is None:
         raise PageError(f"No privacy request {request_id}.", 404)
-    row["days_left"] = None if row["status"] in ("completed", "rejected") else days_left(row["due_at"])
+    row["days_left"] = None if row["status"] in ("completed", "rejected", "responded") else days_left(row["due_at"])
     return row
 
 

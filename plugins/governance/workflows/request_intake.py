@@ -225,7 +225,8 @@ def mark_verified(request_id: str, *, method: str, verified_by: str, at: datetim
                SET verified_at = COALESCE(verified_at, %s),
                    verification_method = COALESCE(verification_method, %s),
                    approved_by = COALESCE(approved_by, %s),
-                   status = CASE WHEN status = 'received' THEN 'verified' ELSE status END,
+                   status = CASE WHEN effective_status IN ('received', 'awaiting_verification') THEN 'verified'
+                                 ELSE status END,
                    updated_at = %s
              WHERE request_id = %s
             """,
@@ -272,7 +273,8 @@ def mark_in_progress(request_id: str, *, dag_run_id: str, at: datetime, conninfo
             """
             UPDATE governance.privacy_requests
                SET status = 'in_progress', dag_run_id = %s, updated_at = %s
-             WHERE request_id = %s AND status IN ('received', 'verified', 'failed', 'in_progress')
+             WHERE request_id = %s AND effective_status IN ('received', 'awaiting_verification', 'verified',
+                                                           'dispatched', 'failed', 'in_progress')
             """,
             (dag_run_id, at, request_id),
         ).rowcount
@@ -367,7 +369,8 @@ def live_holder(
     from governance.deadlines import Deadlines
 
     row = conn.execute(
-        "SELECT status, dag_run_id, updated_at FROM governance.privacy_requests WHERE request_id = %s", (request_id,)
+        "SELECT effective_status, dag_run_id, updated_at FROM governance.privacy_requests WHERE request_id = %s",
+        (request_id,),
     ).fetchone()
     if row is None or row[0] != "in_progress" or row[1] in (None, dag_run_id):
         return None
@@ -399,13 +402,14 @@ def claim_request(
     stale = Deadlines.from_env().claim_stale_after_s if stale_after_s is None else stale_after_s
     with connect(conninfo or conninfo_for(GOVERNANCE_CONN_ID)) as conn, conn.transaction():
         row = conn.execute(
-            "SELECT status, dag_run_id, updated_at FROM governance.privacy_requests WHERE request_id = %s FOR UPDATE",
+            "SELECT effective_status, dag_run_id, updated_at FROM governance.privacy_requests"
+            " WHERE request_id = %s FOR UPDATE",
             (request_id,),
         ).fetchone()
         if row is None:
             raise UnknownRequest(f"no privacy request {request_id}")
         status, holder, updated_at = row
-        if status not in ("received", "verified", "failed", "in_progress"):
+        if status not in ("received", "awaiting_verification", "verified", "dispatched", "failed", "in_progress"):
             raise ClaimRefused(f"request {request_id} is {status} (finished by another run): this run changes nothing")
         took_over = None
         if status == "in_progress" and holder not in (None, dag_run_id):
@@ -461,7 +465,7 @@ def close_request(
                    result_uri = CASE WHEN %s THEN %s ELSE result_uri END,
                    outcome_detail = %s,
                    updated_at = %s
-             WHERE request_id = %s AND status <> 'completed'
+             WHERE request_id = %s AND status NOT IN ('completed', 'rejected', 'responded')
             """,
             (status, succeeded, at, succeeded, result_uri, detail, at, request_id),
         )
@@ -482,7 +486,7 @@ def reject_request(request_id: str, *, at: datetime, detail: str, conninfo: str 
             """
             UPDATE governance.privacy_requests
                SET status = 'rejected', outcome_detail = %s, updated_at = %s
-             WHERE request_id = %s AND status NOT IN ('completed', 'rejected')
+             WHERE request_id = %s AND status NOT IN ('completed', 'rejected', 'responded')
             """,
             (detail, at, request_id),
         )
