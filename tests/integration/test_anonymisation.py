@@ -230,3 +230,36 @@ def test_dp_releases_spend_the_week_budget_once_per_release_and_a_release_beyond
     assert len(budget_rows(planted_db)) == 1
     # Tiny data and strong noise: every cell falls below the noise-aware threshold.
     assert first["published_cells"] == 0 and first["empty_reason"]
+
+
+def test_verification_passes_a_safe_release_and_blocks_one_with_a_planted_free_text_column(planted_db: str) -> None:
+    from governance.anonymisation.verify import verify_release
+
+    spec = load_release_spec()
+    with psycopg.connect(planted_db) as conn:
+        release = stage_release(conn, spec, "app", request(), run_id="run-1")
+        passed = verify_release(conn, spec, "app", release["release_id"])
+        conn.commit()
+        assert passed.success, passed.failures
+        assert passed.k_anonymity["industry/country/week"] >= 5 and len(passed.k_anonymity) >= 6
+        # A transcript excerpt slips into the staged table: the release is blocked, naming the column.
+        conn.execute("ALTER TABLE governance.insights_release_cells ADD COLUMN caller_note text")
+        conn.execute("UPDATE governance.insights_release_cells SET caller_note = 'call me back on +1 555 000 1234'")
+        blocked = verify_release(conn, spec, "app", release["release_id"])
+        conn.commit()
+        status = conn.execute("SELECT status FROM governance.insights_releases WHERE release_id = %s",
+                              (release["release_id"],)).fetchone()  # fmt: skip
+    assert not blocked.success and status == ("blocked",)
+    assert any("caller_note" in f and "not public" in f for f in blocked.failures), blocked.failures
+    assert any("not_match_regex" in f and "caller_note" in f for f in blocked.failures), blocked.failures
+    # A small cell let through by a fault (4 Canadian clinics published with a forged count of 5):
+    # the raw recount and pyCANON both catch it.
+    with psycopg.connect(planted_db) as conn:
+        conn.execute("ALTER TABLE governance.insights_release_cells DROP COLUMN caller_note")
+        conn.execute(
+            "UPDATE governance.insights_release_cells SET status = 'published', calls = 24, businesses = 5"
+            " WHERE level = 'industry/country/week' AND industry = 'dental clinic' AND country = 'CA'"
+        )
+        forged = verify_release(conn, spec, "app", release["release_id"])
+    assert "industry/country/week dental clinic/CA/2026-W45: 4 businesses, fewer than 5" in forged.failures
+    assert forged.k_anonymity["industry/country/week"] == 4
