@@ -170,12 +170,15 @@ class ComputedRelease:
     report: dict[str, Any]
 
 
-def compute_release(conn: Any, spec: ReleaseSpec, schema: str, request: ReleaseRequest, release_id: str) -> ComputedRelease:
-    """The cells and each one's status (in ``conn``'s transaction; changes nothing)."""
+def compute_release(
+    conn: Any, spec: ReleaseSpec, schema: str, request: ReleaseRequest, release_id: str, *, app_conn: Any | None = None
+) -> ComputedRelease:
+    """The cells (read through ``app_conn``, default ``conn``) and each one's status (earlier
+    releases read through ``conn``, the governance database). Changes nothing."""
     start = date.fromisoformat(request["period_start"])
     end_exclusive = date.fromisoformat(request["period_end"]) + timedelta(days=1)
     dp_on = request["epsilon"] is not None
-    raw = fetch_cells(conn, spec, schema, start, end_exclusive, bounded=dp_on)
+    raw = fetch_cells(app_conn or conn, spec, schema, start, end_exclusive, bounded=dp_on)
     thresholds = Thresholds(request["k_businesses"], request["k_callers"], request["dominance_share"])
     report: dict[str, Any] = {"raw_cells": len(raw), "raw_calls": sum(c.calls for c in raw if _finest(c.key))}
     if dp_on:
@@ -239,9 +242,12 @@ def _staged(conn: Any, release_id: str) -> StagedRelease | None:
     )  # fmt: skip
 
 
-def stage_release(conn: Any, spec: ReleaseSpec, schema: str, request: ReleaseRequest, *, run_id: str) -> StagedRelease:
-    """Compute and stage the release of ``run_id`` in one transaction (budget spent inside it), or
-    return the one already staged for this run."""
+def stage_release(
+    conn: Any, spec: ReleaseSpec, schema: str, request: ReleaseRequest, *, run_id: str, app_conn: Any | None = None
+) -> StagedRelease:
+    """Compute and stage the release of ``run_id`` in one transaction of ``conn`` (the governance
+    database; budget spent inside it), or return the one already staged for this run. The source
+    tables are read through ``app_conn`` (default ``conn``)."""
     release_id = release_id_for(spec, request, run_id)
     with conn.transaction():
         # One release per period at a time: versions and earlier-release suppressions stay consistent.
@@ -250,7 +256,7 @@ def stage_release(conn: Any, spec: ReleaseSpec, schema: str, request: ReleaseReq
         if existing is not None:
             log.info("release %s already staged by this run: reused, no budget spent again", release_id)
             return existing
-        computed = compute_release(conn, spec, schema, request, release_id)
+        computed = compute_release(conn, spec, schema, request, release_id, app_conn=app_conn)
         published = [c for c in computed.cells if computed.result.status[c.key] == PUBLISHED]
         empty_reason = None
         if not computed.cells:

@@ -99,7 +99,7 @@ def _great_expectations(frame: Any, spec: ReleaseSpec, k_businesses: int) -> lis
     return failures
 
 
-def _recount(conn: Any, spec: ReleaseSpec, schema: str, release_id: str, start: Any, end_exclusive: Any) -> list[tuple[Any, ...]]:
+def _recount(conn: Any, spec: ReleaseSpec, schema: str, frame: Any, start: Any, end_exclusive: Any) -> list[tuple[Any, ...]]:
     """Per published cell, from the raw rows: distinct businesses, distinct callers, calls, the
     largest business's calls; and one row per business and cell (for pyCANON)."""
     c, b = spec.calls, spec.businesses
@@ -107,8 +107,8 @@ def _recount(conn: Any, spec: ReleaseSpec, schema: str, release_id: str, start: 
     query = sql.SQL(
         """
 WITH published AS (
-    SELECT level, industry, country, period FROM governance.insights_release_cells
-    WHERE release_id = %(release)s AND status = 'published'
+    SELECT * FROM unnest(%(levels)s::text[], %(industries)s::text[], %(countries)s::text[], %(periods)s::text[])
+        AS p (level, industry, country, period)
 ), labelled AS (
     SELECT x.{c_business} AS business_id, x.{c_caller} AS caller_id,
            il || '/' || gl || '/' || tl AS level,
@@ -139,7 +139,8 @@ FROM in_release r GROUP BY 1, 2, 3, 4
     )  # fmt: skip
     import json
 
-    params = {"release": release_id, "sectors": json.dumps(spec.sectors), "regions": json.dumps(spec.regions),
+    params = {"levels": list(frame["level"]), "industries": list(frame["industry"]), "countries": list(frame["country"]),
+              "periods": list(frame["period"]), "sectors": json.dumps(spec.sectors), "regions": json.dumps(spec.regions),
               "start": start, "end": end_exclusive}  # fmt: skip
     return list(conn.execute(query, params).fetchall())
 
@@ -161,9 +162,12 @@ def _pycanon_k(rows: list[tuple[Any, ...]]) -> dict[str, int]:
     return out
 
 
-def verify_release(conn: Any, spec: ReleaseSpec, schema: str, release_id: str) -> VerificationOutcome:
-    """Run every check on the staged release ``release_id``; record the outcome on the release
-    (``verified`` or ``blocked``) and return it. Does not raise: the caller decides."""
+def verify_release(
+    conn: Any, spec: ReleaseSpec, schema: str, release_id: str, *, app_conn: Any | None = None
+) -> VerificationOutcome:
+    """Run every check on the staged release ``release_id`` (raw rows read through ``app_conn``,
+    default ``conn``); record the outcome on the release (``verified`` or ``blocked``) and return
+    it. Does not raise: the caller decides."""
     from datetime import timedelta
 
     row = conn.execute(
@@ -178,7 +182,7 @@ def verify_release(conn: Any, spec: ReleaseSpec, schema: str, release_id: str) -
     outcome = VerificationOutcome(success=True, cells_checked=len(frame))
     outcome.failures.extend(_great_expectations(frame, spec, k_businesses) if len(frame) else [])
     if epsilon is None and len(frame):
-        rows = _recount(conn, spec, schema, release_id, start, end + timedelta(days=1))
+        rows = _recount(app_conn or conn, spec, schema, frame, start, end + timedelta(days=1))
         for level, industry, country, period, businesses, callers, calls, top in rows:
             where = f"{level} {industry}/{country}/{period}"
             if businesses < k_businesses:
