@@ -263,3 +263,27 @@ def test_verification_passes_a_safe_release_and_blocks_one_with_a_planted_free_t
         forged = verify_release(conn, spec, "app", release["release_id"])
     assert "industry/country/week dental clinic/CA/2026-W45: 4 businesses, fewer than 5" in forged.failures
     assert forged.k_anonymity["industry/country/week"] == 4
+
+
+def test_a_period_with_too_little_data_publishes_an_empty_release_whose_report_says_why(
+    planted_db: str, s3: Any, make_bucket: Callable[[str], str]
+) -> None:
+    from governance.anonymisation.publish import publish_release
+    from governance.anonymisation.verify import verify_release
+
+    spec = load_release_spec()
+    bucket = make_bucket("insights")
+    with psycopg.connect(planted_db) as conn:
+        conn.execute("DELETE FROM app.calls WHERE business_id NOT IN (SELECT id FROM app.businesses WHERE country = 'CA')")
+        conn.commit()
+        release = stage_release(conn, spec, "app", request(), run_id="small")
+        assert verify_release(conn, spec, "app", release["release_id"]).success
+        conn.commit()
+        published = publish_release(conn, release["release_id"], s3=s3, bucket=bucket, budget_limit=2.0)
+        rows = conn.execute("SELECT count(*) FROM insights.industry_insights").fetchone()
+        listed = conn.execute("SELECT cells, empty_reason FROM insights.releases").fetchall()
+    assert release["cells"] > 0 and release["published_cells"] == 0  # the 4 clinics: every level fails
+    assert rows == (0,) and listed == [(0, release["empty_reason"])]
+    assert "too little data" in (release["empty_reason"] or "")
+    report = s3.get_object(Bucket=bucket, Key=next(k for k in published["objects"] if k.endswith("report.html")))
+    assert "too little data" in report["Body"].read().decode()
