@@ -127,11 +127,15 @@ WITH published AS (
     SELECT l.* FROM labelled l JOIN published p USING (level, industry, country, period)
 ), per_business AS (
     SELECT level, industry, country, period, business_id, count(*) AS calls FROM in_release GROUP BY 1, 2, 3, 4, 5
+), tops AS (
+    SELECT level, industry, country, period, max(calls) AS top FROM per_business GROUP BY 1, 2, 3, 4
+), counted AS (
+    SELECT level, industry, country, period, count(DISTINCT business_id) AS businesses,
+           count(DISTINCT caller_id) AS callers, count(*) AS calls
+    FROM in_release GROUP BY 1, 2, 3, 4
 )
-SELECT level, industry, country, period, count(DISTINCT business_id), count(DISTINCT caller_id), count(*),
-       (SELECT max(pb.calls) FROM per_business pb WHERE (pb.level, pb.industry, pb.country, pb.period)
-                                                      = (r.level, r.industry, r.country, r.period))
-FROM in_release r GROUP BY 1, 2, 3, 4
+SELECT level, industry, country, period, businesses, callers, calls, top
+FROM counted JOIN tops USING (level, industry, country, period)
 """
     ).format(
         c_business=ident(c.business), c_caller=ident(c.caller), c_time=ident(c.time), b_industry=ident(b.industry),
