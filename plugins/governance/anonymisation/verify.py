@@ -4,8 +4,8 @@
   columns exist, no value looks like an e-mail address or a phone number, labels come from the
   declared hierarchies, and every cell's published business count meets ``k_businesses``.
 * **Thresholds recomputed from the raw tables** (without differential privacy) by a separate,
-  plain query (each call labelled at every level with a lateral join, not the release's grouping
-  sets): each published cell has at least ``k_businesses`` distinct businesses and ``k_callers``
+  plain query (calls per business, caller and week, labelled at every level by a cross join, not
+  the release's grouping sets): each published cell has at least ``k_businesses`` distinct businesses and ``k_callers``
   distinct callers, and no business above the dominance share.
 * **pyCANON** computes the k-anonymity of the business-level records (one per business and
   published cell, quasi-identifiers generalised to the cell's level): at least ``k_businesses``.
@@ -70,9 +70,10 @@ def _great_expectations(frame: Any, spec: ReleaseSpec, k_businesses: int) -> lis
     levels = [f"{i}/{g}/{t}" for i in INDUSTRY_LEVELS for g in GEO_LEVELS for t in TIME_LEVELS]
     industries = sorted({*spec.sectors, *spec.sectors.values(), "other"})
     geos = sorted({*spec.regions, *spec.regions.values(), "global", "other"})
-    # Every text column but the generated release id (whose date looks like digits of a phone).
-    text_columns = [c for c in frame.columns
-                    if c != "release_id" and (frame[c].dtype == object or str(frame[c].dtype).startswith("str"))]  # fmt: skip
+    # Every text column but the generated release id (whose date looks like digits of a phone) and
+    # the labels checked against their value sets below.
+    text_columns = [c for c in frame.columns if c not in ("release_id", "level", "industry", "country")
+                    and (frame[c].dtype == object or str(frame[c].dtype).startswith("str"))]  # fmt: skip
     for column in text_columns:
         for pattern in (EMAIL_PATTERN, PHONE_PATTERN):
             suite.add_expectation(e.ExpectColumnValuesToNotMatchRegex(column=column, regex=pattern))
@@ -109,29 +110,35 @@ def _recount(conn: Any, spec: ReleaseSpec, schema: str, frame: Any, start: Any, 
 WITH published AS (
     SELECT * FROM unnest(%(levels)s::text[], %(industries)s::text[], %(countries)s::text[], %(periods)s::text[])
         AS p (level, industry, country, period)
-), labelled AS (
+), per_caller_week AS (
+    -- one row per business, caller and ISO week (what the labels and the distinct counts need)
     SELECT x.{c_business} AS business_id, x.{c_caller} AS caller_id,
+           date_trunc('week', x.{c_time} AT TIME ZONE 'UTC') AS wk, count(*) AS calls
+    FROM {calls} x
+    WHERE x.{c_time} >= %(start)s AND x.{c_time} < %(end)s
+    GROUP BY 1, 2, 3
+), labelled AS (
+    SELECT w.business_id, w.caller_id, w.calls,
            il || '/' || gl || '/' || tl AS level,
            CASE il WHEN 'industry' THEN bz.{b_industry} ELSE COALESCE(%(sectors)s::jsonb ->> bz.{b_industry}, 'other') END AS industry,
            CASE gl WHEN 'country' THEN bz.{b_country}::text
                    WHEN 'region' THEN COALESCE(%(regions)s::jsonb ->> bz.{b_country}::text, 'other') ELSE 'global' END AS country,
-           CASE tl WHEN 'week' THEN to_char(x.{c_time} AT TIME ZONE 'UTC', 'IYYY-"W"IW')
-                   WHEN 'month' THEN to_char(date_trunc('week', x.{c_time} AT TIME ZONE 'UTC') + interval '3 days', 'YYYY-MM')
-                   ELSE to_char(date_trunc('week', x.{c_time} AT TIME ZONE 'UTC') + interval '3 days', 'YYYY-"Q"Q') END AS period
-    FROM {calls} x JOIN {businesses} bz ON bz.{b_key} = x.{c_business}
+           CASE tl WHEN 'week' THEN to_char(w.wk, 'IYYY-"W"IW')
+                   WHEN 'month' THEN to_char(w.wk + interval '3 days', 'YYYY-MM')
+                   ELSE to_char(w.wk + interval '3 days', 'YYYY-"Q"Q') END AS period
+    FROM per_caller_week w JOIN {businesses} bz ON bz.{b_key} = w.business_id
     CROSS JOIN (VALUES ('industry'), ('sector')) i (il)
     CROSS JOIN (VALUES ('country'), ('region'), ('global')) g (gl)
     CROSS JOIN (VALUES ('week'), ('month'), ('quarter')) t (tl)
-    WHERE x.{c_time} >= %(start)s AND x.{c_time} < %(end)s
 ), in_release AS (
     SELECT l.* FROM labelled l JOIN published p USING (level, industry, country, period)
 ), per_business AS (
-    SELECT level, industry, country, period, business_id, count(*) AS calls FROM in_release GROUP BY 1, 2, 3, 4, 5
+    SELECT level, industry, country, period, business_id, sum(calls) AS calls FROM in_release GROUP BY 1, 2, 3, 4, 5
 ), tops AS (
     SELECT level, industry, country, period, max(calls) AS top FROM per_business GROUP BY 1, 2, 3, 4
 ), counted AS (
     SELECT level, industry, country, period, count(DISTINCT business_id) AS businesses,
-           count(DISTINCT caller_id) AS callers, count(*) AS calls
+           count(DISTINCT caller_id) AS callers, sum(calls) AS calls
     FROM in_release GROUP BY 1, 2, 3, 4
 )
 SELECT level, industry, country, period, businesses, callers, calls, top

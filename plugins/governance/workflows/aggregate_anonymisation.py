@@ -22,6 +22,13 @@ from governance.config import GOVERNANCE_CONN_ID
 log = logging.getLogger(__name__)
 
 
+def _refuse(message: str) -> None:
+    """Fail the task without retries: a retry would be refused the same way."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    raise AirflowFailException(message)
+
+
 def _connections(spec: Any) -> tuple[str, str, str]:
     """(governance conninfo, app conninfo, app schema) from the data map's system."""
     from governance.datamap import load_datamap
@@ -38,12 +45,15 @@ def _connections(spec: Any) -> tuple[str, str, str]:
 def check_release_request(params: dict[str, Any], *, logical_date: datetime | None, run_after: datetime,
                           now: datetime | None = None) -> dict[str, Any]:  # fmt: skip
     """The validated release request (``ReleaseRequest``), or ``ReleaseInputError``."""
-    from governance.anonymisation.release import check_release_input
-    from governance.anonymisation.spec import load_release_spec
+    from governance.anonymisation.release import ReleaseInputError, check_release_input
+    from governance.anonymisation.spec import ReleaseSpecError, load_release_spec
     from governance.migrations import ensure_schema
 
-    spec = load_release_spec()
-    request = check_release_input(params, spec=spec, logical_date=logical_date or run_after, now=now or datetime.now(UTC))
+    try:
+        spec = load_release_spec()
+        request = check_release_input(params, spec=spec, logical_date=logical_date or run_after, now=now or datetime.now(UTC))
+    except (ReleaseInputError, ReleaseSpecError) as exc:
+        _refuse(str(exc))
     governance, _, _ = _connections(spec)
     ensure_schema(governance)
     log.info("release %s for %s to %s (%s)", spec.release, request["period_start"], request["period_end"],
@@ -54,14 +64,19 @@ def check_release_request(params: dict[str, Any], *, logical_date: datetime | No
 def stage(request: dict[str, Any], *, run_id: str) -> dict[str, Any]:
     import psycopg
 
+    from governance.anonymisation.disclosure import ReleaseBlocked
+    from governance.anonymisation.privacy import BudgetExceeded
     from governance.anonymisation.release import ReleaseRequest, stage_release
     from governance.anonymisation.spec import load_release_spec
     from governance.lineage import record_table_read, record_table_write
 
     spec = load_release_spec()
     governance, app, schema = _connections(spec)
-    with psycopg.connect(governance) as conn, psycopg.connect(app) as app_conn:
-        staged = stage_release(conn, spec, schema, ReleaseRequest(**request), run_id=run_id, app_conn=app_conn)  # type: ignore[typeddict-item]
+    try:
+        with psycopg.connect(governance) as conn, psycopg.connect(app) as app_conn:
+            staged = stage_release(conn, spec, schema, ReleaseRequest(**request), run_id=run_id, app_conn=app_conn)  # type: ignore[typeddict-item]
+    except (BudgetExceeded, ReleaseBlocked) as exc:
+        _refuse(str(exc))
     connection_id = _app_connection_id(spec)
     for table in (spec.businesses.table, spec.calls.table, spec.messages.table):
         record_table_read(connection_id, schema, table)
@@ -90,9 +105,10 @@ def verify(staged: dict[str, Any]) -> dict[str, Any]:
     with psycopg.connect(governance) as conn, psycopg.connect(app) as app_conn:
         outcome = verify_release(conn, spec, schema, staged["release_id"], app_conn=app_conn)
     if not outcome.success:
-        raise ReleaseVerificationFailed(
+        # Blocked for good (a retry would find it blocked): fail without retrying.
+        _refuse(str(ReleaseVerificationFailed(
             f"release {staged['release_id']} blocked, nothing published: " + "; ".join(outcome.failures[:10])
-        )
+        )))
     return {"release_id": staged["release_id"], "cells_checked": outcome.cells_checked, "k_anonymity": outcome.k_anonymity}
 
 
