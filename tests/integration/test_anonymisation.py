@@ -19,6 +19,7 @@ import pytest
 from governance.anonymisation.privacy import BudgetExceeded
 from governance.anonymisation.release import ReleaseInputError, check_release_input, stage_release
 from governance.anonymisation.spec import load_release_spec
+from governance.config import SQL_DIR
 from governance.migrations import migrate
 
 pytestmark = pytest.mark.integration
@@ -74,7 +75,7 @@ def plant(conn: psycopg.Connection[Any]) -> None:
 def planted_db(make_db: Callable[[str], str]) -> Iterator[str]:
     url = make_db("anonymisation")
     with psycopg.connect(url) as conn:
-        conn.execute((__import__("governance.config", fromlist=["SQL_DIR"]).SQL_DIR / "app_schema.sql").read_text())
+        conn.execute((SQL_DIR / "app_schema.sql").read_text())
         plant(conn)
     migrate(url)
     yield url
