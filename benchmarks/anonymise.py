@@ -8,8 +8,10 @@ over four ISO weeks, and the governance schema. Then, alternating:
 
 * **project**: ``governance.anonymisation.cells.fetch_cells`` (the release's cells with the
   threshold inputs: distinct businesses and callers, the largest business);
-* **raw**: one hand-written statement grouping calls joined to businesses by the same 18 cells per
-  week with ``count(*)`` and ``count(DISTINCT business_id)``, no per-business step;
+* **raw**: one hand-written statement grouping calls joined to businesses into the same cells
+  (18 grouping sets: industry or sector, by country, region or globally, per week, month or
+  quarter) with ``count(*)`` and distinct businesses and callers; no per-business step, no
+  messages, no dominance input;
 * **end to end** (printed apart): ``stage_release`` + ``verify_release`` in a child process
   (thresholds, suppression, the independent checks), whose peak memory is its own.
 
@@ -47,14 +49,22 @@ INDUSTRIES = ["dental clinic", "law firm", "plumbing", "hair salon", "veterinary
 COUNTRIES = ["US", "GB", "DE", "FR", "ES", "JP", "GR"]
 
 RAW = """
-SELECT to_char(date_trunc('week', c.started_at AT TIME ZONE 'UTC'), 'IYYY-"W"IW') AS week, b.industry, s.sector,
-       b.country::text AS country, r.region, count(*), count(DISTINCT c.business_id), count(DISTINCT c.caller_id)
-FROM app.calls c JOIN app.businesses b ON b.id = c.business_id
+SELECT week, month, quarter, b.industry, s.sector, b.country::text AS country, r.region,
+       count(*), count(DISTINCT c.business_id), count(DISTINCT c.caller_id)
+FROM (SELECT *, to_char(date_trunc('week', started_at AT TIME ZONE 'UTC'), 'IYYY-"W"IW') AS week,
+             to_char(date_trunc('week', started_at AT TIME ZONE 'UTC') + interval '3 days', 'YYYY-MM') AS month,
+             to_char(date_trunc('week', started_at AT TIME ZONE 'UTC') + interval '3 days', 'YYYY-"Q"Q') AS quarter
+      FROM app.calls WHERE started_at >= %(start)s AND started_at < %(end)s) c
+JOIN app.businesses b ON b.id = c.business_id
 JOIN (SELECT * FROM jsonb_each_text(%(sectors)s::jsonb)) s (industry, sector) ON s.industry = b.industry
 JOIN (SELECT * FROM jsonb_each_text(%(regions)s::jsonb)) r (country, region) ON r.country = b.country::text
-WHERE c.started_at >= %(start)s AND c.started_at < %(end)s
-GROUP BY 1, GROUPING SETS ((b.industry, b.country), (b.industry, r.region), (b.industry), (s.sector, b.country),
-                           (s.sector, r.region), (s.sector))
+GROUP BY GROUPING SETS (
+    (week, b.industry, b.country), (week, b.industry, r.region), (week, b.industry), (week, s.sector, b.country),
+    (week, s.sector, r.region), (week, s.sector),
+    (month, b.industry, b.country), (month, b.industry, r.region), (month, b.industry), (month, s.sector, b.country),
+    (month, s.sector, r.region), (month, s.sector),
+    (quarter, b.industry, b.country), (quarter, b.industry, r.region), (quarter, b.industry),
+    (quarter, s.sector, b.country), (quarter, s.sector, r.region), (quarter, s.sector))
 """
 
 
