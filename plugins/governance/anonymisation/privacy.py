@@ -8,9 +8,11 @@ sensitivity of each measured vector is its per-unit bound times the number of ce
 reaches. ``epsilon`` is split evenly over five measurements (the outcome counts, after-hours
 calls, the clamped duration sum, messages, businesses), each a Laplace mechanism made with
 OpenDP; their sum is what the release spends on every week it covers (parallel composition
-across weeks: a unit lives in one week). Cells whose noisy call count is below a noise-aware
-threshold (``scale * ln(1 / (2 * delta))`` above the bound, and at least ``k_callers``) or whose
-noisy business count is below ``k_businesses`` are dropped; all of this is post-processing.
+across weeks: a unit lives in one week). Cells whose noisy call count (the sum of the five noisy
+outcome counts) is below a noise-aware threshold (the per-unit bound plus
+``5 * scale * ln(5 * cells_per_unit / (2 * delta))``, and at least ``k_callers``) or whose noisy
+business count is below ``k_businesses`` are dropped, so a cell that one unit alone makes appear
+is published with probability at most ``delta`` in all; the rest is post-processing.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from governance.anonymisation.spec import PrivacyBounds
 
 MEASUREMENTS = 5
 CELLS_PER_UNIT = len(GROUPING_SETS) * TIME_LEVELS_N
+OUTCOMES = 5  # noisy counts a cell's calls add up (governance.anonymisation.spec.CALL_OUTCOMES)
 
 
 class BudgetExceeded(RuntimeError):
@@ -44,7 +47,8 @@ def _measurement(sensitivity: int, epsilon_part: float) -> Any:
     import opendp.prelude as dp
 
     dp.enable_features("contrib")
-    space = dp.vector_domain(dp.atom_domain(T=int)), dp.l1_distance(T=int)
+    # 64-bit counts: a duration sum over a quarter passes 2**31 seconds.
+    space = dp.vector_domain(dp.atom_domain(T="i64")), dp.l1_distance(T="i64")
     scale = sensitivity / epsilon_part
     measurement = space >> dp.m.then_laplace(scale=scale)
     spent = measurement.map(sensitivity)
@@ -63,7 +67,15 @@ def noise_plan(bounds: PrivacyBounds, epsilon: float, delta: float, k_callers: i
         "businesses": CELLS_PER_UNIT,
     }
     scales = {name: s / part for name, s in sens.items()}
-    threshold = max(float(k_callers), bounds.max_calls_per_business_week + scales["outcomes"] * math.log(1 / (2 * delta)))
+    # A cell's noisy calls are the sum of its outcomes' noisy counts: by a union bound, each noise
+    # stays below scale * ln(n / (2 delta')) but with probability delta' in all, and a unit reaches
+    # CELLS_PER_UNIT cells, so delta' = delta / CELLS_PER_UNIT keeps the release's total to delta.
+    n = OUTCOMES
+    per_cell_delta = delta / CELLS_PER_UNIT
+    threshold = max(
+        float(k_callers),
+        bounds.max_calls_per_business_week + n * scales["outcomes"] * math.log(n / (2 * per_cell_delta)),
+    )
     return NoisePlan(epsilon=epsilon, delta=delta, scales=scales, calls_threshold=threshold)
 
 
