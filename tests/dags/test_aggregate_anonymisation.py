@@ -18,7 +18,7 @@ from airflow.utils.state import DagRunState
 from tests.dags.conftest import task_states, xcom_result
 from tests.fixtures.reference import Deployment
 
-pytestmark = [pytest.mark.integration, pytest.mark.dagrun]
+pytestmark = [pytest.mark.slow(seconds=60), pytest.mark.integration, pytest.mark.dagrun]
 
 FORM = {"period_start": "2026-11-02", "period_end": "2026-11-22", "k_businesses": 5, "k_callers": 10,
         "epsilon": None, "delta": None}  # fmt: skip

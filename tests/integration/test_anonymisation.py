@@ -22,7 +22,7 @@ from governance.anonymisation.spec import load_release_spec
 from governance.config import SQL_DIR
 from governance.migrations import migrate
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.slow(seconds=60), pytest.mark.integration]
 
 WEEK = "2026-W45"
 MONDAY = datetime(2026, 11, 2, 10, tzinfo=UTC)  # 10:00 UTC on a Monday: business hours
