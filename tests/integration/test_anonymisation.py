@@ -200,6 +200,8 @@ def test_a_later_release_of_the_same_period_keeps_earlier_suppressions_and_the_u
 def test_bad_input_is_refused_with_a_message_before_anything_is_read() -> None:
     for params, message in [
         ({"k_businesses": 1}, "at least 2"),
+        ({"k_callers": 0}, "at least 2"),
+        ({"epsilon": 1}, "set delta too"),
         ({"epsilon": 0, "delta": 1e-6}, "epsilon must be greater than 0"),
         ({"epsilon": 1, "delta": 1.5}, "delta must be between 0 and 1"),
         ({"period_start": "2026-11-09", "period_end": "2026-11-02"}, "reversed"),

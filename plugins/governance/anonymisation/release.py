@@ -81,8 +81,10 @@ def _number(params: dict[str, Any], name: str, kind: type) -> Any:
 def check_release_input(params: dict[str, Any], *, spec: ReleaseSpec, logical_date: datetime, now: datetime) -> ReleaseRequest:
     """The run's release, or :class:`ReleaseInputError`. Without a period, the ISO week before
     the run's logical date; a period is widened to whole ISO weeks."""
-    k_businesses = _number(params, "k_businesses", int) or spec.thresholds.k_businesses
-    k_callers = _number(params, "k_callers", int) or spec.thresholds.k_callers
+    k_businesses = _number(params, "k_businesses", int)
+    k_callers = _number(params, "k_callers", int)
+    k_businesses = spec.thresholds.k_businesses if k_businesses is None else k_businesses
+    k_callers = spec.thresholds.k_callers if k_callers is None else k_callers
     if k_businesses < 2 or k_callers < 2:
         raise ReleaseInputError("k_businesses and k_callers must be at least 2 (a cell of one identifies it)")
     epsilon, delta = _number(params, "epsilon", float), _number(params, "delta", float)
