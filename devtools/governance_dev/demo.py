@@ -128,6 +128,9 @@ def demo_conf(dag_id: str) -> dict[str, Any]:
     if dag_id == "business_offboarding":
         return {"business_id": _smallest_business(), "reason": "demo: what leaving would erase (dry run)",
                 "dry_run": True, "override_guard": True}  # fmt: skip  (a business is always beyond the guard)
+    if dag_id == "aggregate_anonymisation":
+        # The seed's last three full ISO weeks (its activity ends on 2026-11-28).
+        return {"period_start": "2026-11-02", "period_end": "2026-11-22"}
     return {}
 
 

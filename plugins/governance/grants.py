@@ -58,6 +58,12 @@ LEDGER_WRITER_PRIVILEGES = ("SELECT", "INSERT")
 _CREATE_TABLE_RE = re.compile(
     r"CREATE\s+(?:UNLOGGED\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?governance\.(\w+)", re.IGNORECASE
 )
+# The published insights (aggregate_anonymisation): tasks read and add releases, never change one.
+INSIGHTS_SCHEMA = "insights"
+INSIGHTS_PRIVILEGES = ("SELECT", "INSERT")
+_CREATE_INSIGHTS_TABLE_RE = re.compile(
+    r"CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?insights\.(\w+)", re.IGNORECASE
+)
 
 
 class GrantError(RuntimeError):
@@ -120,6 +126,16 @@ def governance_tables_from_migrations(directory: Path | None = None) -> list[str
         for name in _CREATE_TABLE_RE.findall(migration.sql):
             if name not in tables:
                 tables.append(name)
+    return tables
+
+
+def insights_tables_from_migrations(directory: Path | None = None) -> list[str]:
+    """Tables the governance migrations create in the ``insights`` schema, in order."""
+    from governance.migrations import discover
+
+    tables: list[str] = []
+    for migration in discover(*([directory] if directory else [])):
+        tables += [t for t in _CREATE_INSIGHTS_TABLE_RE.findall(migration.sql) if t not in tables]
     return tables
 
 
@@ -196,11 +212,33 @@ def governance_section(tables: Sequence[str], roles: DatabaseRoles) -> GrantSect
     )
 
 
+def insights_section(tables: Sequence[str], roles: DatabaseRoles) -> GrantSection:
+    """The task role's grants on the published insights: read and add, nothing else (the
+    read-only ``insights_analyst`` role gets its SELECT from the migration that creates them)."""
+    schema, task = sql.Identifier(INSIGHTS_SCHEMA), sql.Identifier(roles.task)
+    statements = [
+        sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA {} FROM {}").format(schema, task),
+        sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, task),
+        *(
+            sql.SQL("GRANT {} ON {} TO {}").format(_privileges(INSIGHTS_PRIVILEGES), sql.Identifier(INSIGHTS_SCHEMA, t), task)
+            for t in tables
+        ),
+    ]
+    return GrantSection(
+        f"insights schema: {len(tables)} table(s)", GOVERNANCE_CONN_ID, INSIGHTS_SCHEMA, tuple(statements), tuple(tables),
+        expected=tuple((t, p) for t in tables for p in INSIGHTS_PRIVILEGES),
+    )  # fmt: skip
+
+
 def plan_grants(
     datamap: DataMap, roles: DatabaseRoles, governance_tables: Sequence[str]
 ) -> list[GrantSection]:
-    """Every grant the data map and the governance schema imply, one section per schema."""
+    """Every grant the data map, the insights schema and the governance schema imply, one section
+    per schema (the governance schema's last)."""
     sections = [system_section(s.name, datamap, roles) for s in datamap.postgres_systems]
+    insights = insights_tables_from_migrations()
+    if insights:
+        sections.append(insights_section(insights, roles))
     sections.append(governance_section(governance_tables, roles))
     return sections
 

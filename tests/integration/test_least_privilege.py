@@ -111,8 +111,10 @@ def least_privilege(reference_deployment: Deployment, s3: Any) -> Iterator[Least
         with cloned_deployment(reference_deployment, s3, "least_privilege") as (clone, patch):
             pg, db = clone.pg, clone.database
             with psycopg.connect(clone.app_url, autocommit=True) as conn:
-                # What the map does not name; the governance schema is created again by the migration role.
+                # What the map does not name; the governance schema (and the insights schema its
+                # migrations create) is created again by the migration role.
                 conn.execute("DROP SCHEMA governance CASCADE")
+                conn.execute("DROP SCHEMA IF EXISTS insights CASCADE")
                 conn.execute("CREATE TABLE app.staff_notes (id bigint PRIMARY KEY, note text NOT NULL)")
                 conn.execute("INSERT INTO app.staff_notes VALUES (1, 'an internal remark about a caller')")
                 conn.execute("ALTER TABLE app.users ADD COLUMN internal_note text")
@@ -423,3 +425,16 @@ def test_tasks_only_check_the_schema_where_a_migration_role_is_configured(
     # Without a migration role (development, tests, make demo) the first task migrates.
     monkeypatch.delenv("GOVERNANCE_MIGRATION_ROLE")
     assert "0001_core.sql" in ensure_schema(empty)
+
+
+def test_task_role_reads_and_adds_insights_releases_but_cannot_change_or_remove_one(least_privilege: LeastPrivilege) -> None:
+    lp = least_privilege
+    with psycopg.connect(lp.task_url) as conn:
+        assert conn.execute("SELECT count(*) FROM insights.industry_insights").fetchone() is not None
+        assert conn.execute("SELECT count(*) FROM governance.insights_budget_spends").fetchone() is not None
+    for statement, match in (
+        ("UPDATE insights.releases SET cells = 0", "permission denied for table releases"),
+        ("DELETE FROM insights.industry_insights", "permission denied for table industry_insights"),
+        ("CREATE TABLE insights.exfiltrate (v text)", "permission denied for schema insights"),
+    ):
+        _refused(lp.task_url, statement, match)

@@ -65,5 +65,10 @@ SELECT format('GRANT USAGE ON SCHEMA %I TO %I WITH GRANT OPTION', :'app_schema',
 SELECT format('GRANT SELECT, UPDATE, DELETE ON ALL TABLES IN SCHEMA %I TO %I WITH GRANT OPTION', :'app_schema', :'migration_role') \gexec
 SELECT format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT SELECT, UPDATE, DELETE ON TABLES TO %I WITH GRANT OPTION', :'app_schema', :'migration_role') \gexec
 
+-- Analysts read the published insights (aggregate_anonymisation) through this role and nothing
+-- else: grant it to their own login roles. The migration that creates the insights schema gives it
+-- SELECT there.
+SELECT 'CREATE ROLE insights_analyst NOLOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'insights_analyst') \gexec
+
 -- Nobody else creates objects in the public schema (PostgreSQL 15's default, made explicit).
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;

@@ -23,6 +23,9 @@ Erasure of everything a business client's account holds (``dags/business_offboar
 An export (``dags/dsr_export.py``) uses :func:`verify_identity`, :func:`export_bundle` and
 :func:`close_export`.
 
+Anonymised industry insights (``dags/aggregate_anonymisation.py``) use :func:`insights_params` and
+:func:`insights_release` (check, stage, verify, publish).
+
 Contracts every block keeps: XCom carries ids, counts and keyed hashes only; each task is
 idempotent (a retry or a cleared run continues); bad input fails the first task before anything
 is read. Importing this module is cheap (``airflow.sdk`` and the workflows' light modules): task
@@ -55,6 +58,7 @@ from governance.airflow.blocks import (
     verify_erasure,
     verify_identity,
 )
+from governance.airflow.insights import INDUSTRY_INSIGHTS, insights_params, insights_release
 from governance.workflows.payloads import (
     ApprovalPayload,
     BundleCheckPayload,
@@ -76,6 +80,7 @@ from governance.workflows.payloads import (
 __all__ = [
     "BUSINESS_VERIFICATION_CHOICES",
     "EXPORT_VERIFICATION_OPTIONS",
+    "INDUSTRY_INSIGHTS",
     "PERSON_VERIFICATION_CHOICES",
     "ApprovalPayload",
     "BundleCheckPayload",
@@ -103,6 +108,8 @@ __all__ = [
     "execute_erasure",
     "export_bundle",
     "export_params",
+    "insights_params",
+    "insights_release",
     "open_business_offboarding",
     "open_request",
     "plan_erasure",
