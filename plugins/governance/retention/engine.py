@@ -342,14 +342,28 @@ def _objects_of(
     return found
 
 
-def _delete_objects(ctx: SweepContext, found: list[tuple[str, str, list[ObjectVersions]]], outcome: RuleOutcome) -> None:
+def _delete_objects(ctx: SweepContext, found: list[tuple[str, str, list[ObjectVersions]]], outcome: RuleOutcome) -> set[str]:
+    """Delete (or, in a dry run, count) the objects found; return the keys that could not be
+    deleted, so the rows naming them are kept for the next run."""
+    failed_keys: set[str] = set()
     for system, _prefix, versions in found:
         if ctx.dry_run:
             outcome.objects_affected += len(versions)
             continue
         deleted, failed = delete_versions(ctx.object_client(system), ctx.buckets[system], versions)
         outcome.objects_affected += deleted
-        outcome.objects_failed += failed
+        outcome.objects_failed += len(failed)
+        failed_keys |= failed
+    return failed_keys
+
+
+def _rows_whose_objects_went(steps: Iterable[Any], rows: list[dict[str, Any]], failed: set[str]) -> list[dict[str, Any]]:
+    """``rows`` less those naming an object that could not be deleted (they stay, with their key,
+    so the next run tries the object again rather than leaving it without its row)."""
+    if not failed:
+        return rows
+    steps = list(steps)
+    return [row for row in rows if not any(set(step.keys_for([row])) & failed for step in steps)]
 
 
 def _run_table_rule(
@@ -391,7 +405,10 @@ def _run_table_rule(
                 found_objects = _objects_of(ctx, rs.objects, act)
                 for step in rs.cascade:
                     found_objects += _objects_of(ctx, step.objects, owned.get(step.table, []))
-                _delete_objects(ctx, found_objects, outcome)
+                failed = _delete_objects(ctx, found_objects, outcome)
+                if failed and rs.cascade:  # an object was left: keep the batch's rows (and what they own) for the next run
+                    act, owned = [], defaultdict(list)
+                act = _rows_whose_objects_went(rs.objects, act, failed)
                 batch_started = time.monotonic()
             if act and not ctx.dry_run:
                 keys = [r[SCAN_KEY] for r in act]
@@ -444,8 +461,8 @@ def _run_object_rule_by_row(
         batch_started = time.monotonic()
         if act:
             found = _objects_of(ctx, [item.object_step], act)
-            _delete_objects(ctx, found, outcome)
-            if item.clear_key_column is not None:
+            act = _rows_whose_objects_went([item.object_step], act, _delete_objects(ctx, found, outcome))
+            if item.clear_key_column is not None and act:
                 if ctx.dry_run:
                     outcome.rows_affected += len(act)
                 else:
