@@ -16,7 +16,11 @@ pass:
    states the scheduler sets without running the task (skipped, upstream_failed) and any row a
    task-side listener lost (a crashed worker) are appended; idempotent, so overlapping passes and
    restarts never write a fact twice;
-4. **anchors** the ledger head in the object store when rows were added and the newest anchor is
+4. **keeps Airflow's own records within retention** (:mod:`governance.metadata_retention`): at
+   most every ``--clean-every`` (default 1 hour), ``airflow db clean`` of the run, task, XCom and
+   action-log tables, task log files and OpenLineage event files older than
+   ``--metadata-max-age`` (default 30 days), each bounded per pass;
+5. **anchors** the ledger head in the object store when rows were added and the newest anchor is
    older than ``--anchor-interval`` (default 5 minutes): a tail cut from the ledger goes unnoticed
    for at most that long.
 
@@ -51,6 +55,7 @@ from governance.ledger import (
     ledger_keyring,
     reconcile_run,
 )
+from governance.metadata_retention import DEFAULT_METADATA_MAX_AGE, clean_airflow_records
 from governance.objectstore import s3_client
 from governance.run_confs import parse_age, scrub_run_confs
 
@@ -61,6 +66,7 @@ DEFAULT_EVERY_SECONDS = 60
 DEFAULT_ANCHOR_INTERVAL = "5m"
 # The first pass after a start looks back this far, so a restart of this service misses nothing.
 DEFAULT_LOOKBACK = "1d"
+DEFAULT_CLEAN_EVERY = "1h"
 
 
 @dataclass
@@ -70,6 +76,7 @@ class MaintenanceReport:
     ledger_rows_reconciled: int = 0
     anchored_seq: int | None = None
     scrub: dict[str, Any] = field(default_factory=dict)
+    metadata_cleanup: dict[str, Any] | None = None
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -217,6 +224,9 @@ class Maintainer:
     scrub_min_age: timedelta
     ended_after: datetime
     latest_anchor: LedgerAnchor | None = None
+    metadata_max_age: timedelta = timedelta(days=30)
+    clean_every: timedelta = timedelta(hours=1)
+    last_cleaned: datetime | None = None
 
     def run_once(self, now: datetime | None = None) -> MaintenanceReport:
         """One pass; each step runs even when an earlier one failed (its error is reported)."""
@@ -234,6 +244,13 @@ class Maintainer:
         except Exception as exc:
             log.exception("maintenance: closing superseded runs failed")
             report.errors.append(f"superseded runs: {type(exc).__name__}")
+        if self.last_cleaned is None or now - self.last_cleaned >= self.clean_every:
+            try:
+                report.metadata_cleanup = asdict(clean_airflow_records(now - self.metadata_max_age, now=now))
+                self.last_cleaned = now
+            except Exception as exc:
+                log.exception("maintenance: cleaning Airflow's records failed")
+                report.errors.append(f"metadata cleanup: {type(exc).__name__}")
         try:
             with LedgerWriter.connect(governance, ledger_keyring(), application_name="governance-maintenance") as writer:
                 # Runs still ending while this pass reads are picked up by the next one: the
@@ -264,6 +281,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="scrub runs that ended at least this long ago (default 0s: as soon as they end)")  # fmt: skip
     parser.add_argument("--lookback", default=DEFAULT_LOOKBACK, metavar="AGE",
                         help=f"the first pass reconciles runs that ended this far back (default {DEFAULT_LOOKBACK})")  # fmt: skip
+    parser.add_argument("--metadata-max-age", default=DEFAULT_METADATA_MAX_AGE, metavar="AGE",
+                        help="Airflow's run, task, XCom and action-log records, task log files and lineage event files "
+                             f"older than this are removed (default {DEFAULT_METADATA_MAX_AGE})")  # fmt: skip
+    parser.add_argument("--clean-every", default=DEFAULT_CLEAN_EVERY, metavar="AGE",
+                        help=f"clean those at most this often (default {DEFAULT_CLEAN_EVERY}; the first pass always does)")  # fmt: skip
     parser.add_argument("--heartbeat", type=Path, default=None,
                         help="touch this file after every pass (the compose healthcheck reads its age)")  # fmt: skip
 
@@ -273,13 +295,19 @@ def run(args: argparse.Namespace) -> int:
         anchor_interval = parse_age(args.anchor_interval)
         scrub_min_age = parse_age(args.scrub_min_age)
         lookback = parse_age(args.lookback)
+        metadata_max_age = parse_age(args.metadata_max_age)
+        clean_every = parse_age(args.clean_every)
     except ValueError as exc:
         print(f"maintain: {exc}", file=sys.stderr)
         return 2
     if args.every <= 0:
         print("maintain: --every must be a positive number of seconds", file=sys.stderr)
         return 2
-    maintainer = Maintainer(anchor_interval, scrub_min_age, ended_after=datetime.now(UTC) - lookback)
+    if metadata_max_age < timedelta(days=1):
+        print("maintain: --metadata-max-age must be at least 1d (younger records may belong to running work)", file=sys.stderr)
+        return 2
+    maintainer = Maintainer(anchor_interval, scrub_min_age, ended_after=datetime.now(UTC) - lookback,
+                            metadata_max_age=metadata_max_age, clean_every=clean_every)  # fmt: skip
     while True:
         report = maintainer.run_once()
         print(json.dumps({**asdict(report), "at": datetime.now(UTC).isoformat(timespec="seconds")}, sort_keys=True),

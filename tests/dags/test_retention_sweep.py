@@ -2,23 +2,23 @@
 over three years up to 2026-11-28). Every expectation is hand-written SQL or a boto3 listing,
 never the project's own code: what each rule removes or rewrites is gone, held rows are
 untouched, no unexpired row changed, a dry run and a repeated run change nothing, an orphan object
-goes only after its grace period, and a child table added to a copy of the map is swept with its
-parent (a child kept by a legal exception keeps its parent)."""
+goes only after its grace period. (A child table added to a copy of the map, swept with its parent
+and keeping it when held: ``test_planted_extension``.)
+
+Two ``dag.test()`` runs (the dry run, the sweep); the same-day repeat and the orphan check run the
+sweep's task function directly, target by target, which is what the mapped task runs."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-import yaml
 from airflow.utils.state import DagRunState
 from psycopg import sql
 
-from governance.config import INCLUDE_DIR
 from tests.dags.conftest import task_states, xcom_result
 from tests.fixtures.reference import Deployment
 
@@ -135,6 +135,7 @@ def test_sweep_applies_every_rule_keeps_held_rows_changes_nothing_unexpired_and_
     get_dag: Callable[[str], Any], reference_clone: Deployment, s3: Any
 ) -> None:
     from governance.migrations import migrate
+    from governance.workflows.retention_sweep import plan_sweep, sweep_one_target
 
     url = reference_clone.app_url
     migrate(url)
@@ -183,101 +184,36 @@ def test_sweep_applies_every_rule_keeps_held_rows_changes_nothing_unexpired_and_
     for rule in ("messages_1_year", "usage_ip_generalised_30_days", "appointment_notes_1_year", "closed_support_tickets_2_years"):
         assert (dry_records[rule]["rows"], dry_records[rule]["objects"]) == (records[rule]["rows"], records[rule]["objects"])
 
-    # 3. Again the same day: nothing left to do.
+    # 3. Again the same day, target by target as the mapped tasks run them: nothing left to do.
     after = fingerprint(url)
     objects_after = versions(s3, bucket, "")
-    again = dag.test(run_conf=form(dry_run=False))
-    assert again.state == DagRunState.SUCCESS, task_states(again)
+    options = form(dry_run=False)
+    for target in sorted(plan_sweep(options), key=lambda t: t["wave"]):
+        sweep_one_target(target, options, run_id="same-day-again")
     assert fingerprint(url) == after and versions(s3, bucket, "") == objects_after
-    assert all(r["rows"] == 0 and r["objects"] == 0 for r in run_records(url, again.run_id).values())
+    again = run_records(url, "same-day-again")
+    assert set(again) == set(records) and all(r["rows"] == 0 and r["objects"] == 0 for r in again.values())
 
     # 4. Once the orphan is older than the grace period (as of now, with no grace), it goes.
-    later = dag.test(run_conf=form(dry_run=False, as_of=datetime.now(UTC).isoformat(), orphan_grace_days=0,
-                                   rules=["recordings_90_days"]))  # fmt: skip
-    assert later.state == DagRunState.SUCCESS, task_states(later)
+    later = form(dry_run=False, as_of=datetime.now(UTC).isoformat(), orphan_grace_days=0, rules=["recordings_90_days"])
+    (target,) = plan_sweep(later)
+    assert target["orphans"] and target["name"] == "recordings"
+    sweep_one_target(target, later, run_id="orphans-later")
     assert not {v for v in versions(s3, bucket, orphan) if v[0] == orphan}
 
 
 def test_bad_input_is_refused_naming_the_rule_before_anything_changes(
     get_dag: Callable[[str], Any], reference_clone: Deployment
 ) -> None:
+    from governance.workflows.retention_sweep import plan_sweep
+
     url = reference_clone.app_url
     before = fingerprint(url)
-    dag = get_dag("retention_sweep")
-    unknown = dag.test(run_conf=form(dry_run=False, rules=["calls_3_years"]))
+    unknown = get_dag("retention_sweep").test(run_conf=form(dry_run=False, rules=["calls_3_years"]))
     assert unknown.state == DagRunState.FAILED
     assert task_states(unknown)["plan_sweep"] == "failed"
-    future = dag.test(run_conf=form(dry_run=False, as_of=(datetime.now(UTC) + timedelta(days=2)).isoformat()))
-    assert future.state == DagRunState.FAILED and task_states(future)["plan_sweep"] == "failed"
+    assert not any(state == "success" for task, state in task_states(unknown).items() if task != "plan_sweep")
+    # The same check the plan_sweep task makes, for an as_of in the future.
+    with pytest.raises(ValueError, match="future"):
+        plan_sweep(form(dry_run=False, as_of=(datetime.now(UTC) + timedelta(days=2)).isoformat()))
     assert fingerprint(url) == before
-
-
-CALL_NOTES = {
-    "name": "call_notes",
-    "description": "Notes staff wrote about a call.",
-    "primary_key": "id",
-    "references": [{"field": "call_id", "to": {"table": "calls"}, "kind": "ownership"}],
-    "fields": [
-        {"name": "id", "data_category": "system.operations", "data_use": "essential.service.operations"},
-        # Under a legal exception (below): erasure minimises the note instead of deleting it.
-        {"name": "call_id", "data_category": "user.unique_id", "data_use": "essential.service.operations", "erasure": "nullify"},
-        {"name": "body", "data_category": "user.content.private", "data_use": "essential.service.operations", "erasure": "keep",
-         "legal_basis": "recent_call_notes"},
-        {"name": "written_at", "data_category": "system.operations", "data_use": "essential.service.operations"},
-    ],
-}
-
-
-def test_a_child_table_added_to_the_map_is_swept_with_its_parent_and_an_excepted_child_keeps_its_parent(
-    get_dag: Callable[[str], Any], reference_clone: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from governance.datamap import command
-
-    data = yaml.safe_load((INCLUDE_DIR / "datamap.yaml").read_text())
-    data["systems"][0]["tables"].append(CALL_NOTES)
-    data["legal_exceptions"].append({
-        "name": "recent_call_notes", "system": "aircalls_app", "table": "call_notes",
-        "basis": "Notes are kept a year for complaints.", "age_column": "written_at", "period": "P1Y",
-    })  # fmt: skip
-    path = tmp_path / "datamap.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    import argparse
-
-    assert command.run(argparse.Namespace(path=path, explain=False, sql=False)) == 0  # no unreferenced demanded
-    monkeypatch.setenv("GOVERNANCE_DATAMAP", str(path))
-
-    url = reference_clone.app_url
-    with psycopg.connect(url) as conn:
-        conn.execute(
-            "CREATE TABLE app.call_notes (id bigint PRIMARY KEY, call_id bigint NOT NULL REFERENCES app.calls (id),"
-            " body text, written_at timestamptz NOT NULL)"
-        )
-        conn.execute("CREATE INDEX ON app.call_notes (call_id)")
-        old = conn.execute(
-            "SELECT id FROM app.calls WHERE started_at < %s - interval '2 years' AND business_id <> %s ORDER BY id LIMIT 3",
-            (AS_OF, HELD_BUSINESS),
-        ).fetchall()
-        young = conn.execute("SELECT id FROM app.calls WHERE started_at > %s - interval '30 days' ORDER BY id LIMIT 1", (AS_OF,)).fetchone()
-        assert len(old) == 3 and young is not None
-        gone_call, excepted_call, second_gone = (r[0] for r in old)
-        conn.execute(
-            "INSERT INTO app.call_notes VALUES (1, %s, 'old note', %s), (2, %s, 'recent note on an old call', %s),"
-            " (3, %s, 'old note', %s), (4, %s, 'note on a recent call', %s)",
-            (gone_call, AS_OF - timedelta(days=800), excepted_call, AS_OF - timedelta(days=20),
-             second_gone, AS_OF - timedelta(days=790), young[0], AS_OF - timedelta(days=5)),
-        )  # fmt: skip
-
-    run = get_dag("retention_sweep").test(run_conf=form(dry_run=False, rules=["calls_2_years"]))
-    assert run.state == DagRunState.SUCCESS, task_states(run)
-    with psycopg.connect(url) as conn:
-        notes = {r[0] for r in conn.execute("SELECT id FROM app.call_notes").fetchall()}
-        calls = {r[0] for r in conn.execute("SELECT id FROM app.calls WHERE id = ANY(%s)", ([gone_call, excepted_call, second_gone, young[0]],)).fetchall()}
-        record = conn.execute(
-            "SELECT held, held_reasons, cascade FROM governance.retention_runs WHERE run_id = %s AND rule = 'calls_2_years'",
-            (run.run_id,),
-        ).fetchone()
-    assert notes == {2, 4}  # the expired calls' notes went with them
-    assert calls == {excepted_call, young[0]}  # the call whose note is still excepted stays
-    assert record is not None
-    assert record[1].get("owned_row_held") == 1 and record[0] >= 1
-    assert record[2] == {"aircalls_app.call_notes": 2}

@@ -16,6 +16,9 @@ from governance.ledger import ANCHOR_PREFIX, LedgerEntry, LedgerWriter, ledger_k
 from tests.dags.test_run_conf_scrub import synced_dags  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.integration
+# The runs these tests plant are dated 2020: keep Airflow's records of them (the metadata clean-up
+# has its own test).
+KEEP_2020_RUNS = ["--metadata-max-age", "36500d"]
 
 
 def test_one_pass_anchors_new_ledger_rows_prints_counts_and_touches_the_heartbeat(
@@ -81,7 +84,7 @@ def test_a_pass_closes_a_superseded_run_still_running_as_failed_with_a_note_and_
     claim = claim_request(request_id, dag_run_id=newer, at=datetime.now(UTC), stale_after_s=60, conninfo=ledger_db)
     assert claim.took_over == killed and set(claim.superseded) == {killed, ended}
 
-    assert main(["maintain", "--once", "--lookback", "0s"]) == 0
+    assert main(["maintain", "--once", "--lookback", "0s", *KEEP_2020_RUNS]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["runs_closed"] == 1
     with create_session() as session:
         runs = {r.run_id: r for r in session.query(DagRun).filter(DagRun.run_id.in_([killed, ended, newer]))}
@@ -96,5 +99,69 @@ def test_a_pass_closes_a_superseded_run_still_running_as_failed_with_a_note_and_
     assert set(records) == {killed, ended}
     assert "Closed as failed" in records[killed] and "ended failed: left as it is" in records[ended]
     # Each superseded run is handled once: the next pass closes nothing.
-    assert main(["maintain", "--once", "--lookback", "0s"]) == 0
+    assert main(["maintain", "--once", "--lookback", "0s", *KEEP_2020_RUNS]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["runs_closed"] == 0
+
+
+def test_a_pass_removes_airflow_records_log_files_and_lineage_events_older_than_the_age_and_keeps_younger_ones(
+    airflow_db: str, ledger_db: str, anchor_bucket: str, synced_dags: None, tmp_path: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    import os
+    from datetime import timedelta
+
+    from airflow.models.dagrun import DagRun
+    from airflow.models.log import Log
+    from airflow.utils.session import create_session
+
+    from governance.lineage import openlineage_transport
+    from tests.dags.test_run_conf_scrub import _add_run
+
+    now = datetime.now(UTC)
+    old, young = now - timedelta(days=45), now - timedelta(days=3)
+    # Runs (with what was typed into the form) and action-log rows, one older than 30 days, one younger.
+    old_run = _add_run("dsr_export", "success", {"email": "old@example.org"}, ended=old)[1]
+    young_run = _add_run("dsr_export", "success", {"email": "young@example.org"}, ended=young)[1]
+    with create_session() as session:
+        for run_id, at in ((old_run, old), (young_run, young)):
+            session.query(DagRun).filter(DagRun.run_id == run_id).update(
+                {DagRun.start_date: at, DagRun.run_after: at, DagRun.end_date: at}
+            )
+            entry = Log(event="trigger_dag_run", owner="staff", dag_id="dsr_export", run_id=run_id,
+                        extra=json.dumps({"conf": {"email": "typed@example.org"}}))  # fmt: skip
+            session.add(entry)
+            session.flush()
+            session.query(Log).filter(Log.id == entry.id).update({Log.dttm: at})  # the model stamps "now"
+    # Task log files and lineage events of both ages.
+    logs = tmp_path / "logs"
+    for name, at in (("old", old), ("young", young)):
+        path = logs / f"dag_id=dsr_export/run_id={name}/task_id=open_request/attempt=1.log"
+        path.parent.mkdir(parents=True)
+        path.write_text("task log\n")
+        os.utime(path, (at.timestamp(), at.timestamp()))
+    events = tmp_path / "lineage" / "openlineage-events.jsonl"
+    events.parent.mkdir()
+    events.write_text("".join(json.dumps({"eventTime": at.isoformat(), "run": {"runId": name}}) + "\n"
+                              for name, at in (("old", old), ("young", young))))  # fmt: skip
+    monkeypatch.setenv("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(logs))
+    monkeypatch.setenv("AIRFLOW__OPENLINEAGE__TRANSPORT", json.dumps(openlineage_transport(events_dir=events.parent)))
+
+    assert main(["maintain", "--once", "--lookback", "0s", "--metadata-max-age", "30d"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["errors"] == [] and "dag_run" in report["metadata_cleanup"]["tables_cleaned"]
+    with create_session() as session:
+        runs = {r.run_id for r in session.query(DagRun).filter(DagRun.run_id.in_([old_run, young_run]))}
+        entries = {e.run_id for e in session.query(Log).filter(Log.run_id.in_([old_run, young_run]))}
+        older = session.query(DagRun).filter(DagRun.start_date < now - timedelta(days=30)).count()
+    assert runs == {young_run} and entries == {young_run} and older == 0
+    assert [p.parts[-3] for p in logs.rglob("*.log")] == ["run_id=young"]
+    assert not (logs / "dag_id=dsr_export" / "run_id=old").exists()
+    kept = [json.loads(line)["run"]["runId"] for p in events.parent.iterdir() for line in p.read_text().splitlines()]
+    assert kept == ["young"] and report["metadata_cleanup"]["lineage_events_deleted"] == 1
+    # The next event goes to a new live file; the lineage folder holds nothing older than the age.
+    assert not events.exists()
+
+
+def test_a_metadata_age_under_a_day_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["maintain", "--once", "--metadata-max-age", "1h"]) == 2
+    assert "--metadata-max-age must be at least 1d" in capsys.readouterr().err

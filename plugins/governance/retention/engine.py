@@ -326,6 +326,9 @@ class SweepContext:
     orphan_grace: timedelta = timedelta(days=DEFAULT_ORPHAN_GRACE_DAYS)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now().astimezone())
     objects_failed: int = 0
+    # A dry run deletes nothing, so a later rule of the same target would find (and count again)
+    # the rows an earlier rule would delete: their primary keys, by table, are left out instead.
+    dry_run_deleted: dict[TableRef, set[Any]] = field(default_factory=dict)
 
 
 def _objects_of(
@@ -342,14 +345,28 @@ def _objects_of(
     return found
 
 
-def _delete_objects(ctx: SweepContext, found: list[tuple[str, str, list[ObjectVersions]]], outcome: RuleOutcome) -> None:
+def _delete_objects(ctx: SweepContext, found: list[tuple[str, str, list[ObjectVersions]]], outcome: RuleOutcome) -> set[str]:
+    """Delete (or, in a dry run, count) the objects found; return the keys that could not be
+    deleted, so the rows naming them are kept for the next run."""
+    failed_keys: set[str] = set()
     for system, _prefix, versions in found:
         if ctx.dry_run:
             outcome.objects_affected += len(versions)
             continue
         deleted, failed = delete_versions(ctx.object_client(system), ctx.buckets[system], versions)
         outcome.objects_affected += deleted
-        outcome.objects_failed += failed
+        outcome.objects_failed += len(failed)
+        failed_keys |= failed
+    return failed_keys
+
+
+def _rows_whose_objects_went(steps: Iterable[Any], rows: list[dict[str, Any]], failed: set[str]) -> list[dict[str, Any]]:
+    """``rows`` less those naming an object that could not be deleted (they stay, with their key,
+    so the next run tries the object again rather than leaving it without its row)."""
+    if not failed:
+        return rows
+    steps = list(steps)
+    return [row for row in rows if not any(set(step.keys_for([row])) & failed for step in steps)]
 
 
 def _run_table_rule(
@@ -374,6 +391,8 @@ def _run_table_rule(
         batch_started = time.monotonic()
         with conn.cursor(row_factory=dict_row) as cur:
             act = scan.next(cur)
+            if ctx.dry_run and act and ctx.dry_run_deleted.get(rs.table):
+                act = [r for r in act if r[SCAN_KEY] not in ctx.dry_run_deleted[rs.table]]
             owned: dict[TableRef, list[dict[str, Any]]] = defaultdict(list)
             if act and rs.action == "delete_rows":
                 rows_of: dict[TableRef, list[dict[str, Any]]] = {rs.table: act}
@@ -391,17 +410,15 @@ def _run_table_rule(
                 found_objects = _objects_of(ctx, rs.objects, act)
                 for step in rs.cascade:
                     found_objects += _objects_of(ctx, step.objects, owned.get(step.table, []))
-                _delete_objects(ctx, found_objects, outcome)
+                failed = _delete_objects(ctx, found_objects, outcome)
+                if failed and rs.cascade:  # an object was left: keep the batch's rows (and what they own) for the next run
+                    act, owned = [], defaultdict(list)
+                act = _rows_whose_objects_went(rs.objects, act, failed)
                 batch_started = time.monotonic()
             if act and not ctx.dry_run:
                 keys = [r[SCAN_KEY] for r in act]
                 if rs.action == "delete_rows":
-                    for mention in rs.mentions:
-                        parents = act if mention.edge.parent == rs.table else owned.get(mention.edge.parent, [])
-                        values = sorted({r[mention.edge.parent_field] for r in parents if r[mention.edge.parent_field] is not None})
-                        if values:
-                            cur.execute(mention.statement.query, mention.statement.bind({KEYS: values}))
-                            cascade_counts[f"mentions cleared {mention.edge.child}.{mention.edge.field}"] += max(0, cur.rowcount)
+                    _clear_mentions(cur, rs, act, owned, cascade_counts)
                     for table in rs.deletion_order:  # children before parents
                         pk = ctx.datamap.table(table).primary_key
                         table_keys = sorted({r[pk] for r in owned.get(table, [])})
@@ -415,6 +432,14 @@ def _run_table_rule(
                 outcome.rows_affected += len(act)
                 for table, rows in owned.items():
                     cascade_counts[str(table)] += len({r[ctx.datamap.table(table).primary_key] for r in rows})
+                if rs.action == "delete_rows":
+                    # Counted by clearing them in the batch's transaction, rolled back below.
+                    _clear_mentions(cur, rs, act, owned, cascade_counts)
+                    gone = ctx.dry_run_deleted.setdefault(rs.table, set())
+                    gone.update(r[SCAN_KEY] for r in act)
+                    for table, rows in owned.items():
+                        pk = ctx.datamap.table(table).primary_key
+                        ctx.dry_run_deleted.setdefault(table, set()).update(r[pk] for r in rows)
         if ctx.dry_run:
             conn.rollback()
         else:
@@ -426,6 +451,19 @@ def _run_table_rule(
     outcome.low_watermark = scan.low_watermark(outcome.cutoff)
     if not ctx.dry_run and not outcome.objects_failed:
         _save_watermark(ctx.gov, rs.rule, rs.sha256, outcome.low_watermark, ctx.as_of, ctx.run_id, ctx.clock())
+
+
+def _clear_mentions(
+    cur: psycopg.Cursor[Any], rs: RetentionStatement, act: list[dict[str, Any]], owned: Mapping[TableRef, list[dict[str, Any]]],
+    counts: Counter[str],
+) -> None:
+    """Clear the references that mention the rows being deleted (the batch's and what they own)."""
+    for mention in rs.mentions:
+        parents = act if mention.edge.parent == rs.table else owned.get(mention.edge.parent, [])
+        values = sorted({r[mention.edge.parent_field] for r in parents if r[mention.edge.parent_field] is not None})
+        if values:
+            cur.execute(mention.statement.query, mention.statement.bind({KEYS: values}))
+            counts[f"mentions cleared {mention.edge.child}.{mention.edge.field}"] += max(0, cur.rowcount)
 
 
 def _run_object_rule_by_row(
@@ -444,8 +482,8 @@ def _run_object_rule_by_row(
         batch_started = time.monotonic()
         if act:
             found = _objects_of(ctx, [item.object_step], act)
-            _delete_objects(ctx, found, outcome)
-            if item.clear_key_column is not None:
+            act = _rows_whose_objects_went([item.object_step], act, _delete_objects(ctx, found, outcome))
+            if item.clear_key_column is not None and act:
                 if ctx.dry_run:
                     outcome.rows_affected += len(act)
                 else:
@@ -625,7 +663,7 @@ def remaining_after(ctx: SweepContext, target: SweepTarget, outcomes: Sequence[R
     the range this run was responsible for (from where it started, not from its new watermark)."""
     from dataclasses import replace
 
-    check = replace(ctx, dry_run=True)
+    check = replace(ctx, dry_run=True, dry_run_deleted={})
     remaining: dict[str, int] = {}
     system = target["system"]
     if target["kind"] == "prefix":

@@ -105,8 +105,8 @@ def existing_versions(client: Any, bucket: str, keys: Iterable[str]) -> list[Obj
     return sorted((f for f in found if f is not None), key=lambda o: o.key)
 
 
-def delete_versions(client: Any, bucket: str, objects: Iterable[ObjectVersions]) -> tuple[int, int]:
-    """Delete every listed version; return (keys deleted, keys that failed). A failed key is
+def delete_versions(client: Any, bucket: str, objects: Iterable[ObjectVersions]) -> tuple[int, set[str]]:
+    """Delete every listed version; return (keys deleted, the keys that failed). A failed key is
     retried once on its own before it counts as failed; the rest go on."""
     items = list(objects)
     targets = [t for o in items for t in o.targets]
@@ -115,13 +115,16 @@ def delete_versions(client: Any, bucket: str, objects: Iterable[ObjectVersions])
         batch = targets[start : start + 1000]
         result = client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
         for error in result.get("Errors", []):
-            retry = {"Key": error["Key"], **({"VersionId": error["VersionId"]} if error.get("VersionId") else {})}
-            again = client.delete_objects(Bucket=bucket, Delete={"Objects": [retry], "Quiet": True})
+            # Retry exactly what was asked for that key: an error need not name the version, and a
+            # delete without one only hides a versioned object behind a delete marker.
+            version = error.get("VersionId")
+            retry = [t for t in batch if t["Key"] == error["Key"] and (not version or t.get("VersionId") == version)]
+            again = client.delete_objects(Bucket=bucket, Delete={"Objects": retry or [{"Key": error["Key"]}], "Quiet": True})
             if again.get("Errors"):
                 failed_keys.add(error["Key"])
     if failed_keys:
         log.warning("%d object(s) could not be deleted; the run will fail at the end naming the count", len(failed_keys))
-    return len({o.key for o in items} - failed_keys), len(failed_keys)
+    return len({o.key for o in items} - failed_keys), failed_keys
 
 
 def list_current(client: Any, bucket: str, prefix: str) -> Iterator[list[dict[str, Any]]]:
