@@ -35,7 +35,7 @@ from governance_dev.seed import cast_member
 from tests.dags.conftest import task_states
 from tests.fixtures.reference import Deployment
 
-pytestmark = [pytest.mark.integration, pytest.mark.dagrun]
+pytestmark = [pytest.mark.slow(seconds=140), pytest.mark.integration, pytest.mark.dagrun]
 
 AS_OF = datetime(2026, 11, 28, tzinfo=UTC)  # the seed's activity runs up to this day
 SUBJECT = "caller_only"

@@ -37,7 +37,7 @@ from tests.dags.conftest import task_states, xcom_result
 from tests.fixtures.lineage import LineageEvents
 from tests.fixtures.reference import Deployment
 
-pytestmark = [pytest.mark.integration, pytest.mark.dagrun]
+pytestmark = [pytest.mark.slow(seconds=90), pytest.mark.integration, pytest.mark.dagrun]
 
 
 @pytest.fixture(scope="module")

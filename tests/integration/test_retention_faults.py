@@ -26,7 +26,7 @@ import yaml
 from governance.config import INCLUDE_DIR
 from tests.fixtures.reference import Deployment
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.slow(seconds=50), pytest.mark.integration]
 
 RULE = "calls_2_years"
 TARGET = {"system": "aircalls_app", "kind": "table", "name": "calls", "rules": [RULE], "orphans": False, "wave": 0}
