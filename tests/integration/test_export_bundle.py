@@ -124,7 +124,7 @@ def targets_for(deployment: Deployment, s3: Any) -> ExportTargets:
                                    login="governance", password=deployment.support_desk.api_key),
     }  # fmt: skip
     return ExportTargets(
-        conninfo_for=lambda _conn_id: deployment.app_url,
+        conninfo_for=deployment.conninfo_for,
         s3_for=lambda _conn_id: s3,
         processor_client_for=lambda p: processor_connector(p, infos[p.name], attempts=2, backoff_s=0.01),
     )

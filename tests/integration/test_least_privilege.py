@@ -339,7 +339,8 @@ def test_export_of_one_person_as_the_task_role_holds_exactly_their_rows(
                                    login="governance", password=deployment.support_desk.api_key),
     }  # fmt: skip
     targets = ExportTargets(
-        conninfo_for=lambda _conn_id: lp.task_url,
+        # The warehouse lives in another database, whose owner grants the task role (not set up here).
+        conninfo_for=lambda conn_id: deployment.warehouse_url if conn_id == "aircalls_warehouse" else lp.task_url,
         s3_for=lambda _conn_id: s3,
         processor_client_for=lambda p: processor_connector(p, infos[p.name], attempts=2, backoff_s=0.01),
     )

@@ -38,7 +38,14 @@ from governance.export.bundle import (
     safe_segment,
 )
 from governance.export.formats import FORMATS, DataFormat, write_rows
-from governance.export.index import BundleContents, PrefixExport, ProcessorExport, TableExport, render_index
+from governance.export.index import (
+    BundleContents,
+    PrefixExport,
+    ProcessorExport,
+    TableExport,
+    render_index,
+    system_counts,
+)
 from governance.identity import SubjectIdentities
 from governance.resolution import Ambiguity, describe_ambiguities
 
@@ -425,7 +432,9 @@ def build_manifest(datamap: DataMap, contents: BundleContents, writer: BundleWri
         found_data=contents.found_data,
         files_digest=writer.files_digest,
         notes=[] if contents.found_data else ["We found no data about you in any of the systems searched."],
+        systems=system_counts(contents),
     )
+
 
 
 def bundle_counts(contents: BundleContents) -> dict[str, int]:
