@@ -51,9 +51,11 @@ def _database_step_done(url: str, request_id: str) -> bool:
     it reaches (the app and the analytics warehouse, one transaction each)."""
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(
+            # One marker per database (db:<system>); the steps' own rows are db:<system>:<order>:...
             "SELECT count(*) = (SELECT count(DISTINCT s->>'system') FROM jsonb_array_elements(p.plan->'database') s)"
             " FROM governance.erasure_progress pr JOIN governance.erasure_plans p USING (plan_id)"
-            " WHERE p.request_id = %s AND pr.step LIKE 'db:%%' GROUP BY p.plan", (request_id,)).fetchone()  # fmt: skip
+            " WHERE p.request_id = %s AND pr.step LIKE 'db:%%' AND pr.step NOT LIKE 'db:%%:%%'"
+            " GROUP BY p.plan_id, p.plan", (request_id,)).fetchone()  # fmt: skip
     return bool(row and row[0])
 
 
