@@ -9,7 +9,8 @@ UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 # pytest-xdist workers; each has its own Airflow metadata DB, S3 server, stand-ins and reference
-# template, so tests stay isolated (--dist loadfile keeps a module's fixtures in one worker).
+# template, so tests stay isolated (--dist loadfile keeps a module's fixtures in one worker; the
+# longest modules start first, see tests/conftest.py).
 # PYTEST_WORKERS=0 runs in one process.
 PYTEST_WORKERS ?= 2
 
@@ -39,7 +40,7 @@ lint: venv
 	$(VENV)/bin/mypy
 
 test: lint
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=15
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 test-fast: venv
 	$(PY) -m pytest -q tests/unit

@@ -13,6 +13,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="gov-test-airflow-"))
@@ -53,6 +54,25 @@ pytest_plugins = [
     "tests.fixtures.reference",
     "tests.fixtures.lineage",
 ]
+
+
+def module_seconds(item: Any) -> float:
+    """The expected run time a module declares with ``pytest.mark.slow(seconds=N)`` (0 if none)."""
+    marker = item.get_closest_marker("slow")
+    return float(marker.kwargs.get("seconds", 60)) if marker else 0.0
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    """Longest modules first. ``make test`` runs pytest-xdist with ``--dist loadfile
+    --no-loadscope-reorder``: modules go to workers in this order, so a module that runs for
+    minutes starts at once instead of last (xdist's own order, by number of tests, put the
+    one-test browser module at the end: a 15-minute tail on one worker). The sort is stable, so
+    modules keep their order otherwise and a module's tests stay together."""
+    weight: dict[str, float] = {}
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        weight[module] = max(weight.get(module, 0.0), module_seconds(item))
+    items.sort(key=lambda item: -weight[item.nodeid.split("::", 1)[0]])
 
 
 def pytest_sessionfinish(session: object, exitstatus: int) -> None:

@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("governance.serve", "serve one recorded request locally end to end (dag.test), stopping at a pending human step"),
     "keys": ("governance.crypto", "generate key material for the keyed-hash and encryption connections"),
     "validate-datamap": ("governance.datamap.command", "validate the data map and print what is wrong"),
+    "validate-subprocessors": ("governance.inventory.command", "validate include/subprocessors.yaml against the data map and the reference data"),
+    "inventory-reference": ("governance.inventory.reference_command", "list the transfer reference data (--stale: entries last checked over a year ago)"),
     "datamap-schema": ("governance.datamap.schema", "print or write the data map's JSON Schema (generated from its model, for editors)"),
     "decrypt-bundle": ("governance.export.decrypt_command", "decrypt an export bundle (age, passphrase from stdin)"),
     "export-passphrase": ("governance.export.passphrase_command", "print an export bundle's passphrase for staff to send"),

@@ -99,6 +99,17 @@ def s3_prefix_uri(bucket: str, key_prefix: str) -> str:
     return f"s3://{bucket}/{prefix}"
 
 
+def processor_uri(base_url: str, processor: str) -> str:
+    """``scheme://host:port/<processor>``: a processor of the data map as a dataset, in the
+    namespace of the connection it is reached through (default ports written out, so every writer
+    and reader of lineage names it alike; the subprocessor inventory matches it to a declaration)."""
+    parts = urlsplit(base_url if "://" in base_url else f"http://{base_url}")
+    if not parts.hostname:
+        raise LineageNameError(f"processor {processor!r}: its connection has no host")
+    port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+    return f"{parts.scheme}://{parts.hostname.lower()}{f':{port}' if port else ''}/{_identifier('processor', processor)}"
+
+
 def _postgres_location(source: str | ConnectionInfo) -> tuple[str, int | None, str]:
     """(host, port, database) of a connection id, a ConnectionInfo or a libpq URL (no credentials)."""
     if isinstance(source, ConnectionInfo):
@@ -150,6 +161,23 @@ def record_table_write(source: str | ConnectionInfo, schema: str, table: str, *,
     return _record("output", table_uri(source, schema, table), rows)
 
 
+def record_governance_tables(
+    source: str | ConnectionInfo, *, read: Iterable[str] = (), written: Iterable[str] = ()
+) -> list[str]:
+    """Report the tables of the ``governance`` schema the running task read and wrote (requests,
+    plans, suppression list, certificates): the platform's own records are datasets too."""
+    uris = [record_table_read(source, "governance", table) for table in read]
+    return uris + [record_table_write(source, "governance", table) for table in written]
+
+
+def record_request_opened(source: str | ConnectionInfo, conf: Mapping[str, Any]) -> list[str]:
+    """What opening a privacy request from a run configuration touches: the request read (by its
+    id) or recorded (a form's identities), and the run recorded among the request's runs."""
+    if str(conf.get("request_id") or "").strip():
+        return record_governance_tables(source, read=("privacy_requests",), written=("request_runs",))
+    return record_governance_tables(source, written=("privacy_requests", "request_runs"))
+
+
 def record_object_read(bucket: str, key_prefix: str) -> str:
     """Report that the running task read objects under ``key_prefix``."""
     return _record("input", s3_prefix_uri(bucket, key_prefix), None)
@@ -158,6 +186,12 @@ def record_object_read(bucket: str, key_prefix: str) -> str:
 def record_object_write(bucket: str, key_prefix: str, *, objects: int | None = None) -> str:
     """Report that the running task wrote or deleted ``objects`` objects under ``key_prefix``."""
     return _record("output", s3_prefix_uri(bucket, key_prefix), objects)
+
+
+def record_processor_call(base_url: str, processor: str, *, changes: bool) -> str:
+    """Report that the running task called ``processor``: a look-up or export reads it (and sends
+    it the person's identity), an erasure (``changes``) writes it."""
+    return _record("output" if changes else "input", processor_uri(base_url, processor), None)
 
 
 # --------------------------------------------------------------------------------------------

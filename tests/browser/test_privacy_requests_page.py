@@ -47,6 +47,7 @@ FORM_EMAIL = " Olivia.BENNETT@example.com"  # cast member payer, typed into Airf
 TYPED = [ERASURE_EMAIL.strip(), EXPORT_EMAIL.strip(), FORM_EMAIL.strip()]
 
 pytestmark = [
+    pytest.mark.slow(seconds=600),
     pytest.mark.integration,
     pytest.mark.dagrun,
     pytest.mark.browser,

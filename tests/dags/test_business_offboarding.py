@@ -21,7 +21,7 @@ from tests.dags.conftest import task_states, xcom_result
 from tests.fixtures.reference import Deployment
 from tests.integration.test_erasure_support import all_versions, diff, snapshot
 
-pytestmark = [pytest.mark.integration, pytest.mark.dagrun]
+pytestmark = [pytest.mark.slow(seconds=150), pytest.mark.integration, pytest.mark.dagrun]
 DAG_ID = "business_offboarding"
 # Businesses 1..7 hold the cast other tests erase; the smallest of the rest is offboarded.
 SMALL_BUSINESS = """

@@ -32,7 +32,7 @@ from tests.integration.test_erasure_support import (
     snapshot,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.dagrun]
+pytestmark = [pytest.mark.slow(seconds=150), pytest.mark.integration, pytest.mark.dagrun]
 UNCHANGED = {"deleted": set(), "changed": set(), "added": set()}
 
 

@@ -38,7 +38,7 @@ from tests.dags.conftest import task_states, xcom_result
 from tests.fixtures.reference import Deployment, cloned_deployment
 from tests.integration.test_export_bundle import assert_matches_ground_truth
 
-pytestmark = [pytest.mark.integration, pytest.mark.dagrun]
+pytestmark = [pytest.mark.slow(seconds=100), pytest.mark.integration, pytest.mark.dagrun]
 
 DAG_ID = "dsr_export"
 OFFICER = "privacy.officer"

@@ -32,7 +32,7 @@ from tests.fixtures.reference import Deployment, cloned_deployment
 from tests.fixtures.services import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.integration.test_erasure_support import assert_erased_exactly_once, ground_truth_before
 
-pytestmark = [pytest.mark.integration, pytest.mark.dagrun]
+pytestmark = [pytest.mark.slow(seconds=180), pytest.mark.integration, pytest.mark.dagrun]
 ROOT = Path(__file__).resolve().parents[2]
 
 

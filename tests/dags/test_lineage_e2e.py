@@ -26,7 +26,7 @@ from governance.lineage import (
 )
 from tests.fixtures.lineage import LineageEvents, ProbeDeployment
 
-pytestmark = [pytest.mark.integration, pytest.mark.dagrun]
+pytestmark = [pytest.mark.slow(seconds=50), pytest.mark.integration, pytest.mark.dagrun]
 
 DAG_ID = "lineage_probe"
 REQUEST_ID = "exp-20260115-0123456789ab"

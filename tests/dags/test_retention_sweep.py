@@ -22,7 +22,7 @@ from governance.config import INCLUDE_DIR
 from tests.dags.conftest import task_states, xcom_result
 from tests.fixtures.reference import Deployment
 
-pytestmark = [pytest.mark.integration, pytest.mark.dagrun]
+pytestmark = [pytest.mark.slow(seconds=150), pytest.mark.integration, pytest.mark.dagrun]
 
 AS_OF = datetime(2026, 11, 28, tzinfo=UTC)
 HELD_BUSINESS = 3

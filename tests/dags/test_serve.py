@@ -24,7 +24,7 @@ from governance.workflows import dsr_export as export_workflow
 from governance_dev.seed import cast_member
 from tests.fixtures.reference import Deployment, cloned_deployment
 
-pytestmark = [pytest.mark.integration, pytest.mark.dagrun]
+pytestmark = [pytest.mark.slow(seconds=60), pytest.mark.integration, pytest.mark.dagrun]
 
 
 @pytest.fixture

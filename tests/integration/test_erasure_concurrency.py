@@ -21,7 +21,7 @@ from governance_dev.seed import cast_member
 from tests.fixtures.reference import Deployment
 from tests.integration.test_erasure_support import conf_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.slow(seconds=45), pytest.mark.integration]
 ROOT = Path(__file__).resolve().parents[2]
 # The DAG's first tasks, as functions, in a child process (no test helpers: they import pandas).
 SCRIPT = """

@@ -263,3 +263,24 @@ def test_the_plan_shows_the_statements_that_run_and_a_changed_data_map_stops_exe
         status = conn.execute("SELECT status FROM governance.erasure_plans WHERE plan_id = %s",
                               (planned_run.summary["plan_id"],)).fetchone()  # fmt: skip
     assert status == ("planned",)
+
+
+def test_an_erasure_blocked_by_a_row_lock_gives_up_after_the_configured_lock_timeout_with_nothing_changed(
+    shared_clone: Deployment, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """GOVERNANCE_PG_LOCK_TIMEOUT_S bounds the erasure's wait for a row lock (the executor once
+    set a fixed 60 s of its own over it): the transaction gives up, whole."""
+    import time
+
+    monkeypatch.setenv("GOVERNANCE_PG_LOCK_TIMEOUT_S", "1")
+    subject = cast_member("call_handler")
+    url = shared_clone.app_url
+    before = snapshot(url)
+    with psycopg.connect(url) as holder:  # the app holds the person's account row
+        holder.execute("SELECT id FROM app.users WHERE id = %s FOR UPDATE", (subject.user_id,))
+        started = time.monotonic()
+        with pytest.raises(Exception, match="LockNotAvailable"):
+            run_erasure(conf_for("call_handler"), "locktimeout", until="database")
+        waited = time.monotonic() - started
+    assert waited < 45, f"the erasure waited {waited:.0f} s for the lock: the configured 1 s was not applied"
+    assert snapshot(url) == before

@@ -23,7 +23,7 @@ from governance_dev.services import free_port, port_is_free
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT_DAGS = {"dsr_export", "dsr_erasure", "datamap_drift", "governance_healthcheck"}
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.slow(seconds=240), pytest.mark.integration]
 
 
 def _clean_environment(state_dir: Path, airflow_port: int) -> dict[str, str]:

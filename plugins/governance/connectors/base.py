@@ -102,6 +102,18 @@ class ProcessorConnector(Connector):
         """Erase one record, waiting until the processor has really deleted it; ``"absent"`` when
         it was gone already (a retry after success is a no-op)."""
 
+    def report_lineage(self, base_url: str, *, changes: bool) -> None:
+        """Name the processor as a dataset of the running task (``governance.lineage.processor_uri``:
+        the connection's scheme, host and port, then the processor's name): read by a look-up or
+        an export, written by an erasure. Once per connector and direction; call it before each
+        request, so a task whose calls fail still names what it tried to reach."""
+        reported: set[bool] = self.__dict__.setdefault("_lineage_reported", set())
+        if changes not in reported:
+            from governance.lineage import record_processor_call
+
+            record_processor_call(base_url, self.processor.name, changes=changes)
+            reported.add(changes)
+
     def verify(self, identities: SubjectIdentities) -> list[str]:
         """Record ids the processor still returns for the person (empty: erasure verified)."""
         return [record.record_id for record in self.lookup(identities)]

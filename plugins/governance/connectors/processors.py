@@ -215,8 +215,11 @@ class ProcessorClient(ProcessorConnector):
     # -- transport ----------------------------------------------------------------------------
 
     def _send(self, request: ProcessorRequest, what: str) -> tuple[int, Any]:
-        """Send with retries; return (status, decoded JSON or None)."""
+        """Send with retries; return (status, decoded JSON or None). The call is reported to
+        lineage (the processor as a dataset, read or written) once per connector and direction."""
         import requests
+
+        self.report_lineage(self.base_url, changes=request.method.upper() not in ("GET", "HEAD"))
 
         last = "no answer"
         for attempt in range(self.attempts):

@@ -104,6 +104,8 @@ class SupportDeskConnector(ProcessorConnector):
 
         from governance.connectors.processors import ProcessorUnavailable
 
+        if authenticated:  # the token call carries no personal data
+            self.report_lineage(self.base_url, changes=what.startswith("erase"))
         last = "no answer"
         refreshed = False
         attempt = 0

@@ -243,12 +243,12 @@ def _model_keys(model: type[BaseModel]) -> list[str]:
     return [f.alias or name for name, f in model.model_fields.items()]
 
 
-def _walk(loc: tuple[int | str, ...], data: object) -> tuple[str, Any, object]:
-    """Follow a pydantic ``loc`` through the raw data and the model types: the named path, the
-    type at the end (a model class when there is one) and the raw node there."""
+def _walk(loc: tuple[int | str, ...], data: object, root: type[BaseModel] = DataMap) -> tuple[str, Any, object]:
+    """Follow a pydantic ``loc`` through the raw data and the model types (from ``root``): the
+    named path, the type at the end (a model class when there is one) and the raw node there."""
     parts = ""
     node: object = data
-    tp: Any = DataMap
+    tp: Any = root
     for element in loc:
         tp = _unwrap(tp, node) if tp is not None else None
         if isinstance(element, int):
@@ -281,14 +281,17 @@ def _short(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _convert_pydantic_error(err: Mapping[str, Any], data: object) -> tuple[str, str]:
+def _convert_pydantic_error(
+    err: Mapping[str, Any], data: object, root: type[BaseModel] = DataMap
+) -> tuple[str, str]:
+    """(path, message) of one pydantic error of validating ``data`` as ``root``, in the map's words."""
     loc: tuple[int | str, ...] = tuple(err.get("loc", ()))
     kind = err.get("type", "")
     ctx = err.get("ctx") or {}
     value = err.get("input")
     if kind == "extra_forbidden":
-        path, _tp, _node = _walk(loc, data)
-        _parent_path, parent_tp, _ = _walk(loc[:-1], data)
+        path, _tp, _node = _walk(loc, data, root)
+        _parent_path, parent_tp, _ = _walk(loc[:-1], data, root)
         key = str(loc[-1])
         if isinstance(parent_tp, type) and issubclass(parent_tp, BaseModel):
             allowed = _model_keys(parent_tp)
@@ -296,7 +299,7 @@ def _convert_pydantic_error(err: Mapping[str, Any], data: object) -> tuple[str, 
         else:
             hint = ""
         return path, f"unknown key {key!r}{hint}"
-    path, _tp, _node = _walk(loc, data)
+    path, _tp, _node = _walk(loc, data, root)
     if kind == "missing":
         return path, "required key is missing"
     if kind in ("union_tag_invalid", "union_tag_not_found"):

@@ -244,8 +244,9 @@ def _run_system(
     keyed_hash_pads: Mapping[str, bytes] | None,
     marker: str,
 ) -> dict[str, int]:
+    # The lock wait is bounded by the connection's own lock_timeout (GOVERNANCE_PG_LOCK_TIMEOUT_S,
+    # set by the connection options of governance.db): no fixed value here overrides it.
     with psycopg.connect(conninfo, application_name="governance-erasure") as conn:
-        conn.execute("SET LOCAL lock_timeout = '60s'")
         rows = run_database_steps(
             conn, statements, steps, batch_size=datamap.settings.erasure_batch_size, keyed_hash_pads=keyed_hash_pads,
             done=done if same else (),

@@ -67,6 +67,13 @@ def _lineage(record: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         log.debug("lineage not recorded", exc_info=True)
 
 
+def _governance_lineage(*, read: tuple[str, ...] = (), written: tuple[str, ...] = ()) -> None:
+    """Name the governance tables a task read and wrote (best effort, as every lineage record)."""
+    from governance.lineage import record_governance_tables
+
+    _lineage(record_governance_tables, GOVERNANCE_CONN_ID, read=read, written=written)
+
+
 def _object_client(datamap: Any) -> Callable[[str], Any]:
     from governance.objectstore import s3_client
 
@@ -104,6 +111,9 @@ def open_erasure_request(conf: Mapping[str, Any], *, run_id: str, received_at: d
         handle = open_request(conf, kind="erasure", run_id=run_id, received_at=received_at)
     except InvalidRunConfiguration as exc:
         _fail(f"cannot start this erasure: {exc}. Nothing was read or changed.")
+    from governance.lineage import record_request_opened
+
+    _lineage(record_request_opened, GOVERNANCE_CONN_ID, conf)
     log.info("erasure request %s (%s; identities: %s; business scope: %s)", handle.request_id, handle.source,
              ",".join(handle.identity_kinds), handle.business_id)  # fmt: skip
     return handle.to_xcom()
@@ -318,6 +328,7 @@ def plan_erasure(
     for system_name, table in sorted({(s.system, s.table) for s in work.database}):
         system = datamap.postgres_system(system_name)
         _lineage(record_table_read, system.connection_id, system.db_schema, table)
+    _governance_lineage(read=("privacy_requests",), written=("erasure_plans",))
     summary = work.summary()
     log.info("erasure plan %s for %s: %s; objects %s; processors %s; kept %s", plan_id, request.request_id,
              work.table_counts(), summary["objects"], summary["processors"],
@@ -641,6 +652,7 @@ def record_suppression(summary: Mapping[str, Any]) -> dict[str, Any]:
         for identities in people:
             count += record(conn, request_id=work.request_id, identities=identities, hasher=hasher_from_airflow(),
                             business_id=work.business_id, erased_at=erased_at, at=_now())  # fmt: skip
+    _governance_lineage(read=("erasure_plans", "erasure_progress", "privacy_requests"), written=("suppression_list",))
     log.info("erasure %s: %d identities on the suppression list", plan_id, count)
     return {"plan_id": plan_id, "recorded": count}
 
@@ -695,7 +707,14 @@ def issue_certificate(handle: Mapping[str, Any] | None, *, dag_id: str, run_id: 
         datamap = load_datamap()
         systems = datamap.object_systems
         s3 = _object_client(datamap)(systems[0].name) if systems else None
-        uris = store_certificate(conn, certificate, s3=s3, bucket=systems[0].bucket.resolve() if systems else None)
+        bucket = systems[0].bucket.resolve() if systems else None
+        uris = store_certificate(conn, certificate, s3=s3, bucket=bucket)
+    from governance.erasure.certificate import CERTIFICATE_PREFIX
+    from governance.lineage import record_object_write
+
+    _governance_lineage(read=("erasure_plans", "erasure_progress", "privacy_requests"), written=("erasure_certificates",))
+    if s3 is not None and bucket:
+        _lineage(record_object_write, bucket, CERTIFICATE_PREFIX, objects=2)
     log.info("erasure %s: certificate %s (verification %s)", request_id, uris["json_uri"],
              "passed" if certificate["verification"].get("passed") else "not passed")  # fmt: skip
     return {"plan_id": row["plan_id"], "outcome": certificate["outcome"],

@@ -128,6 +128,14 @@ def open_export_request(params: Mapping[str, Any], *, run_id: str, received_at: 
         handle = open_request(params, kind="export", run_id=run_id, received_at=received_at)
     except (InvalidRunConfiguration, ExportRefused) as exc:
         _fail(f"cannot start this export: {exc}")
+    from governance.lineage import record_request_opened
+
+    try:
+        record_request_opened(GOVERNANCE_CONN_ID, params)
+    except Exception:  # lineage is best effort; the ledger listener reconciles
+        import logging
+
+        logging.getLogger(__name__).debug("lineage not recorded", exc_info=True)
     return handle.to_xcom()
 
 
