@@ -11,6 +11,11 @@ For each scale a fresh database is seeded (``seed_reference_deployment``, with a
 * **baseline**: the same rows changed by hand-written statements on the indexed foreign keys
   (``DELETE FROM app.calls WHERE caller_id = ANY(...)``, ...), in one transaction, rolled back.
 
+Both sides cover the analytics warehouse too (a second database, seeded from the app's rows): the
+project runs the plan's warehouse steps in that database's own transaction (its progress rows in
+the governance schema); the baseline deletes the same facts, sessions and audience rows by the
+app's call and user ids and the e-mail. Each side's time is the sum over both databases.
+
 Both sides alternate and the medians of ``--repeat`` runs are printed with the ratio
 project/baseline (goal <= 2) and, across scales, large/small for the project's phase (goal <= 1.5:
 the cost follows the person's rows, not the tables). Last, one person is erased end to end for
@@ -86,7 +91,7 @@ def _seed_helpers() -> Any:
     return module
 
 
-def _configure(app_url: str, s3_endpoint: str, payments: Any, crm: Any, bucket: str, desk: Any) -> None:
+def _configure(app_url: str, s3_endpoint: str, payments: Any, crm: Any, bucket: str, desk: Any, warehouse_url: str) -> None:
     """Airflow connections for the workflow functions (before Airflow is imported)."""
     from urllib.parse import urlsplit
 
@@ -100,6 +105,7 @@ def _configure(app_url: str, s3_endpoint: str, payments: Any, crm: Any, bucket: 
     os.environ.update({
         "AIRFLOW_CONN_AIRCALLS_APP": json.dumps(app),
         "AIRFLOW_CONN_GOVERNANCE_DB": json.dumps(app),
+        "AIRFLOW_CONN_AIRCALLS_WAREHOUSE": json.dumps({**app, "schema": urlsplit(warehouse_url).path.lstrip("/")}),
         "AIRFLOW_CONN_AIRCALLS_OBJECTS": json.dumps({"conn_type": "aws", "login": "bench", "password": "bench",
                                                      "extra": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"}}),
         "AIRFLOW_CONN_PAYMENTS_PROCESSOR": json.dumps({"conn_type": "http", "host": payments.url, "password": payments.api_key}),
@@ -126,8 +132,18 @@ def _median_pair(project: Callable[[], float], baseline: Callable[[], float], re
     return statistics.median(ours), statistics.median(theirs)
 
 
-def measure_person(app_url: str, key: str, repeat: int, as_of: datetime) -> dict[str, Any]:
-    """Plan the person's erasure (stored), then time both database phases (rolled back)."""
+# The same rows in the analytics warehouse (another database), by hand: through the app's ids the
+# hand-written app statements use, and by e-mail.
+WAREHOUSE_BASELINE = [
+    ("call_facts", "DELETE FROM analytics.call_facts WHERE call_id = ANY(%(calls)s)"),
+    ("user_sessions", "DELETE FROM analytics.user_sessions WHERE user_id = ANY(%(users)s)"),
+    ("marketing_audience", "DELETE FROM analytics.marketing_audience WHERE lower(normalize(email, NFC)) = %(email)s"),
+]  # fmt: skip
+
+
+def measure_person(app_url: str, key: str, repeat: int, as_of: datetime, warehouse_url: str) -> dict[str, Any]:
+    """Plan the person's erasure (stored), then time both database phases (rolled back): the app's
+    transaction and the warehouse's, each side in both databases."""
     import psycopg
 
     from governance.crypto import cipher_from_airflow, hasher_from_airflow
@@ -159,7 +175,8 @@ def measure_person(app_url: str, key: str, repeat: int, as_of: datetime) -> dict
         store.save_plan(conn, work, status="approved", dag_id="bench", dag_run_id=f"bench-{key}", dry_run=False,
                         as_of=as_of, override=True, refusal=None, at=as_of)  # fmt: skip
     steps = work.steps_of("aircalls_app")
-    rows = sum(len(s.keys) for s in steps)
+    warehouse_steps = work.steps_of("aircalls_warehouse")
+    rows = sum(len(s.keys) for s in [*steps, *warehouse_steps])
     # The executor rebuilds the plan's statements from the map and checks them against the
     # approved plan once, before its transaction: timed apart from the database phase.
     checks = []
@@ -177,18 +194,35 @@ def measure_person(app_url: str, key: str, repeat: int, as_of: datetime) -> dict
             store.record_progress_many(conn, plan_id, records, at=as_of)
             elapsed = time.perf_counter() - t0
             conn.rollback()
+        with psycopg.connect(warehouse_url) as wh, psycopg.connect(app_url) as gov:
+            t0 = time.perf_counter()  # the warehouse's own transaction, its progress in the governance schema
+            affected = run_database_steps(wh, statements, warehouse_steps, batch_size=datamap.settings.erasure_batch_size)
+            records = {sid: (n, {}) for sid, n in affected.items()}
+            records["db:aircalls_warehouse"] = (sum(affected.values()), {"rows": affected})
+            store.record_progress_many(gov, plan_id, records, at=as_of)
+            elapsed += time.perf_counter() - t0
+            wh.rollback()
+            gov.rollback()
         return elapsed
 
-    params = {"users": [subject.user_id] if subject.user_id else [], "callers": list(subject.caller_ids), "as_of": as_of}
+    params = {"users": [subject.user_id] if subject.user_id else [], "callers": list(subject.caller_ids), "as_of": as_of,
+              "email": identities.email or ""}  # fmt: skip
     baseline_rows: dict[str, int] = {}
 
     def baseline() -> float:
         with psycopg.connect(app_url) as conn:
             t0 = time.perf_counter()
+            calls = [r[0] for r in conn.execute("SELECT id FROM app.calls WHERE caller_id = ANY(%(callers)s)", params)]
             for name, statement in BASELINE:
                 baseline_rows[name] = conn.execute(statement, params).rowcount  # type: ignore[arg-type]
             elapsed = time.perf_counter() - t0
             conn.rollback()
+        with psycopg.connect(warehouse_url) as wh:
+            t0 = time.perf_counter()
+            for name, statement in WAREHOUSE_BASELINE:
+                baseline_rows[f"warehouse.{name}"] = wh.execute(statement, {**params, "calls": calls}).rowcount  # type: ignore[arg-type]
+            elapsed += time.perf_counter() - t0
+            wh.rollback()
         return elapsed
 
     ours, theirs = _median_pair(project, baseline, repeat)
@@ -367,7 +401,9 @@ def _run_scales(
         for scale in scales:
             name = f"bench_erasure_{scale}_{uuid.uuid4().hex[:8]}"
             create_database(admin_url, name)
+            create_database(admin_url, f"{name}_wh")  # the analytics warehouse: a second database
             url = helpers.database_url(admin_url, name)
+            warehouse_url = helpers.database_url(admin_url, f"{name}_wh")
             payments, crm = start_standins(api_key="bench-key")
             desk = start_support_desk(api_key="bench-key")
             bucket = f"bench-erasure-{scale}-{uuid.uuid4().hex[:6]}"
@@ -377,12 +413,12 @@ def _run_scales(
                 seed_reference_deployment(
                     SeedTargets(app_conninfo=url, s3=s3, bucket=bucket, payments_url=payments.url,
                                 payments_api_key=payments.api_key, crm_url=crm.url, crm_api_key=crm.api_key,
-                                support_desk_url=desk.url),
+                                support_desk_url=desk.url, warehouse_conninfo=warehouse_url),
                     scale=scale,
                 )  # fmt: skip
                 print(f"  seeded in {time.perf_counter() - t0:.0f} s", flush=True)
                 migrate(url)
-                _configure(url, endpoint, payments, crm, bucket, desk)
+                _configure(url, endpoint, payments, crm, bucket, desk, warehouse_url)
                 copies: dict[str, str] = {}
                 if args.standalone and scale == scales[-1]:  # before anything of the person is erased
                     for executor in [e for e in args.executors.split(",") if e]:
@@ -392,7 +428,7 @@ def _run_scales(
                               flush=True)  # fmt: skip
                 results[scale] = []
                 for key in people:
-                    result = measure_person(url, key, args.repeat, as_of)
+                    result = measure_person(url, key, args.repeat, as_of, warehouse_url)
                     results[scale].append(result)
                     print(f"  {key}: {result['rows']} rows; database phase project {result['project_s'] * 1000:.1f} ms, "
                           f"hand-written {result['baseline_s'] * 1000:.1f} ms ({result['baseline_rows']} rows), "
@@ -413,6 +449,7 @@ def _run_scales(
                 crm.stop()
                 desk.stop()
                 drop_database(admin_url, name)
+                drop_database(admin_url, f"{name}_wh")
 
 
 def _print_summary(

@@ -147,7 +147,7 @@ def worker_project(cfg: dict[str, Any]) -> dict[str, Any]:
              "crm": Connection(conn_id="c", conn_type="http", host=cfg["crm"], password=API_KEY),
              "support_desk": Connection(conn_id="d", conn_type="http", host=cfg["support_desk"], login="governance",
                                         password=API_KEY)}  # fmt: skip
-    targets = ExportTargets(conninfo_for=lambda _c: cfg["app"], s3_for=lambda _c: s3,
+    targets = ExportTargets(conninfo_for=lambda c: cfg["warehouse"] if c == "aircalls_warehouse" else cfg["app"], s3_for=lambda _c: s3,
                             processor_client_for=lambda p: processor_connector(p, infos[p.name]))  # fmt: skip
     subject = ExportSubject(request_id="exp-20260101-0000000be0c4", identities=SubjectIdentities.parse(
         email=cfg["email"], phone=cfg["phone"], region=phone_region()), received_on=date(2026, 1, 1))  # fmt: skip
@@ -352,8 +352,9 @@ def add_tenfold_subject(app_url: str, s3: Any, bucket: str, heavy_caller_id: int
         return sum(pool.map(copy, pairs))
 
 
-def lookup_seconds(app_url: str, email: str, phone: str, repeat: int = 25) -> tuple[float, list[str]]:
-    """Median time of the resolution plan in one snapshot, and the steps whose plan scans a table."""
+def lookup_seconds(app_url: str, email: str, phone: str, repeat: int = 25, *, warehouse_url: str) -> tuple[float, list[str]]:
+    """Median time of the resolution plan (one snapshot per database: the app, the analytics
+    warehouse), and the steps whose plan scans a table."""
     import psycopg
 
     from governance.connectors.postgres import identity_params, resolve_in_database
@@ -365,21 +366,26 @@ def lookup_seconds(app_url: str, email: str, phone: str, repeat: int = 25) -> tu
     datamap = load_datamap()
     plan = build_resolution_plan(datamap, ["email", "phone"])
     times = []
-    with psycopg.connect(app_url) as conn:
+    with psycopg.connect(app_url) as app, psycopg.connect(warehouse_url) as wh:
+        conns = {"aircalls_app": app, "aircalls_warehouse": wh}
         for _ in range(repeat):
             started = time.perf_counter()
-            with conn.transaction():
+            for conn in conns.values():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                footprint = resolve_in_database(conn, plan, identities, datamap=datamap)
+            footprint = resolve_in_database(conns, plan, identities, datamap=datamap)
+            for conn in conns.values():
+                conn.rollback()
             times.append(time.perf_counter() - started)
         scans = []
         params = {**identity_params(plan, identities), **footprint.params, AS_OF: None}
         for step in plan.steps:  # the statements resolution runs, as the plan built them
+            conn = conns[step.table.system]
+            schema = datamap.postgres_system(step.table.system).db_schema
             explained = conn.execute(b"EXPLAIN (FORMAT JSON) " + step.select.query.as_bytes(conn),
                                      step.select.bind(params)).fetchone()[0]  # fmt: skip
             if '"Seq Scan"' in json.dumps(explained):
                 rows = conn.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
-                                    (f"app.{step.table.table}",)).fetchone()  # fmt: skip
+                                    (f"{schema}.{step.table.table}",)).fetchone()  # fmt: skip
                 scans.append(f"{step.table.table} ({int(rows[0]) if rows else 0:,} rows)")
     return statistics.median(times), scans
 
@@ -405,9 +411,10 @@ def main(argv: list[str] | None = None) -> int:
     admin_url = os.environ.get("GOVERNANCE_TEST_PG_URL", DEFAULT_PG_URL)
     suffix = uuid.uuid4().hex[:8]
     large_db, small_db = f"bench_export_large_{suffix}", f"bench_export_small_{suffix}"
-    create_database(admin_url, large_db)
-    create_database(admin_url, small_db)
+    for name in (large_db, small_db, f"{large_db}_wh", f"{small_db}_wh"):  # each with its analytics warehouse
+        create_database(admin_url, name)
     large_url, small_url = database_url(admin_url, large_db), database_url(admin_url, small_db)
+    large_wh, small_wh = database_url(admin_url, f"{large_db}_wh"), database_url(admin_url, f"{small_db}_wh")
     payments, crm = start_standins(api_key=API_KEY)
     desk = start_support_desk(api_key=API_KEY)
     try:
@@ -419,10 +426,11 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             seed_reference_deployment(SeedTargets(app_conninfo=large_url, s3=s3, bucket=bucket, payments_url=payments.url,
                                                   payments_api_key=API_KEY, crm_url=crm.url, crm_api_key=API_KEY,
-                                                  support_desk_url=desk.url),
+                                                  support_desk_url=desk.url, warehouse_conninfo=large_wh),
                                       scale=args.scale, work_dir=Path(work) / "large")  # fmt: skip
             print(f"  large seed: {time.perf_counter() - started:.0f} s", flush=True)
-            seed_reference_deployment(SeedTargets(app_conninfo=small_url, s3=s3, bucket=small_bucket),
+            seed_reference_deployment(SeedTargets(app_conninfo=small_url, s3=s3, bucket=small_bucket,
+                                                  warehouse_conninfo=small_wh),
                                       scale="small", work_dir=Path(work) / "small")  # fmt: skip
             heavy = cast_member("heavy_subject")
             if not args.skip_tenfold:
@@ -432,11 +440,11 @@ def main(argv: list[str] | None = None) -> int:
 
             # 3. look-up, small vs large
             member = cast_member("both_user_and_caller")
-            small_s, small_scans = lookup_seconds(small_url, member.email or "", member.phone or "")
-            large_s, large_scans = lookup_seconds(large_url, member.email or "", member.phone or "")
+            small_s, small_scans = lookup_seconds(small_url, member.email or "", member.phone or "", warehouse_url=small_wh)
+            large_s, large_scans = lookup_seconds(large_url, member.email or "", member.phone or "", warehouse_url=large_wh)
 
             # 1 and 2. writer, project vs raw, alternating
-            base_cfg = {"app": large_url, "s3": endpoint, "bucket": bucket, "out_bucket": out_bucket,
+            base_cfg = {"app": large_url, "warehouse": large_wh, "s3": endpoint, "bucket": bucket, "out_bucket": out_bucket,
                         "payments": payments.url, "crm": crm.url, "support_desk": desk.url, "key": "bench.zip.age"}  # fmt: skip
             heavy_cfg = {**base_cfg, "email": heavy.email, "phone": heavy.e164}
             project: list[dict[str, Any]] = []
@@ -462,8 +470,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep:
             print(f"kept: {large_url} {small_url}")
         else:
-            drop_database(admin_url, large_db)
-            drop_database(admin_url, small_db)
+            for name in (large_db, small_db, f"{large_db}_wh", f"{small_db}_wh"):
+                drop_database(admin_url, name)
 
     def med(rows: list[dict[str, Any]], key: str) -> float:
         return statistics.median(r[key] for r in rows)

@@ -213,6 +213,7 @@ def drop_database(admin_url: str, name: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 APP_DATABASE = "aircalls"
+WAREHOUSE_DATABASE = "aircalls_warehouse"  # the analytics warehouse: a second database on the same server
 AIRFLOW_DATABASE = "airflow"
 
 
@@ -276,6 +277,7 @@ def airflow_environment(ports: StackPorts, keys: dict[str, Any], state_dir: Path
     return {
         "AIRFLOW_CONN_AIRCALLS_APP": json.dumps(app),
         "AIRFLOW_CONN_GOVERNANCE_DB": json.dumps(app),
+        "AIRFLOW_CONN_AIRCALLS_WAREHOUSE": json.dumps({**app, "schema": WAREHOUSE_DATABASE}),
         "AIRFLOW_CONN_AIRCALLS_OBJECTS": json.dumps(
             {
                 "conn_type": "aws", "login": "demo-access-key", "password": "demo-secret-key",
@@ -351,6 +353,7 @@ def start_stack(state_dir: Path = STATE_DIR) -> dict[str, str]:
     pg.start()
     save_state()
     pg.create_database(APP_DATABASE)
+    pg.create_database(WAREHOUSE_DATABASE)
     pg.create_database(AIRFLOW_DATABASE)
 
     if not (state.get("s3_pid") and _pid_alive(int(state["s3_pid"]))):
@@ -443,7 +446,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "start":
         env = start_stack()
         print(f"services running; environment in {STATE_DIR / 'airflow.env'} (source it)")
-        print(f"  PostgreSQL  {json.loads(env['AIRFLOW_CONN_AIRCALLS_APP'])['port']} (databases aircalls, airflow)")
+        print(f"  PostgreSQL  {json.loads(env['AIRFLOW_CONN_AIRCALLS_APP'])['port']} (databases aircalls, aircalls_warehouse, airflow)")
         print(f"  S3 API      {json.loads(env['AIRFLOW_CONN_AIRCALLS_OBJECTS'])['extra']['endpoint_url']}")
     elif args.action == "stop":
         for line in stop_stack():

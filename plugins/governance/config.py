@@ -16,6 +16,7 @@ SQL_DIR = INCLUDE_DIR / "sql"
 # Airflow connection ids. The workflows read systems from the data map; these are the ids the
 # reference deployment and the project's own state use.
 APP_CONN_ID = "aircalls_app"
+WAREHOUSE_CONN_ID = "aircalls_warehouse"  # the analytics warehouse (its own database)
 OBJECTS_CONN_ID = "aircalls_objects"
 GOVERNANCE_CONN_ID = "governance_db"
 # The migration role's connection (schema owner): held only by the init and maintenance services.

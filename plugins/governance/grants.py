@@ -25,7 +25,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
@@ -283,21 +283,8 @@ def _existing_tables(conn: psycopg.Connection[Any], schema: str) -> set[str]:
     return {str(r[0]) for r in rows}
 
 
-def apply_grants(
-    conninfo: str,
-    datamap: DataMap,
-    roles: DatabaseRoles,
-    *,
-    system_conninfo: dict[str, str] | None = None,
-) -> list[GrantSection]:
-    """Apply every section through ``conninfo`` (the migration role's connection), all in one
-    transaction; return the sections applied. ``system_conninfo`` maps a postgres system to its
-    connection (default: its Airflow connection), only to tell which database it lives in.
-
-    Raises GrantError, before anything changes, when a role is missing or too powerful, a mapped
-    table or a governance table does not exist (run ``migrate`` first), or a system lives in
-    another database (print its section with ``--sql`` and apply it there as the owner).
-    """
+def systems_elsewhere(conninfo: str, datamap: DataMap, *, system_conninfo: dict[str, str] | None = None) -> list[str]:
+    """The postgres systems of the map living in another database than ``conninfo``'s."""
     here = _database_of(conninfo)
     elsewhere = []
     for system in datamap.postgres_systems:
@@ -308,7 +295,31 @@ def apply_grants(
             url = conninfo_for(system.connection_id)
         if _database_of(url) != here:
             elsewhere.append(system.name)
-    if elsewhere:
+    return elsewhere
+
+
+def apply_grants(
+    conninfo: str,
+    datamap: DataMap,
+    roles: DatabaseRoles,
+    *,
+    system_conninfo: dict[str, str] | None = None,
+    other_databases: Literal["refuse", "skip"] = "refuse",
+) -> list[GrantSection]:
+    """Apply every section through ``conninfo`` (the migration role's connection), all in one
+    transaction; return the sections applied. ``system_conninfo`` maps a postgres system to its
+    connection (default: its Airflow connection), only to tell which database it lives in.
+
+    Raises GrantError, before anything changes, when a role is missing or too powerful, a mapped
+    table or a governance table does not exist (run ``migrate`` first), or a system lives in
+    another database (print its section with ``--sql`` and apply it there as the owner) unless
+    ``other_databases="skip"``: then such systems (an analytics warehouse) are left out of what is
+    applied here, for their own owner to apply (:func:`systems_elsewhere` names them).
+    """
+    elsewhere = systems_elsewhere(conninfo, datamap, system_conninfo=system_conninfo)
+    if elsewhere and other_databases == "skip":
+        datamap = datamap.model_copy(update={"systems": [s for s in datamap.systems if s.name not in elsewhere]})
+    elif elsewhere:
         raise GrantError(
             f"postgres system(s) {', '.join(elsewhere)} live in another database than the one grants are applied to: "
             "apply their section there as the schema's owner (`python -m governance grants --sql`)"
@@ -390,6 +401,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sql", action="store_true", help="print the SQL statements (the default without --apply)"
     )
+    parser.add_argument(
+        "--other-databases",
+        choices=("refuse", "skip"),
+        default="skip",
+        help="a mapped system in another database (an analytics warehouse): skip it, naming it (default), or "
+        "refuse to apply anything",
+    )
     parser.add_argument("--task-role", default=None, help="default: GOVERNANCE_TASK_ROLE or governance_task")
     parser.add_argument(
         "--ledger-role",
@@ -421,7 +439,12 @@ def run(args: argparse.Namespace) -> int:
             for section in plan_grants(datamap, roles, governance_tables_from_migrations()):
                 print(section.as_sql())
             return 0
-        sections = apply_grants(migration_conninfo(args.conninfo), datamap, roles)
+        conninfo = migration_conninfo(args.conninfo)
+        elsewhere = systems_elsewhere(conninfo, datamap) if args.other_databases == "skip" else []
+        sections = apply_grants(conninfo, datamap, roles, other_databases=args.other_databases)
+        for name in elsewhere:
+            print(f"grants: system {name} lives in another database: not applied here; apply its section there as "
+                  "the schema's owner (`python -m governance grants --sql`)", file=sys.stderr)  # fmt: skip
     except (GrantError, MigrationError) as exc:
         print(f"grants: {exc}", file=sys.stderr)
         return 1

@@ -36,7 +36,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -248,6 +249,53 @@ class SubjectResolution:
 # Running a plan
 
 
+#: One connection (a plan within one database) or one per system name, each in its own snapshot.
+SystemConnections = psycopg.Connection[Any] | Mapping[str, psycopg.Connection[Any]]
+
+
+def plan_systems(plan: ResolutionPlan) -> list[str]:
+    """The database systems a plan reads, in the order its steps first visit them (a system whose
+    keys drive another's resolution comes first), then systems only its mentions read."""
+    tables = [*(step.table for step in plan.steps), *(m.edge.child for m in plan.mentions)]
+    return list(dict.fromkeys(t.system for t in tables))
+
+
+def connection_for(conns: SystemConnections, system: str) -> psycopg.Connection[Any]:
+    """The connection of ``system``: the only one given, or the one named for it (KeyError naming
+    the system when none is)."""
+    if isinstance(conns, psycopg.Connection):
+        return conns
+    try:
+        return conns[system]
+    except KeyError:
+        raise KeyError(f"no connection given for system {system!r} (have {sorted(conns)})") from None
+
+
+@contextmanager
+def system_snapshots(
+    datamap: DataMap,
+    systems: Iterable[str],
+    conninfo_for: Callable[[str], str],
+    *,
+    read_only: bool = True,
+    application_name: str = "governance",
+) -> Iterator[dict[str, psycopg.Connection[Any]]]:
+    """One connection per database system (``conninfo_for(connection_id)``), each inside its own
+    ``REPEATABLE READ`` transaction (``READ ONLY`` unless ``read_only`` is false): every statement
+    run on it until the block ends sees that system's one snapshot. Keys found in one system are
+    carried to the next by :func:`resolve_subject` as bound parameters (databases cannot join
+    across each other). Connections are closed at the end (a transaction the caller did not commit
+    is rolled back)."""
+    with ExitStack() as stack:
+        conns: dict[str, psycopg.Connection[Any]] = {}
+        for name in dict.fromkeys(systems):
+            system = datamap.postgres_system(name)
+            conn = stack.enter_context(psycopg.connect(conninfo_for(system.connection_id), application_name=application_name))
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ" + (" READ ONLY" if read_only else ""))
+            conns[name] = conn
+        yield conns
+
+
 def _owner_param(datamap: DataMap, edge: ReferenceEdge) -> str:
     return key_param(datamap, edge.parent, edge.parent_field)
 
@@ -271,7 +319,7 @@ def _narrow(
 
 
 def resolve_subject(
-    conn: psycopg.Connection[Any],
+    conn: SystemConnections,
     datamap: DataMap,
     plan: ResolutionPlan,
     matcher: IdentityMatcher,
@@ -282,6 +330,11 @@ def resolve_subject(
     exclude: Mapping[TableRef, set[Any]] | None = None,
 ) -> SubjectResolution:
     """Run ``plan``'s statements on ``conn`` (the caller's snapshot) and return the person's rows.
+
+    ``conn`` is one connection when the plan stays within one database, else a connection per
+    system (:func:`system_snapshots`: each in its own snapshot): each step runs on its table's
+    system, and the keys found upstream (a call's id in the app) are bound to the steps of the
+    next system (the warehouse's facts of those calls).
 
     Rows carrying another value of an identity the request names are always left out. With
     ``narrow`` (serving a request), several rows of one table and business are settled by how
@@ -294,20 +347,22 @@ def resolve_subject(
         raise ValueError("a business-scoped resolution needs scope_ids")
     if plan.matching != matcher.matching:
         raise ValueError(f"the plan matches by {plan.matching}, the matcher by {matcher.matching}")
-    systems = {step.table.system for step in plan.steps}
-    if len(systems) > 1:
-        # Ownership across databases cannot be joined in one snapshot; no map needs it yet.
-        raise NotImplementedError(f"resolution across several postgres systems ({sorted(systems)}) is not supported")
+    systems = plan_systems(plan)
+    if isinstance(conn, psycopg.Connection) and len(systems) > 1:
+        raise ValueError(f"the plan reads {', '.join(systems)}: give a connection per system (system_snapshots)")
+    conns = {name: connection_for(conn, name) for name in systems}
     params: dict[str, Any] = {**matcher.params(), AS_OF: as_of}
     if plan.business_scope:
         params[SCOPE_IDS] = [int(s) for s in scope_ids or []]
     for scan in plan.hash_scans:  # keyed hashes are computed here, never in SQL
-        params[scan.param] = matcher.matched_keys(conn, scan)
+        params[scan.param] = matcher.matched_keys(conns[scan.statement.table.system], scan)
     outputs: dict[str, list[Any]] = {}
     tables: dict[TableRef, TableRows] = {}
     ambiguities: list[Ambiguity] = []
-    with conn.cursor(row_factory=dict_row) as cur:
+    with ExitStack() as cursors:
+        cursor_of = {name: cursors.enter_context(c.cursor(row_factory=dict_row)) for name, c in conns.items()}
         for step in plan.steps:
+            cur = cursor_of[step.table.system]
             table = datamap.table(step.table)
             for name in step.select.input_params:  # nothing found upstream, nothing planned: match nothing
                 if name.startswith(PLANNED_KEYS_PREFIX) or any(name == _owner_param(datamap, e) for e in step.owned_via):
@@ -342,6 +397,7 @@ def resolve_subject(
             child = datamap.table(mention.edge.child)
             found = MentionRows(mention.edge, child.primary_key, child.scope_column)
             if params.get(mention.parent_param):
+                cur = cursor_of[mention.edge.child.system]
                 for record in cur.execute(mention.select.query, mention.select.bind(params)).fetchall():
                     found.rows[record[child.primary_key]] = dict(record)
             mentions.append(found)

@@ -19,6 +19,7 @@ from governance.datamap import load_datamap
 from governance.datamap.model import TableRef
 from governance.datamap.plans import build_resolution_plan
 from governance.identity import SubjectIdentities
+from governance.resolution import plan_systems, system_snapshots
 from governance_dev.seed import cast_member
 from tests.fixtures.reference import Deployment
 
@@ -28,18 +29,17 @@ def _subject(key: str, *, email: bool = True, phone: bool = True) -> SubjectIden
     return SubjectIdentities.parse(email=member.email if email else None, phone=member.phone if phone else None, region="US")
 
 
-def _resolve(url: str, subject: SubjectIdentities, scope: list[int] | None = None) -> Any:
+def _resolve(deployment: Deployment, subject: SubjectIdentities, scope: list[int] | None = None) -> Any:
     datamap = load_datamap()
     plan = build_resolution_plan(datamap, [k for k, _ in subject.items()], business_scope=scope is not None)
-    with psycopg.connect(url) as conn:
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        return datamap, resolve_in_database(conn, plan, subject, datamap=datamap, scope_ids=scope)
+    with system_snapshots(datamap, plan_systems(plan), deployment.conninfo_for) as conns:
+        return datamap, resolve_in_database(conns, plan, subject, datamap=datamap, scope_ids=scope)
 
 
 def test_resolution_finds_exactly_the_rows_hand_written_sql_finds(reference_deployment: Deployment) -> None:
     member = cast_member("both_user_and_caller")
     subject = _subject("both_user_and_caller")
-    _datamap, footprint = _resolve(reference_deployment.app_url, subject)
+    _datamap, footprint = _resolve(reference_deployment, subject)
     with psycopg.connect(reference_deployment.app_url) as conn:
         users = [r[0] for r in conn.execute(
             "SELECT id FROM app.users WHERE lower(email) = %s OR phone_e164 = %s ORDER BY id",
@@ -60,14 +60,27 @@ def test_resolution_finds_exactly_the_rows_hand_written_sql_finds(reference_depl
     mention = {f"{m.step.edge.child}.{m.step.edge.field}": m.keys for m in footprint.mentions}
     assert mention["aircalls_app.calls.handled_by_user_id"] == handled
     assert "maria" not in repr(footprint.counts()).lower()
+    # The analytics warehouse (another database): its facts and sessions reach the person only
+    # through the app's ids found above; its marketing audience by e-mail.
+    with psycopg.connect(reference_deployment.warehouse_url) as wh:
+        facts = [r[0] for r in wh.execute(
+            "SELECT call_id FROM analytics.call_facts WHERE call_id = ANY(%s) ORDER BY 1", (calls,))]  # fmt: skip
+        sessions = [r[0] for r in wh.execute(
+            "SELECT id FROM analytics.user_sessions WHERE user_id = ANY(%s) ORDER BY 1", (users,))]  # fmt: skip
+        audience = [r[0] for r in wh.execute(
+            "SELECT id FROM analytics.marketing_audience WHERE lower(email) = %s ORDER BY 1", (subject.email,))]  # fmt: skip
+    assert facts == calls and sessions and audience
+    assert footprint.tables[TableRef("aircalls_warehouse", "call_facts")].keys == facts
+    assert footprint.tables[TableRef("aircalls_warehouse", "user_sessions")].keys == sessions
+    assert footprint.tables[TableRef("aircalls_warehouse", "marketing_audience")].keys == audience
 
 
 def test_identity_variants_resolve_to_the_same_rows(reference_deployment: Deployment) -> None:
     member = cast_member("both_user_and_caller")
     typed = SubjectIdentities.parse(email=member.email, phone=member.phone, region="US")
     shouted = SubjectIdentities.parse(email=f"  {(member.email or '').upper()} ", phone=f"+1 {member.e164[2:]}", region="US")  # type: ignore[index]
-    _dm, first = _resolve(reference_deployment.app_url, typed)
-    _dm, second = _resolve(reference_deployment.app_url, shouted)
+    _dm, first = _resolve(reference_deployment, typed)
+    _dm, second = _resolve(reference_deployment, shouted)
     assert first.counts() == second.counts() and not first.is_empty
 
 
@@ -75,8 +88,8 @@ def test_business_scope_limits_resolution_to_that_business(reference_deployment:
     member = cast_member("multi_business_caller")
     subject = SubjectIdentities.parse(phone=member.phone, region="US")
     one_business = member.caller_business_ids[0]
-    _dm, scoped = _resolve(reference_deployment.app_url, subject, scope=[one_business])
-    _dm, everywhere = _resolve(reference_deployment.app_url, subject)
+    _dm, scoped = _resolve(reference_deployment, subject, scope=[one_business])
+    _dm, everywhere = _resolve(reference_deployment, subject)
     callers = TableRef("aircalls_app", "callers")
     assert len(everywhere.tables[callers].keys) == 3
     with psycopg.connect(reference_deployment.app_url) as conn:
@@ -86,7 +99,7 @@ def test_business_scope_limits_resolution_to_that_business(reference_deployment:
 
 
 def test_object_keys_of_resolved_calls_exist_in_the_bucket(reference_deployment: Deployment, s3: Any) -> None:
-    _dm, footprint = _resolve(reference_deployment.app_url, _subject("caller_only"))
+    _dm, footprint = _resolve(reference_deployment, _subject("caller_only"))
     keys = footprint.object_keys()
     all_keys = [k for ks in keys.values() for k in ks]
     assert all_keys, "the caller_only subject has recorded calls"
@@ -101,10 +114,9 @@ def test_streaming_export_yields_every_mapped_column_of_exactly_the_resolved_row
     subject = _subject("caller_only")
     plan = build_resolution_plan(datamap, ["email", "phone"])
     calls = TableRef("aircalls_app", "calls")
-    with psycopg.connect(reference_deployment.app_url) as conn:
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        footprint = resolve_in_database(conn, plan, subject, datamap=datamap)
-        batches = list(stream_table(conn, datamap, footprint, calls, batch_rows=3))
+    with system_snapshots(datamap, plan_systems(plan), reference_deployment.conninfo_for) as conns:
+        footprint = resolve_in_database(conns, plan, subject, datamap=datamap)
+        batches = list(stream_table(conns["aircalls_app"], datamap, footprint, calls, batch_rows=3))
     columns = batches[0][0]
     rows = [row for _cols, batch in batches for row in batch]
     assert columns == datamap.table(calls).field_names

@@ -19,6 +19,7 @@ from governance.datamap.model import DataMap
 pytestmark = pytest.mark.integration
 
 APP_SCHEMA = INCLUDE_DIR / "sql" / "app_schema.sql"
+WAREHOUSE_SCHEMA = INCLUDE_DIR / "sql" / "warehouse_schema.sql"
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ def app_db(make_db: Callable[[str], str]) -> str:
 
 
 def test_reference_schema_matches_the_shipped_map_without_drift(datamap: DataMap, app_db: str) -> None:
-    report = find_drift(datamap, app_db)
+    report = find_drift(datamap, {"aircalls_app": app_db})
     assert report.checked_systems == ("aircalls_app",)
     assert report.is_clean, report.messages()
 
@@ -54,7 +55,7 @@ def test_drift_flags_unmapped_personal_columns_missing_columns_and_identity_inde
             "INSERT INTO app.voicemails VALUES (1, 'zoe@example.org', 'x'), (2, 'max@example.org', 'y'),"
             " (3, 'kim@example.org', 'z')"
         )
-    report = find_drift(datamap, app_db)
+    report = find_drift(datamap, {"aircalls_app": app_db})
     assert not report.is_clean
     assert report.unmapped_tables == ("aircalls_app.voicemails",)
     flagged = {(c.table, c.column): c for c in report.unmapped_columns}
@@ -86,7 +87,7 @@ def test_lower_email_identity_needs_an_expression_index(datamap: DataMap, app_db
         conn.execute("DROP INDEX app.callers_email_nfc_lower_idx")
         conn.execute("CREATE INDEX callers_email_plain_idx ON app.callers (email)")  # does not serve lower()
         conn.execute("CREATE INDEX callers_email_lower_idx ON app.callers (lower(email))")  # nor does this
-    report = find_drift(datamap, app_db)
+    report = find_drift(datamap, {"aircalls_app": app_db})
     assert [(i.table, i.expression) for i in report.missing_indexes] == [("callers", "lower(normalize(email, NFC))")]
 
 
@@ -103,7 +104,7 @@ def test_ten_digit_ids_in_a_bigint_column_or_in_keys_are_not_phone_numbers_but_t
             "INSERT INTO app.ledger_entries SELECT 2000000000 + n, (2000000000 + n)::text, '(628) 555-01' || (10 + n)"
             " FROM generate_series(1, 20) AS n"
         )
-    report = find_drift(datamap, app_db)
+    report = find_drift(datamap, {"aircalls_app": app_db})
     flagged = {c.column: c for c in report.unmapped_columns if c.table == "ledger_entries"}
     assert not flagged["entry_ref"].looks_personal, flagged["entry_ref"].reason  # bigint: a number, never a phone
     assert not flagged["external_ref"].looks_personal, flagged["external_ref"].reason  # digits, no valid number
@@ -142,7 +143,7 @@ def test_live_check_names_a_mapped_column_missing_from_the_database_with_its_fil
     from governance.cli import main
 
     assert main(["validate-datamap", "--live"]) == 0, capsys.readouterr()
-    assert "live: aircalls_app, aircalls_objects match the map" in capsys.readouterr().out
+    assert "live: aircalls_app, aircalls_warehouse, aircalls_objects match the map" in capsys.readouterr().out
 
     copy, line = _map_copy_with(
         tmp_path, "- name: callers", "{name: full_name, data_category: user.name, data_use: essential.service.operations, erasure: delete_row}",
@@ -171,10 +172,27 @@ def test_drift_findings_are_placed_with_kinds_and_never_a_value(datamap: DataMap
                      " SELECT n, 1, 'u', 'u' || n || '@x.test', now(), 'nick' || n || '@example.org'"
                      " FROM generate_series(1, 5) AS n")  # fmt: skip
         conn.execute("DROP INDEX app.callers_phone_idx")
-    findings = drift_findings(find_drift(datamap, app_db).to_dict(), {})
+    findings = drift_findings(find_drift(datamap, {"aircalls_app": app_db}).to_dict(), {})
     assert finding_counts(findings) == {"unmapped_personal_column": 1, "missing_index": 1}
     personal, index = findings
     assert personal.blocking and not index.blocking
     placed = personal.placed(datamap)
     assert placed.startswith(f"{datamap.source}: systems[aircalls_app].tables[users].fields: blocking: unmapped column")
     assert placed.endswith(")") and "(line " in placed and "example.org" not in placed
+
+
+def test_the_warehouse_is_checked_against_its_own_database_and_an_unmapped_personal_column_there_is_reported(
+    datamap: DataMap, app_db: str, make_db: Callable[[str], str]
+) -> None:
+    warehouse = make_db("drift_wh")
+    with psycopg.connect(warehouse, autocommit=True) as conn:
+        conn.execute(WAREHOUSE_SCHEMA.read_text())
+    clean = find_drift(datamap, {"aircalls_app": app_db, "aircalls_warehouse": warehouse})
+    assert clean.checked_systems == ("aircalls_app", "aircalls_warehouse") and clean.is_clean, clean.messages()
+    with psycopg.connect(warehouse, autocommit=True) as conn:
+        conn.execute("ALTER TABLE analytics.user_sessions ADD COLUMN ip_address inet")  # personal by name
+        conn.execute("DROP INDEX analytics.user_sessions_user_id_idx")  # found through the app's user ids
+    report = find_drift(datamap, {"aircalls_app": app_db, "aircalls_warehouse": warehouse})
+    flagged = {(c.table, c.column): c for c in report.unmapped_columns}
+    assert set(flagged) == {("user_sessions", "ip_address")} and flagged[("user_sessions", "ip_address")].looks_personal
+    assert [m.table for m in report.missing_indexes] == ["user_sessions"], report.messages()

@@ -196,7 +196,7 @@ def test_run_stopped_after_the_database_step_continues_on_a_rerun_without_double
     # A new run for the same request continues the plan: nothing done twice, nothing fails.
     second = run_erasure({"request_id": first.handle["request_id"]}, "killed_rerun")
     assert second.summary["continued"] and second.summary["plan_id"] == first.summary["plan_id"]
-    assert second.results["database"]["done_before"] == ["aircalls_app"]
+    assert second.results["database"]["done_before"] == ["aircalls_app", "aircalls_warehouse"]
     assert snapshot(url) == after_first
     progress_second = _progress(url, first.summary["plan_id"])
     assert {k: v for k, v in progress_second.items() if k in progress_first} == progress_first

@@ -49,7 +49,8 @@ pytestmark = pytest.mark.integration
 PASSPHRASE = "TEST-PASS-PHRASE-0001"
 APP_TABLES = ("users", "callers", "calls", "messages", "appointments", "support_tickets", "payments",
               "marketing_preferences", "usage_events")  # fmt: skip
-PRIMARY_KEY = {"marketing_preferences": "user_id"}
+PRIMARY_KEY = {"marketing_preferences": "user_id", "call_facts": "call_id"}
+WAREHOUSE_TABLES = ("call_facts", "user_sessions", "marketing_audience")
 HASHER = IdentityHasher(Keyring.from_parts("test-gate", new_key_b64()))
 
 
@@ -124,7 +125,7 @@ def targets_for(deployment: Deployment, s3: Any) -> ExportTargets:
                                    login="governance", password=deployment.support_desk.api_key),
     }  # fmt: skip
     return ExportTargets(
-        conninfo_for=lambda _conn_id: deployment.app_url,
+        conninfo_for=deployment.conninfo_for,
         s3_for=lambda _conn_id: s3,
         processor_client_for=lambda p: processor_connector(p, infos[p.name], attempts=2, backoff_s=0.01),
     )
@@ -177,15 +178,36 @@ def files_written() -> Iterator[list[str]]:
         active[0] = False
 
 
-def bundle_rows(archive: zipfile.ZipFile, table: str) -> list[dict[str, Any]]:
-    name = f"data/aircalls_app/{table}.json"
+def warehouse_ground_truth(url: str, truth: dict[str, set[int]], *, email: str | None,
+                           business: int | None = None) -> dict[str, set[int]]:  # fmt: skip
+    """Primary keys of the person's warehouse rows, by hand-written SQL: through the app's ids
+    the app ground truth found (calls, users), and by e-mail."""
+    email = email.strip().lower() if email else None
+    scope = " AND business_id = %(b)s" if business else ""
+    with psycopg.connect(url) as conn:
+
+        def ids(query: str, **extra: Any) -> set[int]:
+            return {r[0] for r in conn.execute(query, {"b": business, **extra})}
+
+        return {
+            "call_facts": ids(f"SELECT call_id FROM analytics.call_facts WHERE call_id = ANY(%(c)s){scope}",  # noqa: S608
+                              c=sorted(truth["calls"])),
+            "user_sessions": ids(f"SELECT id FROM analytics.user_sessions WHERE user_id = ANY(%(u)s){scope}",  # noqa: S608
+                                 u=sorted(truth["users"])),
+            "marketing_audience": ids(
+                f"SELECT id FROM analytics.marketing_audience WHERE lower(email) = %(e)s{scope}", e=email),  # noqa: S608
+        }  # fmt: skip
+
+
+def bundle_rows(archive: zipfile.ZipFile, table: str, system: str = "aircalls_app") -> list[dict[str, Any]]:
+    name = f"data/{system}/{table}.json"
     if name not in archive.namelist():
         return []
     return json.loads(archive.read(name))
 
 
-def bundle_keys(archive: zipfile.ZipFile, table: str) -> set[int]:
-    return {int(r[PRIMARY_KEY.get(table, "id")]) for r in bundle_rows(archive, table)}
+def bundle_keys(archive: zipfile.ZipFile, table: str, system: str = "aircalls_app") -> set[int]:
+    return {int(r[PRIMARY_KEY.get(table, "id")]) for r in bundle_rows(archive, table, system)}
 
 
 def gate(datamap: DataMap, summary: BundleSummary, subject: ExportSubject, s3: Any, bucket: str, key: str,
@@ -225,6 +247,13 @@ def assert_matches_ground_truth(archive: zipfile.ZipFile, deployment: Deployment
         csv_name = f"data/aircalls_app/{table}.csv"
         if truth[table]:
             assert archive.read(csv_name).decode().count("\r\n") == len(truth[table]) + 1, table
+    # The analytics warehouse (another database): what the app's ids and the e-mail reach there.
+    warehouse = warehouse_ground_truth(deployment.warehouse_url, truth, email=email, business=business)
+    for table in WAREHOUSE_TABLES:
+        assert bundle_keys(archive, table, "aircalls_warehouse") == warehouse[table], table
+    manifest = json.loads(archive.read("manifest.json"))
+    assert manifest["systems"]["aircalls_app"]["rows"] == sum(len(truth[t]) for t in APP_TABLES)
+    assert manifest["systems"].get("aircalls_warehouse", {}).get("rows", 0) == sum(map(len, warehouse.values()))
     objects = ground_truth_objects(deployment.app_url, s3, deployment.bucket, truth["calls"])
     in_bundle = {n.split("/", 2)[2]: n for n in archive.namelist() if n.startswith("files/")}
     assert set(in_bundle) == set(objects)

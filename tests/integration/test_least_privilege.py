@@ -341,7 +341,8 @@ def test_export_of_one_person_as_the_task_role_holds_exactly_their_rows(
                                    login="governance", password=deployment.support_desk.api_key),
     }  # fmt: skip
     targets = ExportTargets(
-        conninfo_for=lambda _conn_id: lp.task_url,
+        # The warehouse lives in another database, whose owner grants the task role (not set up here).
+        conninfo_for=lambda conn_id: deployment.warehouse_url if conn_id == "aircalls_warehouse" else lp.task_url,
         s3_for=lambda _conn_id: s3,
         processor_client_for=lambda p: processor_connector(p, infos[p.name], attempts=2, backoff_s=0.01),
     )
@@ -395,16 +396,16 @@ def test_a_table_added_to_the_map_gains_its_grants_and_loses_them_when_removed(
 ) -> None:
     lp = least_privilege
     try:
-        apply_grants(lp.migration_url, _map_with_staff_notes(), lp.roles)
+        apply_grants(lp.migration_url, _map_with_staff_notes(), lp.roles, other_databases="skip")  # the warehouse: its owner
         with psycopg.connect(lp.task_url) as conn:
             assert conn.execute("SELECT id, note FROM app.staff_notes").fetchall() == [
                 (1, "an internal remark about a caller")
             ]
     finally:
-        apply_grants(lp.migration_url, load_datamap(), lp.roles)
+        apply_grants(lp.migration_url, load_datamap(), lp.roles, other_databases="skip")
     _refused(lp.task_url, "SELECT note FROM app.staff_notes", "permission denied for table staff_notes")
     # Applying again changes nothing (idempotent): still exactly the map's grants.
-    apply_grants(lp.migration_url, load_datamap(), lp.roles)
+    apply_grants(lp.migration_url, load_datamap(), lp.roles, other_databases="skip")
     with psycopg.connect(lp.task_url) as conn:
         assert conn.execute("SELECT count(email) FROM app.users").fetchone() is not None
 

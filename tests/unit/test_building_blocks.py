@@ -89,14 +89,14 @@ def test_business_offboarding_is_the_erasure_dag_with_another_opening(dags: dict
 def test_the_business_plan_starts_from_every_person_row_of_the_business(datamap: DataMap) -> None:
     plan = build_business_resolution_plan(datamap)
     roots = {s.table.table: s for s in plan.steps if not s.owned_via}
-    assert set(roots) == {"users", "callers"}
+    assert set(roots) == {"users", "callers", "marketing_audience"}  # the last in the analytics warehouse
     for step in roots.values():
         assert step.select.input_params == (SCOPE_IDS,) and not step.identity_matches
         assert '"business_id" = ANY(%(scope_ids)s)' in step.select.text
     assert {"email", "phone_e164"} <= set(roots["users"].columns)  # looked up at the processors
     owned = {s.table.table for s in plan.steps if s.owned_via}
     assert {"calls", "messages", "appointments", "support_tickets", "payments", "usage_events",
-            "marketing_preferences"} <= owned  # fmt: skip
+            "marketing_preferences", "call_facts", "user_sessions"} <= owned  # fmt: skip
     assert plan.request_objects == () and plan.identity_kinds == () and plan.matching == "business"
     assert {p.processor for p in plan.processors} >= {"crm", "payments_processor"}
     # Rebuilt the same way from a stored plan (no identity kinds, a business scope).

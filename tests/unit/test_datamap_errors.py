@@ -416,7 +416,7 @@ def _run_command(path: Path) -> int:
 def test_validate_command_prints_a_summary_and_exits_0_for_the_shipped_map(capsys: pytest.CaptureFixture[str]) -> None:
     assert _run_command(SHIPPED) == 0
     out = capsys.readouterr().out
-    assert out.startswith("OK: 2 systems, 10 tables, ")
+    assert out.startswith("OK: 3 systems, 13 tables, ")
     assert "3 processors (version " in out and "sha256 " in out
 
 
@@ -477,3 +477,41 @@ def test_an_email_identity_overriding_the_match_with_lower_is_refused(tmp_path: 
 
     path, error = broken(tmp_path, mutate)
     assert_issue(path, error, "systems[aircalls_app].tables[callers].identities[email].match", "lower_nfc")
+
+
+# -- cross-system references (the analytics warehouse points into the app) -------------------
+
+
+def warehouse_reference(data: Map, table_name: str, field_name: str) -> Map:
+    system = next(s for s in data["systems"] if s["name"] == "aircalls_warehouse")
+    tables = next(t for t in system["tables"] if t["name"] == table_name)
+    return next(r for r in tables["references"] if r["field"] == field_name)
+
+
+WAREHOUSE_FACTS = "systems[aircalls_warehouse].tables[call_facts].references[call_id]"
+
+
+def test_a_cross_system_reference_to_a_missing_system_is_placed_with_a_suggestion(tmp_path: Path) -> None:
+    path, error = broken(tmp_path, lambda d: warehouse_reference(d, "call_facts", "call_id")["to"].update(system="aircals_app"))
+    assert_issue(path, error, f"{WAREHOUSE_FACTS}.to.system", "missing system 'aircals_app'", "aircalls_app")
+
+
+def test_a_cross_system_reference_to_a_missing_table_names_the_other_system(tmp_path: Path) -> None:
+    path, error = broken(tmp_path, lambda d: warehouse_reference(d, "call_facts", "call_id")["to"].update(table="cals"))
+    assert_issue(path, error, f"{WAREHOUSE_FACTS}.to.table", "missing table aircalls_app.cals", "calls")
+
+
+def test_a_cross_system_reference_to_a_missing_field_of_the_other_table_is_placed(tmp_path: Path) -> None:
+    path, error = broken(tmp_path, lambda d: warehouse_reference(d, "call_facts", "call_id")["to"].update(field="call_id"))
+    assert_issue(path, error, f"{WAREHOUSE_FACTS}.to.field", "missing field calls.call_id")
+
+
+def test_a_cross_system_reference_from_a_missing_field_is_placed_on_the_referencing_side(tmp_path: Path) -> None:
+    path, error = broken(tmp_path, lambda d: warehouse_reference(d, "user_sessions", "user_id").update(field="usr_id"))
+    assert_issue(path, error, "systems[aircalls_warehouse].tables[user_sessions].references[usr_id].field",
+                 "missing field 'usr_id'", "user_id")  # fmt: skip
+
+
+def test_a_cross_system_reference_to_an_object_store_is_refused(tmp_path: Path) -> None:
+    path, error = broken(tmp_path, lambda d: warehouse_reference(d, "call_facts", "call_id")["to"].update(system="aircalls_objects"))
+    assert_issue(path, error, f"{WAREHOUSE_FACTS}.to.system", "references point at tables", "s3 system")

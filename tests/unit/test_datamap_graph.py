@@ -23,6 +23,7 @@ from governance.datamap.model import DataMap, DataMapError, PrefixRef, Reference
 SHIPPED = INCLUDE_DIR / "datamap.yaml"
 APP = "aircalls_app"
 OBJECTS = "aircalls_objects"
+WAREHOUSE = "aircalls_warehouse"
 
 
 def t(name: str) -> TableRef:
@@ -79,6 +80,8 @@ def test_resolution_from_email_reaches_every_table_holding_the_persons_rows(data
         t("users"), t("callers"),  # identity matches
         t("support_tickets"), t("marketing_preferences"), t("usage_events"), t("payments"),  # owned by the user
         t("calls"), t("messages"), t("appointments"),  # owned by the caller
+        TableRef(WAREHOUSE, "marketing_audience"),  # matched by e-mail in the warehouse
+        TableRef(WAREHOUSE, "call_facts"), TableRef(WAREHOUSE, "user_sessions"),  # owned across systems
     }
     assert t("businesses") not in plan.tables
     assert {o.prefix for o in plan.objects} == {PrefixRef(OBJECTS, "recordings"), PrefixRef(OBJECTS, "transcripts")}
@@ -120,7 +123,8 @@ def test_keyed_hash_matching_binds_the_keys_the_client_matched_and_limits_to_row
     assert scans[("users", "email")] == (
         'SELECT "id", lower(normalize("email", NFC))::text FROM "app"."users" WHERE "email" IS NOT NULL'
     )
-    assert set(scans) == {("users", "email"), ("users", "phone_e164"), ("callers", "phone"), ("callers", "email")}
+    assert set(scans) == {("users", "email"), ("users", "phone_e164"), ("callers", "phone"), ("callers", "email"),
+                          ("marketing_audience", "email")}  # fmt: skip
     assert not [s for s in plan.statements if set(s.input_params) & {"keyed_hash_inner_pad", "keyed_hash_outer_pad"}]
     # No record-time column: only the keys the erasure removed may match again.
     users_without_created_at = raw_map()
@@ -258,9 +262,11 @@ def test_erasure_order_is_deterministic_and_independent_of_map_order(datamap: Da
     data = raw_map()
     data["systems"][0]["tables"].reverse()
     assert graph.erasure_order(validate_datamap(data)) == graph.erasure_order(datamap)
+    warehouse = lambda name: TableRef(WAREHOUSE, name)  # noqa: E731
     assert graph.erasure_order(datamap) == [
-        t("appointments"), t("calls"), t("marketing_preferences"), t("messages"), t("callers"),
-        t("payments"), t("support_tickets"), t("usage_events"), t("users"),
+        t("appointments"), t("marketing_preferences"), t("messages"), t("payments"), t("support_tickets"),
+        t("usage_events"), warehouse("call_facts"), t("calls"), t("callers"), warehouse("marketing_audience"),
+        warehouse("user_sessions"), t("users"),
     ]
 
 
@@ -305,7 +311,7 @@ def with_voicemails() -> DataMap:
             "name": "voicemail_audio",
             "key_template": "voicemails/{business_id}/{voicemail_id}.wav",
             "owned_by": "row",
-            "tied_to": {"table": "voicemails", "placeholders": {"voicemail_id": "id"}},
+            "tied_to": {"system": APP, "table": "voicemails", "placeholders": {"voicemail_id": "id"}},
             "data_category": "user.content.private",
             "data_use": "essential.service.operations",
         }

@@ -132,13 +132,14 @@ def test_grants_command_prints_the_statements_without_a_database() -> None:
 
 
 def test_applying_refuses_a_system_that_lives_in_another_database_before_connecting_anywhere() -> None:
-    with pytest.raises(GrantError, match="aircalls_app live in another database"):
+    with pytest.raises(GrantError, match="aircalls_app, aircalls_warehouse live in another database"):
         apply_grants(
             "host=db.invalid port=5432 dbname=governance user=migrator",
             load_datamap(),
             ROLES,
-            system_conninfo={"aircalls_app": "host=app.invalid port=5432 dbname=aircalls user=task"},
-        )
+            system_conninfo={"aircalls_app": "host=app.invalid port=5432 dbname=aircalls user=task",
+                             "aircalls_warehouse": "host=app.invalid port=5432 dbname=aircalls_warehouse user=task"},
+        )  # fmt: skip
 
 
 def test_migrate_names_the_missing_migration_connection_where_a_migration_role_is_configured(

@@ -1,6 +1,7 @@
 """``python -m governance_dev seed``: load the reference deployment into the configured systems.
 
-Targets come from Airflow connections: ``aircalls_app`` (PostgreSQL), ``aircalls_objects`` (S3 API;
+Targets come from Airflow connections: ``aircalls_app`` (PostgreSQL), ``aircalls_warehouse``
+(PostgreSQL, loaded from the app's rows; skipped when not configured), ``aircalls_objects`` (S3 API;
 bucket from ``GOVERNANCE_OBJECTS_BUCKET``), ``payments_processor`` and ``crm`` (HTTP; the API key
 is the connection's password). A missing processor connection is skipped with a warning; a missing
 database or object-store connection is an error. The summary printed holds counts and timings only.
@@ -76,6 +77,11 @@ def run(args: argparse.Namespace) -> int:
     except ConnectionNotConfigured as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        warehouse_conninfo: str | None = conninfo_for(config.WAREHOUSE_CONN_ID)
+    except ConnectionNotConfigured:
+        log.warning("connection %r is not configured: skipping the analytics warehouse", config.WAREHOUSE_CONN_ID)
+        warehouse_conninfo = None
     payments = _optional_processor(config.PAYMENTS_CONN_ID)
     crm = _optional_processor(config.CRM_CONN_ID)
     support_desk = _optional_processor(config.SUPPORT_DESK_CONN_ID)
@@ -88,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         crm_url=crm.base_url() if crm else None,
         crm_api_key=(crm.password or None) if crm else None,
         support_desk_url=support_desk.base_url() if support_desk else None,
+        warehouse_conninfo=warehouse_conninfo,
     )
     if args.if_needed and seeded_already(targets):
         print("reference deployment already seeded (app tables hold rows, objects bucket present): kept as it is")

@@ -81,6 +81,8 @@ class SeedTargets:
     crm_url: str | None = None
     crm_api_key: str | None = field(default=None, repr=False)
     support_desk_url: str | None = None
+    # The analytics warehouse (a second database), loaded from the app's rows; None skips it.
+    warehouse_conninfo: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ class SeedReport:
     analyze_s: float
     total_s: float
     csv_files: dict[str, Path] = field(default_factory=dict)
+    warehouse_rows: dict[str, int] = field(default_factory=dict)
 
     @property
     def total_rows(self) -> int:
@@ -117,6 +120,7 @@ class SeedReport:
         """A short human summary: counts and timings only."""
         lines = [f"seeded scale={self.scale} seed={self.seed}: {self.total_rows:,} rows"]
         lines += [f"  app.{name}: {count:,}" for name, count in self.rows.items()]
+        lines += [f"  warehouse analytics.{name}: {count:,}" for name, count in self.warehouse_rows.items()]
         lines.append(f"  objects: {self.objects:,} ({self.object_bytes / 1e6:,.1f} MB)")
         for name, count in self.processor_records.items():
             lines.append(f"  {name}: {count:,}")
@@ -315,6 +319,11 @@ def seeded_already(targets: SeedTargets) -> bool:
     """
     with psycopg.connect(targets.app_conninfo, autocommit=True, application_name="governance-seed") as conn:
         if not _tables_with_rows(conn):
+            return False
+    if targets.warehouse_conninfo is not None:
+        from governance_dev.seed.warehouse import warehouse_seeded
+
+        if not warehouse_seeded(targets.warehouse_conninfo):
             return False
     if targets.s3 is None or targets.bucket is None:
         return True  # no object store to check
@@ -562,6 +571,10 @@ def seed_reference_deployment(
     scale_spec(scale)  # an unknown scale fails before anything else
     started = time.perf_counter()
     _check_database(targets.app_conninfo, replace=replace)
+    if targets.warehouse_conninfo is not None:
+        from governance_dev.seed.warehouse import check_warehouse
+
+        check_warehouse(targets.warehouse_conninfo, replace=replace)
     use_objects = targets.s3 is not None and targets.bucket is not None
     if use_objects and not replace and _bucket_exists(targets.s3, str(targets.bucket)):
         if _seeded_objects_exist(targets.s3, str(targets.bucket)):
@@ -591,6 +604,11 @@ def seed_reference_deployment(
         if rows != expected:  # COPY reports what it stored: a mismatch is a seeder bug
             raise SeedError(f"COPY stored {rows} rows, expected {expected}")
         analyze_s = analyze(targets.app_conninfo)
+        warehouse_rows: dict[str, int] = {}
+        if targets.warehouse_conninfo is not None:
+            from governance_dev.seed.warehouse import load_warehouse
+
+            warehouse_rows = load_warehouse(targets.app_conninfo, targets.warehouse_conninfo, replace=replace).rows
         kept_files = dict(files) if work_dir is not None else {}
 
     objects = object_bytes = 0
@@ -644,4 +662,5 @@ def seed_reference_deployment(
         analyze_s=analyze_s,
         total_s=time.perf_counter() - started,
         csv_files=kept_files,
+        warehouse_rows=warehouse_rows,
     )

@@ -24,7 +24,7 @@ import psycopg
 from governance.datamap.model import DataMap, PrefixRef, TableRef
 from governance.datamap.plans import SCOPE_IDS, MentionStep, ResolutionPlan, excluded_param
 from governance.identity import SubjectIdentities
-from governance.resolution import Ambiguity, MatchByIdentity, resolve_subject
+from governance.resolution import Ambiguity, MatchByIdentity, SystemConnections, resolve_subject
 
 
 @dataclass
@@ -97,7 +97,7 @@ def identity_params(plan: ResolutionPlan, identities: SubjectIdentities) -> dict
 
 
 def resolve_in_database(
-    conn: psycopg.Connection[Any],
+    conn: SystemConnections,
     plan: ResolutionPlan,
     identities: SubjectIdentities,
     *,
@@ -105,8 +105,9 @@ def resolve_in_database(
     scope_ids: Sequence[int] | None = None,
     extra_params: Mapping[str, Any] | None = None,
 ) -> DatabaseFootprint:
-    """Run every step of ``plan`` (built from ``datamap``) on ``conn`` (one snapshot) and return
-    the person's rows, narrowed to one person.
+    """Run every step of ``plan`` (built from ``datamap``) on ``conn`` (one snapshot, or one per
+    system: :func:`governance.resolution.system_snapshots`) and return the person's rows, narrowed
+    to one person.
 
     ``scope_ids`` is required exactly when the plan is business-scoped. Steps run parents before
     children, each fed the keys its narrowed parents kept; a table with no rows for the person

@@ -1065,7 +1065,15 @@ def build_erasure_plan(datamap: DataMap, resolution: ResolutionPlan) -> ErasureP
                     )
                 )  # fmt: skip
         elif table.deletes_rows_on_erasure:
-            statements.append(ErasureStatement(ref, "delete_rows", _delete(datamap, ref, table, "delete_rows")))
+            # Verification looks planned keys up where resolving again cannot reach the rows (their
+            # owners, in another database, are gone): the same keys, nothing left.
+            check = sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY 1").format(
+                sql.Identifier(table.primary_key), _table_sql(datamap, ref), _keyed(table)
+            )
+            statements.append(
+                ErasureStatement(ref, "delete_rows", _delete(datamap, ref, table, "delete_rows"),
+                                 check=Statement("verify_deleted", ref, check, {}, (KEYS,)))
+            )  # fmt: skip
         elif rewrites:
             statements.append(
                 ErasureStatement(ref, "rewrite_rows", _rewrite(datamap, ref, table, "rewrite_rows", rewrites), fields=fields)
@@ -1360,7 +1368,13 @@ def _held_by_exception(datamap: DataMap, ref: TableRef, alias: str, params: dict
 
 
 def _owned_edges(datamap: DataMap, ref: TableRef) -> list[ReferenceEdge]:
-    return [e for e in graph.reference_edges(datamap, (ReferenceKind.ownership,)) if e.parent == ref and e.child != ref]
+    """Ownership edges a retention statement follows: within the row's own database only (one
+    statement cannot reach another database; a table owned across systems, such as a warehouse's
+    copy of a call, is aged by its own system's retention rules)."""
+    return [
+        e for e in graph.reference_edges(datamap, (ReferenceKind.ownership,))
+        if e.parent == ref and e.child != ref and e.child.system == ref.system
+    ]  # fmt: skip
 
 
 def _held_by_child(
@@ -1509,8 +1523,9 @@ def cascade_of(datamap: DataMap, ref: TableRef) -> tuple[list[tuple[ReferenceEdg
             frontier.append((edge.child, depth + 1))
     deleted = {ref, *(e.child for e, _ in owned)}
     mentions = [
-        e for e in graph.reference_edges(datamap, (ReferenceKind.mention,)) if e.parent in deleted and e.child not in deleted
-    ]
+        e for e in graph.reference_edges(datamap, (ReferenceKind.mention,))
+        if e.parent in deleted and e.child not in deleted and e.child.system == ref.system
+    ]  # fmt: skip
     return owned, mentions
 
 

@@ -35,6 +35,7 @@ from governance.erasure.holds import load_active_holds, subject_hashes
 from governance.erasure.planner import ErasureWork, build_work
 from governance.erasure.resolve import MatchByBusiness, SubjectResolution, resolve_subject
 from governance.identity import InvalidIdentity, SubjectIdentities
+from governance.resolution import plan_systems, system_snapshots
 
 log = logging.getLogger(__name__)
 
@@ -207,14 +208,9 @@ def compute_business_work(
     guard: the :class:`ErasureWork` and the people (for the processors' erasure and verification)."""
     plan = build_business_resolution_plan(datamap)
     erasure_plan = build_erasure_plan(datamap, plan)
-    systems = sorted({step.table.system for step in plan.steps})
-    if len(systems) != 1:
-        raise NotImplementedError(f"erasure resolves in exactly one database; the plan spans {systems}")
-    system = datamap.postgres_system(systems[0])
     share, min_rows = guard_limits()
-    with psycopg.connect(system_conninfo(system.connection_id), application_name="governance-offboarding-plan") as app:
-        app.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        resolution = resolve_subject(app, datamap, plan, MatchByBusiness(), as_of=as_of, scope_ids=[business_id])
+    with system_snapshots(datamap, plan_systems(plan), system_conninfo, application_name="governance-offboarding-plan") as dbs:
+        resolution = resolve_subject(dbs, datamap, plan, MatchByBusiness(), as_of=as_of, scope_ids=[business_id])
         people = people_of(datamap, resolution, region=datamap.settings.default_phone_region)
         hashes = [h for person in people for h in subject_hashes(hasher, person.items())]
         with psycopg.connect(governance_conninfo) as gov:
@@ -228,8 +224,9 @@ def compute_business_work(
         sizes = {}
         for table, needed in needed_sizes(work, share).items():
             sys_name, _, name = table.partition(".")
-            sizes[table] = table_size_at_least(app, datamap, TableRef(sys_name, name), needed)
-        app.rollback()
+            sizes[table] = table_size_at_least(dbs[sys_name], datamap, TableRef(sys_name, name), needed)
+        for conn in dbs.values():
+            conn.rollback()
     work.guard = evaluate_guard(work, sizes, max_table_share=share, min_rows=min_rows, override=override)
     return work, people
 

@@ -85,6 +85,22 @@ def build_certificate(
         outcomes = [progress.get(f"processor:{proc.processor}:{r}", {}).get("detail", {}).get("outcome") for r in proc.record_ids]
         processors.append({"processor": proc.processor, "records": len(proc.record_ids),
                            "erased": outcomes.count("erased"), "already_absent": outcomes.count("absent")})  # fmt: skip
+    # Each system the erasure reached, with its own progress: a database is done when its one
+    # transaction committed (``db:<system>``), so a certificate of a resumed run shows which.
+    systems: dict[str, dict[str, Any]] = {}
+    for step in work.database:
+        entry = systems.setdefault(step.system, {"system": step.system, "kind": "database", "tables": 0, "rows": 0,
+                                                 "done": f"db:{step.system}" in progress})  # fmt: skip
+        entry["tables"] += 1
+        done = progress.get(step.step_id)
+        entry["rows"] += int(done["affected"]) if done else 0
+    for item in work.objects:
+        entry = systems.setdefault(item.system, {"system": item.system, "kind": "object store", "tables": 0, "rows": 0,
+                                                 "done": True})  # fmt: skip
+        done = progress.get(item.step_id)
+        entry["tables"] += 1
+        entry["rows"] += int(done["affected"]) if done else 0
+        entry["done"] = entry["done"] and done is not None
     passed = bool(verification and verification.get("passed"))
     executed = any(k.startswith("db:") for k in progress) or not work.database
     outcome = "held" if work.person_held else ("erased" if passed else "incomplete")
@@ -102,6 +118,7 @@ def build_certificate(
         "approval": dict(approval),
         "outcome": outcome,
         "executed": executed,
+        "systems": list(systems.values()),
         "erased": {"databases": databases, "objects": objects, "processors": processors},
         "kept": [k.public() for k in work.kept],
         "left_out": [{"where": e.where, "count": e.count, "reason": e.reason} for e in work.excluded],
@@ -142,6 +159,9 @@ def render_html(certificate: Mapping[str, Any]) -> str:
         + "</p>",
         "<h2>The person</h2><p>Identified only by keyed hashes (HMAC-SHA256) of their identities:</p>",
         table(["identity", "key id", "keyed hash"], [[s["identity_kind"], s["hash_key_id"], s["keyed_hash"]] for s in c["subject"]]),
+        "<h2>Systems</h2>",
+        table(["system", "kind", "tables or prefixes", "rows or objects removed", "done"],
+              [[x["system"], x["kind"], x["tables"], x["rows"], "yes" if x["done"] else "no"] for x in c.get("systems", [])]),
         "<h2>Erased</h2>",
         table(["table", "what", "rows"], [[d["table"], EFFECT_WORDS.get(d["effect"], d["effect"]), d["affected"] if d["affected"] is not None else d["planned"]]
                                           for d in c["erased"]["databases"] if d["planned"]]),

@@ -36,6 +36,7 @@ from governance.erasure.holds import load_active_holds
 from governance.erasure.planner import OWNED_EFFECTS, ErasureWork, build_work
 from governance.erasure.resolve import MatchByKeyedHash, resolve_subject
 from governance.identity import SubjectIdentities
+from governance.resolution import plan_systems, system_snapshots
 
 log = logging.getLogger(__name__)
 
@@ -139,42 +140,41 @@ def reapply_for_person(
     matcher = MatchByKeyedHash(
         person.hashes, keyed_hash_params(hash_key), created_before=person.erased_at, planned_keys=planned_keys,
     )  # fmt: skip
-    systems = sorted({step.table.system for step in plan.steps})
     result: dict[str, Any] = {"request_id": person.request_id, "rows": {}, "objects": 0, "kept": [], "skipped": None}
     work: ErasureWork | None = None
-    for system_name in systems:
-        system = datamap.postgres_system(system_name)
-        with psycopg.connect(app_conninfo(system.connection_id), application_name="governance-reapply") as conn:
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            resolution = resolve_subject(
-                conn, datamap, plan, matcher, as_of=as_of,
-                scope_ids=[person.business_id] if person.business_id is not None else None,
-            )  # fmt: skip
-            if resolution.ambiguities and not overridden:
-                result["skipped"] = "ambiguous: several rows of one business match equally well; erase by request instead"
-                conn.rollback()
-                return result
-            holds = load_active_holds(
-                governance_conn, as_of=as_of,
-                subject_hashes=[(k, person.hash_key_id, h) for k, hs in person.hashes.items() for h in hs],
-            )  # fmt: skip
-            work = build_work(
-                datamap, erasure_plan, resolution, holds, plan_id="epl-" + "0" * 20, request_id=person.request_id,
-                as_of=as_of, business_id=person.business_id, buckets=buckets, request_folders={}, processor_records={},
-            )  # fmt: skip
-            result["rows"] = {k: sum(v.values()) for k, v in work.table_counts().items() if sum(v.values())}
-            result["kept"] = [k.public() for k in work.kept]
-            if dry_run:
-                conn.rollback()
-                continue
-            affected = run_database_steps(
-                conn, approved_statements(datamap, work), work.steps_of(system_name),
-                batch_size=datamap.settings.erasure_batch_size,
-                keyed_hash_pads=keyed_hash_params(hash_key),
-            )  # fmt: skip
+    systems = plan_systems(plan)
+    if not systems:
+        return result
+    with system_snapshots(datamap, systems, app_conninfo, read_only=False, application_name="governance-reapply") as dbs:
+        resolution = resolve_subject(
+            dbs, datamap, plan, matcher, as_of=as_of,
+            scope_ids=[person.business_id] if person.business_id is not None else None,
+        )  # fmt: skip
+        if resolution.ambiguities and not overridden:
+            result["skipped"] = "ambiguous: several rows of one business match equally well; erase by request instead"
+            return result
+        holds = load_active_holds(
+            governance_conn, as_of=as_of,
+            subject_hashes=[(k, person.hash_key_id, h) for k, hs in person.hashes.items() for h in hs],
+        )  # fmt: skip
+        work = build_work(
+            datamap, erasure_plan, resolution, holds, plan_id="epl-" + "0" * 20, request_id=person.request_id,
+            as_of=as_of, business_id=person.business_id, buckets=buckets, request_folders={}, processor_records={},
+        )  # fmt: skip
+        result["rows"] = {k: sum(v.values()) for k, v in work.table_counts().items() if sum(v.values())}
+        result["kept"] = [k.public() for k in work.kept]
+        if not dry_run:
+            statements = approved_statements(datamap, work)
             rows: dict[str, int] = defaultdict(int)
-            for step in work.steps_of(system_name):
-                rows[f"{step.system}.{step.table}"] += affected.get(step.step_id, 0)
+            for system_name in work.systems:  # one transaction per database, children's first
+                conn = dbs[system_name]
+                affected = run_database_steps(
+                    conn, statements, work.steps_of(system_name), batch_size=datamap.settings.erasure_batch_size,
+                    keyed_hash_pads=keyed_hash_params(hash_key),
+                )  # fmt: skip
+                conn.commit()
+                for step in work.steps_of(system_name):
+                    rows[f"{step.system}.{step.table}"] += affected.get(step.step_id, 0)
             result["rows"] = {k: v for k, v in rows.items() if v}
     if work is None:
         return result

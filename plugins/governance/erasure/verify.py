@@ -23,13 +23,18 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-import psycopg
-
 from governance.datamap.model import DataMap, PrefixRef, TableRef
-from governance.datamap.plans import KEYS, REFERENCE_VALUES, build_erasure_plan, build_resolution_plan
+from governance.datamap.plans import (
+    KEYS,
+    REFERENCE_VALUES,
+    ResolutionPlan,
+    build_erasure_plan,
+    build_resolution_plan,
+)
 from governance.erasure.planner import ErasureWork
 from governance.erasure.resolve import IdentityMatcher, MatchByBusiness, MatchByIdentity, resolve_subject
 from governance.identity import SubjectIdentities
+from governance.resolution import plan_systems, system_snapshots
 
 log = logging.getLogger(__name__)
 
@@ -116,23 +121,29 @@ def collect_checks(
     for (where, _reason), keys in kept_rows.items():
         kept_by_table.setdefault(where, set()).update(keys)
     residue_rows: dict[TableRef, list[dict[str, Any]]] = {}
-    systems = sorted({step.table.system for step in plan.steps})
-    for system_name in systems:
-        system = datamap.postgres_system(system_name)
-        with psycopg.connect(system_conninfo(system.connection_id), application_name="governance-erasure-verify") as conn:
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            resolution = resolve_subject(
-                conn, datamap, plan, matcher, as_of=as_of,
-                scope_ids=[work.business_id] if work.business_id is not None else None, narrow=False, exclude=exclude,
-            )  # fmt: skip
-            for ref, rows in resolution.tables.items():
-                left = sorted(k for k in rows.rows if k not in kept_by_table.get(str(ref), set()))
-                residue_rows[ref] = [rows.rows[k] for k in left]
-                checks.append(Check(str(ref), "rows", 0, columns={rows.primary_key: left}))
+    # Every system re-read in its own snapshot, resolved as the plan was (keys found in one
+    # system drive the next); rows reached only through another system's deleted rows are
+    # checked by their planned keys below (verify_deleted), since re-resolution cannot reach them.
+    systems = list(dict.fromkeys([*plan_systems(plan), *work.systems]))
+    with system_snapshots(datamap, systems, system_conninfo, application_name="governance-erasure-verify") as dbs:
+        resolution = resolve_subject(
+            dbs, datamap, plan, matcher, as_of=as_of,
+            scope_ids=[work.business_id] if work.business_id is not None else None, narrow=False, exclude=exclude,
+        )  # fmt: skip
+        for ref, rows in resolution.tables.items():
+            left = sorted(k for k in rows.rows if k not in kept_by_table.get(str(ref), set()))
+            residue_rows[ref] = [rows.rows[k] for k in left]
+            checks.append(Check(str(ref), "rows", 0, columns={rows.primary_key: left}))
+        rows_check = {c.where: c for c in checks if c.kind == "rows"}
+        unreachable = rows_reached_across_systems(plan)
+        for system_name in systems:
+            conn = dbs[system_name]
             for step in work.steps_of(system_name):
                 check = checks_by_step.get(step.order)
                 if check is None or not step.keys:
                     continue
+                if step.effect == "delete_rows" and step.ref not in unreachable:
+                    continue  # re-resolution above finds any row left
                 values = {KEYS: step.keys, REFERENCE_VALUES: step.reference_values}
                 pk = datamap.table(step.ref).primary_key
                 fetched = conn.execute(check.query, check.bind(values)).fetchall()
@@ -142,6 +153,13 @@ def collect_checks(
                 elif step.effect == "minimise_kept_rows":
                     columns: dict[str, list[Any]] = {f"{f}_cleared": [bool(r[i + 1]) for r in fetched] for i, f in enumerate(step.fields)}
                     checks.append(Check(f"{step.system}.{step.table}", "kept_rows", len(step.keys), columns=columns))
+                elif step.effect == "delete_rows":  # planned rows still there, found by their keys
+                    where = f"{step.system}.{step.table}"
+                    target = rows_check.get(where)
+                    if target is None:
+                        target = rows_check[where] = Check(where, "rows", 0, columns={pk: []})
+                        checks.append(target)
+                    target.columns[pk] = sorted({*target.columns.get(pk, []), *(r[0] for r in fetched)})
     # Objects: planned keys with any version left, keys of residual rows, export folders.
     for item in work.objects:
         client = object_client(item.system)
@@ -168,6 +186,17 @@ def collect_checks(
                 close()
         checks.append(Check(processor.processor, "processor_records", 0, columns={"record_id": sorted(found)}))
     return checks
+
+
+def rows_reached_across_systems(plan: ResolutionPlan) -> set[TableRef]:
+    """Tables whose rows resolution reaches through an owner in another database, or through
+    such rows: once the owners are erased, resolving again cannot reach them, so verification
+    looks their planned keys up instead (the erasure plan's ``verify_deleted`` check)."""
+    found: set[TableRef] = set()
+    for step in plan.steps:  # parents before children
+        if any(e.parent.system != e.child.system or e.parent in found for e in step.owned_via):
+            found.add(step.table)
+    return found
 
 
 def _ref(text: str) -> TableRef:

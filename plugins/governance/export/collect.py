@@ -38,7 +38,14 @@ from governance.export.bundle import (
     safe_segment,
 )
 from governance.export.formats import FORMATS, DataFormat, write_rows
-from governance.export.index import BundleContents, PrefixExport, ProcessorExport, TableExport, render_index
+from governance.export.index import (
+    BundleContents,
+    PrefixExport,
+    ProcessorExport,
+    TableExport,
+    render_index,
+    system_counts,
+)
 from governance.identity import SubjectIdentities
 from governance.resolution import Ambiguity, describe_ambiguities
 
@@ -238,11 +245,11 @@ def subject_snapshots(
     import psycopg
 
     from governance.connectors.postgres import resolve_in_database
+    from governance.resolution import plan_systems
 
     with ExitStack() as stack:
-        snapshots: dict[str, DatabaseSnapshot] = {}
-        ambiguities: list[Ambiguity] = []
-        for system_name in sorted({s.table.system for s in plan.steps}):
+        conns: dict[str, psycopg.Connection[Any]] = {}
+        for system_name in plan_systems(plan):
             system = datamap.postgres_system(system_name)
             conn = stack.enter_context(
                 psycopg.connect(targets.conninfo_for(system.connection_id), application_name="governance-export")
@@ -250,13 +257,15 @@ def subject_snapshots(
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             conn.read_only = True
             conn.execute("SET TIME ZONE 'UTC'")  # timestamps render the same in every run
-            footprint = resolve_in_database(
-                conn, plan, subject.identities, datamap=datamap, scope_ids=list(subject.business_scope or []) or None
-            )
-            snapshots[system_name] = DatabaseSnapshot(conn, footprint)
-            ambiguities += footprint.ambiguities
-        if ambiguities:
-            raise AmbiguousSubject(ambiguities, tables_read=[str(s.table) for s in plan.steps])
+            conns[system_name] = conn
+        # One resolution across the databases (each in its own snapshot): keys found in one
+        # system (the app's call ids) find the rows of the next (the warehouse's call facts).
+        footprint = resolve_in_database(
+            conns, plan, subject.identities, datamap=datamap, scope_ids=list(subject.business_scope or []) or None
+        )
+        snapshots = {name: DatabaseSnapshot(conn, footprint) for name, conn in conns.items()}
+        if footprint.ambiguities:
+            raise AmbiguousSubject(list(footprint.ambiguities), tables_read=[str(s.table) for s in plan.steps])
         yield snapshots
         for snapshot in snapshots.values():
             snapshot.conn.rollback()  # read only: nothing to commit (a no-op once the tables are written)
@@ -314,7 +323,9 @@ def write_bundle(
                                        "description": str(step.table)} if fmt == "html" else {}))  # fmt: skip
                     files.append(path)
             contents.tables.append(TableExport(step.table, count, tuple(files)))
-        contents.mentions.update(footprint.mention_counts())
+        contents.mentions.update(
+            {k: v for k, v in footprint.mention_counts().items() if k.split(".", 1)[0] == system_name}
+        )
         conn.rollback()  # read only: ends the snapshot before the objects stream
 
     # 3. Objects tied to the person's rows, in key order. Keys are worked out first, then the
@@ -421,7 +432,9 @@ def build_manifest(datamap: DataMap, contents: BundleContents, writer: BundleWri
         found_data=contents.found_data,
         files_digest=writer.files_digest,
         notes=[] if contents.found_data else ["We found no data about you in any of the systems searched."],
+        systems=system_counts(contents),
     )
+
 
 
 def bundle_counts(contents: BundleContents) -> dict[str, int]:

@@ -207,6 +207,16 @@ def render_index(datamap: DataMap, contents: BundleContents) -> bytes:
             "This bundle therefore holds only this page and the manifest.</p>"
         )
 
+    # Systems searched -----------------------------------------------------------------------
+    out.append("<h2>Systems searched</h2><table><thead><tr><th>System</th><th>Kind</th><th>Items</th></tr></thead><tbody>")
+    for name, entry in system_counts(contents).items():
+        described = datamap.system(name)
+        label = (described.description if described is not None else None) or name
+        items = entry.get("rows", entry.get("objects", 0))
+        out.append(f"<tr><td>{escape(label)} (<code>{escape(name)}</code>)</td><td>{escape(entry['kind'])}</td>"
+                   f"<td>{items}</td></tr>")  # fmt: skip
+    out.append("</tbody></table>")
+
     # Summary ------------------------------------------------------------------------------
     out.append("<h2>What we hold</h2><table><thead><tr><th>Data</th><th>Where it comes from</th>"
                "<th>What kind of data</th><th>Why we hold it</th><th>Who else receives it</th>"
@@ -321,3 +331,17 @@ def render_index(datamap: DataMap, contents: BundleContents) -> bytes:
         f"{escape(datamap.version)}.</p></body></html>\n"
     )
     return "".join(out).encode()
+
+
+def system_counts(contents: BundleContents) -> dict[str, dict[str, Any]]:
+    """Per system searched, how many tables (prefixes) and rows (objects) the bundle holds."""
+    systems: dict[str, dict[str, Any]] = {}
+    for table in contents.tables:
+        entry = systems.setdefault(table.ref.system, {"kind": "database", "tables": 0, "rows": 0})
+        entry["tables"] += 1
+        entry["rows"] += table.rows
+    for prefix in contents.prefixes:
+        entry = systems.setdefault(prefix.ref.system, {"kind": "object store", "prefixes": 0, "objects": 0})
+        entry["prefixes"] += 1
+        entry["objects"] += prefix.objects
+    return dict(sorted(systems.items()))

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -77,9 +78,10 @@ def load_holds(gov: psycopg.Connection[Any], datamap: DataMap, *, as_of: datetim
 
 
 def resolve_person_holds(
-    conn: psycopg.Connection[Any], datamap: DataMap, holds: RetentionHolds, persons: list[PersonHold], system: str
+    conns: Mapping[str, psycopg.Connection[Any]], datamap: DataMap, holds: RetentionHolds, persons: list[PersonHold]
 ) -> None:
-    """Add the primary keys of each held person's rows in ``system`` (and what they own)."""
+    """Add the primary keys of each held person's rows (and what they own) in every database
+    (``conns``: one connection per system, keys found in one carried to the next)."""
     if not persons:
         return
     from governance.crypto import hasher_from_airflow
@@ -90,13 +92,14 @@ def resolve_person_holds(
     for hold in persons:
         kind, key_id, digest = hold.identity_kind, hold.hash_key_id, hold.subject_hash
         plan = build_resolution_plan(datamap, [kind], matching="keyed_hash")
-        if not plan.steps or plan.steps[0].table.system != system:
+        if not plan.steps:
             continue
         matcher = MatchByKeyedHash({kind: [digest]}, keyed_hash_params(keyring.key(key_id)), created_before=_EVERYTHING)
-        resolution = resolve_subject(conn, datamap, plan, matcher, narrow=False)
+        resolution = resolve_subject(conns, datamap, plan, matcher, narrow=False)
         for ref, rows in resolution.tables.items():
             holds.keys[ref].update(rows.rows)
-    conn.rollback()
+    for conn in conns.values():
+        conn.rollback()
 
 
 __all__ = ["PersonHold", "RetentionHolds", "load_holds", "resolve_person_holds"]

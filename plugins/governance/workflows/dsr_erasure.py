@@ -197,19 +197,16 @@ def compute_work(
     from governance.erasure.planner import build_work, inventory_objects
     from governance.erasure.resolve import MatchByIdentity, resolve_subject
     from governance.privacy_requests import request_ids_for_subject
+    from governance.resolution import plan_systems, system_snapshots
 
     kinds = [kind for kind, _ in identities.items()]
     plan = build_resolution_plan(datamap, kinds, business_scope=business_id is not None)
     erasure_plan = build_erasure_plan(datamap, plan)
-    systems = sorted({step.table.system for step in plan.steps})
-    if len(systems) != 1:
-        raise NotImplementedError(f"erasure resolves in exactly one database; the plan spans {systems}")
-    system = datamap.postgres_system(systems[0])
     share, min_rows = guard_limits()
-    with psycopg.connect(system_conninfo(system.connection_id), application_name="governance-erasure-plan") as app:
-        app.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    # One REPEATABLE READ snapshot per database; keys found in one drive resolution in the next.
+    with system_snapshots(datamap, plan_systems(plan), system_conninfo, application_name="governance-erasure-plan") as dbs:
         resolution = resolve_subject(
-            app, datamap, plan, MatchByIdentity(identities), as_of=as_of,
+            dbs, datamap, plan, MatchByIdentity(identities), as_of=as_of,
             scope_ids=[business_id] if business_id is not None else None,
         )  # fmt: skip
         with psycopg.connect(governance_conninfo) as gov:
@@ -242,8 +239,9 @@ def compute_work(
         sizes = {}
         for table, needed in needed_sizes(work, share).items():
             sys_name, _, name = table.partition(".")
-            sizes[table] = table_size_at_least(app, datamap, TableRef(sys_name, name), needed)
-        app.rollback()
+            sizes[table] = table_size_at_least(dbs[sys_name], datamap, TableRef(sys_name, name), needed)
+        for conn in dbs.values():
+            conn.rollback()
     work.guard = evaluate_guard(work, sizes, max_table_share=share, min_rows=min_rows, override=override)
     inventory_objects(work, client_for=object_client or _object_client(datamap))
     return work

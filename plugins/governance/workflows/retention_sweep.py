@@ -140,6 +140,8 @@ def sweep_one_target(
     target: SweepTarget, options: dict[str, Any], *, run_id: str
 ) -> dict[str, Any]:
     """Run one target; record lineage; verify (not in a dry run). Returns counts per rule."""
+    from contextlib import ExitStack
+
     import psycopg
 
     from governance.datamap import load_datamap
@@ -170,10 +172,10 @@ def sweep_one_target(
     buckets = {s.name: s.bucket.resolve() for s in datamap.object_systems}
     with psycopg.connect(conninfo_for(GOVERNANCE_CONN_ID), autocommit=True, application_name="governance-retention") as gov:
         holds, persons = load_holds(gov, datamap, as_of=as_of)
-        if persons:
-            for system in datamap.postgres_systems:
-                with app_connect(system.name) as conn:
-                    resolve_person_holds(conn, datamap, holds, persons, system.name)
+        if persons:  # each held person resolved across every database, one snapshot each
+            with ExitStack() as stack:
+                conns = {s.name: stack.enter_context(app_connect(s.name)) for s in datamap.postgres_systems}
+                resolve_person_holds(conns, datamap, holds, persons)
         ctx = SweepContext(
             datamap=datamap, plan=plan, run_id=run_id, as_of=as_of, dry_run=bool(options["dry_run"]), holds=holds,
             app_connect=app_connect, gov=gov, object_client=object_client, buckets=buckets,
