@@ -172,9 +172,9 @@ def test_mention_references_are_reported_separately_from_owned_rows(datamap: Dat
     handled = next(m for m in plan.mentions if m.edge.field == "handled_by_user_id")
     assert handled.edge.kind is ReferenceKind.mention
     assert handled.select.text == (
-        'SELECT "id", "handled_by_user_id", "business_id" FROM "app"."calls" WHERE "handled_by_user_id" = '
+        'SELECT "id", "handled_by_user_id", "business_id", "caller_id" FROM "app"."calls" WHERE "handled_by_user_id" = '
         'ANY(%(users_ids)s) ORDER BY "id"'
-    )
+    )  # the owner columns tell mention-only rows (no caller) from rows that are the caller's
     # calls is owned only through callers, never through the user it mentions
     assert [e.parent for e in plan.step(t("calls")).owned_via] == [t("callers")]
 
@@ -672,4 +672,4 @@ def test_explain_shows_what_a_delete_rows_rule_also_deletes_and_clears() -> None
     assert lines[-1] == "keeps a row whose owned rows are under a legal hold or exception (counted as held)"
     users = _cascade_lines(with_voicemails(), t("users"))
     assert "clears aircalls_app.calls.handled_by_user_id (mention)" in users
-    assert "clears aircalls_app.messages.user_id (mention)" in users
+    assert "clears aircalls_app.messages.user_id (mention); mention-only rows deleted" in users

@@ -399,6 +399,10 @@ def _run_table_rule(
                     for mention in rs.mentions:
                         parents = act if mention.edge.parent == rs.table else owned.get(mention.edge.parent, [])
                         values = sorted({r[mention.edge.parent_field] for r in parents if r[mention.edge.parent_field] is not None})
+                        if values and mention.orphan is not None:  # the mention's orphan rule first
+                            orphan_values = {KEYS: values, **ctx.holds.values((mention.edge.child,))}
+                            cur.execute(mention.orphan.query, mention.orphan.bind(orphan_values))
+                            cascade_counts[f"mention-only rows {mention.edge.child}.{mention.edge.field}"] += max(0, cur.rowcount)
                         if values:
                             cur.execute(mention.statement.query, mention.statement.bind({KEYS: values}))
                             cascade_counts[f"mentions cleared {mention.edge.child}.{mention.edge.field}"] += max(0, cur.rowcount)
