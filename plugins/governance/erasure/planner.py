@@ -477,6 +477,7 @@ def build_work(
 
     mention_index = {(m.edge.child, m.edge.field): i for i, m in enumerate(resolution.mentions)}
     deleted_or_rewritten: dict[TableRef, set[Any]] = defaultdict(set)
+    deleted_mention_only: dict[int, set[Any]] = {}
     for order, statement in enumerate(erasure_plan.statements, start=1):
         ref = statement.table
         if statement.effect == "clear_mention" or statement.effect in MENTION_ONLY_EFFECTS:
@@ -500,6 +501,10 @@ def build_work(
             if statement.effect in MENTION_ONLY_EFFECTS:  # rows with an owner are that owner's
                 owners = owner_fields(datamap.table(ref))
                 keys = [k for k in keys if all(mention.rows[k].get(f) is None for f in owners)]
+                if statement.effect == "delete_mention_only_rows":
+                    deleted_mention_only[index] = set(keys)
+            else:  # a deleted mention-only row has no reference left to clear
+                keys = [k for k in keys if k not in deleted_mention_only.get(index, set())]
             left = [k for k in mention.keys if k not in held_mentions.get(index, {})
                     and mention.rows[k].get(mention.edge.field) not in allowed]  # fmt: skip
             if left and statement.effect == "clear_mention":
