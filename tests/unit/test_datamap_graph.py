@@ -673,3 +673,24 @@ def test_explain_shows_what_a_delete_rows_rule_also_deletes_and_clears() -> None
     users = _cascade_lines(with_voicemails(), t("users"))
     assert "clears aircalls_app.calls.handled_by_user_id (mention)" in users
     assert "clears aircalls_app.messages.user_id (mention); mention-only rows deleted" in users
+
+
+def test_mention_only_messages_are_deleted_before_the_mention_is_cleared_and_exported(datamap: DataMap) -> None:
+    plan = plans.build_resolution_plan(datamap, ["email"])
+    statements = [s for s in plans.build_erasure_plan(datamap, plan).statements if s.table == t("messages")]
+    effects = [s.effect for s in statements]
+    assert effects.index("delete_mention_only_rows") < effects.index("clear_mention") < effects.index("delete_rows")
+    only = next(s for s in statements if s.effect == "delete_mention_only_rows")
+    assert only.statement.text == (
+        'DELETE FROM "app"."messages" WHERE "id" = ANY(%(keys)s) AND "user_id" = ANY(%(reference_values)s)'
+        ' AND "caller_id" IS NULL'
+    )
+    assert only.check is not None and '"caller_id" IS NULL' in only.check.text
+    # calls always have a caller: nothing of theirs is mention-only, nothing exported to the handler
+    assert not [s for s in plans.build_erasure_plan(datamap, plan).statements if s.table == t("calls")
+                and s.effect in plans.MENTION_ONLY_EFFECTS]  # fmt: skip
+    exported = {m.edge.field: m.orphan_export for m in plan.mentions}
+    assert exported["handled_by_user_id"] is None
+    assert exported["user_id"] is not None and exported["user_id"].text.endswith(
+        'WHERE "user_id" = ANY(%(users_ids)s) AND "caller_id" IS NULL ORDER BY "id"'
+    )

@@ -569,7 +569,7 @@ class _Checks:
                 if name in reference.model_fields_set:
                     yield f"{rpath}.{name}", (
                         f"{name} applies to mention references only (rows that mention the person and have no "
-                        f"owner); {reference.field!r} is a {reference.kind.value} reference"
+                        f"owner); {reference.field!r} is kind: {reference.kind.value}"
                     )
             return
         keys = {table.primary_key, *(r.field for r in table.references)}
