@@ -694,3 +694,14 @@ def test_mention_only_messages_are_deleted_before_the_mention_is_cleared_and_exp
     assert exported["user_id"] is not None and exported["user_id"].text.endswith(
         'WHERE "user_id" = ANY(%(users_ids)s) AND "caller_id" IS NULL ORDER BY "id"'
     )
+
+
+def test_retention_deleting_users_applies_the_orphan_rule_to_unheld_mention_only_messages_first(datamap: DataMap) -> None:
+    _steps, mentions, _order = plans._cascade(datamap, t("users"))
+    by_field = {(m.edge.child, m.edge.field): m for m in mentions}
+    messages = by_field[(t("messages"), "user_id")]
+    assert messages.orphan is not None and messages.orphan.text.startswith(
+        'DELETE FROM "app"."messages" AS "m" WHERE "m"."user_id" = ANY(%(keys)s) AND "m"."caller_id" IS NULL AND NOT '
+    )
+    assert "held_keys__aircalls_app__messages" in messages.orphan.input_params
+    assert by_field[(t("calls"), "handled_by_user_id")].orphan is None  # orphan: keep
