@@ -73,6 +73,10 @@ def ground_truth_rows(url: str, *, email: str | None, e164: str | None, business
         truth = {"users": users, "callers": callers}
         for table in ("calls", "messages", "appointments"):
             truth[table] = ids(f"SELECT id FROM app.{table} WHERE caller_id = ANY(%(c)s){scope}", c=list(callers))  # noqa: S608
+        # Messages the user wrote with no caller (staff-only) are theirs too (export: include);
+        # one with a caller is the caller's, never the user's.
+        truth["messages"] |= ids(f"SELECT id FROM app.messages WHERE user_id = ANY(%(u)s) AND caller_id IS NULL{scope}",  # noqa: S608
+                                 u=list(users))  # fmt: skip
         truth["payments"] = ids(f"SELECT id FROM app.payments WHERE user_id = ANY(%(u)s){scope}", u=list(users))  # noqa: S608
         for table in ("support_tickets", "usage_events"):
             truth[table] = ids(f"SELECT id FROM app.{table} WHERE user_id = ANY(%(u)s)", u=list(users))  # noqa: S608

@@ -515,3 +515,33 @@ def test_a_cross_system_reference_from_a_missing_field_is_placed_on_the_referenc
 def test_a_cross_system_reference_to_an_object_store_is_refused(tmp_path: Path) -> None:
     path, error = broken(tmp_path, lambda d: warehouse_reference(d, "call_facts", "call_id")["to"].update(system="aircalls_objects"))
     assert_issue(path, error, f"{WAREHOUSE_FACTS}.to.system", "references point at tables", "s3 system")
+
+# -- mention-only rows (orphan / export of a mention) -------------------------------------------
+
+
+def test_orphan_rules_are_placed_errors_on_other_kinds_missing_fields_and_keys(tmp_path: Path) -> None:
+    def mutate(d: Map) -> None:
+        reference(d, "messages", "caller_id").update(orphan="delete_row", export="include")
+        reference(d, "calls", "handled_by_user_id").update(orphan={"clear": ["transcrpt", "caller_id", "id"]})
+
+    path, error = broken(tmp_path, mutate)
+    calls = "systems[aircalls_app].tables[calls].references[handled_by_user_id].orphan.clear"
+    assert_issue(path, error, "systems[aircalls_app].tables[messages].references[caller_id].orphan",
+                 "applies to mention references only", "'caller_id' is kind: ownership")  # fmt: skip
+    assert_issue(path, error, "systems[aircalls_app].tables[messages].references[caller_id].export",
+                 "applies to mention references only")  # fmt: skip
+    assert_issue(path, error, f"{calls}[0]", "missing field 'transcrpt'", "did you mean 'transcript'?")
+    assert_issue(path, error, f"{calls}[1]", "'caller_id' is a reference of 'calls'")
+    assert_issue(path, error, f"{calls}[2]", "'id' is the primary key of 'calls'")
+
+
+def test_orphan_delete_row_is_refused_where_the_rows_own_objects(tmp_path: Path) -> None:
+    path, error = broken(tmp_path, lambda d: reference(d, "calls", "handled_by_user_id").update(orphan="delete_row"))
+    assert_issue(path, error, "systems[aircalls_app].tables[calls].references[handled_by_user_id].orphan",
+                 "would leave what rows of 'calls' own", "aircalls_objects.recordings", "orphan: {clear")  # fmt: skip
+
+
+def test_orphan_rule_of_unknown_shape_is_a_placed_error(tmp_path: Path) -> None:
+    path, error = broken(tmp_path, lambda d: reference(d, "messages", "user_id").update(orphan="erase", export="yes"))
+    assert "systems[aircalls_app].tables[messages].references[user_id].orphan" in str(error)
+    assert "systems[aircalls_app].tables[messages].references[user_id].export" in str(error)

@@ -176,9 +176,9 @@ def test_mention_references_are_reported_separately_from_owned_rows(datamap: Dat
     handled = next(m for m in plan.mentions if m.edge.field == "handled_by_user_id")
     assert handled.edge.kind is ReferenceKind.mention
     assert handled.select.text == (
-        'SELECT "id", "handled_by_user_id", "business_id" FROM "app"."calls" WHERE "handled_by_user_id" = '
+        'SELECT "id", "handled_by_user_id", "business_id", "caller_id" FROM "app"."calls" WHERE "handled_by_user_id" = '
         'ANY(%(users_ids)s) ORDER BY "id"'
-    )
+    )  # the owner columns tell mention-only rows (no caller) from rows that are the caller's
     # calls is owned only through callers, never through the user it mentions
     assert [e.parent for e in plan.step(t("calls")).owned_via] == [t("callers")]
 
@@ -678,4 +678,36 @@ def test_explain_shows_what_a_delete_rows_rule_also_deletes_and_clears() -> None
     assert lines[-1] == "keeps a row whose owned rows are under a legal hold or exception (counted as held)"
     users = _cascade_lines(with_voicemails(), t("users"))
     assert "clears aircalls_app.calls.handled_by_user_id (mention)" in users
-    assert "clears aircalls_app.messages.user_id (mention)" in users
+    assert "clears aircalls_app.messages.user_id (mention); mention-only rows deleted" in users
+
+
+def test_mention_only_messages_are_deleted_before_the_mention_is_cleared_and_exported(datamap: DataMap) -> None:
+    plan = plans.build_resolution_plan(datamap, ["email"])
+    statements = [s for s in plans.build_erasure_plan(datamap, plan).statements if s.table == t("messages")]
+    effects = [s.effect for s in statements]
+    assert effects.index("delete_mention_only_rows") < effects.index("clear_mention") < effects.index("delete_rows")
+    only = next(s for s in statements if s.effect == "delete_mention_only_rows")
+    assert only.statement.text == (
+        'DELETE FROM "app"."messages" WHERE "id" = ANY(%(keys)s) AND "user_id" = ANY(%(reference_values)s)'
+        ' AND "caller_id" IS NULL'
+    )
+    assert only.check is not None and '"caller_id" IS NULL' in only.check.text
+    # calls always have a caller: nothing of theirs is mention-only, nothing exported to the handler
+    assert not [s for s in plans.build_erasure_plan(datamap, plan).statements if s.table == t("calls")
+                and s.effect in plans.MENTION_ONLY_EFFECTS]  # fmt: skip
+    exported = {m.edge.field: m.orphan_export for m in plan.mentions}
+    assert exported["handled_by_user_id"] is None
+    assert exported["user_id"] is not None and exported["user_id"].text.endswith(
+        'WHERE "user_id" = ANY(%(users_ids)s) AND "caller_id" IS NULL ORDER BY "id"'
+    )
+
+
+def test_retention_deleting_users_applies_the_orphan_rule_to_unheld_mention_only_messages_first(datamap: DataMap) -> None:
+    _steps, mentions, _order = plans._cascade(datamap, t("users"))
+    by_field = {(m.edge.child, m.edge.field): m for m in mentions}
+    messages = by_field[(t("messages"), "user_id")]
+    assert messages.orphan is not None and messages.orphan.text.startswith(
+        'DELETE FROM "app"."messages" AS "m" WHERE "m"."user_id" = ANY(%(keys)s) AND "m"."caller_id" IS NULL AND NOT '
+    )
+    assert "held_keys__aircalls_app__messages" in messages.orphan.input_params
+    assert by_field[(t("calls"), "handled_by_user_id")].orphan is None  # orphan: keep

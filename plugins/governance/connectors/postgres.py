@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 
 from governance.datamap.model import DataMap, PrefixRef, TableRef
-from governance.datamap.plans import SCOPE_IDS, MentionStep, ResolutionPlan, excluded_param
+from governance.datamap.plans import SCOPE_IDS, MentionStep, ResolutionPlan, Statement, excluded_param
 from governance.identity import SubjectIdentities
 from governance.resolution import Ambiguity, MatchByIdentity, SystemConnections, resolve_subject
 
@@ -161,10 +161,44 @@ def stream_table(
     """Stream every mapped column of the person's rows of ``table`` in batches, through a
     server-side cursor (memory stays flat however many rows the person has). Yields
     ``(column names, rows)``; must run in the same transaction as the resolution."""
-    statement = footprint.plan.step(table).export
-    with conn.cursor(name=f"export_{table.system}_{table.table}") as cur:
+    yield from _stream(conn, footprint.plan.step(table).export, footprint.params, f"export_{table.system}_{table.table}",
+                       batch_rows)  # fmt: skip
+
+
+def mention_only_exports(footprint: DatabaseFootprint, table: TableRef) -> list[MentionStep]:
+    """Mentions of the person in ``table`` whose mention-only rows their export includes
+    (``export: include``): rows naming the person that belong to no one else."""
+    return [m for m in footprint.plan.mentions if m.edge.child == table and m.orphan_export is not None]
+
+
+def count_mention_only(conn: psycopg.Connection[Any], footprint: DatabaseFootprint, mention: MentionStep) -> int:
+    """The mention-only rows of ``mention`` in the snapshot (0 when the person has no row it
+    points at)."""
+    assert mention.orphan_count is not None
+    if not footprint.params.get(mention.parent_param):
+        return 0
+    row = conn.execute(mention.orphan_count.query, mention.orphan_count.bind(footprint.params)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def stream_mention_only(
+    conn: psycopg.Connection[Any], footprint: DatabaseFootprint, mention: MentionStep, *, batch_rows: int = 2000
+) -> Iterator[tuple[list[str], list[tuple[Any, ...]]]]:
+    """Stream the mention-only rows of ``mention`` (every mapped column), as :func:`stream_table`."""
+    assert mention.orphan_export is not None
+    if not footprint.params.get(mention.parent_param):
+        return
+    edge = mention.edge
+    yield from _stream(conn, mention.orphan_export, footprint.params,
+                       f"export_{edge.child.system}_{edge.child.table}_{edge.field}", batch_rows)  # fmt: skip
+
+
+def _stream(
+    conn: psycopg.Connection[Any], statement: Statement, params: Mapping[str, Any], name: str, batch_rows: int
+) -> Iterator[tuple[list[str], list[tuple[Any, ...]]]]:
+    with conn.cursor(name=name) as cur:
         cur.itersize = batch_rows
-        cur.execute(statement.query, statement.bind(footprint.params))
+        cur.execute(statement.query, statement.bind(params))
         columns: list[str] | None = None
         while True:
             batch = cur.fetchmany(batch_rows)

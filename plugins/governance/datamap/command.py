@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from governance.datamap.model import TableRef
+from governance.datamap.model import Reference, ReferenceKind, TableRef, TableSpec
 
 if TYPE_CHECKING:
     from governance.datamap.model import DataMap
@@ -107,6 +107,8 @@ def _explain(datamap: DataMap) -> None:
         )
         objects = ", ".join(p.prefix for p in datamap.prefixes_tied_to(ref))
         print(f"  {position:2}. {ref}: {fate}" + (f"; objects: {objects}" if objects else ""))
+        for line in _mention_lines(table):
+            print(f"      {line}")
     print("retention (a table's rules run generalise, null_fields, delete_objects, delete_rows):")
     for rule in datamap.retention:
         target = rule.table or rule.prefix
@@ -115,6 +117,29 @@ def _explain(datamap: DataMap) -> None:
         if rule.action == "delete_rows" and rule.table is not None:
             for line in _cascade_lines(datamap, TableRef(rule.system, rule.table)):
                 print(f"      {line}")
+
+
+def _orphan_words(reference: Reference) -> str:
+    if reference.orphan_deletes_row:
+        return "deleted"
+    if reference.orphan_clears:
+        return f"kept with {', '.join(reference.orphan_clears)} cleared"
+    return "kept as they are"
+
+
+def _mention_lines(table: TableSpec) -> list[str]:
+    """Per mention: the reference cleared, and what becomes of mention-only rows (no owner set)."""
+    owners = [r.field for r in table.references if r.kind is ReferenceKind.ownership]
+    lines = []
+    for reference in table.references:
+        if reference.kind is not ReferenceKind.mention:
+            continue
+        only = f"no {' or '.join(owners)}" if owners else "every row"
+        lines.append(
+            f"mention {reference.field} -> {reference.to.table}: cleared; mention-only rows ({only}): "
+            f"{_orphan_words(reference)}, {'in' if reference.exports_orphans else 'not in'} the person's export"
+        )
+    return lines
 
 
 def _cascade_lines(datamap: DataMap, ref: TableRef) -> list[str]:
@@ -132,7 +157,10 @@ def _cascade_lines(datamap: DataMap, ref: TableRef) -> list[str]:
     objects = ", ".join(p.prefix for p in datamap.prefixes_tied_to(ref))
     if objects:
         lines.insert(0, f"deletes objects {objects} (every version) before the rows")
-    lines += [f"clears {e.child}.{e.field} (mention)" for e in mentions]
+    for e in mentions:
+        reference = next(r for r in datamap.table(e.child).references if r.field == e.field)
+        orphan = "" if reference.orphan == "keep" else f"; mention-only rows {_orphan_words(reference)}"
+        lines.append(f"clears {e.child}.{e.field} (mention){orphan}")
     lines.append("keeps a row whose owned rows are under a legal hold or exception (counted as held)" if owned else "")
     return [line for line in lines if line]
 

@@ -561,6 +561,43 @@ class _Checks:
                 f"{reference.field!r} mentions {target.name!r}: erasing that row clears this reference while "
                 f"the row stays, so its erasure must be nullify, mask or keyed_hash (not {action.value})"
             )
+        yield from self._orphan_rule(system, table, reference, rpath)
+
+    def _orphan_rule(
+        self, system: PostgresSystem, table: TableSpec, reference: Reference, rpath: str
+    ) -> Iterator[tuple[str, str]]:
+        """``orphan`` and ``export`` say what becomes of mention-only rows: only a mention has them."""
+        if reference.kind is not ReferenceKind.mention:
+            for name in ("orphan", "export"):
+                if name in reference.model_fields_set:
+                    yield f"{rpath}.{name}", (
+                        f"{name} applies to mention references only (rows that mention the person and have no "
+                        f"owner); {reference.field!r} is kind: {reference.kind.value}"
+                    )
+            return
+        keys = {table.primary_key, *(r.field for r in table.references)}
+        for n, name in enumerate(reference.orphan_clears):
+            if name not in table.field_names:
+                yield f"{rpath}.orphan.clear[{n}]", f"cannot clear a missing field {name!r} of {table.name!r}" + suggest(
+                    name, table.field_names
+                )
+            elif name in keys:
+                yield f"{rpath}.orphan.clear[{n}]", (
+                    f"{name!r} is {'the primary key' if name == table.primary_key else 'a reference'} of "
+                    f"{table.name!r}: clear content fields (the mention itself is cleared by its erasure action)"
+                )
+        if reference.orphan_deletes_row:
+            ref = TableRef(system.name, table.name)
+            owned = sorted(
+                f"{s.name}.{t.name}" for s in self.dm.postgres_systems for t in s.tables for r in t.references
+                if r.kind is ReferenceKind.ownership and r.to.table == table.name and (r.to.system or s.name) == system.name
+            )  # fmt: skip
+            tied = [str(p) for p in self.dm.prefixes_tied_to(ref)]
+            if owned or tied:
+                yield f"{rpath}.orphan", (
+                    f"orphan: delete_row would leave what rows of {table.name!r} own ({', '.join(owned + tied)}): "
+                    "clear fields instead (orphan: {clear: [...]})"
+                )
 
     # -- objects ---------------------------------------------------------------------------
 

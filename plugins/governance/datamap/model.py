@@ -303,13 +303,50 @@ class ReferenceTarget(_Strict):
     system: Identifier | None = Field(default=None, description="default: the referencing table's system")
 
 
+class OrphanClear(_Strict):
+    """Clear these fields of a mention-only row (set them to NULL); the row stays."""
+
+    clear: list[Identifier] = Field(min_length=1, description="fields set to NULL (not the primary key or a reference)")
+
+
+OrphanRule = Literal["keep", "delete_row"] | OrphanClear
+
+
 class Reference(_Strict):
-    """A column of this table pointing at a row of another table."""
+    """A column of this table pointing at a row of another table.
+
+    A *mention-only* row is one whose mention points at the person and none of whose ownership
+    references is set (a staff member's note with no caller): nobody else's data holds it, so a
+    mention reference says what becomes of it (``orphan``) and whether the mentioned person's
+    export includes it (``export``). A row that still has an owner is that owner's data: its
+    mention is cleared on erasure and it is never exported to the mentioned person.
+    """
 
     field: Identifier
     to: ReferenceTarget
     kind: ReferenceKind
     description: str | None = None
+    orphan: OrphanRule = Field(
+        default="keep",
+        description="mention only: what erasing the mentioned person does to a mention-only row: keep (only the "
+        "mention is cleared), delete_row, or {clear: [fields]}",
+    )
+    export: Literal["include", "exclude"] = Field(
+        default="exclude", description="mention only: whether the mentioned person's export includes mention-only rows"
+    )
+
+    @property
+    def orphan_deletes_row(self) -> bool:
+        return self.orphan == "delete_row"
+
+    @property
+    def orphan_clears(self) -> tuple[str, ...]:
+        """Fields a mention-only row has cleared on erasure (empty unless ``orphan: {clear: ...}``)."""
+        return tuple(self.orphan.clear) if isinstance(self.orphan, OrphanClear) else ()
+
+    @property
+    def exports_orphans(self) -> bool:
+        return self.kind is ReferenceKind.mention and self.export == "include"
 
 
 class TableSpec(_Strict):

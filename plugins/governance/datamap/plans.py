@@ -61,6 +61,7 @@ from governance.datamap.model import (
     ObjectPrefix,
     Paging,
     PrefixRef,
+    Reference,
     ReferenceKind,
     RequestTemplate,
     RetentionRule,
@@ -402,6 +403,10 @@ class MentionStep:
     primary_key: str
     select: Statement
     parent_param: str
+    # ``export: include``: the mention-only rows (no ownership reference set) counted and streamed
+    # for the mentioned person's export, every mapped column (:func:`_orphan_exports`).
+    orphan_count: Statement | None = None
+    orphan_export: Statement | None = None
 
     @property
     def input_params(self) -> tuple[str, ...]:
@@ -496,7 +501,8 @@ class ResolutionPlan:
         """Every statement of the plan, in the order they run (for the dry run and ``--sql``)."""
         out = [h.statement for h in self.hash_scans]
         out += [s.select for s in self.steps] + [m.select for m in self.mentions]
-        return out + [s.count for s in self.steps] + [s.export for s in self.steps]
+        out += [s.count for s in self.steps] + [s.export for s in self.steps]
+        return out + [s for m in self.mentions for s in (m.orphan_count, m.orphan_export) if s is not None]
 
 
 def record_time_column(datamap: DataMap, ref: TableRef) -> str | None:
@@ -590,7 +596,8 @@ def build_resolution_plan(
         if business_scope and child.scope_column:
             conditions.append(_any(sql.Identifier(child.scope_column), SCOPE_IDS))
             mention_needs.append(SCOPE_IDS)
-        names = _unique([child.primary_key, edge.field, *([child.scope_column] if child.scope_column else [])])
+        names = _unique([child.primary_key, edge.field, *([child.scope_column] if child.scope_column else []),
+                         *owner_fields(child)])  # fmt: skip
         query = sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {}").format(
             _columns(names), _table_sql(datamap, edge.child), _and(conditions), sql.Identifier(child.primary_key)
         )
@@ -600,6 +607,7 @@ def build_resolution_plan(
                 primary_key=child.primary_key,
                 select=Statement("mentions", edge.child, query, {}, tuple(mention_needs)),
                 parent_param=param,
+                **_orphan_exports(datamap, edge, conditions, tuple(mention_needs)),
             )
         )
 
@@ -648,6 +656,42 @@ def _reach_without(datamap: DataMap, kinds: tuple[str, ...], excluded: set[Table
         object_prefixes=tuple(p for p in full.object_prefixes if datamap.tie_table(datamap.prefix(p)) in owned),
         request_prefixes=full.request_prefixes,
     )
+
+
+def mention_reference(datamap: DataMap, edge: ReferenceEdge) -> Reference:
+    """The data map's mention reference behind ``edge`` (its ``orphan`` and ``export`` rules)."""
+    table = datamap.table(edge.child)
+    return next(r for r in table.references if r.field == edge.field and r.kind is ReferenceKind.mention)
+
+
+def owner_fields(table: TableSpec) -> list[str]:
+    """The fields of ``table``'s ownership references (a mention step returns them too)."""
+    return [r.field for r in table.references if r.kind is ReferenceKind.ownership]
+
+
+def mention_only(table: TableSpec, alias: str | None = None) -> sql.Composable:
+    """A row of ``table`` is mention-only: none of its ownership references is set (nobody else's
+    data holds it). TRUE for a table without ownership references."""
+    return _and([sql.SQL("{} IS NULL").format(_column(alias, f)) for f in owner_fields(table)])
+
+
+def _orphan_exports(
+    datamap: DataMap, edge: ReferenceEdge, conditions: Sequence[sql.Composable], needs: tuple[str, ...]
+) -> dict[str, Statement]:
+    """``export: include``: the count and export of the mention-only rows among a mention step's
+    rows (``conditions``: the mention and the scope), for the mentioned person's bundle."""
+    if not mention_reference(datamap, edge).exports_orphans:
+        return {}
+    child = datamap.table(edge.child)
+    where = _and([*conditions, mention_only(child)])
+    count = sql.SQL("SELECT count(*) FROM {} WHERE {}").format(_table_sql(datamap, edge.child), where)
+    export = sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {}").format(
+        _columns(child.field_names), _table_sql(datamap, edge.child), where, sql.Identifier(child.primary_key)
+    )
+    return {
+        "orphan_count": Statement("count_mention_only", edge.child, count, {}, needs),
+        "orphan_export": Statement("export_mention_only", edge.child, export, {}, needs),
+    }
 
 
 def matched_keys_param(column: IdentityColumn) -> str:
@@ -766,7 +810,8 @@ def build_business_resolution_plan(datamap: DataMap) -> ResolutionPlan:
         child = datamap.table(edge.child)
         param = key_param(datamap, edge.parent, edge.parent_field)
         # Every mention of the business's people, whichever business the mentioning row is of.
-        names = _unique([child.primary_key, edge.field, *([child.scope_column] if child.scope_column else [])])
+        names = _unique([child.primary_key, edge.field, *([child.scope_column] if child.scope_column else []),
+                         *owner_fields(child)])  # fmt: skip
         query = sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {}").format(
             _columns(names), _table_sql(datamap, edge.child), _any(sql.Identifier(edge.field), param),
             sql.Identifier(child.primary_key),
@@ -924,8 +969,12 @@ def _narrowed_statement(
 
 
 ErasureEffect = Literal[
-    "clear_mention", "delete_rows", "rewrite_rows", "minimise_kept_rows", "delete_expired_kept_rows"
+    "clear_mention", "delete_rows", "rewrite_rows", "minimise_kept_rows", "delete_expired_kept_rows",
+    "delete_mention_only_rows", "clear_mention_only_rows",
 ]
+# Effects on mention-only rows (the mention's ``orphan`` rule): keyed, like clear_mention, by the
+# mention rows resolution found and the person's keys the mention still points at.
+MENTION_ONLY_EFFECTS = ("delete_mention_only_rows", "clear_mention_only_rows")
 
 
 @dataclass(frozen=True)
@@ -1004,6 +1053,39 @@ def _cleared_check(datamap: DataMap, ref: TableRef, table: TableSpec, rewrites: 
     return Statement("verify_kept_rows", ref, query, params, (KEYS,))
 
 
+def _mention_only_erasure(datamap: DataMap, ref: TableRef, table: TableSpec, edge: ReferenceEdge) -> list[ErasureStatement]:
+    """The mention's ``orphan`` rule, run before its reference is cleared (afterwards the row no
+    longer points at the person): delete the mention-only rows, or clear their ``orphan.clear``
+    fields. A row with an owner is untouched here (its mention is cleared, it stays). ``check``
+    finds, among the same keys, mention-only rows still there (delete) or still holding a cleared
+    field: what verification expects to be empty, whatever the mention now points at."""
+    reference = mention_reference(datamap, edge)
+    cleared = reference.orphan_clears
+    if not (reference.orphan_deletes_row or cleared):
+        return []
+    points = _any(sql.Identifier(edge.field), REFERENCE_VALUES)
+    only = mention_only(table)
+    if reference.orphan_deletes_row:
+        effect: ErasureEffect = "delete_mention_only_rows"
+        query = sql.SQL("DELETE FROM {} WHERE {} AND {} AND {}").format(_table_sql(datamap, ref), _keyed(table), points, only)
+        left: sql.Composable = sql.SQL("TRUE")
+    else:
+        effect = "clear_mention_only_rows"
+        left = _or([sql.SQL("{} IS NOT NULL").format(sql.Identifier(f)) for f in cleared])
+        query = sql.SQL("UPDATE {} SET {} WHERE {} AND {} AND {} AND {}").format(
+            _table_sql(datamap, ref), sql.SQL(", ").join(sql.SQL("{} = NULL").format(sql.Identifier(f)) for f in cleared),
+            _keyed(table), points, only, left,
+        )  # fmt: skip
+    check = sql.SQL("SELECT {} FROM {} WHERE {} AND {} AND {} ORDER BY 1").format(
+        sql.Identifier(table.primary_key), _table_sql(datamap, ref), _keyed(table), only, left
+    )
+    return [ErasureStatement(
+        table=ref, effect=effect, statement=Statement(effect, ref, query, {}, (KEYS, REFERENCE_VALUES)),
+        fields=cleared or (edge.field,), reference_field=edge.field,
+        check=Statement("verify_mention_only_rows", ref, check, {}, (KEYS,)),
+    )]  # fmt: skip
+
+
 def build_erasure_plan(datamap: DataMap, resolution: ResolutionPlan) -> ErasurePlan:
     """The erasure of the person ``resolution`` finds, children before parents
     (:func:`graph.erasure_order`).
@@ -1036,6 +1118,7 @@ def build_erasure_plan(datamap: DataMap, resolution: ResolutionPlan) -> ErasureP
             check = sql.SQL("SELECT {} FROM {} WHERE {} AND {} ORDER BY 1").format(
                 sql.Identifier(table.primary_key), _table_sql(datamap, ref), _keyed(table), reference
             )
+            statements += _mention_only_erasure(datamap, ref, table, mention.edge)
             statements.append(
                 ErasureStatement(
                     table=ref, effect="clear_mention",
@@ -1161,6 +1244,9 @@ class MentionClear:
 
     edge: ReferenceEdge
     statement: Statement
+    # The mention's ``orphan`` rule on the mention-only rows among them (run first, same ``keys``,
+    # plus the holds of ``edge.child``: a held row is left as it is): delete them or clear fields.
+    orphan: Statement | None = None
 
 
 @dataclass(frozen=True)
@@ -1211,7 +1297,7 @@ class RetentionStatement:
             out.append(step.select)
         for step in reversed(self.cascade):
             out.append(step.delete)
-        out += [m.statement for m in self.mentions]
+        out += [s for m in self.mentions for s in (m.orphan, m.statement) if s is not None]
         out.append(self.statement)
         return out
 
@@ -1551,12 +1637,33 @@ def _cascade(datamap: DataMap, ref: TableRef) -> tuple[list[CascadeStep], list[M
     mentions = [
         MentionClear(edge, Statement("retention_clear_mention", edge.child, sql.SQL("UPDATE {} SET {} = NULL WHERE {}").format(
             _table_sql(datamap, edge.child), sql.Identifier(edge.field), _any(sql.Identifier(edge.field), KEYS),
-        ), {}, (KEYS,)))  # fmt: skip
+        ), {}, (KEYS,)), _retention_mention_only(datamap, edge))  # fmt: skip
         for edge in mention_edges
     ]
     position = {r: i for i, r in enumerate(graph.erasure_order(datamap))}
     tables = sorted({s.table for s in steps}, key=lambda r: position.get(r, -1))
     return steps, mentions, tables
+
+
+def _retention_mention_only(datamap: DataMap, edge: ReferenceEdge) -> Statement | None:
+    """A retention cascade deleting mentioned rows applies the mention's ``orphan`` rule, as
+    erasure does, to the mention-only rows pointing at them that no legal hold keeps."""
+    reference = mention_reference(datamap, edge)
+    if not (reference.orphan_deletes_row or reference.orphan_clears):
+        return None
+    child = datamap.table(edge.child)
+    params: dict[str, Any] = {}
+    needs: list[str] = [KEYS]
+    free = sql.SQL("NOT {}").format(_held_by_hold(datamap, edge.child, "m", params, needs))
+    where = _and([_any(sql.Identifier("m", edge.field), KEYS), mention_only(child, "m"), free])
+    if reference.orphan_deletes_row:
+        query = sql.SQL("DELETE FROM {} WHERE {}").format(_table_sql(datamap, edge.child, "m"), where)
+    else:
+        query = sql.SQL("UPDATE {} SET {} WHERE {}").format(
+            _table_sql(datamap, edge.child, "m"),
+            sql.SQL(", ").join(sql.SQL("{} = NULL").format(sql.Identifier(f)) for f in reference.orphan_clears), where,
+        )  # fmt: skip
+    return Statement("retention_mention_only", edge.child, query, params, _unique(needs))
 
 
 def _retention_statement(datamap: DataMap, rule: RetentionRule) -> RetentionStatement:

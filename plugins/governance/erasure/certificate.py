@@ -29,6 +29,8 @@ EFFECT_WORDS = {
     "rewrite_rows": "rows with personal fields rewritten",
     "minimise_kept_rows": "rows kept by law, personal fields cleared",
     "clear_mention": "references to the person cleared (rows belong to others)",
+    "delete_mention_only_rows": "rows only mentioning the person, with no other owner, deleted",
+    "clear_mention_only_rows": "rows only mentioning the person, with no other owner, content cleared",
 }
 
 

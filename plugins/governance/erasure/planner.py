@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from governance.datamap.model import DataMap, ErasureAction, PrefixRef, TableRef
-from governance.datamap.plans import ErasurePlan
+from governance.datamap.plans import MENTION_ONLY_EFFECTS, ErasurePlan, owner_fields
 from governance.erasure.holds import ActiveHolds, LegalHold
 from governance.erasure.resolve import KEPT_UNTIL, STILL_KEPT, SubjectResolution, TableRows
 
@@ -477,10 +477,12 @@ def build_work(
 
     mention_index = {(m.edge.child, m.edge.field): i for i, m in enumerate(resolution.mentions)}
     deleted_or_rewritten: dict[TableRef, set[Any]] = defaultdict(set)
+    deleted_mention_only: dict[int, set[Any]] = {}
     for order, statement in enumerate(erasure_plan.statements, start=1):
         ref = statement.table
-        if statement.effect == "clear_mention":
-            index = mention_index.get((ref, statement.fields[0]))
+        if statement.effect == "clear_mention" or statement.effect in MENTION_ONLY_EFFECTS:
+            # Mention-only rows (the mention's orphan rule) are chosen exactly as the mentions are.
+            index = mention_index.get((ref, statement.reference_field or statement.fields[0]))
             if index is None:
                 continue
             mention = resolution.mentions[index]
@@ -496,13 +498,20 @@ def build_work(
                 and mention.rows[k].get(mention.edge.field) in allowed
                 and not (own is not None and k in own.rows and k not in held.get(ref, {}))  # deleted anyway
             ]  # fmt: skip
+            if statement.effect in MENTION_ONLY_EFFECTS:  # rows with an owner are that owner's
+                owners = owner_fields(datamap.table(ref))
+                keys = [k for k in keys if all(mention.rows[k].get(f) is None for f in owners)]
+                if statement.effect == "delete_mention_only_rows":
+                    deleted_mention_only[index] = set(keys)
+            else:  # a deleted mention-only row has no reference left to clear
+                keys = [k for k in keys if k not in deleted_mention_only.get(index, set())]
             left = [k for k in mention.keys if k not in held_mentions.get(index, {})
                     and mention.rows[k].get(mention.edge.field) not in allowed]  # fmt: skip
-            if left:
+            if left and statement.effect == "clear_mention":
                 work.kept.append(_hold_item(f"{ref}.{mention.edge.field}", "mentions",
                                             [parent_held[k] for k in parent_held], left, HELD_REFERENCE))  # fmt: skip
-            work.database.append(DatabaseStep(order, ref.system, ref.table, "clear_mention", keys, list(statement.fields),
-                                              statement.fields[0], values, sql=statement.statement.text,
+            work.database.append(DatabaseStep(order, ref.system, ref.table, statement.effect, keys, list(statement.fields),
+                                              statement.reference_field, values, sql=statement.statement.text,
                                               statement_sha256=statement.statement.sha256))  # fmt: skip
             continue
         owned_rows = resolution.tables.get(ref)

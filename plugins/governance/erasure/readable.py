@@ -207,6 +207,13 @@ def readable_plan(summary: Mapping[str, Any], datamap: DataMap | None) -> Readab
                 detail = "The records stay (they belong to the business or to someone else); only the link to the person"
                 detail += f" ({', '.join(targets)}) is removed." if targets else " is removed."
                 lines.append(PlanLine("cleared", what, count, "records mentioning the person", detail, None, where))
+            elif effect == "delete_mention_only_rows":
+                lines.append(PlanLine("deleted", what, count, "records mentioning only the person",
+                                      "Deleted: they name the person and belong to no one else.", None, where))  # fmt: skip
+            elif effect == "clear_mention_only_rows":
+                lines.append(PlanLine("cleared", what, count, "records mentioning only the person",
+                                      "The record stays without its content: it names the person and belongs to no one else.",
+                                      None, where))  # fmt: skip
             elif effect == "minimise_kept_rows":
                 item = kept_by_table.pop(where, None)
                 if item is not None:

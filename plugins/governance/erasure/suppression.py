@@ -7,7 +7,8 @@ back; :func:`reapply` erases them again, by matching keyed hashes computed in SQ
 * only rows recorded before the erasure match (each identity table's record-time column, or,
   for a table without one, the keys the erasure removed), so someone who came back afterwards as
   a new customer keeps the new account;
-* rows owned by those rows go with them, mentions are cleared, legal exceptions and legal holds
+* rows owned by those rows go with them, mentions are cleared (mention-only rows follow their
+  mention's `orphan` rule), legal exceptions and legal holds
   apply exactly as in the erasure itself (the same planner and executor);
 * the objects the erasure deleted are deleted again, all versions (a restored bucket), as are the
   objects of the rows found again.

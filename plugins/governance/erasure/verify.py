@@ -6,6 +6,8 @@ every finding becomes a small table that Great Expectations checks:
 * per table: the person's rows still there, minus what the plan kept or left out (another
   person's rows): expected to be empty;
 * per table with mentions: planned mention rows still pointing at the person: empty;
+* per mention with an ``orphan`` rule: planned mention-only rows still there (``delete_row``) or
+  still holding a field to clear: empty;
 * per table under a legal exception: the kept rows, one boolean per minimised field ("was it
   cleared?"): every row present and every value true;
 * per object prefix: planned keys (and keys of residual rows) with any version left: empty;
@@ -26,6 +28,7 @@ from typing import Any
 from governance.datamap.model import DataMap, PrefixRef, TableRef
 from governance.datamap.plans import (
     KEYS,
+    MENTION_ONLY_EFFECTS,
     REFERENCE_VALUES,
     ResolutionPlan,
     build_erasure_plan,
@@ -149,6 +152,9 @@ def collect_checks(
                 fetched = conn.execute(check.query, check.bind(values)).fetchall()
                 if step.effect == "clear_mention":
                     checks.append(Check(f"{step.system}.{step.table}.{step.reference_field}", "mentions", 0,
+                                        columns={pk: [r[0] for r in fetched]}))  # fmt: skip
+                elif step.effect in MENTION_ONLY_EFFECTS:  # mention-only rows still there, or not cleared
+                    checks.append(Check(f"{step.system}.{step.table}.{step.reference_field}", "mention_only_rows", 0,
                                         columns={pk: [r[0] for r in fetched]}))  # fmt: skip
                 elif step.effect == "minimise_kept_rows":
                     columns: dict[str, list[Any]] = {f"{f}_cleared": [bool(r[i + 1]) for r in fetched] for i, f in enumerate(step.fields)}

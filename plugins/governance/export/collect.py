@@ -20,6 +20,7 @@ bundle.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -286,7 +287,13 @@ def write_bundle(
     """Collect everything into ``writer`` from the resolved ``snapshots`` (see
     :func:`subject_snapshots`); return what was written, the manifest and the source counts
     (rows per table counted in the export's snapshot, objects found, processor records)."""
-    from governance.connectors.postgres import count_rows, stream_table
+    from governance.connectors.postgres import (
+        count_mention_only,
+        count_rows,
+        mention_only_exports,
+        stream_mention_only,
+        stream_table,
+    )
     from governance.export.storage import fetch_objects
 
     formats = chosen_formats(formats)
@@ -307,22 +314,29 @@ def write_bundle(
     # 2. Databases: the person's (narrowed) rows, counted and streamed in the resolution's snapshot.
     for system_name, snapshot in sorted(snapshots.items()):
         conn, footprint = snapshot.conn, snapshot.footprint
-        steps = sorted((s for s in plan.steps if s.table.system == system_name), key=lambda s: s.table)
-        for step in steps:
-            count = count_rows(conn, datamap, footprint, step.table)
-            source_counts[str(step.table)] = count
-            spec = datamap.table(step.table)
+        # The person's own rows, then (export: include) rows that only mention them, one file per table.
+        step_tables = {s.table for s in plan.steps if s.table.system == system_name}
+        mention_tables = {m.edge.child for m in footprint.plan.mentions if m.orphan_export is not None}
+        for ref in sorted(step_tables | {t for t in mention_tables if t.system == system_name}):
+            mentioning = mention_only_exports(footprint, ref)
+            count = count_rows(conn, datamap, footprint, ref) if ref in step_tables else 0
+            count += sum(count_mention_only(conn, footprint, m) for m in mentioning)
+            source_counts[str(ref)] = count
+            spec = datamap.table(ref)
             files: list[str] = []
             if count:
                 for fmt in formats:
-                    path = safe_path("data", step.table.system, f"{step.table.table}.{fmt}")
-                    with writer.entry(path, kind="data", dataset=str(step.table), fmt=fmt) as out:
-                        batches = stream_table(conn, datamap, footprint, step.table, batch_rows=batch_rows)
+                    path = safe_path("data", ref.system, f"{ref.table}.{fmt}")
+                    with writer.entry(path, kind="data", dataset=str(ref), fmt=fmt) as out:
+                        batches = itertools.chain(
+                            stream_table(conn, datamap, footprint, ref, batch_rows=batch_rows) if ref in step_tables else (),
+                            *(stream_mention_only(conn, footprint, m, batch_rows=batch_rows) for m in mentioning),
+                        )  # fmt: skip
                         write_rows(fmt, out, spec.field_names, batches,
-                                   **({"title": spec.description or step.table.table,
-                                       "description": str(step.table)} if fmt == "html" else {}))  # fmt: skip
+                                   **({"title": spec.description or ref.table,
+                                       "description": str(ref)} if fmt == "html" else {}))  # fmt: skip
                     files.append(path)
-            contents.tables.append(TableExport(step.table, count, tuple(files)))
+            contents.tables.append(TableExport(ref, count, tuple(files)))
         contents.mentions.update(
             {k: v for k, v in footprint.mention_counts().items() if k.split(".", 1)[0] == system_name}
         )

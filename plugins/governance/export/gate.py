@@ -168,7 +168,7 @@ def _tie_order(datamap: DataMap, tables: Sequence[TableRef]) -> list[TableRef]:
             parents = [
                 datamap.reference_target(ref, r)[0]
                 for r in datamap.table(ref).references
-                if r.kind is ReferenceKind.ownership
+                if r.kind is ReferenceKind.ownership or r.exports_orphans
             ]
             if all(p in ordered or p not in tables for p in parents):
                 ordered.append(ref)
@@ -248,7 +248,7 @@ def collect_gate_frames(
     targeted: dict[TableRef, set[str]] = {}
     for ref in known:
         for reference in datamap.table(ref).references:
-            if reference.kind is ReferenceKind.ownership:
+            if reference.kind is ReferenceKind.ownership or reference.exports_orphans:
                 target, column = datamap.reference_target(ref, reference)
                 targeted.setdefault(target, set()).add(column)
     # What object keys are rendered from, per table objects are tied to.
@@ -364,6 +364,12 @@ def _row_tie(
         if value is not None and value != "":
             target, column = datamap.reference_target(ref, reference)
             owners.append(_own_token(target, column, value))
+    if not owners:  # a mention-only row the export includes is tied through its mention
+        for reference in spec.references:
+            value = record.get(reference.field)
+            if reference.exports_orphans and value is not None and value != "":
+                target, column = datamap.reference_target(ref, reference)
+                owners.append(_own_token(target, column, value))
     scope = record.get(spec.scope_column) if spec.scope_column else None
     return _RowTie(
         key=str(record.get(spec.primary_key)),

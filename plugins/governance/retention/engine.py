@@ -418,7 +418,7 @@ def _run_table_rule(
             if act and not ctx.dry_run:
                 keys = [r[SCAN_KEY] for r in act]
                 if rs.action == "delete_rows":
-                    _clear_mentions(cur, rs, act, owned, cascade_counts)
+                    _clear_mentions(cur, rs, act, owned, cascade_counts, ctx)
                     for table in rs.deletion_order:  # children before parents
                         pk = ctx.datamap.table(table).primary_key
                         table_keys = sorted({r[pk] for r in owned.get(table, [])})
@@ -434,7 +434,7 @@ def _run_table_rule(
                     cascade_counts[str(table)] += len({r[ctx.datamap.table(table).primary_key] for r in rows})
                 if rs.action == "delete_rows":
                     # Counted by clearing them in the batch's transaction, rolled back below.
-                    _clear_mentions(cur, rs, act, owned, cascade_counts)
+                    _clear_mentions(cur, rs, act, owned, cascade_counts, ctx)
                     gone = ctx.dry_run_deleted.setdefault(rs.table, set())
                     gone.update(r[SCAN_KEY] for r in act)
                     for table, rows in owned.items():
@@ -455,12 +455,17 @@ def _run_table_rule(
 
 def _clear_mentions(
     cur: psycopg.Cursor[Any], rs: RetentionStatement, act: list[dict[str, Any]], owned: Mapping[TableRef, list[dict[str, Any]]],
-    counts: Counter[str],
+    counts: Counter[str], ctx: SweepContext,
 ) -> None:
-    """Clear the references that mention the rows being deleted (the batch's and what they own)."""
+    """Clear the references that mention the rows being deleted (the batch's and what they own),
+    each mention's orphan rule first (mention-only rows deleted or cleared, unless held)."""
     for mention in rs.mentions:
         parents = act if mention.edge.parent == rs.table else owned.get(mention.edge.parent, [])
         values = sorted({r[mention.edge.parent_field] for r in parents if r[mention.edge.parent_field] is not None})
+        if values and mention.orphan is not None:
+            orphan_values = {KEYS: values, **ctx.holds.values((mention.edge.child,))}
+            cur.execute(mention.orphan.query, mention.orphan.bind(orphan_values))
+            counts[f"mention-only rows {mention.edge.child}.{mention.edge.field}"] += max(0, cur.rowcount)
         if values:
             cur.execute(mention.statement.query, mention.statement.bind({KEYS: values}))
             counts[f"mentions cleared {mention.edge.child}.{mention.edge.field}"] += max(0, cur.rowcount)
