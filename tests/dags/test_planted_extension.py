@@ -56,7 +56,7 @@ PREFERRED_NAME = {"name": "preferred_name", "data_category": "user.name", "data_
                   "erasure": "delete_row"}  # fmt: skip
 VOICEMAILS = {
     "name": "voicemails", "key_template": "voicemails/{business_id}/{call_id}.wav", "owned_by": "row",
-    "tied_to": {"table": "calls", "placeholders": {"call_id": "id"}},
+    "tied_to": {"system": "aircalls_app", "table": "calls", "placeholders": {"call_id": "id"}},
     "data_category": "user.content.private", "data_use": "essential.service.operations",
     "description": "Voicemail a caller left; erased with the call.",
 }  # fmt: skip

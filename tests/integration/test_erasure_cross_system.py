@@ -20,6 +20,7 @@ from governance_dev.seed import cast_member
 from governance_dev.services import free_port
 from tests.fixtures.reference import Deployment
 from tests.integration.test_erasure_support import (
+    DELETING,
     conf_for,
     diff,
     planned,
@@ -104,7 +105,7 @@ def test_warehouse_down_during_erasure_changes_nothing_there_and_a_rerun_resumes
     stored = _plan(d, plan["plan_id"])
     for table, change in diff(app_before, snapshot(d.app_url)).items():
         assert change["added"] == set(), table
-        assert change["deleted"] == planned(stored, table, "delete_rows", "delete_expired_kept_rows"), table
+        assert change["deleted"] == planned(stored, table, *DELETING), table
     with psycopg.connect(d.app_url) as conn:
         row = conn.execute("SELECT certificate FROM governance.erasure_certificates WHERE plan_id = %s",
                            (plan["plan_id"],)).fetchone()  # fmt: skip

@@ -12,6 +12,8 @@ import pytest
 from governance_dev.seed import cast_member
 from tests.fixtures.reference import Deployment
 from tests.integration.test_erasure_support import (
+    CHANGING,
+    DELETING,
     all_versions,
     conf_for,
     diff,
@@ -30,10 +32,8 @@ def _only_planned_changes(d: dict[str, dict[str, set[Any]]], plan: dict[str, Any
     """Nothing outside the plan changed: deletions and rewrites are exactly the planned keys."""
     for table, change in d.items():
         assert change["added"] == set(), table
-        assert change["deleted"] == planned(plan, table, "delete_rows", "delete_expired_kept_rows",
-                                            "delete_mention_only_rows"), table  # fmt: skip
-        assert change["changed"] == planned(plan, table, "clear_mention", "minimise_kept_rows", "rewrite_rows",
-                                            "clear_mention_only_rows"), table  # fmt: skip
+        assert change["deleted"] == planned(plan, table, *DELETING), table
+        assert change["changed"] == planned(plan, table, *CHANGING), table
 
 
 def test_person_who_is_user_and_caller_is_erased_everywhere_and_nobody_else_changes(

@@ -131,6 +131,11 @@ def plan_keys(url: str, plan_id: str) -> dict[str, Any]:
     return dict(row[0])
 
 
+# The erasure plan's effects that delete a row, and those that change one (the row stays).
+DELETING = ("delete_rows", "delete_expired_kept_rows", "delete_mention_only_rows")
+CHANGING = ("clear_mention", "minimise_kept_rows", "rewrite_rows", "clear_mention_only_rows")
+
+
 def planned(plan: dict[str, Any], table: str, *effects: str) -> set[Any]:
     """Keys the plan lists for ``app``-table ``table`` under ``effects``."""
     return {k for s in plan["database"] if s["table"] == table and s["effect"] in effects for k in s["keys"]}
@@ -240,8 +245,8 @@ def assert_erased_exactly_once(
     change = diff(before.rows, snapshot(d.app_url))
     for table, c in change.items():  # nobody else's fingerprint changed
         assert c["added"] == set(), table
-        assert c["deleted"] == planned(plan, table, "delete_rows", "delete_expired_kept_rows"), table
-        assert c["changed"] == planned(plan, table, "clear_mention", "minimise_kept_rows", "rewrite_rows"), table
+        assert c["deleted"] == planned(plan, table, *DELETING), table
+        assert c["changed"] == planned(plan, table, *CHANGING), table
     if not ledger:
         return
     with psycopg.connect(d.app_url) as conn:
