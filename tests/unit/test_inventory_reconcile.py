@@ -44,6 +44,7 @@ CONNECTIONS = {
     "support_desk": ConnectionInfo("support_desk", "http", "https://desk.example", 8443),
     "aircalls_app": ConnectionInfo("aircalls_app", "postgres", "db.internal", 5432, schema="aircalls"),
     "governance_db": ConnectionInfo("governance_db", "postgres", "db.internal", 5432, schema="aircalls"),
+    "aircalls_warehouse": ConnectionInfo("aircalls_warehouse", "postgres", "warehouse.internal", 5432, schema="analytics"),
 }
 
 
@@ -60,6 +61,7 @@ def recent_flows() -> list[ObservedDataset]:
         ObservedDataset(processor_uri(CONNECTIONS["crm"], "crm"), RECENT, 2),
         ObservedDataset(processor_uri(CONNECTIONS["support_desk"], "support_desk"), RECENT, 1),
         ObservedDataset("postgres://db.internal:5432/aircalls/app/callers", RECENT, 9),
+        ObservedDataset("postgres://warehouse.internal:5432/analytics/analytics/call_facts", RECENT, 2),
         ObservedDataset("postgres://db.internal:5432/aircalls/governance/privacy_requests", RECENT, 9),
         ObservedDataset("s3://aircalls-data/recordings", RECENT, 4),
     ]
@@ -286,3 +288,15 @@ def test_the_inventory_names_a_processor_as_its_connector_reports_it(host: str, 
     recorded = recorded_uri(hook.url_from_endpoint("").rstrip("/"), "payments_processor")
     info = ConnectionInfo("payments_processor", "http", host, port, schema=schema)
     assert processor_uri(info, "payments_processor") == recorded
+
+
+def test_every_system_of_the_shipped_data_map_is_received_through_a_declared_subprocessor(
+    reference: TransferReference,
+) -> None:
+    """A system added to the map (the analytics warehouse) must be declared where it is hosted;
+    otherwise the first workflow that touches it is an undeclared observed flow in production."""
+    datamap = load_datamap(INCLUDE_DIR / "datamap.yaml")
+    declared = load_subprocessors(INCLUDE_DIR / "subprocessors.yaml", datamap=datamap, reference=reference,
+                                  connection_exists=lambda _c: True)  # fmt: skip
+    received = {c.system for s in declared.subprocessors for c in s.receives_through if c.system is not None}
+    assert {s.name for s in datamap.systems} - received == set()
