@@ -188,7 +188,11 @@ def summarise_run(dag_run: Any) -> list[str]:
 
     lines = []
     with create_session() as session:
-        for ti in sorted(dag_run.get_task_instances(session=session), key=lambda t: t.start_date or t.end_date or 0):
+        # In order of start; tasks that never ran (no start or end date) last.
+        tis = dag_run.get_task_instances(session=session)
+        never = [t for t in tis if (t.start_date or t.end_date) is None]
+        ran = sorted((t for t in tis if t not in never), key=lambda t: t.start_date or t.end_date)
+        for ti in [*ran, *never]:
             value = (
                 session.query(XComModel.value)
                 .filter_by(dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id, map_index=ti.map_index, key="return_value")

@@ -30,6 +30,8 @@ SUPPORT_DESK_CONN_ID = "support_desk"
 ALERTS_CONN_ID = "governance_alerts"
 
 GOVERNANCE_SCHEMA = "governance"
+# The published industry insights (aggregate_anonymisation), beside the governance schema.
+INSIGHTS_SCHEMA = "insights"
 # Added to Airflow's [core] sensitive_var_conn_names wherever the project runs Airflow, so the
 # secrets masker hides these keys' values (trigger-form identities in the API action log, rendered
 # fields, task logs). `python -m governance scrub-run-confs` removes them from run configurations.

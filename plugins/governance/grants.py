@@ -34,6 +34,7 @@ from psycopg.conninfo import conninfo_to_dict
 from governance.config import (
     GOVERNANCE_CONN_ID,
     GOVERNANCE_SCHEMA,
+    INSIGHTS_SCHEMA,
     ledger_writer_role,
     migration_role,
     task_role,
@@ -59,7 +60,6 @@ _CREATE_TABLE_RE = re.compile(
     r"CREATE\s+(?:UNLOGGED\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?governance\.(\w+)", re.IGNORECASE
 )
 # The published insights (aggregate_anonymisation): tasks read and add releases, never change one.
-INSIGHTS_SCHEMA = "insights"
 INSIGHTS_PRIVILEGES = ("SELECT", "INSERT")
 _CREATE_INSIGHTS_TABLE_RE = re.compile(
     r"CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?insights\.(\w+)", re.IGNORECASE

@@ -291,9 +291,10 @@ def promote_sql_hook_lineage(collector: Any | None = None) -> int | None:
 
 
 def _declared_assets(assets: Iterable[Any]) -> list[str]:
+    """URIs of declared assets; an asset known only by name (no ``scheme://``) is no dataset."""
     from airflow.sdk import Asset
 
-    return [uri for a in assets if isinstance(a, Asset) and (uri := _asset_uri(a))]
+    return [uri for a in assets if isinstance(a, Asset) and (uri := _asset_uri(a)) and "://" in uri]
 
 
 def collected_task_lineage(task: Any | None = None) -> TaskLineage:

@@ -140,4 +140,7 @@ def publish(s3: Any, bucket: str, figures: SlaFigures) -> list[str]:
     keys = [f"{REPORT_PREFIX}/sla-{figures.as_of:%Y-%m-%d}.html", f"{REPORT_PREFIX}/latest.html"]
     for key in keys:
         s3.put_object(Bucket=bucket, Key=key, Body=page, ContentType="text/html; charset=utf-8")
+    from governance.lineage import record_object_write
+
+    record_object_write(bucket, REPORT_PREFIX, objects=len(keys))
     return [f"s3://{bucket}/{key}" for key in keys]

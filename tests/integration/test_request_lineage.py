@@ -76,3 +76,15 @@ def test_opening_a_recorded_request_reads_it_and_records_only_the_run(shared_clo
     _handle, inputs, outputs = _task(lambda: wf.open_export_request({"request_id": first["request_id"]},
                                                                     run_id=run_id_for("lineage-id"), received_at=AS_OF))  # fmt: skip
     assert inputs == _governance("privacy_requests") and outputs == _governance("request_runs")
+
+
+def test_an_asset_known_only_by_name_is_no_dataset_of_a_task_but_a_uri_asset_is() -> None:
+    """The SLA report's asset is named (an s3:// URI would load boto3 at parse time): it must not
+    reach the audit ledger as a dataset URI (the ledger refuses it; the row was lost)."""
+    from airflow.sdk import Asset
+
+    from governance.lineage import _declared_assets
+
+    assert _declared_assets([Asset(name="privacy_request_sla_report"), Asset(uri="s3://bucket/reports/x.html")]) == [
+        "s3://bucket/reports/x.html"
+    ]

@@ -63,6 +63,8 @@ def recent_flows() -> list[ObservedDataset]:
         ObservedDataset("postgres://db.internal:5432/aircalls/app/callers", RECENT, 9),
         ObservedDataset("postgres://warehouse.internal:5432/analytics/analytics/call_facts", RECENT, 2),
         ObservedDataset("postgres://db.internal:5432/aircalls/governance/privacy_requests", RECENT, 9),
+        # The project's own published aggregates (aggregate_anonymisation): internal, like governance.
+        ObservedDataset("postgres://db.internal:5432/aircalls/insights/industry_insights", RECENT, 1),
         ObservedDataset("s3://aircalls-data/recordings", RECENT, 4),
     ]
 

@@ -18,8 +18,8 @@ from typing import Any, TypedDict
 from psycopg import sql
 
 from governance.anonymisation.verify import ReleaseVerificationFailed, release_frame
+from governance.config import INSIGHTS_SCHEMA
 
-INSIGHTS_SCHEMA = "insights"
 INSIGHTS_TABLE = "industry_insights"
 PREFIX_ENV = "GOVERNANCE_INSIGHTS_PREFIX"
 

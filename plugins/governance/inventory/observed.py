@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import psycopg
 from psycopg import sql
 
-from governance.config import GOVERNANCE_CONN_ID, GOVERNANCE_SCHEMA, ledger_writer_role
+from governance.config import GOVERNANCE_CONN_ID, GOVERNANCE_SCHEMA, INSIGHTS_SCHEMA, ledger_writer_role
 from governance.connections import ConnectionInfo, ConnectionNotConfigured
 from governance.datamap.model import DataMap, ObjectStoreSystem, PostgresSystem
 from governance.inventory.model import SubprocessorList
@@ -91,7 +91,7 @@ def channel_prefixes(
     own_buckets: Iterable[str] = (),
 ) -> ChannelPrefixes:
     """URI prefixes of every processor and system of the data map and every declared connection,
-    plus what is the project's own (internal): the governance database and the ``governance/``
+    plus what is the project's own (internal): the governance and insights schemas and the ``governance/``
     prefix of ``own_buckets`` (reports, ledger anchors). A connection that is not configured has
     no prefix (nothing can have been sent through it); it is logged by id."""
     if connection is None:
@@ -125,7 +125,8 @@ def channel_prefixes(
                 if prefix:
                     channels[f"connection:{channel.connection}"] = [prefix]
     governance = info(GOVERNANCE_CONN_ID)
-    internal = [_postgres_prefix(governance, GOVERNANCE_SCHEMA)] if governance else []
+    # The project's own records, and the insights it publishes (aggregates that identify nobody).
+    internal = [_postgres_prefix(governance, s) for s in (GOVERNANCE_SCHEMA, INSIGHTS_SCHEMA)] if governance else []
     internal += [f"s3://{bucket}/governance/" for bucket in sorted(set(own_buckets))]
     return ChannelPrefixes(channels=channels, internal=internal)
 
