@@ -46,6 +46,8 @@ from governance.airflow import (
     dag_id="business_offboarding",
     description="Erase what a departing business client's account holds about its callers and users, with a certificate",
     schedule=None,
+    # Runs only when a request starts it: paused, the requests it is given would wait, queued.
+    is_paused_upon_creation=False,
     max_active_runs=1,
     params=business_offboarding_params(),
     doc_md=__doc__,

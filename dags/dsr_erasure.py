@@ -53,6 +53,8 @@ from governance.airflow import (
     dag_id="dsr_erasure",
     description="Erase one person everywhere the data map reaches, after a dry run and an approval, with a certificate",
     schedule=None,
+    # Runs only when a request starts it: paused, the requests it is given would wait, queued.
+    is_paused_upon_creation=False,
     max_active_runs=8,
     params=erasure_params(),
     doc_md=__doc__,

@@ -58,6 +58,8 @@ from governance.airflow import (
     dag_id="dsr_export",
     description="Give one person a copy of their data: an encrypted bundle from every system, checked, with a link",
     schedule=None,
+    # Runs only when a request starts it: paused, the requests it is given would wait, queued.
+    is_paused_upon_creation=False,
     max_active_runs=4,
     params=export_params(),
     doc_md=__doc__,

@@ -33,6 +33,8 @@ from governance.dag_defaults import GOVERNANCE_TAG, START_DATE, default_args
     dag_id="privacy_request_intake",
     description="Every 15 minutes: check new privacy requests, dispatch verified ones once, alert on deadlines",
     schedule="*/15 * * * *",
+    # Requests are answered within deadlines: the intake runs from the moment it is deployed.
+    is_paused_upon_creation=False,
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,

@@ -83,3 +83,11 @@ def test_every_dag_has_owner_retries_tags_doc_and_the_failure_notifier(dagbag: A
             callbacks = task.on_failure_callback or []
             callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
             assert any(isinstance(cb, GovernanceFailureNotifier) for cb in callbacks), where
+
+
+def test_the_request_workflows_and_the_intake_are_not_paused_when_first_deployed(dagbag: Any) -> None:
+    """A request started from the Privacy requests page or dispatched by the intake runs at once:
+    paused (Airflow's default for a new DAG), its run would stay queued with nobody told. The
+    retention sweep and the other scheduled DAGs start paused, for an operator to switch on."""
+    unpaused = {dag_id for dag_id, dag in dagbag.dags.items() if dag.is_paused_upon_creation is False}
+    assert unpaused == {"dsr_export", "dsr_erasure", "business_offboarding", "privacy_request_intake"}
