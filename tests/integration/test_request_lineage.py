@@ -88,3 +88,20 @@ def test_an_asset_known_only_by_name_is_no_dataset_of_a_task_but_a_uri_asset_is(
     assert _declared_assets([Asset(name="privacy_request_sla_report"), Asset(uri="s3://bucket/reports/x.html")]) == [
         "s3://bucket/reports/x.html"
     ]
+
+
+def test_building_a_bundle_names_the_tables_prefixes_processors_and_governance_records_it_touches(
+    shared_clone: Deployment,  # noqa: F811
+) -> None:
+    from governance.workflows import dsr_export as wf
+
+    run_id = run_id_for("lineage-bundle")
+    handle = wf.open_export_request(conf_for("payer"), run_id=run_id, received_at=AS_OF)
+    summary, inputs, outputs = _task(lambda: wf.build_bundle(handle, {"formats": ["json"]}, run_id=run_id))
+    assert not summary.get("refused")
+    assert _governance("privacy_requests") <= inputs
+    assert table_uri("aircalls_app", "app", "users") in inputs and table_uri("aircalls_app", "app", "payments") in inputs
+    processors = {u.rsplit("/", 1)[-1] for u in inputs if u.startswith("http")}
+    assert {"crm", "payments_processor"} <= processors  # the payer is known to both (and sent to them)
+    assert _governance("privacy_requests", "export_passphrases", "export_bundles") <= outputs
+    assert s3_prefix_uri(shared_clone.bucket, "exports/") in outputs

@@ -288,6 +288,11 @@ def build_bundle(handle: Mapping[str, Any], params: Mapping[str, Any], *, run_id
     with connect(conninfo) as conn:
         record_staged(conn, request_id=request_id, run_id=run_id, summary=summary, at=_now())
     _record_lineage(datamap, summary, locations)
+    from governance.lineage import record_governance_tables
+
+    # The request (identities read, claimed), the passphrase and the staged bundle's record.
+    record_governance_tables(GOVERNANCE_CONN_ID, read=("privacy_requests",),
+                             written=("privacy_requests", "export_passphrases", "export_bundles"))  # fmt: skip
     return summary
 
 
