@@ -17,6 +17,16 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from governance.config import GOVERNANCE_CONN_ID
+from governance.crypto import cipher_from_airflow, hasher_from_airflow
+from governance.datamap import load_datamap, phone_region
+from governance.db import connect, conninfo_for
+from governance.identity import SubjectIdentities
+from governance.privacy_requests import create_request
+from governance.workflows.request_intake import mark_verified
+from governance_dev.seed import cast_member
+from governance_dev.services import STATE_DIR, start_stack, stop_stack
+
 if TYPE_CHECKING:
     from governance.privacy_requests import RequestKind
 
@@ -43,7 +53,6 @@ def _run(cmd: list[str], env: dict[str, str]) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.inside:
         return run_dags(args.dag)
-    from governance_dev.services import STATE_DIR, start_stack, stop_stack
 
     started = time.monotonic()
     _step("starting embedded services (PostgreSQL, S3 API, processor stand-ins)")
@@ -137,8 +146,6 @@ def demo_conf(dag_id: str) -> dict[str, Any]:
 def _smallest_business() -> int:
     """The business client with the fewest users and callers outside the cast's businesses (1..7):
     the demo's offboarding is a dry run of it (the plan, nothing changed)."""
-    from governance.datamap import load_datamap
-    from governance.db import connect, conninfo_for
 
     app = load_datamap().postgres_systems[0]
     with connect(conninfo_for(app.connection_id)) as conn:
@@ -154,14 +161,6 @@ def _smallest_business() -> int:
 
 def _verified_request(kind: RequestKind, cast_key: str, now: Any, *, verify: bool = True) -> str:
     """Record a request for a cast member and (``verify``) mark it verified, as staff would."""
-    from governance.config import GOVERNANCE_CONN_ID
-    from governance.crypto import cipher_from_airflow, hasher_from_airflow
-    from governance.datamap import phone_region
-    from governance.db import connect, conninfo_for
-    from governance.identity import SubjectIdentities
-    from governance.privacy_requests import create_request
-    from governance.workflows.request_intake import mark_verified
-    from governance_dev.seed import cast_member
 
     member = cast_member(cast_key)
     conninfo = conninfo_for(GOVERNANCE_CONN_ID)

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from governance.config import AIRFLOW_SENSITIVE_NAMES, PROJECT_ROOT, objects_bucket
+from governance.crypto import generate_key_connection
+from governance.lineage import openlineage_env
 
 STATE_DIR = Path(os.environ.get("GOVERNANCE_STATE_DIR", PROJECT_ROOT / ".state"))
 HOST = "127.0.0.1"
@@ -268,7 +270,6 @@ def _pid_alive(pid: int) -> bool:
 
 def airflow_environment(ports: StackPorts, keys: dict[str, Any], state_dir: Path) -> dict[str, str]:
     """The ``AIRFLOW_CONN_*`` and Airflow settings that point at the embedded stack."""
-    from governance.lineage import openlineage_env
 
     app = {
         "conn_type": "postgres", "host": HOST, "port": ports.postgres, "login": "postgres",
@@ -319,7 +320,6 @@ def _load_or_create_keys(state_dir: Path) -> dict[str, Any]:
     """Demo key material, generated once per checkout into .state (never committed)."""
     import secrets
 
-    from governance.crypto import generate_key_connection
 
     path = state_dir / "keys.json"
     keys: dict[str, Any] = dict(json.loads(path.read_text())) if path.exists() else {}

@@ -29,6 +29,7 @@ from airflow.providers.postgres.hooks.postgres import PostgresHook
 from psycopg.conninfo import make_conninfo
 
 from governance.connections import ConnectionNotConfigured, not_configured
+from governance.deadlines import Deadlines
 
 # Not libpq keywords: what the provider passes to psycopg's Connection.connect besides them.
 _NOT_LIBPQ = frozenset({"row_factory", "cursor_factory", "autocommit"})
@@ -47,7 +48,6 @@ class GovernancePostgresHook(PostgresHook):
         self._captured: dict[str, Any] | None = None
 
     def _create_connection(self, conn_args: dict[str, Any]) -> Any:
-        from governance.deadlines import Deadlines
 
         conn_args.setdefault("application_name", self.application_name)
         # Server-side deadlines (statement, lock, idle in transaction) for every session; options

@@ -25,6 +25,8 @@ from typing import Any, Protocol
 
 import psycopg
 
+from governance.db import connect
+from governance.privacy_requests import UnknownRequest
 from governance.request_lifecycle import InvalidTransition, set_status
 
 DAG_FOR_KIND: dict[str, str] = {"export": "dsr_export", "erasure": "dsr_erasure"}
@@ -82,7 +84,6 @@ def plan_dispatch(conn: psycopg.Connection[Any], request_id: str) -> Dispatch:
         (request_id,),
     ).fetchone()
     if row is None:
-        from governance.privacy_requests import UnknownRequest
 
         raise UnknownRequest(f"no privacy request {request_id}")
     kind, status, attempt = row
@@ -163,7 +164,6 @@ def dispatch_request(
     A request already dispatched returns its recorded run (nothing triggered). A trigger that
     raises (Airflow unreachable) leaves the request verified: calling again is safe, the run id is
     the same. NotDispatchable when the request is not verified."""
-    from governance.db import connect
 
     with connect(conninfo) as conn:
         row = conn.execute(

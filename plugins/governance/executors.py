@@ -30,6 +30,8 @@ import time
 
 from airflow.executors.local_executor import LocalExecutor
 
+from governance import expectations
+
 PRELOAD_ENV = "GOVERNANCE_PRELOAD_MODULES"
 # Great Expectations (verification, export gate) and what the ledger listener imports in every
 # task process when it writes the task's row (about 1.8 s per task on a loaded 2-core machine).
@@ -48,7 +50,6 @@ def preload_names() -> list[str]:
 
 def preload_modules(names: list[str]) -> dict[str, float]:
     """Import ``names`` in this process; seconds per module imported (failures are logged, skipped)."""
-    from governance import expectations
 
     took: dict[str, float] = {}
     for name in names:

@@ -39,7 +39,10 @@ from governance.config import (
     migration_role,
     task_role,
 )
+from governance.datamap import load_datamap
 from governance.datamap.model import DataMap
+from governance.db import conninfo_for
+from governance.migrations import MigrationError, assume_migration_role, discover, migration_conninfo
 
 AUDIT_LEDGER = "audit_ledger"
 # What the task role may do in the governance schema, per table; any other table (a later
@@ -119,7 +122,6 @@ class GrantSection:
 
 def governance_tables_from_migrations(directory: Path | None = None) -> list[str]:
     """Tables the governance migrations create, in order (``schema_migrations`` first)."""
-    from governance.migrations import discover
 
     tables = ["schema_migrations"]
     for migration in discover(*([directory] if directory else [])):
@@ -131,7 +133,6 @@ def governance_tables_from_migrations(directory: Path | None = None) -> list[str
 
 def insights_tables_from_migrations(directory: Path | None = None) -> list[str]:
     """Tables the governance migrations create in the ``insights`` schema, in order."""
-    from governance.migrations import discover
 
     tables: list[str] = []
     for migration in discover(*([directory] if directory else [])):
@@ -290,7 +291,6 @@ def systems_elsewhere(conninfo: str, datamap: DataMap, *, system_conninfo: dict[
     for system in datamap.postgres_systems:
         url = (system_conninfo or {}).get(system.name)
         if url is None:
-            from governance.db import conninfo_for
 
             url = conninfo_for(system.connection_id)
         if _database_of(url) != here:
@@ -325,7 +325,6 @@ def apply_grants(
             "apply their section there as the schema's owner (`python -m governance grants --sql`)"
         )
     with psycopg.connect(conninfo, autocommit=True, application_name="governance-grants") as conn:
-        from governance.migrations import assume_migration_role
 
         assume_migration_role(conn)
         _check_roles(conn, roles)
@@ -429,8 +428,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from governance.datamap import load_datamap
-    from governance.migrations import MigrationError, migration_conninfo
 
     try:
         roles = DatabaseRoles.configured(task=args.task_role, ledger_writer=args.ledger_role)

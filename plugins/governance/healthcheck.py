@@ -7,15 +7,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from governance.config import APP_CONN_ID, APP_SCHEMA, GOVERNANCE_CONN_ID, OBJECTS_CONN_ID, objects_bucket
+from governance.config import (
+    APP_CONN_ID,
+    APP_SCHEMA,
+    GOVERNANCE_CONN_ID,
+    OBJECTS_CONN_ID,
+    migration_role,
+    objects_bucket,
+)
+from governance.crypto import cipher_from_airflow, hasher_from_airflow
+from governance.db import connect, conninfo_for
+from governance.migrations import ensure_schema
+from governance.objectstore import s3_client
 
 
 def migrate_governance_schema() -> dict[str, Any]:
     """Create or upgrade the governance schema (idempotent); where a migration role is configured,
     only check that it is current (tasks never migrate then)."""
-    from governance.config import migration_role
-    from governance.db import conninfo_for
-    from governance.migrations import ensure_schema
 
     applied = ensure_schema(conninfo_for(GOVERNANCE_CONN_ID))
     return {"applied": applied, "migrated_by": "init service" if migration_role() else "this task"}
@@ -23,7 +31,6 @@ def migrate_governance_schema() -> dict[str, Any]:
 
 def check_app_database() -> dict[str, Any]:
     """The app database answers and its schema has tables."""
-    from governance.db import connect, conninfo_for
 
     with connect(conninfo_for(APP_CONN_ID)) as conn:
         version = conn.execute("SHOW server_version").fetchone()
@@ -41,7 +48,6 @@ def check_object_store() -> dict[str, Any]:
     """The bucket exists; report whether versioning and default encryption are on."""
     from botocore.exceptions import ClientError
 
-    from governance.objectstore import s3_client
 
     client = s3_client(OBJECTS_CONN_ID)
     bucket = objects_bucket()
@@ -57,7 +63,6 @@ def check_object_store() -> dict[str, Any]:
 
 def check_keys() -> dict[str, Any]:
     """Both key connections load and work (hash stable, encryption round-trips)."""
-    from governance.crypto import cipher_from_airflow, hasher_from_airflow
 
     hasher = hasher_from_airflow()
     cipher = cipher_from_airflow()

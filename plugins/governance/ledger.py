@@ -53,7 +53,9 @@ from governance.config import (
     ledger_writer_role,
     objects_bucket,
 )
+from governance.connections import ConnectionNotConfigured
 from governance.crypto import KeyMaterialError, Keyring
+from governance.objectstore import s3_client
 from governance.privacy_requests import REQUEST_ID_RE
 
 # The ledger's HMAC key: its own connection (login = key id, password = base64 32-byte key,
@@ -707,7 +709,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Exit 0 when the ledger verifies, 1 when tampering is found, 2 when it cannot be checked."""
-    from governance.connections import ConnectionNotConfigured
 
     try:
         keyring = ledger_keyring()
@@ -717,7 +718,6 @@ def run(args: argparse.Namespace) -> int:
         anchors: list[LedgerAnchor] | None = None
         store = ""
         if not args.no_anchors:
-            from governance.objectstore import s3_client
 
             bucket = args.bucket or anchor_bucket()
             store = f"s3://{bucket}/{ANCHOR_PREFIX}"

@@ -33,6 +33,7 @@ from governance.config import (
     SQL_DIR,
     migration_role,
 )
+from governance.db import conninfo_for
 
 MIGRATIONS_DIR = SQL_DIR / "governance"
 _NAME_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -172,7 +173,6 @@ def migration_conninfo(explicit: str | None = None) -> str:
     """Where ``migrate`` and ``grants --apply`` connect: ``explicit``, else the migration role's
     connection (``governance_migrator``) when a migration role is configured, else the
     governance connection (development)."""
-    from governance.db import conninfo_for
 
     if explicit:
         return explicit

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from governance.connections import not_configured
+from governance.deadlines import Deadlines
+
 if TYPE_CHECKING:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
@@ -34,7 +37,6 @@ def not_answering(exc: BaseException, client: Any) -> ObjectStoreUnavailable | N
 
     if not isinstance(exc, ConnectTimeoutError | ReadTimeoutError | EndpointConnectionError):
         return None
-    from governance.deadlines import Deadlines
 
     deadlines = Deadlines.from_env()
     endpoint = getattr(getattr(client, "meta", None), "endpoint_url", "?")
@@ -51,7 +53,6 @@ def s3_hook(conn_id: str) -> S3Hook:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
     from botocore.config import Config
 
-    from governance.connections import not_configured
 
     hook = S3Hook(aws_conn_id=conn_id)
     try:
@@ -62,7 +63,6 @@ def s3_hook(conn_id: str) -> S3Hook:
         if type(exc).__name__ == "AirflowNotFoundException":
             raise not_configured(conn_id) from exc
         raise
-    from governance.deadlines import Deadlines
 
     wrapper = hook.conn_config
     bounded = Config(**Deadlines.from_env().s3_config())

@@ -37,6 +37,8 @@ from typing import Any
 
 import psycopg
 
+from governance.privacy_requests import UnknownRequest
+
 STATES = (
     "received", "awaiting_verification", "verified", "dispatched", "in_progress", "completed", "failed",
     "rejected", "extended", "responded",
@@ -103,7 +105,6 @@ def set_status(
     """
     from psycopg import sql
 
-    from governance.privacy_requests import UnknownRequest
 
     with transition_detail(conn, detail):
         row = conn.execute(
@@ -141,7 +142,6 @@ def extend_deadline(
         raise InvalidTransition(f"an extension is between 1 and {MAX_EXTENSION.days} days")
     row = conn.execute("SELECT due_at FROM governance.privacy_requests WHERE request_id = %s", (request_id,)).fetchone()
     if row is None:
-        from governance.privacy_requests import UnknownRequest
 
         raise UnknownRequest(f"no privacy request {request_id}")
     new_due = row[0] + extra
@@ -169,7 +169,6 @@ def retry_request(conn: psycopg.Connection[Any], request_id: str, *, reason: str
         "SELECT dispatch_attempt, verified_at FROM governance.privacy_requests WHERE request_id = %s", (request_id,)
     ).fetchone()
     if row is None:
-        from governance.privacy_requests import UnknownRequest
 
         raise UnknownRequest(f"no privacy request {request_id}")
     if row[1] is None:

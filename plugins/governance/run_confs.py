@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from governance.config import GOVERNANCE_CONN_ID
+from governance.db import connect, conninfo_for
 from governance.privacy_requests import RequestKind
 from governance.workflows.request_intake import form_request_id
 
@@ -111,7 +113,6 @@ def _recorded_requests(conninfo: str | None, candidates: list[str]) -> set[str]:
     """Which of the candidate request ids exist in governance.privacy_requests."""
     if not candidates or conninfo is None:
         return set()
-    from governance.db import connect
 
     with connect(conninfo) as conn:
         rows = conn.execute(
@@ -209,8 +210,6 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"scrub-run-confs: {exc}", file=sys.stderr)
         return 2
-    from governance.config import GOVERNANCE_CONN_ID
-    from governance.db import conninfo_for
 
     report = scrub_run_confs(
         now=datetime.now(UTC),

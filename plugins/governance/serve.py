@@ -34,6 +34,16 @@ from pathlib import Path
 from typing import Any
 
 from governance.config import GOVERNANCE_CONN_ID
+from governance.crypto import cipher_from_airflow
+from governance.db import connect, conninfo_for
+from governance.erasure.readable import erasure_plan_text
+from governance.migrations import ensure_schema
+from governance.privacy_requests import (
+    VERIFICATION_METHOD_CODES,
+    finished_request_refusal,
+    load_request,
+    request_id_arg,
+)
 
 DAG_FOR_KIND = {"export": "dsr_export", "erasure": "dsr_erasure"}
 # Tasks that wait for a person (Required actions); the watcher stops a run parked on one.
@@ -50,7 +60,6 @@ class HumanStepPending(RuntimeError):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from governance.privacy_requests import request_id_arg
 
     parser.add_argument("request_id", type=request_id_arg, help="a request recorded with `request new` or on the page")
     parser.add_argument(
@@ -83,7 +92,6 @@ def human_step_refusal(request_id: str, *, kind: str, status: str, verified: boo
 
 
 def verification_codes() -> list[str]:
-    from governance.privacy_requests import VERIFICATION_METHOD_CODES
 
     return list(VERIFICATION_METHOD_CODES)
 
@@ -217,7 +225,6 @@ def _warnings_only() -> Iterator[None]:
 def _request_state(conninfo: str, request_id: str) -> dict[str, Any] | None:
     from psycopg.rows import dict_row
 
-    from governance.db import connect
 
     with connect(conninfo) as conn, conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(
@@ -229,9 +236,6 @@ def _request_state(conninfo: str, request_id: str) -> dict[str, Any] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from governance.db import conninfo_for
-    from governance.migrations import ensure_schema
-    from governance.privacy_requests import finished_request_refusal, load_request
 
     conninfo = conninfo_for(GOVERNANCE_CONN_ID)
     ensure_schema(conninfo)
@@ -243,8 +247,6 @@ def run(args: argparse.Namespace) -> int:
     if args.erase and kind != "erasure":
         print(f"error: {args.request_id} is an {kind} request; --erase is for erasures", file=sys.stderr)
         return 2
-    from governance.crypto import cipher_from_airflow
-    from governance.db import connect
 
     with connect(conninfo) as conn:
         refusal = finished_request_refusal(load_request(conn, args.request_id, cipher=cipher_from_airflow()))
@@ -290,7 +292,6 @@ def _export_result(conninfo: str, state: dict[str, Any], ok: bool, *, by: str | 
         return 1
     from psycopg.types.json import Jsonb
 
-    from governance.db import connect
 
     with connect(conninfo) as conn:  # shown to a person: recorded, as on the page
         conn.execute(
@@ -307,7 +308,6 @@ def _export_result(conninfo: str, state: dict[str, Any], ok: bool, *, by: str | 
 def _erasure_result(conninfo: str, state: dict[str, Any], ok: bool, *, dry_run: bool, run_id: str) -> int:
     from psycopg.rows import dict_row
 
-    from governance.db import connect
 
     request_id = state["request_id"]
     with connect(conninfo) as conn, conn.cursor(row_factory=dict_row) as cur:
@@ -328,7 +328,6 @@ def _erasure_result(conninfo: str, state: dict[str, Any], ok: bool, *, dry_run: 
             print(f"serve: the dry run of {request_id} failed: {state.get('outcome_detail') or 'see the task log'}",
                   file=sys.stderr)  # fmt: skip
             return 1
-        from governance.erasure.readable import erasure_plan_text
 
         print(f"serve: dry run of {request_id}: plan {plan['plan_id']} ({plan['status']}); nothing changed.")
         print(erasure_plan_text(dict(plan["summary"]), dry_run=True))

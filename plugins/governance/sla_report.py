@@ -22,6 +22,7 @@ from typing import Any
 import psycopg
 
 from governance.config import SLA_REPORT_PREFIX as REPORT_PREFIX
+from governance.lineage import record_object_write
 from governance.request_lifecycle import FINAL_STATES
 
 AGE_BANDS: tuple[tuple[str, int, int | None], ...] = (
@@ -140,7 +141,6 @@ def publish(s3: Any, bucket: str, figures: SlaFigures) -> list[str]:
     keys = [f"{REPORT_PREFIX}/sla-{figures.as_of:%Y-%m-%d}.html", f"{REPORT_PREFIX}/latest.html"]
     for key in keys:
         s3.put_object(Bucket=bucket, Key=key, Body=page, ContentType="text/html; charset=utf-8")
-    from governance.lineage import record_object_write
 
     record_object_write(bucket, REPORT_PREFIX, objects=len(keys))
     return [f"s3://{bucket}/{key}" for key in keys]

@@ -284,18 +284,18 @@ def test_a_processor_that_stays_down_fails_the_run_without_a_bundle_and_a_rerun_
 def test_a_failed_quality_gate_fails_the_run_and_issues_no_link(
     export_dag: Any, deployment: Deployment, s3: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import governance.connectors.postgres as pg
+    import governance.export.collect as collect
 
     other = cast_member("shared_business_user_2")
     with psycopg.connect(deployment.app_url) as conn:
         planted = conn.execute("SELECT * FROM app.users WHERE id = %s", (other.user_id,)).fetchone()
-    original = pg.stream_table
+    original = collect.stream_table
 
     def with_a_colleague(conn: Any, dm: Any, footprint: Any, table: Any, **kw: Any) -> Iterator[Any]:
         for columns, batch in original(conn, dm, footprint, table, **kw):
             yield columns, [*batch, planted] if table.table == "users" else batch
 
-    monkeypatch.setattr(pg, "stream_table", with_a_colleague)
+    monkeypatch.setattr(collect, "stream_table", with_a_colleague)
     request_id = recorded_request(deployment, "shared_business_user_1", verified=True)
     dag_run = export_dag.test(run_conf={"request_id": request_id})
     states = task_states(dag_run)

@@ -365,19 +365,19 @@ def test_writing_again_gives_the_same_manifest_hashes_apart_from_the_generation_
 def test_gate_fails_on_a_planted_extra_row_of_another_person_of_the_same_business(
     env: Deployment, datamap: DataMap, s3: Any, out_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import governance.connectors.postgres as pg
+    import governance.export.collect as collect
 
     member = cast_member("shared_business_user_1")
     other = cast_member("shared_business_user_2")
     with psycopg.connect(env.app_url) as conn:
         planted = conn.execute("SELECT * FROM app.users WHERE id = %s", (other.user_id,)).fetchone()
-    original = pg.stream_table
+    original = collect.stream_table
 
     def with_extra_row(conn: Any, dm: Any, footprint: Any, table: Any, **kw: Any) -> Iterator[Any]:
         for columns, batch in original(conn, dm, footprint, table, **kw):
             yield columns, [*batch, planted] if table.table == "users" else batch
 
-    monkeypatch.setattr(pg, "stream_table", with_extra_row)
+    monkeypatch.setattr(collect, "stream_table", with_extra_row)
     import governance.export.gate as gate_module
 
     bound: dict[str, Any] = {}
@@ -407,9 +407,9 @@ def test_gate_fails_on_a_planted_extra_row_of_another_person_of_the_same_busines
 def test_gate_fails_on_a_planted_missing_row(
     env: Deployment, datamap: DataMap, s3: Any, out_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import governance.connectors.postgres as pg
+    import governance.export.collect as collect
 
-    original = pg.stream_table
+    original = collect.stream_table
 
     def without_first_message(conn: Any, dm: Any, footprint: Any, table: Any, **kw: Any) -> Iterator[Any]:
         dropped = False
@@ -418,7 +418,7 @@ def test_gate_fails_on_a_planted_missing_row(
                 batch, dropped = batch[1:], True
             yield columns, batch
 
-    monkeypatch.setattr(pg, "stream_table", without_first_message)
+    monkeypatch.setattr(collect, "stream_table", without_first_message)
     subject = subject_of("caller_only")
     summary = write(datamap, subject, env, s3, out_bucket, "m.zip.age")
     result = gate(datamap, summary, subject, s3, out_bucket, "m.zip.age")
@@ -675,7 +675,7 @@ def test_a_shared_household_phone_alone_is_refused_before_anything_is_collected_
 def test_gate_fails_on_a_planted_row_of_the_household_neighbour_who_shares_the_phone(
     env: Deployment, datamap: DataMap, s3: Any, out_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import governance.connectors.postgres as pg
+    import governance.export.collect as collect
 
     neighbour = cast_member("household_b")
     with psycopg.connect(env.app_url) as conn:
@@ -683,14 +683,14 @@ def test_gate_fails_on_a_planted_row_of_the_household_neighbour_who_shares_the_p
         planted_call = conn.execute("SELECT * FROM app.calls WHERE caller_id = %s ORDER BY id LIMIT 1",
                                     (neighbour.caller_ids[0],)).fetchone()  # fmt: skip
     assert planted_caller and planted_call
-    original = pg.stream_table
+    original = collect.stream_table
 
     def with_the_neighbour(conn: Any, dm: Any, footprint: Any, table: Any, **kw: Any) -> Iterator[Any]:
         planted = {"callers": planted_caller, "calls": planted_call}.get(table.table)
         for columns, batch in original(conn, dm, footprint, table, **kw):
             yield columns, [*batch, planted] if planted else batch
 
-    monkeypatch.setattr(pg, "stream_table", with_the_neighbour)
+    monkeypatch.setattr(collect, "stream_table", with_the_neighbour)
     subject = subject_of("household_a")
     summary = write(datamap, subject, env, s3, out_bucket, "nb.zip.age", formats=("json",))
     result = gate(datamap, summary, subject, s3, out_bucket, "nb.zip.age")

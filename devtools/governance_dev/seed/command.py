@@ -16,12 +16,21 @@ from pathlib import Path
 
 from governance import config
 from governance.connections import ConnectionInfo, ConnectionNotConfigured, get_connection
+from governance.db import conninfo_for
+from governance.objectstore import s3_client
+from governance_dev.seed.generate import DEFAULT_SEED, SCALES
+from governance_dev.seed.load import (
+    SeedError,
+    SeedRefused,
+    SeedTargets,
+    seed_reference_deployment,
+    seeded_already,
+)
 
 log = logging.getLogger("governance_dev.seed")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from governance_dev.seed.generate import DEFAULT_SEED, SCALES
 
     parser.add_argument(
         "--scale",
@@ -60,15 +69,6 @@ def _optional_processor(conn_id: str) -> ConnectionInfo | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from governance.db import conninfo_for
-    from governance.objectstore import s3_client
-    from governance_dev.seed.load import (
-        SeedError,
-        SeedRefused,
-        SeedTargets,
-        seed_reference_deployment,
-        seeded_already,
-    )
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -21,6 +21,7 @@ from typing import Any
 from psycopg import sql
 
 from governance.anonymisation.spec import GEO_LEVELS, INDUSTRY_LEVELS, TIME_LEVELS, ReleaseSpec
+from governance.expectations import ephemeral_context, load
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,6 @@ def release_frame(conn: Any, release_id: str) -> Any:
 
 
 def _great_expectations(frame: Any, spec: ReleaseSpec, k_businesses: int) -> list[str]:
-    from governance.expectations import ephemeral_context, load
 
     gx = load()
     context = ephemeral_context()

@@ -34,6 +34,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from governance.db import postgres_hook
+from governance.lineage import record_processor_call
+from governance.objectstore import s3_client
+
 if TYPE_CHECKING:
     from airflow.sdk import Connection
 
@@ -109,7 +113,6 @@ class ProcessorConnector(Connector):
         request, so a task whose calls fail still names what it tried to reach."""
         reported: set[bool] = self.__dict__.setdefault("_lineage_reported", set())
         if changes not in reported:
-            from governance.lineage import record_processor_call
 
             record_processor_call(base_url, self.processor.name, changes=changes)
             reported.add(changes)
@@ -138,7 +141,6 @@ class DatabaseConnector(Connector):
         self.connection_id = connection_id
 
     def hook(self) -> Any:
-        from governance.db import postgres_hook
 
         return postgres_hook(self.connection_id)
 
@@ -160,7 +162,6 @@ class ObjectStoreConnector(Connector):
         self.bucket = bucket
 
     def client(self) -> Any:
-        from governance.objectstore import s3_client
 
         return s3_client(self.connection_id)
 

@@ -33,6 +33,7 @@ from governance.connections import not_configured
 from governance.connectors.base import EraseOutcome, ProcessorConnector, ProcessorRecord
 from governance.datamap.model import DataMap, Processor
 from governance.datamap.plans import ProcessorRequest, build_processor_request, records_at
+from governance.deadlines import Deadlines
 from governance.identity import SubjectIdentities
 
 if TYPE_CHECKING:
@@ -174,7 +175,6 @@ class ProcessorClient(ProcessorConnector):
         max_backoff_s: float = 8.0,
         timeout_s: float | tuple[float, float] | None = None,
     ) -> None:
-        from governance.deadlines import Deadlines
 
         assert processor.auth is not None, "the map validates that a templated processor declares auth"
         self.processor = processor

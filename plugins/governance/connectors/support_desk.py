@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from governance.connectors.base import EraseOutcome, ProcessorConnector, ProcessorRecord
+from governance.connectors.processors import ProcessorHook, ProcessorRejected, ProcessorUnavailable
+from governance.deadlines import Deadlines
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
@@ -53,8 +55,6 @@ class SupportDeskConnector(ProcessorConnector):
         poll_interval_s: float = 0.2,
         poll_timeout_s: float = 600.0,
     ) -> None:
-        from governance.connectors.processors import ProcessorHook
-        from governance.deadlines import Deadlines
 
         self.processor = processor
         self.hook = ProcessorHook(processor.connection_id, connection=connection)
@@ -80,7 +80,6 @@ class SupportDeskConnector(ProcessorConnector):
     # -- OAuth ----------------------------------------------------------------------------------
 
     def _fetch_token(self) -> str:
-        from governance.connectors.processors import ProcessorRejected
 
         status, body = self._send("POST", self.token_path, "token", data={"grant_type": "client_credentials"},
                                   auth=self._client, authenticated=False)  # fmt: skip
@@ -102,7 +101,6 @@ class SupportDeskConnector(ProcessorConnector):
         return (status, decoded JSON or None). Errors name the call, never the URL or body."""
         import requests
 
-        from governance.connectors.processors import ProcessorUnavailable
 
         if authenticated:  # the token call carries no personal data
             self.report_lineage(self.base_url, changes=what.startswith("erase"))
@@ -136,7 +134,6 @@ class SupportDeskConnector(ProcessorConnector):
         raise ProcessorUnavailable(f"{self.processor.name} {what}: still failing after {self.attempts} attempts ({last})")
 
     def _expect(self, status: int, allowed: tuple[int, ...], what: str) -> None:
-        from governance.connectors.processors import ProcessorRejected
 
         if status not in allowed:
             raise ProcessorRejected(f"{self.processor.name} {what}: unexpected HTTP {status}")
@@ -173,7 +170,6 @@ class SupportDeskConnector(ProcessorConnector):
 
     def erase(self, record_id: str) -> EraseOutcome:
         """Start (or get back) the requester's erasure job and poll it until completed."""
-        from governance.connectors.processors import ProcessorRejected, ProcessorUnavailable
 
         status, body = self._send("POST", f"/api/v2/requesters/{int(record_id)}/erasure_jobs", "erase")
         if status == 404:

@@ -20,7 +20,23 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from governance.datamap.model import Reference, ReferenceKind, TableRef, TableSpec
+from governance.datamap import graph
+from governance.datamap.loader import load_datamap
+from governance.datamap.model import (
+    DataMapError,
+    DataMapUnreadable,
+    Reference,
+    ReferenceKind,
+    TableRef,
+    TableSpec,
+)
+from governance.datamap.plans import (
+    build_erasure_plan,
+    build_resolution_plan,
+    build_retention_plan,
+    cascade_of,
+)
+from governance.workflows.datamap_drift import classify, database_drift, object_store_drift
 
 if TYPE_CHECKING:
     from governance.datamap.model import DataMap
@@ -45,8 +61,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from governance.datamap.loader import load_datamap
-    from governance.datamap.model import DataMapError, DataMapUnreadable
 
     try:
         datamap = load_datamap(args.path)
@@ -73,7 +87,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_live(datamap: DataMap) -> int:
     """Drift findings against the live systems, placed in the map's file; 1 when any is blocking."""
-    from governance.workflows.datamap_drift import classify, database_drift, object_store_drift
 
     try:
         database = database_drift(datamap)
@@ -94,7 +107,6 @@ def _check_live(datamap: DataMap) -> int:
 
 
 def _explain(datamap: DataMap) -> None:
-    from governance.datamap import graph
 
     print("erasure order (children before parents):")
     for position, ref in enumerate(graph.erasure_order(datamap), start=1):
@@ -144,7 +156,6 @@ def _mention_lines(table: TableSpec) -> list[str]:
 
 def _cascade_lines(datamap: DataMap, ref: TableRef) -> list[str]:
     """What a delete_rows rule on ``ref`` also deletes and clears (the retention cascade)."""
-    from governance.datamap.plans import cascade_of
 
     owned, mentions = cascade_of(datamap, ref)
     lines = []
@@ -167,7 +178,6 @@ def _cascade_lines(datamap: DataMap, ref: TableRef) -> list[str]:
 
 def _print_statements(datamap: DataMap) -> None:
     """The statements the workflows execute, exactly as built by :mod:`governance.datamap.plans`."""
-    from governance.datamap.plans import build_erasure_plan, build_resolution_plan, build_retention_plan
 
     def show(statement: Any) -> None:
         needs = ", ".join(statement.input_params) or "none"

@@ -29,6 +29,7 @@ import phonenumbers
 import psycopg
 from psycopg import sql
 
+from governance.datamap import phone_region
 from governance.datamap.graph import identity_columns, reference_edges
 from governance.datamap.model import DataMap, IdentityMatch, PostgresSystem, ReferenceKind, TableRef
 
@@ -157,7 +158,6 @@ def find_drift(
     map's phone region); changes nothing.
     """
     if region is None:
-        from governance.datamap import phone_region
 
         region = phone_region(datamap)
     unmapped_tables: list[str] = []
@@ -468,7 +468,6 @@ def find_object_drift(datamap: DataMap, clients: Mapping[str, Any], *, region: s
     phonenumbers, read in ``region``), reported as counts.
     """
     if region is None:
-        from governance.datamap import phone_region
 
         region = phone_region(datamap)
     unmapped: list[UnmappedPrefix] = []

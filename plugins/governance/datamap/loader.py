@@ -22,6 +22,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from governance.config import datamap_path
+from governance.connectors.base import ConnectorClassError, load_connector_class
 from governance.datamap import graph
 from governance.datamap.model import (
     IDENTIFIER_PATTERN,
@@ -68,7 +70,6 @@ def load_datamap(path: Path | None = None) -> DataMap:
     file cannot be read, DataMapError listing every problem when it is not a valid map.
     """
     if path is None:
-        from governance.config import datamap_path
 
         path = datamap_path()
     try:
@@ -91,7 +92,6 @@ def load_datamap(path: Path | None = None) -> DataMap:
 def datamap_version_hash(path: Path | None = None) -> str:
     """sha256 (hex) of the data map file's bytes: identifies the exact map a run used."""
     if path is None:
-        from governance.config import datamap_path
 
         path = datamap_path()
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -706,7 +706,6 @@ class _Checks:
 
     def _python_processor(self, ppath: str, processor: Processor) -> Iterator[tuple[str, str]]:
         """The escape hatch: the class exists and satisfies the connector contract; no templates."""
-        from governance.connectors.base import ConnectorClassError, load_connector_class
 
         for key in ("auth", "lookup", "erase"):
             if getattr(processor, key) is not None:

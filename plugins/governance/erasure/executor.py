@@ -30,6 +30,7 @@ from typing import Any
 
 import psycopg
 
+from governance.connectors.objects import delete_everywhere, keys_under
 from governance.datamap.model import DataMap
 from governance.datamap.plans import (
     KEYS,
@@ -276,7 +277,6 @@ def keys_with_versions_under(client: Any, bucket: str, prefix: str) -> list[str]
         for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
             keys.update(v["Key"] for v in [*page.get("Versions", []), *page.get("DeleteMarkers", [])])
     except Exception:  # a server without versioning support: current objects only
-        from governance.connectors.objects import keys_under
 
         keys.update(keys_under(client, bucket, prefix))
     return sorted(keys)
@@ -291,7 +291,6 @@ def delete_planned_objects(
 ) -> dict[str, int]:
     """Delete every planned object (all versions) and the person's export folders; return the
     number of keys that had something, per step id. Steps in ``done`` are skipped."""
-    from governance.connectors.objects import delete_everywhere
 
     finished = set(done)
     deleted: dict[str, int] = {}

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from governance.connectors.objects import present_objects
 from governance.datamap.model import DataMap, ErasureAction, PrefixRef, TableRef
 from governance.datamap.plans import MENTION_ONLY_EFFECTS, ErasurePlan, owner_fields
 from governance.erasure.holds import ActiveHolds, LegalHold
@@ -314,7 +315,6 @@ def inventory_objects(work: ErasureWork, *, client_for: Callable[[str], Any]) ->
     """List, per prefix, what the object store really holds for the plan's candidate keys and
     request folders (``present``, ``versions``, ``absent`` on each :class:`ObjectWork`), so the
     plan and the approval show objects that exist, not keys computed from rows."""
-    from governance.connectors.objects import present_objects
 
     for item in work.objects:
         if not item.candidates:

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from governance.datamap import load_datamap
 from governance.datamap.model import DataMap, ErasureAction, PrefixRef, ReferenceKind, TableRef
 
 Outcome = Literal["deleted", "cleared", "kept", "left_out"]
@@ -319,7 +320,6 @@ def erasure_plan_text(
     """The Markdown of a dry run's result, or of the approval step (with what changed since the
     request's latest dry run, when there was one). Loads the data map when none is given."""
     if datamap is None:
-        from governance.datamap import load_datamap
 
         datamap = load_datamap()
     changes = None

@@ -18,6 +18,15 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from governance.config import GOVERNANCE_CONN_ID
+from governance.crypto import hasher_from_airflow
+from governance.datamap import load_datamap
+from governance.db import conninfo_for
+from governance.erasure.suppression import reapply_for_person, suppressed_people
+from governance.migrations import ensure_schema
+from governance.objectstore import s3_client
+from governance.privacy_requests import InvalidRequest, validate_request_id
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="show what would be erased; change nothing")
@@ -32,13 +41,6 @@ def reapply_suppressions(*, as_of: datetime, dry_run: bool, request_id: str | No
     """Re-erase every suppressed person (or one); record the run; return counts."""
     import psycopg
 
-    from governance.config import GOVERNANCE_CONN_ID
-    from governance.crypto import hasher_from_airflow
-    from governance.datamap import load_datamap
-    from governance.db import conninfo_for
-    from governance.erasure.suppression import reapply_for_person, suppressed_people
-    from governance.migrations import ensure_schema
-    from governance.objectstore import s3_client
 
     datamap = load_datamap()
     gov = conninfo_for(GOVERNANCE_CONN_ID)
@@ -91,7 +93,6 @@ def run(args: argparse.Namespace) -> int:
         print("error: --as-of needs a time zone (e.g. +00:00)", file=sys.stderr)
         return 2
     if args.request_id:
-        from governance.privacy_requests import InvalidRequest, validate_request_id
 
         try:
             validate_request_id(args.request_id)

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from governance import expectations
+from governance.connectors.objects import head
 from governance.datamap.model import DataMap, PrefixRef, TableRef
 from governance.datamap.plans import (
     KEYS,
@@ -34,6 +36,7 @@ from governance.datamap.plans import (
     build_erasure_plan,
     build_resolution_plan,
 )
+from governance.erasure.executor import keys_with_versions_under
 from governance.erasure.planner import ErasureWork
 from governance.erasure.resolve import IdentityMatcher, MatchByBusiness, MatchByIdentity, resolve_subject
 from governance.identity import SubjectIdentities
@@ -86,7 +89,6 @@ def _object_has_versions(client: Any, bucket: str, key: str) -> bool:
                     return True
         return False
     except Exception:
-        from governance.connectors.objects import head
 
         return head(client, bucket, key) is not None
 
@@ -171,7 +173,6 @@ def collect_checks(
         client = object_client(item.system)
         left = [k for k in item.keys if _object_has_versions(client, item.bucket, k)]
         for folder in item.folders:
-            from governance.erasure.executor import keys_with_versions_under
 
             left += keys_with_versions_under(client, item.bucket, folder)
         for object_step in plan.objects:
@@ -217,7 +218,6 @@ def validate_with_great_expectations(checks: Sequence[Check]) -> VerificationRes
     scheduler that preloaded it (:class:`governance.executors.PreloadingLocalExecutor`)."""
     import pandas as pd
 
-    from governance import expectations
 
     gx = expectations.load()
     context = expectations.ephemeral_context()

@@ -28,8 +28,19 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
+from governance.connectors.base import processor_connector
+from governance.connectors.postgres import (
+    count_mention_only,
+    count_rows,
+    mention_only_exports,
+    resolve_in_database,
+    stream_mention_only,
+    stream_table,
+)
 from governance.datamap.model import DataMap, ObjectStoreSystem, Processor
 from governance.datamap.plans import ObjectStep, ResolutionPlan, build_resolution_plan
+from governance.db import conninfo_for
+from governance.export.age import DEFAULT_WORK_FACTOR, AgeWriter
 from governance.export.bundle import (
     INDEX_PATH,
     BundleManifest,
@@ -47,8 +58,10 @@ from governance.export.index import (
     render_index,
     system_counts,
 )
+from governance.export.storage import MultipartUploadSink, fetch_objects
 from governance.identity import SubjectIdentities
-from governance.resolution import Ambiguity, describe_ambiguities
+from governance.objectstore import s3_client
+from governance.resolution import Ambiguity, describe_ambiguities, plan_systems
 
 if TYPE_CHECKING:
     import psycopg
@@ -110,9 +123,6 @@ class ExportTargets:
     def from_airflow(cls, *, processor_attempts: int = 5, processor_backoff_s: float = 0.5) -> ExportTargets:
         from functools import lru_cache
 
-        from governance.connectors.base import processor_connector
-        from governance.db import conninfo_for
-        from governance.objectstore import s3_client
 
         return cls(
             conninfo_for=conninfo_for,
@@ -245,8 +255,6 @@ def subject_snapshots(
     open (same snapshot) for the counts and export queries until the block ends."""
     import psycopg
 
-    from governance.connectors.postgres import resolve_in_database
-    from governance.resolution import plan_systems
 
     with ExitStack() as stack:
         conns: dict[str, psycopg.Connection[Any]] = {}
@@ -287,14 +295,6 @@ def write_bundle(
     """Collect everything into ``writer`` from the resolved ``snapshots`` (see
     :func:`subject_snapshots`); return what was written, the manifest and the source counts
     (rows per table counted in the export's snapshot, objects found, processor records)."""
-    from governance.connectors.postgres import (
-        count_mention_only,
-        count_rows,
-        mention_only_exports,
-        stream_mention_only,
-        stream_table,
-    )
-    from governance.export.storage import fetch_objects
 
     formats = chosen_formats(formats)
     kinds = [k for k, _ in subject.identities.items()]
@@ -475,8 +475,6 @@ def export_bundle_to_s3(
 
     Raises :class:`AmbiguousSubject` (nothing asked, read further or written) when the
     identities fit more than one person."""
-    from governance.export.age import DEFAULT_WORK_FACTOR, AgeWriter
-    from governance.export.storage import MultipartUploadSink
 
     chosen = chosen_formats(formats)
     plan = export_plan(datamap, subject)

@@ -24,6 +24,18 @@ import zipfile
 from pathlib import Path
 from typing import IO, Any
 
+from governance.config import GOVERNANCE_CONN_ID
+from governance.crypto import cipher_from_airflow
+from governance.datamap import load_datamap
+from governance.db import connect, conninfo_for
+from governance.export.age import AgeError, decrypt_to
+from governance.export.bundle import MANIFEST_PATH, BundleManifest
+from governance.export.passphrase_command import operating_system_user
+from governance.export.state import reveal_passphrase
+from governance.export.storage import bundle_locations
+from governance.objectstore import s3_client
+from governance.privacy_requests import validate_request_id
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", nargs="?", help="the .zip.age file ('-' for standard input)")
@@ -41,7 +53,6 @@ def _read_passphrase() -> str:
 def verify_and_extract(zip_path: Path, target: Path | None) -> tuple[int, list[str]]:
     """Check every entry against ``manifest.json`` (and unpack it into ``target``); return the
     number of files checked and the paths that do not match."""
-    from governance.export.bundle import MANIFEST_PATH, BundleManifest
 
     problems: list[str] = []
     with zipfile.ZipFile(zip_path) as archive:
@@ -90,15 +101,6 @@ def _open_source(args: argparse.Namespace) -> tuple[IO[bytes] | Any, str | None]
     if args.request_id:
         from datetime import UTC, datetime
 
-        from governance.config import GOVERNANCE_CONN_ID
-        from governance.crypto import cipher_from_airflow
-        from governance.datamap import load_datamap
-        from governance.db import connect, conninfo_for
-        from governance.export.passphrase_command import operating_system_user
-        from governance.export.state import reveal_passphrase
-        from governance.export.storage import bundle_locations
-        from governance.objectstore import s3_client
-        from governance.privacy_requests import validate_request_id
 
         request_id = validate_request_id(args.request_id)
         locations = bundle_locations(load_datamap(), request_id)
@@ -116,7 +118,6 @@ def _open_source(args: argparse.Namespace) -> tuple[IO[bytes] | Any, str | None]
 
 
 def run(args: argparse.Namespace) -> int:
-    from governance.export.age import AgeError, decrypt_to
 
     if not args.output and not args.extract:
         print("error: give --output FILE.zip and/or --extract DIR", file=sys.stderr)

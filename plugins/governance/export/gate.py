@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from governance import expectations as engine
 from governance.datamap.model import (
     DataMap,
     IdentityMatch,
@@ -45,8 +46,10 @@ from governance.datamap.model import (
     TableRef,
 )
 from governance.datamap.plans import ObjectStep
+from governance.export.age import AgeError, AgeRandomAccessReader, verify
 from governance.export.bundle import INDEX_PATH, MANIFEST_PATH, BundleManifest, files_digest
 from governance.export.formats import FORMATS, READ_PREFERENCE, BundleFormatError, DataFormat, read_rows
+from governance.identity import InvalidIdentity, normalise_email
 from governance.resolution import DIFFERS, MATCHES, IdentityMatchRow, narrow_to_one_person
 
 ENCRYPTED_BUNDLE = "(encrypted bundle)"
@@ -122,7 +125,6 @@ def _entry_digest(archive: zipfile.ZipFile, name: str) -> tuple[str, int]:
 
 
 def _identity_token(kind: str, match: IdentityMatch, value: Any, token_for: TokenFor) -> str:
-    from governance.identity import InvalidIdentity, normalise_email
 
     text = str(value)
     if match.folds_case:
@@ -419,7 +421,6 @@ def _settle_ties(
 def _run_suites(frames: _Frames, *, allowed: set[str], scope_ids: Sequence[int] | None) -> list[GateCheck]:
     import pandas as pd
 
-    from governance import expectations as engine
 
     gx = engine.load()  # free when the scheduler preloaded it (governance.executors)
     import great_expectations.expectations as gxe
@@ -521,7 +522,6 @@ def check_bundle(
 ) -> GateResult:
     """Read the bundle at ``bucket/key`` back and run the suites; never raises for a bad bundle
     (the result says what failed), only for an unreadable store."""
-    from governance.export.age import AgeError, AgeRandomAccessReader, verify
 
     # Only ciphertext touches the disk: the bundle is copied as it is stored (hashed on the way),
     # authenticated whole, then read entry by entry through a decrypting view (one 64 KiB chunk in

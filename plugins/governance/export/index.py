@@ -29,6 +29,7 @@ from governance.datamap.model import (
     RetentionRule,
     TableRef,
 )
+from governance.datamap.taxonomy import data_category, data_use, describe, is_within
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,6 @@ def retention_words(rule: RetentionRule, *, of_record: str | None = None) -> str
 
 
 def _recipients_for(datamap: DataMap, categories: Iterable[str], *, scoped: bool) -> list[str]:
-    from governance.datamap.taxonomy import describe, is_within
 
     wanted = set(categories)
     names = []
@@ -147,7 +147,6 @@ def _recipient_words(processor: Processor, describe: Any) -> str:
 
 
 def _names(keys: Iterable[str], kind: str) -> list[str]:
-    from governance.datamap.taxonomy import data_category, data_use
 
     out = []
     for key in sorted(set(keys)):
@@ -183,7 +182,6 @@ vertical-align:top;text-align:left}th{background:#f3f3f3}ul{margin:0;padding-lef
 
 def render_index(datamap: DataMap, contents: BundleContents) -> bytes:
     """The page, as UTF-8 bytes."""
-    from governance.datamap.taxonomy import describe
 
     out: list[str] = [
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',

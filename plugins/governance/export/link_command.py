@@ -19,6 +19,15 @@ from typing import Any
 
 import psycopg
 
+from governance.config import GOVERNANCE_CONN_ID
+from governance.connectors.objects import head
+from governance.datamap import load_datamap
+from governance.db import connect, conninfo_for
+from governance.export.storage import bundle_locations, presigned_download_link
+from governance.objectstore import s3_client
+from governance.privacy_requests import request_id_arg
+from governance.workflows.dsr_export import MAX_LINK_VALID_DAYS
+
 
 class LinkRefused(RuntimeError):
     """No new link can be issued; the message says why (no personal data)."""
@@ -32,9 +41,6 @@ class IssuedLink:
 
 def refresh_link(conn: psycopg.Connection[Any], s3: Any, locations: Any, *, request_id: str, days: int, at: datetime) -> IssuedLink:
     """Sign a new link for ``request_id``'s published bundle and store it as the request's result."""
-    from governance.connectors.objects import head
-    from governance.export.storage import presigned_download_link
-    from governance.workflows.dsr_export import MAX_LINK_VALID_DAYS
 
     if not 1 <= days <= MAX_LINK_VALID_DAYS:
         raise LinkRefused(f"--days must be between 1 and {MAX_LINK_VALID_DAYS} (the S3 signature limit)")
@@ -74,18 +80,12 @@ def refresh_link(conn: psycopg.Connection[Any], s3: Any, locations: Any, *, requ
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from governance.privacy_requests import request_id_arg
 
     parser.add_argument("request_id", type=request_id_arg, help="the completed export request (exp-YYYYMMDD-...)")
     parser.add_argument("--days", type=int, default=7, help="how long the new link is valid (1-7 days, default 7)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from governance.config import GOVERNANCE_CONN_ID
-    from governance.datamap import load_datamap
-    from governance.db import connect, conninfo_for
-    from governance.export.storage import bundle_locations
-    from governance.objectstore import s3_client
 
     request_id = args.request_id
     locations = bundle_locations(load_datamap(), request_id)

@@ -19,9 +19,14 @@ from datetime import UTC, datetime
 
 from psycopg.types.json import Jsonb
 
+from governance.config import GOVERNANCE_CONN_ID
+from governance.crypto import cipher_from_airflow
+from governance.db import connect, conninfo_for
+from governance.export.state import ExportStateError, reveal_passphrase
+from governance.privacy_requests import request_id_arg
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from governance.privacy_requests import request_id_arg
 
     parser.add_argument("request_id", type=request_id_arg, help="the export request (exp-YYYYMMDD-...)")
     parser.add_argument("--staff", default=None,
@@ -37,10 +42,6 @@ def operating_system_user() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from governance.config import GOVERNANCE_CONN_ID
-    from governance.crypto import cipher_from_airflow
-    from governance.db import connect, conninfo_for
-    from governance.export.state import ExportStateError, reveal_passphrase
 
     request_id = args.request_id
     user = operating_system_user()

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from governance.datamap.model import ObjectStoreSystem
+from governance.datamap.plans import render_key
+
 PART_SIZE = 8 * 1024 * 1024
 SSE = "AES256"
 # Objects up to this size are fetched whole by the read-ahead threads; larger ones are streamed.
@@ -79,8 +82,6 @@ def presigned_download_link(s3: Any, locations: BundleLocations, *, days: int) -
 
 def bundle_locations(datamap: Any, request_id: str) -> BundleLocations:
     """Where ``request_id``'s bundle goes: the map's ``owned_by: privacy_request`` prefix."""
-    from governance.datamap.model import ObjectStoreSystem
-    from governance.datamap.plans import render_key
 
     for system in datamap.object_systems:
         assert isinstance(system, ObjectStoreSystem)

@@ -10,6 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from governance.datamap import load_datamap
+from governance.datamap.model import DataMapError
+from governance.inventory.loader import load_reference, load_subprocessors
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", nargs="?", type=Path, default=None, help="default include/subprocessors.yaml")
@@ -19,9 +23,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from governance.datamap import load_datamap
-    from governance.datamap.model import DataMapError
-    from governance.inventory.loader import load_reference, load_subprocessors
 
     try:
         datamap = load_datamap(args.datamap)

@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from governance.config import INCLUDE_DIR
+from governance.connections import ConnectionNotConfigured, get_connection
 from governance.datamap.loader import _convert_pydantic_error, _index_nodes, _line_for
 from governance.datamap.model import DataMap, DataMapError, DataMapIssue
 from governance.datamap.taxonomy import suggest, taxonomy_problem
@@ -53,7 +55,6 @@ def subprocessors_path() -> Path:
     """``GOVERNANCE_SUBPROCESSORS`` or ``include/subprocessors.yaml``."""
     import os
 
-    from governance.config import INCLUDE_DIR
 
     return Path(os.environ.get("GOVERNANCE_SUBPROCESSORS", INCLUDE_DIR / "subprocessors.yaml"))
 
@@ -62,7 +63,6 @@ def reference_dir() -> Path:
     """``GOVERNANCE_TRANSFER_REFERENCE`` or ``include/reference``."""
     import os
 
-    from governance.config import INCLUDE_DIR
 
     return Path(os.environ.get("GOVERNANCE_TRANSFER_REFERENCE", INCLUDE_DIR / "reference"))
 
@@ -169,7 +169,6 @@ def load_reference(directory: Path | None = None) -> TransferReference:
 
 
 def _airflow_connection_exists(conn_id: str) -> bool:
-    from governance.connections import ConnectionNotConfigured, get_connection
 
     try:
         get_connection(conn_id)

@@ -26,6 +26,7 @@ from governance.connections import ConnectionInfo, ConnectionNotConfigured
 from governance.datamap.model import DataMap, ObjectStoreSystem, PostgresSystem
 from governance.inventory.model import SubprocessorList
 from governance.inventory.reconcile import ChannelPrefixes, Observations, ObservedDataset
+from governance.lineage import processor_uri as uri
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,6 @@ def processor_base_url(connection: ConnectionInfo) -> str:
 def processor_uri(connection: ConnectionInfo, processor: str) -> str:
     """The dataset URI calls to ``processor`` through ``connection`` are recorded under
     (``governance.lineage.processor_uri``: ``https://api.example.com:443/payments_processor``)."""
-    from governance.lineage import processor_uri as uri
 
     return uri(processor_base_url(connection), processor)
 

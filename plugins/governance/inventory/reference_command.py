@@ -11,6 +11,9 @@ import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+from governance.datamap.model import DataMapError
+from governance.inventory.loader import load_reference
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", type=Path, default=None, help="reference folder (default include/reference)")
@@ -28,8 +31,6 @@ def stale_reference_entries(
 
 
 def run(args: argparse.Namespace) -> int:
-    from governance.datamap.model import DataMapError
-    from governance.inventory.loader import load_reference
 
     try:
         reference = load_reference(args.dir)

@@ -11,6 +11,7 @@ import json
 from html import escape
 from typing import Any
 
+from governance.datamap.taxonomy import default_taxonomy
 from governance.inventory.reconcile import Inventory
 
 CSV_COLUMNS = (
@@ -122,7 +123,6 @@ def _list(items: Any) -> str:
 
 def _named(key: str, kind: str) -> str:
     """A fideslang key in words, the key below it (``Payment Processing`` / ``essential.service...``)."""
-    from governance.datamap.taxonomy import default_taxonomy
 
     entries = default_taxonomy().data_uses if kind == "use" else default_taxonomy().data_categories
     entry = entries.get(key)

@@ -15,9 +15,11 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from governance.config import objects_bucket
 from governance.datamap.model import DataMap
 from governance.inventory.model import SubprocessorList
 from governance.inventory.reconcile import Inventory, NoticeEntry
+from governance.lineage import record_object_write
 
 REPORT_PREFIX = "governance/transfer-inventory/"
 CONTENT_TYPES = {".json": "application/json", ".csv": "text/csv; charset=utf-8", ".html": "text/html; charset=utf-8"}
@@ -40,7 +42,6 @@ ON CONFLICT (run_id) DO UPDATE SET
 
 def report_bucket() -> str:
     """``GOVERNANCE_INVENTORY_BUCKET``, else the objects bucket."""
-    from governance.config import objects_bucket
 
     return os.environ.get("GOVERNANCE_INVENTORY_BUCKET") or objects_bucket()
 
@@ -100,7 +101,6 @@ def run_key(inventory: Inventory) -> str:
 def publish_report(s3: Any, bucket: str, inventory: Inventory, files: Mapping[str, bytes]) -> str:
     """Put the files under ``governance/transfer-inventory/<version>/<as-of>/`` and ``latest/``;
     return the versioned HTML report's URI. Records the prefix written for lineage."""
-    from governance.lineage import record_object_write
 
     versioned = f"{REPORT_PREFIX}{inventory.list_version}/{run_key(inventory)}/"
     for prefix in (versioned, f"{REPORT_PREFIX}latest/"):

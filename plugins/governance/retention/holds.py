@@ -16,8 +16,16 @@ from typing import Any
 
 import psycopg
 
+from governance.crypto import hasher_from_airflow
 from governance.datamap.model import DataMap, TableRef
-from governance.datamap.plans import HELD_SCOPE_IDS, RETENTION_HELD_TABLES, held_keys_param
+from governance.datamap.plans import (
+    HELD_SCOPE_IDS,
+    RETENTION_HELD_TABLES,
+    build_resolution_plan,
+    held_keys_param,
+    keyed_hash_params,
+)
+from governance.erasure.resolve import MatchByKeyedHash, resolve_subject
 
 _EVERYTHING = datetime(9999, 1, 1, tzinfo=UTC)
 
@@ -84,9 +92,6 @@ def resolve_person_holds(
     (``conns``: one connection per system, keys found in one carried to the next)."""
     if not persons:
         return
-    from governance.crypto import hasher_from_airflow
-    from governance.datamap.plans import build_resolution_plan, keyed_hash_params
-    from governance.erasure.resolve import MatchByKeyedHash, resolve_subject
 
     keyring = hasher_from_airflow().keyring
     for hold in persons:

@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from governance.approvers import approver_refusal
+
 Action = Literal["view", "record", "approve", "reveal"]
 DEFAULT_ROLES: dict[str, str] = {
     "view": "*",
@@ -89,7 +91,6 @@ def approver_allows(staff: Staff, action: Action) -> bool:
     (:mod:`governance.approvers`; the workflows refuse anyone else's answer too)."""
     if action != "approve":
         return True
-    from governance.approvers import approver_refusal
 
     user_id = str(staff.user.get_id()) if staff.user is not None else staff.name
     return approver_refusal({"id": user_id, "name": staff.name}) is None

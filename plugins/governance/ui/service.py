@@ -20,8 +20,26 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from governance.config import GOVERNANCE_CONN_ID
-from governance.privacy_requests import RequestKind
+from governance.crypto import cipher_from_airflow, hasher_from_airflow
+from governance.datamap import load_datamap
+from governance.db import connect, conninfo_for
+from governance.dispatch import MetadataRunTrigger, NotDispatchable, dispatch_request
+from governance.erasure.certificate import render_html
+from governance.erasure.readable import plan_changes as changes
+from governance.erasure.readable import readable_plan
+from governance.export.state import ExportStateError
+from governance.export.state import reveal_passphrase as reveal
+from governance.identity import InvalidIdentity, SubjectIdentities
+from governance.migrations import ensure_schema
+from governance.privacy_requests import (
+    REQUEST_KINDS,
+    InvalidRequest,
+    RequestKind,
+    create_request,
+    validate_request_id,
+)
 from governance.ui.access import Staff
+from governance.workflows.dsr_erasure import VERIFICATION_METHODS
 
 # A business client's offboarding is a request too (recorded by its DAG, shown on the page).
 DAG_FOR_KIND: dict[str, str] = {"export": "dsr_export", "erasure": "dsr_erasure", "offboarding": "business_offboarding"}
@@ -46,8 +64,6 @@ def _now() -> datetime:
 
 
 def governance_conninfo() -> str:
-    from governance.db import conninfo_for
-    from governance.migrations import ensure_schema
 
     conninfo = conninfo_for(GOVERNANCE_CONN_ID)
     if conninfo not in _migrated:
@@ -77,10 +93,6 @@ def record_request(
     *, kind: str, email: str | None, phone: str | None, business_id: str | int | None, staff: Staff
 ) -> str:
     """Normalise, encrypt and store a new request; return its id (InvalidIdentity -> PageError)."""
-    from governance.crypto import cipher_from_airflow, hasher_from_airflow
-    from governance.db import connect
-    from governance.identity import InvalidIdentity, SubjectIdentities
-    from governance.privacy_requests import REQUEST_KINDS, InvalidRequest, create_request
 
     if kind not in REQUEST_KINDS:
         raise PageError("Choose what the person asks for: a copy of their data (export) or erasure.")
@@ -114,7 +126,6 @@ def start_run(request_id: str, *, staff: Staff, dry_run: bool | None = None) -> 
     from airflow.utils.session import create_session
     from airflow.utils.types import DagRunTriggeredByType
 
-    from governance.db import connect
 
     row = request_row(request_id)
     dag_id = DAG_FOR_KIND[row["kind"]]
@@ -141,8 +152,6 @@ def dispatch_verified(request_id: str, *, staff: Staff) -> str:
     """Serve a verified request through the intake's dispatcher (:mod:`governance.dispatch`):
     the run id derives from the request id, so the page and the next intake pass start it once.
     Returns the run id."""
-    from governance.db import connect
-    from governance.dispatch import MetadataRunTrigger, NotDispatchable, dispatch_request
 
     try:
         result = dispatch_request(governance_conninfo(), request_id, trigger=MetadataRunTrigger(user=staff.name),
@@ -172,7 +181,6 @@ def list_requests(*, kind: str | None = None, status: str | None = None, sort: s
     """Requests with kind, status, received, deadline and days left; filtered and sorted."""
     from psycopg import sql
 
-    from governance.db import connect
 
     where = [sql.SQL("TRUE")]
     values: list[Any] = []
@@ -195,8 +203,6 @@ def list_requests(*, kind: str | None = None, status: str | None = None, sort: s
 
 
 def request_row(request_id: str) -> dict[str, Any]:
-    from governance.db import connect
-    from governance.privacy_requests import InvalidRequest, validate_request_id
 
     try:
         request_id = validate_request_id(request_id)
@@ -305,7 +311,6 @@ def _runs(request_id: str, run_ids: dict[tuple[str, str], dict[str, Any]]) -> li
 
 def request_view(request_id: str) -> RequestView:
     """Everything the request page shows (ids, counts, states, staff names; never an identity)."""
-    from governance.db import connect
 
     row = request_row(request_id)
     request_id = row["request_id"]
@@ -361,7 +366,6 @@ def hitl_choices(dag_id: str, run_id: str, task_id: str) -> tuple[list[str], dic
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
-    from governance.workflows.dsr_erasure import VERIFICATION_METHODS
 
     with create_session() as session:
         detail = session.scalar(
@@ -398,7 +402,6 @@ def respond(dag_id: str, run_id: str, task_id: str, *, chosen: list[str], params
 
 def approve_erasure(request_id: str, *, verification_method: str, staff: Staff) -> str:
     """Four eyes: the approver is not who recorded the request. Returns the run id approved."""
-    from governance.db import connect
 
     view = request_view(request_id)
     if view.request["kind"] != "erasure":
@@ -423,7 +426,6 @@ def approve_erasure(request_id: str, *, verification_method: str, staff: Staff) 
 
 def verify_export(request_id: str, *, option: str, staff: Staff) -> str:
     """Answer an export's identity check (verify_identity) with one of its options."""
-    from governance.db import connect
 
     view = request_view(request_id)
     run = view.waiting(EXPORT_VERIFICATION_TASK)
@@ -444,10 +446,6 @@ def verify_export(request_id: str, *, option: str, staff: Staff) -> str:
 
 def reveal_passphrase(request_id: str, *, staff: Staff) -> str:
     """An export's passphrase; each reveal is recorded with the user."""
-    from governance.crypto import cipher_from_airflow
-    from governance.db import connect
-    from governance.export.state import ExportStateError
-    from governance.export.state import reveal_passphrase as reveal
 
     row = request_row(request_id)
     if row["kind"] != "export" or row["status"] != "completed":
@@ -463,7 +461,6 @@ def reveal_passphrase(request_id: str, *, staff: Staff) -> str:
 
 def download_link(request_id: str, *, staff: Staff) -> tuple[str, datetime | None]:
     """A completed export's download link and when it expires; the view is recorded."""
-    from governance.db import connect
 
     row = request_row(request_id)
     if row["kind"] != "export" or row["status"] != "completed" or not row["has_result"]:
@@ -482,8 +479,6 @@ def download_link(request_id: str, *, staff: Staff) -> tuple[str, datetime | Non
 
 def certificate_html(request_id: str, *, staff: Staff) -> str:
     """The erasure certificate of a request as HTML (rendered from the indexed document)."""
-    from governance.db import connect
-    from governance.erasure.certificate import render_html
 
     row = request_row(request_id)
     with connect(governance_conninfo()) as conn:
@@ -499,15 +494,11 @@ def certificate_html(request_id: str, *, staff: Staff) -> str:
 
 def plan_lines(summary: Mapping[str, Any]) -> dict[str, Any]:
     """The readable plan of a stored summary (structured rows for the page)."""
-    from governance.datamap import load_datamap
-    from governance.erasure.readable import readable_plan
 
     return readable_plan(summary, load_datamap()).to_json()
 
 
 def plan_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
-    from governance.datamap import load_datamap
-    from governance.erasure.readable import plan_changes as changes
 
     return changes(before, after, load_datamap())
 

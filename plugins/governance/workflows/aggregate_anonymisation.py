@@ -17,7 +17,23 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from governance.config import GOVERNANCE_CONN_ID
+from governance.anonymisation.disclosure import ReleaseBlocked
+from governance.anonymisation.privacy import BudgetExceeded
+from governance.anonymisation.publish import INSIGHTS_SCHEMA, INSIGHTS_TABLE, publish_release
+from governance.anonymisation.release import (
+    ReleaseInputError,
+    ReleaseRequest,
+    check_release_input,
+    stage_release,
+)
+from governance.anonymisation.spec import ReleaseSpecError, load_release_spec
+from governance.anonymisation.verify import ReleaseVerificationFailed, verify_release
+from governance.config import GOVERNANCE_CONN_ID, OBJECTS_CONN_ID, objects_bucket
+from governance.datamap import load_datamap
+from governance.db import conninfo_for
+from governance.lineage import record_object_write, record_table_read, record_table_write
+from governance.migrations import ensure_schema
+from governance.objectstore import s3_client
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +47,6 @@ def _refuse(message: str) -> None:
 
 def _connections(spec: Any) -> tuple[str, str, str]:
     """(governance conninfo, app conninfo, app schema) from the data map's system."""
-    from governance.datamap import load_datamap
-    from governance.db import conninfo_for
 
     system = load_datamap().postgres_system(spec.system)
     return (
@@ -45,9 +59,6 @@ def _connections(spec: Any) -> tuple[str, str, str]:
 def check_release_request(params: dict[str, Any], *, logical_date: datetime | None, run_after: datetime,
                           now: datetime | None = None) -> dict[str, Any]:  # fmt: skip
     """The validated release request (``ReleaseRequest``), or ``ReleaseInputError``."""
-    from governance.anonymisation.release import ReleaseInputError, check_release_input
-    from governance.anonymisation.spec import ReleaseSpecError, load_release_spec
-    from governance.migrations import ensure_schema
 
     try:
         spec = load_release_spec()
@@ -64,11 +75,6 @@ def check_release_request(params: dict[str, Any], *, logical_date: datetime | No
 def stage(request: dict[str, Any], *, run_id: str) -> dict[str, Any]:
     import psycopg
 
-    from governance.anonymisation.disclosure import ReleaseBlocked
-    from governance.anonymisation.privacy import BudgetExceeded
-    from governance.anonymisation.release import ReleaseRequest, stage_release
-    from governance.anonymisation.spec import load_release_spec
-    from governance.lineage import record_table_read, record_table_write
 
     spec = load_release_spec()
     governance, app, schema = _connections(spec)
@@ -88,7 +94,6 @@ def stage(request: dict[str, Any], *, run_id: str) -> dict[str, Any]:
 
 
 def _app_connection_id(spec: Any) -> str:
-    from governance.datamap import load_datamap
 
     return load_datamap().postgres_system(spec.system).connection_id
 
@@ -97,8 +102,6 @@ def verify(staged: dict[str, Any]) -> dict[str, Any]:
     """Counts of what was checked; raises ``ReleaseVerificationFailed`` naming the failures."""
     import psycopg
 
-    from governance.anonymisation.spec import load_release_spec
-    from governance.anonymisation.verify import ReleaseVerificationFailed, verify_release
 
     spec = load_release_spec()
     governance, app, schema = _connections(spec)
@@ -115,11 +118,6 @@ def verify(staged: dict[str, Any]) -> dict[str, Any]:
 def publish(staged: dict[str, Any]) -> dict[str, Any]:
     import psycopg
 
-    from governance.anonymisation.publish import INSIGHTS_SCHEMA, INSIGHTS_TABLE, publish_release
-    from governance.anonymisation.spec import load_release_spec
-    from governance.config import OBJECTS_CONN_ID, objects_bucket
-    from governance.lineage import record_object_write, record_table_write
-    from governance.objectstore import s3_client
 
     spec = load_release_spec()
     governance, _, _ = _connections(spec)

@@ -20,6 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from governance.config import GOVERNANCE_CONN_ID
+from governance.datamap import load_datamap
+from governance.datamap.drift import drift_findings, find_drift, find_object_drift, finding_counts
+from governance.datamap.model import DataMapError
+from governance.db import connect, conninfo_for
+from governance.migrations import ensure_schema
+from governance.objectstore import s3_client
 
 if TYPE_CHECKING:
     from governance.datamap.drift import DriftFinding
@@ -36,7 +42,6 @@ def _fail(message: str) -> NoReturn:
 
 
 def _datamap(path: str | None = None) -> DataMap:
-    from governance.datamap import load_datamap
 
     return load_datamap(Path(path) if path else None)
 
@@ -44,7 +49,6 @@ def _datamap(path: str | None = None) -> DataMap:
 def validate_map() -> dict[str, Any]:
     """Load and validate the map; return the file read and its identity. A broken map fails at
     once (no retry), every problem placed in the file."""
-    from governance.datamap.model import DataMapError
 
     try:
         datamap = _datamap()
@@ -57,8 +61,6 @@ def validate_map() -> dict[str, Any]:
 
 def database_drift(datamap: DataMap | None = None) -> dict[str, Any]:
     """Every postgres system of the map against its live database (catalogue and samples)."""
-    from governance.datamap.drift import find_drift
-    from governance.db import conninfo_for
 
     datamap = datamap or _datamap()
     urls = {system.name: conninfo_for(system.connection_id) for system in datamap.postgres_systems}
@@ -67,8 +69,6 @@ def database_drift(datamap: DataMap | None = None) -> dict[str, Any]:
 
 def object_store_drift(datamap: DataMap | None = None) -> dict[str, Any]:
     """Every object-store system of the map against its bucket."""
-    from governance.datamap.drift import find_object_drift
-    from governance.objectstore import s3_client
 
     datamap = datamap or _datamap()
     clients = {system.name: s3_client(system.connection_id) for system in datamap.object_systems}
@@ -77,7 +77,6 @@ def object_store_drift(datamap: DataMap | None = None) -> dict[str, Any]:
 
 def classify(database: dict[str, Any], objects: dict[str, Any]) -> tuple[list[DriftFinding], list[DriftFinding]]:
     """Split findings into (blocking, warnings)."""
-    from governance.datamap.drift import drift_findings
 
     found = drift_findings(database, objects)
     return [f for f in found if f.blocking], [f for f in found if not f.blocking]
@@ -85,7 +84,6 @@ def classify(database: dict[str, Any], objects: dict[str, Any]) -> tuple[list[Dr
 
 def describe_findings(datamap: DataMap, findings: list[DriftFinding]) -> str:
     """Kinds and counts, then one placed line per finding (names, kinds, counts; no value)."""
-    from governance.datamap.drift import finding_counts
 
     counts = ", ".join(f"{kind} {n}" for kind, n in finding_counts(findings).items()) or "none"
     return "\n".join([f"{len(findings)} finding(s): {counts}", *(f"  {f.placed(datamap)}" for f in findings)])
@@ -95,8 +93,6 @@ def record_report(
     *, run_id: str, checked_at: datetime, datamap_info: dict[str, Any], database: dict[str, Any], objects: dict[str, Any]
 ) -> dict[str, Any]:
     """Store the run's report (idempotent per run), then fail on blocking drift."""
-    from governance.db import connect, conninfo_for
-    from governance.migrations import ensure_schema
 
     datamap = _datamap(datamap_info.get("file"))
     blocking_findings, warning_findings = classify(database, objects)

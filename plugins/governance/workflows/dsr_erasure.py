@@ -23,7 +23,79 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
+from governance.approvers import approver_refusal
 from governance.config import GOVERNANCE_CONN_ID
+from governance.connectors.base import processor_connector
+from governance.connectors.processors import ProcessorRejected, ProcessorUnavailable
+from governance.crypto import cipher_from_airflow, hasher_from_airflow
+from governance.datamap import load_datamap
+from governance.datamap.model import PrefixRef, TableRef
+from governance.datamap.plans import build_erasure_plan, build_resolution_plan, keyed_hash_params
+from governance.db import connect, conninfo_for
+from governance.erasure import store
+from governance.erasure.business import (
+    BUSINESS_METHODS,
+    OFFBOARDING,
+    InvalidOffboarding,
+    business_exists,
+    business_lock,
+    compute_business_work,
+    forget_people,
+    load_people,
+    open_offboarding,
+    parse_offboarding_form,
+    store_people,
+)
+from governance.erasure.business import POLICY as OFFBOARDING_POLICY
+from governance.erasure.certificate import (
+    CERTIFICATE_PREFIX,
+    build_certificate,
+    ledger_position,
+    store_certificate,
+)
+from governance.erasure.claims import ClaimRefused, claim_erasure, held_by_another_run
+from governance.erasure.executor import (
+    PlanOutdated,
+    approved_statements,
+    delete_planned_objects,
+    erase_processor_records,
+    execute_database_work,
+)
+from governance.erasure.guard import (
+    evaluate_guard,
+    guard_limits,
+    needed_sizes,
+    refusal_message,
+    table_size_at_least,
+)
+from governance.erasure.holds import load_active_holds, subject_hashes
+from governance.erasure.locking import subject_lock
+from governance.erasure.planner import ErasureWork, build_work, inventory_objects
+from governance.erasure.readable import erasure_plan_text
+from governance.erasure.resolve import MatchByIdentity, resolve_subject
+from governance.erasure.suppression import record_suppression as record
+from governance.erasure.verify import residue_message
+from governance.erasure.verify import verify_erasure as verify
+from governance.lineage import (
+    record_governance_tables,
+    record_object_write,
+    record_request_opened,
+    record_table_read,
+    record_table_write,
+)
+from governance.migrations import ensure_schema, migrate
+from governance.objectstore import ObjectStoreUnavailable, not_answering, s3_client
+from governance.privacy_requests import request_ids_for_subject
+from governance.resolution import plan_systems, system_snapshots
+from governance.workflows.request_intake import (
+    InvalidRunConfiguration,
+    RequestHandle,
+    close_request,
+    load_identities,
+    mark_approved,
+    mark_verified,
+    open_request,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +126,6 @@ def _now() -> datetime:
 
 
 def _gov() -> str:
-    from governance.db import conninfo_for
 
     return conninfo_for(GOVERNANCE_CONN_ID)
 
@@ -69,13 +140,11 @@ def _lineage(record: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
 
 def _governance_lineage(*, read: tuple[str, ...] = (), written: tuple[str, ...] = ()) -> None:
     """Name the governance tables a task read and wrote (best effort, as every lineage record)."""
-    from governance.lineage import record_governance_tables
 
     _lineage(record_governance_tables, GOVERNANCE_CONN_ID, read=read, written=written)
 
 
 def _object_client(datamap: Any) -> Callable[[str], Any]:
-    from governance.objectstore import s3_client
 
     clients: dict[str, Any] = {}
 
@@ -88,7 +157,6 @@ def _object_client(datamap: Any) -> Callable[[str], Any]:
 
 
 def _processor_client(datamap: Any) -> Callable[[str], Any]:
-    from governance.connectors.base import processor_connector
 
     def client_for(name: str) -> Any:
         processor = datamap.processor(name)
@@ -105,13 +173,11 @@ def _processor_client(datamap: Any) -> Callable[[str], Any]:
 
 def open_erasure_request(conf: Mapping[str, Any], *, run_id: str, received_at: datetime) -> dict[str, Any]:
     """Validate the run configuration and return the request handle (ids only)."""
-    from governance.workflows.request_intake import InvalidRunConfiguration, open_request
 
     try:
         handle = open_request(conf, kind="erasure", run_id=run_id, received_at=received_at)
     except InvalidRunConfiguration as exc:
         _fail(f"cannot start this erasure: {exc}. Nothing was read or changed.")
-    from governance.lineage import record_request_opened
 
     _lineage(record_request_opened, GOVERNANCE_CONN_ID, conf)
     log.info("erasure request %s (%s; identities: %s; business scope: %s)", handle.request_id, handle.source,
@@ -122,17 +188,6 @@ def open_erasure_request(conf: Mapping[str, Any], *, run_id: str, received_at: d
 def open_offboarding_request(conf: Mapping[str, Any], *, run_id: str, received_at: datetime) -> dict[str, Any]:
     """Validate the offboarding form (business id, reason) and return the handle of the
     business's open offboarding request (a re-run continues it) or of one recorded for this run."""
-    from governance.datamap import load_datamap
-    from governance.db import connect, conninfo_for
-    from governance.erasure.business import (
-        OFFBOARDING,
-        InvalidOffboarding,
-        business_exists,
-        open_offboarding,
-        parse_offboarding_form,
-    )
-    from governance.migrations import migrate
-    from governance.workflows.request_intake import RequestHandle
 
     try:
         business_id, reason = parse_offboarding_form(conf)
@@ -190,14 +245,6 @@ def compute_work(
     :class:`ErasureWork`."""
     import psycopg
 
-    from governance.datamap.model import TableRef
-    from governance.datamap.plans import build_erasure_plan, build_resolution_plan
-    from governance.erasure.guard import evaluate_guard, guard_limits, needed_sizes, table_size_at_least
-    from governance.erasure.holds import load_active_holds, subject_hashes
-    from governance.erasure.planner import build_work, inventory_objects
-    from governance.erasure.resolve import MatchByIdentity, resolve_subject
-    from governance.privacy_requests import request_ids_for_subject
-    from governance.resolution import plan_systems, system_snapshots
 
     kinds = [kind for kind, _ in identities.items()]
     plan = build_resolution_plan(datamap, kinds, business_scope=business_id is not None)
@@ -252,16 +299,6 @@ def plan_erasure(
 ) -> dict[str, Any]:
     """Persist the plan for the request (or pick up the one being carried out) and return its
     summary: counts per table and effect, what is kept and why, the guard's verdict."""
-    from governance.crypto import cipher_from_airflow, hasher_from_airflow
-    from governance.datamap import load_datamap
-    from governance.db import connect, conninfo_for
-    from governance.erasure import store
-    from governance.erasure.business import OFFBOARDING, business_lock, compute_business_work, store_people
-    from governance.erasure.guard import refusal_message
-    from governance.erasure.locking import subject_lock
-    from governance.erasure.readable import erasure_plan_text
-    from governance.migrations import ensure_schema
-    from governance.workflows.request_intake import RequestHandle, load_identities
 
     request = RequestHandle.from_xcom(handle)
     gov = _gov()
@@ -323,7 +360,6 @@ def plan_erasure(
             if offboarding and not dry_run and not work.guard.refused:  # for the processors, after the rows are gone
                 store_people(conn, request.request_id, people, cipher=cipher_from_airflow())
             before = None if dry_run else store.latest_dry_run_summary(conn, request.request_id, other_than=plan_id)
-    from governance.lineage import record_table_read
 
     for system_name, table in sorted({(s.system, s.table) for s in work.database}):
         system = datamap.postgres_system(system_name)
@@ -350,8 +386,6 @@ def planning_failure(exc: BaseException) -> str:
     given by class and SQLSTATE only (their details can quote values)."""
     import psycopg
 
-    from governance.connectors.processors import ProcessorRejected, ProcessorUnavailable
-    from governance.objectstore import ObjectStoreUnavailable
 
     if isinstance(exc, ProcessorUnavailable | ProcessorRejected):
         return f"{PLANNING_FAILED}a processor did not answer as expected: {exc}"
@@ -388,11 +422,6 @@ def record_approval(
     Four eyes: the approver may be neither the user who recorded the request on the Privacy
     requests page nor the user who triggered this run (``triggered_by``, Airflow's triggering
     user), wherever the approval was given."""
-    from governance.approvers import approver_refusal
-    from governance.db import connect
-    from governance.erasure import store
-    from governance.erasure.business import BUSINESS_METHODS, OFFBOARDING
-    from governance.workflows.request_intake import mark_approved, mark_verified
 
     params = dict(payload.get("params_input") or {})
     method = str(params.get("verification_method") or "").strip()
@@ -429,9 +458,6 @@ def record_approval(
 
 
 def _load(plan_id: str) -> tuple[Any, dict[str, Any], Any]:
-    from governance.datamap import load_datamap
-    from governance.db import connect
-    from governance.erasure import store
 
     with connect(_gov()) as conn:
         work, row = store.load_plan(conn, plan_id)
@@ -439,8 +465,6 @@ def _load(plan_id: str) -> tuple[Any, dict[str, Any], Any]:
 
 
 def _recorder(plan_id: str) -> Callable[[str, int, dict[str, Any]], None]:
-    from governance.db import connect
-    from governance.erasure import store
 
     def record(step: str, affected: int, detail: dict[str, Any]) -> None:
         with connect(_gov()) as conn:
@@ -450,8 +474,6 @@ def _recorder(plan_id: str) -> Callable[[str, int, dict[str, Any]], None]:
 
 
 def _progress(plan_id: str) -> dict[str, dict[str, Any]]:
-    from governance.db import connect
-    from governance.erasure import store
 
     with connect(_gov()) as conn:
         return store.progress(conn, plan_id)
@@ -460,10 +482,6 @@ def _progress(plan_id: str) -> dict[str, dict[str, Any]]:
 def _lock(work: Any) -> Any:
     """The lock erasures of the same subject take (a person's identities, or a business), and the
     person's identities (None for a business: see :func:`_people`)."""
-    from governance.crypto import hasher_from_airflow
-    from governance.erasure.business import business_lock
-    from governance.erasure.locking import subject_lock
-    from governance.workflows.request_intake import load_identities
 
     if _is_offboarding(work):
         return business_lock(_gov(), int(work.business_id)), None
@@ -473,9 +491,6 @@ def _lock(work: Any) -> Any:
 
 def _people(request_id: str) -> list[Any]:
     """The identities of an offboarded business's people, decrypted inside the task."""
-    from governance.crypto import cipher_from_airflow
-    from governance.db import connect
-    from governance.erasure.business import load_people
 
     with connect(_gov()) as conn:
         return load_people(conn, request_id, cipher=cipher_from_airflow())
@@ -485,12 +500,6 @@ def execute_database(
     summary: Mapping[str, Any], *, approval: Mapping[str, Any] | None, run_id: str, triggered_by: str | None = None
 ) -> dict[str, Any]:
     """Every database step of the plan, one transaction per database (done steps skipped)."""
-    from governance.crypto import hasher_from_airflow
-    from governance.datamap.plans import keyed_hash_params
-    from governance.db import connect, conninfo_for
-    from governance.erasure import store
-    from governance.erasure.claims import ClaimRefused, claim_erasure
-    from governance.erasure.executor import PlanOutdated, approved_statements, execute_database_work
 
     plan_id = str(summary["plan_id"])
     work, row, datamap = _load(plan_id)
@@ -525,7 +534,6 @@ def execute_database(
         for system_result in results.values():
             if step.step_id in system_result["rows"]:
                 rows[f"{step.system}.{step.table}"] = rows.get(f"{step.system}.{step.table}", 0) + int(system_result["rows"][step.step_id])
-    from governance.lineage import record_table_write
 
     for table, count in rows.items():
         system_name, _, name = table.partition(".")
@@ -539,13 +547,11 @@ def execute_database(
 
 def delete_objects(summary: Mapping[str, Any]) -> dict[str, Any]:
     """Every planned object, all versions; the person's export folders."""
-    from governance.erasure.executor import delete_planned_objects
 
     plan_id = str(summary["plan_id"])
     work, _row, datamap = _load(plan_id)
     done = _progress(plan_id)
     lock, _identities = _lock(work)
-    from governance.objectstore import not_answering
 
     client_for = _object_client(datamap)
     with lock:
@@ -557,8 +563,6 @@ def delete_objects(summary: Mapping[str, Any]) -> dict[str, Any]:
                 log.error("erasure %s: %s", plan_id, unavailable)
                 raise unavailable from exc
             raise
-    from governance.datamap.model import PrefixRef
-    from governance.lineage import record_object_write
 
     for item in work.objects:
         if deleted.get(item.step_id):
@@ -571,9 +575,6 @@ def delete_objects(summary: Mapping[str, Any]) -> dict[str, Any]:
 
 def erase_processors(summary: Mapping[str, Any]) -> dict[str, Any]:
     """The processors' erase calls for every planned record; then the plan is executed."""
-    from governance.db import connect
-    from governance.erasure import store
-    from governance.erasure.executor import erase_processor_records
 
     plan_id = str(summary["plan_id"])
     work, _row, datamap = _load(plan_id)
@@ -600,10 +601,6 @@ def erase_processors(summary: Mapping[str, Any]) -> dict[str, Any]:
 
 def verify_erasure(summary: Mapping[str, Any]) -> dict[str, Any]:
     """Resolve again everywhere and check with Great Expectations; fail naming the residue."""
-    from governance.db import conninfo_for
-    from governance.erasure import store
-    from governance.erasure.verify import residue_message
-    from governance.erasure.verify import verify_erasure as verify
 
     plan_id = str(summary["plan_id"])
     work, row, datamap = _load(plan_id)
@@ -616,7 +613,6 @@ def verify_erasure(summary: Mapping[str, Any]) -> dict[str, Any]:
             processor_client=_processor_client(datamap), as_of=datetime.fromisoformat(work.as_of),
             people=_people(work.request_id) if _is_offboarding(work) else None,
         )  # fmt: skip
-    from governance.db import connect
 
     with connect(_gov()) as conn:
         store.set_status(conn, plan_id, "verified" if result.passed else "verification_failed", at=_now(),
@@ -630,10 +626,6 @@ def verify_erasure(summary: Mapping[str, Any]) -> dict[str, Any]:
 
 def record_suppression(summary: Mapping[str, Any]) -> dict[str, Any]:
     """Put the person's keyed hashes on the suppression list with the erasure time."""
-    from governance.crypto import hasher_from_airflow
-    from governance.db import connect
-    from governance.erasure.suppression import record_suppression as record
-    from governance.workflows.request_intake import load_identities
 
     plan_id = str(summary["plan_id"])
     work, _row, _datamap = _load(plan_id)
@@ -659,15 +651,6 @@ def record_suppression(summary: Mapping[str, Any]) -> dict[str, Any]:
 
 def issue_certificate(handle: Mapping[str, Any] | None, *, dag_id: str, run_id: str) -> dict[str, Any] | None:
     """The certificate of the plan this run carried out (None when nothing was carried out)."""
-    from governance.crypto import hasher_from_airflow
-    from governance.datamap import load_datamap
-    from governance.db import connect
-    from governance.erasure import store
-    from governance.erasure.business import POLICY as OFFBOARDING_POLICY
-    from governance.erasure.certificate import build_certificate, ledger_position, store_certificate
-    from governance.erasure.claims import held_by_another_run
-    from governance.erasure.planner import ErasureWork
-    from governance.workflows.request_intake import load_identities
 
     if not handle:
         return None
@@ -709,8 +692,6 @@ def issue_certificate(handle: Mapping[str, Any] | None, *, dag_id: str, run_id: 
         s3 = _object_client(datamap)(systems[0].name) if systems else None
         bucket = systems[0].bucket.resolve() if systems else None
         uris = store_certificate(conn, certificate, s3=s3, bucket=bucket)
-    from governance.erasure.certificate import CERTIFICATE_PREFIX
-    from governance.lineage import record_object_write
 
     _governance_lineage(read=("erasure_plans", "erasure_progress", "privacy_requests"), written=("erasure_certificates",))
     if s3 is not None and bucket:
@@ -723,11 +704,6 @@ def issue_certificate(handle: Mapping[str, Any] | None, *, dag_id: str, run_id: 
 
 def close_erasure_request(handle: Mapping[str, Any] | None, *, run_id: str) -> dict[str, Any]:
     """Set the request's outcome (the last task; runs after failures too)."""
-    from governance.db import connect
-    from governance.erasure import store
-    from governance.erasure.business import forget_people
-    from governance.erasure.claims import held_by_another_run
-    from governance.workflows.request_intake import close_request
 
     if not handle:
         return {"closed": False, "served": False, "detail": "no request: the run configuration was refused"}

@@ -36,7 +36,44 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
+from governance.approvers import approver_refusal
 from governance.config import GOVERNANCE_CONN_ID
+from governance.connectors.objects import delete_everywhere, head, keys_under
+from governance.crypto import cipher_from_airflow, hasher_from_airflow
+from governance.datamap import load_datamap
+from governance.datamap.model import ObjectStoreSystem
+from governance.db import connect, conninfo_for
+from governance.export import gate
+from governance.export.collect import AmbiguousSubject, ExportSubject, ExportTargets, export_bundle_to_s3
+from governance.export.formats import FORMATS
+from governance.export.state import (
+    ensure_passphrase,
+    load_bundle_record,
+    record_gate,
+    record_staged,
+    set_bundle_status,
+    stored_passphrase,
+)
+from governance.export.storage import SSE, ExportStorageError, bundle_locations, presigned_download_link
+from governance.lineage import (
+    record_governance_tables,
+    record_object_read,
+    record_object_write,
+    record_request_opened,
+    record_table_read,
+    record_table_write,
+)
+from governance.objectstore import s3_client
+from governance.workflows.request_intake import (
+    InvalidRunConfiguration,
+    claimed_by,
+    close_request,
+    load_identities,
+    mark_in_progress,
+    mark_verified,
+    open_request,
+    reject_request,
+)
 
 DAG_ID = "dsr_export"
 HITL_TASK_ID = "verify_identity"
@@ -92,7 +129,6 @@ def _now() -> datetime:
 
 def parse_formats(value: Any) -> list[str]:
     """The chosen data formats in canonical order; ExportRefused for none or unknown ones."""
-    from governance.export.formats import FORMATS
 
     if value is None or value == "" or value == []:
         return list(DEFAULT_FORMATS)
@@ -120,7 +156,6 @@ def parse_link_days(value: Any) -> int:
 def open_export_request(params: Mapping[str, Any], *, run_id: str, received_at: datetime) -> dict[str, Any]:
     """Validate the form (identities, request id, formats, link days) and return the request's
     handle. Fails, before any governed system is read, on anything that cannot be served."""
-    from governance.workflows.request_intake import InvalidRunConfiguration, open_request
 
     try:
         parse_formats(params.get("formats"))
@@ -128,7 +163,6 @@ def open_export_request(params: Mapping[str, Any], *, run_id: str, received_at: 
         handle = open_request(params, kind="export", run_id=run_id, received_at=received_at)
     except (InvalidRunConfiguration, ExportRefused) as exc:
         _fail(f"cannot start this export: {exc}")
-    from governance.lineage import record_request_opened
 
     try:
         record_request_opened(GOVERNANCE_CONN_ID, params)
@@ -167,8 +201,6 @@ def record_verification(handle: Mapping[str, Any], response: Mapping[str, Any] |
     A request verified before the run needs no answer. The answer is ``{chosen_options,
     responded_by_user, responded_at, params_input}`` as the HITL operator returns it.
     """
-    from governance.approvers import approver_refusal
-    from governance.workflows.request_intake import mark_verified
 
     if handle.get("verified"):
         return {"request_id": handle["request_id"], "verified": True, "method": "verified before this run"}
@@ -198,7 +230,6 @@ def record_verification(handle: Mapping[str, Any], response: Mapping[str, Any] |
 
 
 def _received_on(conninfo: str, request_id: str) -> datetime:
-    from governance.db import connect
 
     with connect(conninfo) as conn:
         row = conn.execute(
@@ -211,8 +242,6 @@ def _received_on(conninfo: str, request_id: str) -> datetime:
 
 def _record_lineage(datamap: Any, summary: Mapping[str, Any], locations: Any, *, wrote: bool = True) -> None:
     """Datasets read and written, by name (tables, prefixes), never by object key."""
-    from governance.datamap.model import ObjectStoreSystem
-    from governance.lineage import record_object_read, record_object_write, record_table_read
 
     for name in summary.get("tables_read", []):
         system_name, table = name.split(".", 1)
@@ -242,14 +271,6 @@ def build_bundle(handle: Mapping[str, Any], params: Mapping[str, Any], *, run_id
     the last task closes such a request as rejected."""
     import logging
 
-    from governance.crypto import cipher_from_airflow
-    from governance.datamap import load_datamap
-    from governance.db import connect, conninfo_for
-    from governance.export.collect import AmbiguousSubject, ExportSubject, ExportTargets, export_bundle_to_s3
-    from governance.export.state import ensure_passphrase, record_staged
-    from governance.export.storage import bundle_locations
-    from governance.objectstore import s3_client
-    from governance.workflows.request_intake import load_identities, mark_in_progress
 
     request_id = str(handle["request_id"])
     formats = parse_formats(params.get("formats"))
@@ -288,7 +309,6 @@ def build_bundle(handle: Mapping[str, Any], params: Mapping[str, Any], *, run_id
     with connect(conninfo) as conn:
         record_staged(conn, request_id=request_id, run_id=run_id, summary=summary, at=_now())
     _record_lineage(datamap, summary, locations)
-    from governance.lineage import record_governance_tables
 
     # The request (identities read, claimed), the passphrase and the staged bundle's record.
     record_governance_tables(GOVERNANCE_CONN_ID, read=("privacy_requests",),
@@ -302,15 +322,6 @@ def build_bundle(handle: Mapping[str, Any], params: Mapping[str, Any], *, run_id
 
 def check_bundle(handle: Mapping[str, Any], summary: Mapping[str, Any], *, run_id: str) -> dict[str, Any]:
     """Run the quality gate on the staged bundle; fail (no retries, no link) when it does not pass."""
-    from governance.crypto import cipher_from_airflow, hasher_from_airflow
-    from governance.datamap import load_datamap
-    from governance.db import connect, conninfo_for
-    from governance.export import gate
-    from governance.export.state import load_bundle_record, record_gate, stored_passphrase
-    from governance.export.storage import bundle_locations
-    from governance.lineage import record_object_read
-    from governance.objectstore import s3_client
-    from governance.workflows.request_intake import load_identities
 
     request_id = str(handle["request_id"])
     if is_refusal(summary):
@@ -354,13 +365,6 @@ def check_bundle(handle: Mapping[str, Any], summary: Mapping[str, Any], *, run_i
 
 def publish_bundle(handle: Mapping[str, Any], gate_result: Mapping[str, Any], *, run_id: str) -> dict[str, Any]:
     """Copy the checked bundle from staging to the request's published key (SSE)."""
-    from governance.datamap import load_datamap
-    from governance.db import connect, conninfo_for
-    from governance.export.state import load_bundle_record, set_bundle_status
-    from governance.export.storage import SSE, ExportStorageError, bundle_locations
-    from governance.lineage import record_object_write
-    from governance.objectstore import s3_client
-    from governance.workflows.request_intake import claimed_by
 
     request_id = str(handle["request_id"])
     if not gate_result.get("passed"):
@@ -426,14 +430,6 @@ def close_export_request(
     The task itself succeeds whenever the outcome was written (``request_outcome`` decides the
     run's state from ``served``).
     """
-    from governance.connectors.objects import delete_everywhere, head, keys_under
-    from governance.datamap import load_datamap
-    from governance.db import connect, conninfo_for
-    from governance.export.state import set_bundle_status
-    from governance.export.storage import bundle_locations, presigned_download_link
-    from governance.lineage import record_object_write, record_table_write
-    from governance.objectstore import s3_client
-    from governance.workflows.request_intake import claimed_by, close_request, reject_request
 
     if not handle:
         return {"closed": False, "served": False, "detail": "no request was opened: the form was refused"}

@@ -28,6 +28,13 @@ from typing import Any
 
 import psycopg
 
+from governance.crypto import KeyMaterialError
+from governance.db import connect
+from governance.dispatch import Dispatch, record_dispatched
+from governance.identity import InvalidIdentity
+from governance.notifier import GovernanceFailureNotifier
+from governance.privacy_requests import load_request
+from governance.request_deadlines import response_periods
 from governance.request_lifecycle import FINAL_STATES, InvalidTransition, set_status
 
 INTAKE_ACTOR = "privacy_request_intake"
@@ -58,9 +65,6 @@ def _reject(conn: psycopg.Connection[Any], request_id: str, reason: str, at: dat
 
 def validate_requests(conn: psycopg.Connection[Any], *, at: datetime, cipher: Any, limit: int = 1000) -> ValidationReport:
     """Check every ``received`` request of the CLI or the page (see the module docstring)."""
-    from governance.crypto import KeyMaterialError
-    from governance.identity import InvalidIdentity
-    from governance.privacy_requests import load_request
 
     report = ValidationReport()
     rows = conn.execute(
@@ -166,8 +170,6 @@ def deadline_alerts_due(conn: psycopg.Connection[Any], *, now: datetime, due_soo
 def alert_deadlines(conninfo: str, *, now: datetime, send: AlertSender) -> list[dict[str, Any]]:
     """Send each new deadline alert once (committed with its record, so a retried task does not
     send it again; a delivery problem is the notifier's to log)."""
-    from governance.db import connect
-    from governance.request_deadlines import response_periods
 
     with connect(conninfo) as conn, conn.transaction():
         alerts = deadline_alerts_due(conn, now=now, due_soon=response_periods().due_soon)
@@ -178,7 +180,6 @@ def alert_deadlines(conninfo: str, *, now: datetime, send: AlertSender) -> list[
 
 def notifier_sender() -> AlertSender:
     """Deliver through the failure notifier's channels (``governance_alerts``)."""
-    from governance.notifier import GovernanceFailureNotifier
 
     notifier = GovernanceFailureNotifier()
 
@@ -193,8 +194,6 @@ def record_dispatches(
 ) -> dict[str, list[str]]:
     """After the trigger step: each dispatch whose run exists is recorded (``dispatched``); one
     whose run does not (Airflow did not answer) stays ``verified`` for the next pass."""
-    from governance.db import connect
-    from governance.dispatch import Dispatch, record_dispatched
 
     out: dict[str, list[str]] = {"dispatched": [], "already": [], "not_started": []}
     with connect(conninfo) as conn:

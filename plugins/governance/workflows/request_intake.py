@@ -19,7 +19,12 @@ from datetime import datetime
 from typing import Any
 
 from governance.config import GOVERNANCE_CONN_ID
+from governance.crypto import cipher_from_airflow, hasher_from_airflow
+from governance.datamap import phone_region
+from governance.db import connect, conninfo_for
+from governance.deadlines import Deadlines
 from governance.identity import InvalidIdentity, SubjectIdentities
+from governance.migrations import ensure_schema
 from governance.privacy_requests import (
     InvalidRequest,
     RequestKind,
@@ -109,9 +114,6 @@ def open_request(
     request id, a request of another kind, a business scope that contradicts the request's)
     before any governed system is touched.
     """
-    from governance.crypto import cipher_from_airflow, hasher_from_airflow
-    from governance.db import connect, conninfo_for
-    from governance.migrations import ensure_schema
 
     business_id = parse_business_id(conf.get("business_id"))
     conninfo = conninfo or conninfo_for(GOVERNANCE_CONN_ID)
@@ -158,7 +160,6 @@ def open_request(
             source=request.source,
             status=request.status,
         )
-    from governance.datamap import phone_region
 
     try:
         identities = SubjectIdentities.parse(email=conf.get("email"), phone=conf.get("phone"), region=phone_region())
@@ -194,7 +195,6 @@ def open_request(
 
 
 def _is_verified(conninfo: str, request_id: str) -> bool:
-    from governance.db import connect
 
     with connect(conninfo) as conn:
         row = conn.execute(
@@ -205,8 +205,6 @@ def _is_verified(conninfo: str, request_id: str) -> bool:
 
 def load_identities(request_id: str, *, conninfo: str | None = None) -> SubjectIdentities:
     """Decrypt a request's identities inside a task (never return them to XCom)."""
-    from governance.crypto import cipher_from_airflow
-    from governance.db import connect, conninfo_for
 
     with connect(conninfo or conninfo_for(GOVERNANCE_CONN_ID)) as conn:
         return load_request(conn, request_id, cipher=cipher_from_airflow()).identities
@@ -214,7 +212,6 @@ def load_identities(request_id: str, *, conninfo: str | None = None) -> SubjectI
 
 def mark_verified(request_id: str, *, method: str, verified_by: str, at: datetime, conninfo: str | None = None) -> None:
     """Record how and by whom the person's identity was verified (idempotent: first record wins)."""
-    from governance.db import connect, conninfo_for
 
     if _blank(method):
         raise InvalidRunConfiguration("say how the identity was verified")
@@ -236,7 +233,6 @@ def mark_verified(request_id: str, *, method: str, verified_by: str, at: datetim
 
 def mark_approved(request_id: str, *, approved_by: str, at: datetime, conninfo: str | None = None) -> None:
     """Record that privacy staff approved the request (idempotent: the first approval is kept)."""
-    from governance.db import connect, conninfo_for
 
     if _blank(approved_by):
         raise InvalidRunConfiguration("an approval must name who approved")
@@ -263,7 +259,6 @@ def mark_in_progress(request_id: str, *, dag_run_id: str, at: datetime, conninfo
     two runs of one request never overwrite each other's result. The earlier runs of the request
     are recorded as superseded by this one (``governance.request_runs``).
     """
-    from governance.db import connect, conninfo_for
 
     with connect(conninfo or conninfo_for(GOVERNANCE_CONN_ID)) as conn, conn.transaction():
         row = conn.execute(
@@ -366,7 +361,6 @@ def live_holder(
 ) -> str | None:
     """The run other than ``dag_run_id`` holding the request in progress and alive (it did some
     work within ``stale_after_s``, by default ``GOVERNANCE_CLAIM_STALE_AFTER_S``), else None."""
-    from governance.deadlines import Deadlines
 
     row = conn.execute(
         "SELECT effective_status, dag_run_id, updated_at FROM governance.privacy_requests WHERE request_id = %s",
@@ -396,8 +390,6 @@ def claim_request(
     this run, and the earlier runs are recorded as superseded by it, with the time. The request
     row is locked while deciding, so two runs never both take it.
     """
-    from governance.db import connect, conninfo_for
-    from governance.deadlines import Deadlines
 
     stale = Deadlines.from_env().claim_stale_after_s if stale_after_s is None else stale_after_s
     with connect(conninfo or conninfo_for(GOVERNANCE_CONN_ID)) as conn, conn.transaction():
@@ -453,7 +445,6 @@ def close_request(
     for a re-run (a later success completes it). ``detail`` must hold no personal data.
     Returns the status written.
     """
-    from governance.db import connect, conninfo_for
 
     status = "completed" if succeeded else "failed"
     with connect(conninfo or conninfo_for(GOVERNANCE_CONN_ID)) as conn:
@@ -477,7 +468,6 @@ def reject_request(request_id: str, *, at: datetime, detail: str, conninfo: str 
     identities that fit several people), and nothing was collected or changed. ``detail`` says
     why, without personal data. A completed or already rejected request is left as it is.
     Returns the status written."""
-    from governance.db import connect, conninfo_for
 
     if _blank(detail):
         raise ValueError("a rejection must say why")

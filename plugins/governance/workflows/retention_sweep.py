@@ -20,7 +20,24 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from governance.config import GOVERNANCE_CONN_ID
-from governance.retention.engine import DEFAULT_ORPHAN_GRACE_DAYS, RuleOutcome, SweepTarget
+from governance.datamap import load_datamap
+from governance.datamap.model import PrefixRef
+from governance.datamap.plans import build_retention_plan
+from governance.db import connect, conninfo_for
+from governance.lineage import record_object_write, record_table_write
+from governance.migrations import ensure_schema
+from governance.objectstore import s3_client
+from governance.retention.checks import check_live_columns, check_run_input
+from governance.retention.engine import (
+    DEFAULT_ORPHAN_GRACE_DAYS,
+    RuleOutcome,
+    SweepContext,
+    SweepTarget,
+    remaining_after,
+    sweep_target,
+    sweep_targets,
+)
+from governance.retention.holds import load_holds, resolve_person_holds
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +69,6 @@ def resolve_run_options(
 def plan_sweep(options: dict[str, Any], *, now: datetime | None = None) -> list[SweepTarget]:
     """Check the input and the databases; return the targets to map over. Changes nothing
     (besides bringing the governance schema up to date)."""
-    from governance.datamap import load_datamap
-    from governance.datamap.plans import build_retention_plan
-    from governance.db import connect, conninfo_for
-    from governance.migrations import ensure_schema
-    from governance.retention.checks import check_live_columns, check_run_input
-    from governance.retention.engine import sweep_targets
 
     datamap = load_datamap()
     as_of = datetime.fromisoformat(options["as_of"])
@@ -109,7 +120,6 @@ def _verify_with_great_expectations(target: SweepTarget, remaining: dict[str, in
 
 def _report_lineage(datamap: Any, target: SweepTarget, outcomes: Sequence[RuleOutcome]) -> None:
     """The tables and prefixes the target changed, with rows and objects affected."""
-    from governance.lineage import record_object_write, record_table_write
 
     rows: dict[tuple[str, str], int] = {}
     objects: dict[tuple[str, str], int] = {}
@@ -129,7 +139,6 @@ def _report_lineage(datamap: Any, target: SweepTarget, outcomes: Sequence[RuleOu
         schema, table = qualified.split(".", 1)
         record_table_write(datamap.postgres_system(system).connection_id, schema, table, rows=count)
     for (system, prefix_name), count in sorted(objects.items()):
-        from governance.datamap.model import PrefixRef
 
         spec = datamap.system(system)
         prefix = datamap.prefix(PrefixRef(system, prefix_name))
@@ -144,12 +153,6 @@ def sweep_one_target(
 
     import psycopg
 
-    from governance.datamap import load_datamap
-    from governance.datamap.plans import build_retention_plan
-    from governance.db import conninfo_for
-    from governance.objectstore import s3_client
-    from governance.retention.engine import SweepContext, remaining_after, sweep_target
-    from governance.retention.holds import load_holds, resolve_person_holds
 
     datamap = load_datamap()
     plan = build_retention_plan(datamap)

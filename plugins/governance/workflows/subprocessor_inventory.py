@@ -22,7 +22,31 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, NoReturn
 
-from governance.config import GOVERNANCE_CONN_ID
+from governance.config import GOVERNANCE_CONN_ID, OBJECTS_CONN_ID, datamap_path
+from governance.datamap import load_datamap
+from governance.datamap.model import DataMapError
+from governance.db import connect, conninfo_for
+from governance.inventory.loader import load_reference, load_subprocessors, subprocessors_path
+from governance.inventory.observed import (
+    channel_prefixes,
+    ledger_observations,
+    merge_observations,
+    openlineage_events_path,
+    openlineage_observations,
+)
+from governance.inventory.reconcile import build_inventory
+from governance.inventory.report import inventory_files
+from governance.inventory.store import (
+    latest_fingerprint,
+    notified_baseline,
+    publish_report,
+    record_snapshot,
+    report_bucket,
+)
+from governance.ledger import anchor_bucket
+from governance.lineage import record_table_read, record_table_write
+from governance.migrations import ensure_schema
+from governance.objectstore import s3_client
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +66,6 @@ def _fail(message: str) -> NoReturn:
 
 def _load() -> tuple[Any, Any, Any]:
     """(data map, reference, subprocessor list), every problem placed; fails the task when any."""
-    from governance.datamap import load_datamap
-    from governance.datamap.model import DataMapError
-    from governance.inventory.loader import load_reference, load_subprocessors
 
     try:
         datamap = load_datamap()
@@ -60,11 +81,6 @@ def fingerprint_inputs(*, last_emitted: Mapping[str, Any] | None = None) -> dict
     they differ from the latest snapshot's (or there is none) and were not already announced
     (``last_emitted``: the watcher's previous result), so a file that keeps failing validation
     triggers one run and one alert, not one every quarter of an hour."""
-    from governance.config import datamap_path
-    from governance.db import connect, conninfo_for
-    from governance.inventory.loader import subprocessors_path
-    from governance.inventory.store import latest_fingerprint
-    from governance.migrations import ensure_schema
 
     list_sha = hashlib.sha256(subprocessors_path().read_bytes()).hexdigest()
     map_sha = hashlib.sha256(datamap_path().read_bytes()).hexdigest()
@@ -72,7 +88,6 @@ def fingerprint_inputs(*, last_emitted: Mapping[str, Any] | None = None) -> dict
     ensure_schema(conninfo)
     with connect(conninfo, application_name="governance-inventory") as conn:
         last = latest_fingerprint(conn)
-    from governance.lineage import record_table_read
 
     record_table_read(GOVERNANCE_CONN_ID, "governance", "transfer_inventory")
     announced = last_emitted is not None and (last_emitted.get("list_sha256"), last_emitted.get("datamap_sha256")) == (
@@ -97,21 +112,6 @@ def validate_inputs() -> dict[str, Any]:
 def build_and_publish(*, run_id: str, as_of: datetime) -> dict[str, Any]:
     """Reconcile the declarations, the data map and the observed flows at ``as_of``; record the
     snapshot and publish the report. Returns counts and the report URI (violations by kind)."""
-    from governance.config import OBJECTS_CONN_ID
-    from governance.db import connect, conninfo_for
-    from governance.inventory.observed import (
-        channel_prefixes,
-        ledger_observations,
-        merge_observations,
-        openlineage_events_path,
-        openlineage_observations,
-    )
-    from governance.inventory.reconcile import build_inventory
-    from governance.inventory.report import inventory_files
-    from governance.inventory.store import notified_baseline, publish_report, record_snapshot, report_bucket
-    from governance.lineage import record_table_read, record_table_write
-    from governance.migrations import ensure_schema
-    from governance.objectstore import s3_client
 
     datamap, reference, declared = _load()
     conninfo = conninfo_for(GOVERNANCE_CONN_ID, application_name="governance-inventory")
@@ -122,7 +122,6 @@ def build_and_publish(*, run_id: str, as_of: datetime) -> dict[str, Any]:
         record_table_read(GOVERNANCE_CONN_ID, "governance", "audit_ledger")
         notified = notified_baseline(conn, declared.customer_notice.version)
     observed = merge_observations([ledger, openlineage_observations(openlineage_events_path(), as_of=as_of)])
-    from governance.ledger import anchor_bucket
 
     bucket = report_bucket()
     prefixes = channel_prefixes(datamap, declared, own_buckets=[bucket, anchor_bucket()])
