@@ -48,7 +48,6 @@ class GovernancePostgresHook(PostgresHook):
         self._captured: dict[str, Any] | None = None
 
     def _create_connection(self, conn_args: dict[str, Any]) -> Any:
-
         conn_args.setdefault("application_name", self.application_name)
         # Server-side deadlines (statement, lock, idle in transaction) for every session; options
         # the connection's extras set come after, so they win.

@@ -84,7 +84,6 @@ def plan_dispatch(conn: psycopg.Connection[Any], request_id: str) -> Dispatch:
         (request_id,),
     ).fetchone()
     if row is None:
-
         raise UnknownRequest(f"no privacy request {request_id}")
     kind, status, attempt = row
     if status != "verified":

@@ -291,7 +291,6 @@ def systems_elsewhere(conninfo: str, datamap: DataMap, *, system_conninfo: dict[
     for system in datamap.postgres_systems:
         url = (system_conninfo or {}).get(system.name)
         if url is None:
-
             url = conninfo_for(system.connection_id)
         if _database_of(url) != here:
             elsewhere.append(system.name)
@@ -325,7 +324,6 @@ def apply_grants(
             "apply their section there as the schema's owner (`python -m governance grants --sql`)"
         )
     with psycopg.connect(conninfo, autocommit=True, application_name="governance-grants") as conn:
-
         assume_migration_role(conn)
         _check_roles(conn, roles)
         governance = sorted(_existing_tables(conn, GOVERNANCE_SCHEMA))
@@ -428,7 +426,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     try:
         roles = DatabaseRoles.configured(task=args.task_role, ledger_writer=args.ledger_role)
         datamap = load_datamap(args.datamap)

@@ -55,6 +55,7 @@ from governance.config import (
 )
 from governance.connections import ConnectionNotConfigured
 from governance.crypto import KeyMaterialError, Keyring
+from governance.db import conninfo_for
 from governance.objectstore import s3_client
 from governance.privacy_requests import REQUEST_ID_RE
 
@@ -712,13 +713,10 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         keyring = ledger_keyring()
-        from governance.db import conninfo_for
-
         conninfo = args.conninfo or conninfo_for(GOVERNANCE_CONN_ID)
         anchors: list[LedgerAnchor] | None = None
         store = ""
         if not args.no_anchors:
-
             bucket = args.bucket or anchor_bucket()
             store = f"s3://{bucket}/{ANCHOR_PREFIX}"
             anchors = read_anchors(s3_client(OBJECTS_CONN_ID), bucket)

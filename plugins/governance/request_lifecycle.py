@@ -142,7 +142,6 @@ def extend_deadline(
         raise InvalidTransition(f"an extension is between 1 and {MAX_EXTENSION.days} days")
     row = conn.execute("SELECT due_at FROM governance.privacy_requests WHERE request_id = %s", (request_id,)).fetchone()
     if row is None:
-
         raise UnknownRequest(f"no privacy request {request_id}")
     new_due = row[0] + extra
     set_status(conn, request_id, "extended", at=at, detail=f"deadline extended by {extra.days} days: {reason}",
@@ -169,7 +168,6 @@ def retry_request(conn: psycopg.Connection[Any], request_id: str, *, reason: str
         "SELECT dispatch_attempt, verified_at FROM governance.privacy_requests WHERE request_id = %s", (request_id,)
     ).fetchone()
     if row is None:
-
         raise UnknownRequest(f"no privacy request {request_id}")
     if row[1] is None:
         raise InvalidTransition(f"privacy request {request_id} was never verified: verify it, do not retry it")

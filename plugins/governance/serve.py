@@ -60,7 +60,6 @@ class HumanStepPending(RuntimeError):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-
     parser.add_argument("request_id", type=request_id_arg, help="a request recorded with `request new` or on the page")
     parser.add_argument(
         "--erase", action="store_true",
@@ -92,7 +91,6 @@ def human_step_refusal(request_id: str, *, kind: str, status: str, verified: boo
 
 
 def verification_codes() -> list[str]:
-
     return list(VERIFICATION_METHOD_CODES)
 
 
@@ -236,7 +234,6 @@ def _request_state(conninfo: str, request_id: str) -> dict[str, Any] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     conninfo = conninfo_for(GOVERNANCE_CONN_ID)
     ensure_schema(conninfo)
     state = _request_state(conninfo, args.request_id)

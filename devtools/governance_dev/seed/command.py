@@ -31,7 +31,6 @@ log = logging.getLogger("governance_dev.seed")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-
     parser.add_argument(
         "--scale",
         choices=sorted(SCALES),
@@ -69,7 +68,6 @@ def _optional_processor(conn_id: str) -> ConnectionInfo | None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
         app_conninfo = conninfo_for(config.APP_CONN_ID)

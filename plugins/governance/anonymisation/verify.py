@@ -59,7 +59,6 @@ def release_frame(conn: Any, release_id: str) -> Any:
 
 
 def _great_expectations(frame: Any, spec: ReleaseSpec, k_businesses: int) -> list[str]:
-
     gx = load()
     context = ephemeral_context()
     asset = context.data_sources.add_pandas(name="insights_release").add_dataframe_asset(name="release")

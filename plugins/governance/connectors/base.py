@@ -113,7 +113,6 @@ class ProcessorConnector(Connector):
         request, so a task whose calls fail still names what it tried to reach."""
         reported: set[bool] = self.__dict__.setdefault("_lineage_reported", set())
         if changes not in reported:
-
             record_processor_call(base_url, self.processor.name, changes=changes)
             reported.add(changes)
 
@@ -141,7 +140,6 @@ class DatabaseConnector(Connector):
         self.connection_id = connection_id
 
     def hook(self) -> Any:
-
         return postgres_hook(self.connection_id)
 
     def conninfo(self) -> str:
@@ -162,7 +160,6 @@ class ObjectStoreConnector(Connector):
         self.bucket = bucket
 
     def client(self) -> Any:
-
         return s3_client(self.connection_id)
 
     def test(self) -> tuple[bool, str]:

@@ -80,7 +80,6 @@ class SupportDeskConnector(ProcessorConnector):
     # -- OAuth ----------------------------------------------------------------------------------
 
     def _fetch_token(self) -> str:
-
         status, body = self._send("POST", self.token_path, "token", data={"grant_type": "client_credentials"},
                                   auth=self._client, authenticated=False)  # fmt: skip
         if status != 200 or not isinstance(body, Mapping) or not body.get("access_token"):
@@ -134,7 +133,6 @@ class SupportDeskConnector(ProcessorConnector):
         raise ProcessorUnavailable(f"{self.processor.name} {what}: still failing after {self.attempts} attempts ({last})")
 
     def _expect(self, status: int, allowed: tuple[int, ...], what: str) -> None:
-
         if status not in allowed:
             raise ProcessorRejected(f"{self.processor.name} {what}: unexpected HTTP {status}")
 

@@ -61,7 +61,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     try:
         datamap = load_datamap(args.path)
     except DataMapUnreadable as exc:
@@ -107,7 +106,6 @@ def _check_live(datamap: DataMap) -> int:
 
 
 def _explain(datamap: DataMap) -> None:
-
     print("erasure order (children before parents):")
     for position, ref in enumerate(graph.erasure_order(datamap), start=1):
         table = datamap.table(ref)

@@ -158,7 +158,6 @@ def find_drift(
     map's phone region); changes nothing.
     """
     if region is None:
-
         region = phone_region(datamap)
     unmapped_tables: list[str] = []
     unmapped_columns: list[UnmappedColumn] = []
@@ -468,7 +467,6 @@ def find_object_drift(datamap: DataMap, clients: Mapping[str, Any], *, region: s
     phonenumbers, read in ``region``), reported as counts.
     """
     if region is None:
-
         region = phone_region(datamap)
     unmapped: list[UnmappedPrefix] = []
     empty: list[str] = []

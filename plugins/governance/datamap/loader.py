@@ -70,7 +70,6 @@ def load_datamap(path: Path | None = None) -> DataMap:
     file cannot be read, DataMapError listing every problem when it is not a valid map.
     """
     if path is None:
-
         path = datamap_path()
     try:
         stat = path.stat()
@@ -92,7 +91,6 @@ def load_datamap(path: Path | None = None) -> DataMap:
 def datamap_version_hash(path: Path | None = None) -> str:
     """sha256 (hex) of the data map file's bytes: identifies the exact map a run used."""
     if path is None:
-
         path = datamap_path()
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

@@ -277,7 +277,6 @@ def keys_with_versions_under(client: Any, bucket: str, prefix: str) -> list[str]
         for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
             keys.update(v["Key"] for v in [*page.get("Versions", []), *page.get("DeleteMarkers", [])])
     except Exception:  # a server without versioning support: current objects only
-
         keys.update(keys_under(client, bucket, prefix))
     return sorted(keys)
 

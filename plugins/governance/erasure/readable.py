@@ -320,7 +320,6 @@ def erasure_plan_text(
     """The Markdown of a dry run's result, or of the approval step (with what changed since the
     request's latest dry run, when there was one). Loads the data map when none is given."""
     if datamap is None:
-
         datamap = load_datamap()
     changes = None
     if dry_run_summary is not None and not dry_run and dry_run_summary.get("plan_id") != summary.get("plan_id"):

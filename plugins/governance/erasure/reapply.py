@@ -93,7 +93,6 @@ def run(args: argparse.Namespace) -> int:
         print("error: --as-of needs a time zone (e.g. +00:00)", file=sys.stderr)
         return 2
     if args.request_id:
-
         try:
             validate_request_id(args.request_id)
         except InvalidRequest as exc:

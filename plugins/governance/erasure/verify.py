@@ -89,7 +89,6 @@ def _object_has_versions(client: Any, bucket: str, key: str) -> bool:
                     return True
         return False
     except Exception:
-
         return head(client, bucket, key) is not None
 
 
@@ -173,7 +172,6 @@ def collect_checks(
         client = object_client(item.system)
         left = [k for k in item.keys if _object_has_versions(client, item.bucket, k)]
         for folder in item.folders:
-
             left += keys_with_versions_under(client, item.bucket, folder)
         for object_step in plan.objects:
             if object_step.prefix == PrefixRef(item.system, item.prefix):

@@ -118,7 +118,6 @@ def _open_source(args: argparse.Namespace) -> tuple[IO[bytes] | Any, str | None]
 
 
 def run(args: argparse.Namespace) -> int:
-
     if not args.output and not args.extract:
         print("error: give --output FILE.zip and/or --extract DIR", file=sys.stderr)
         return 2

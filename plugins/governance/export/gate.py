@@ -125,7 +125,6 @@ def _entry_digest(archive: zipfile.ZipFile, name: str) -> tuple[str, int]:
 
 
 def _identity_token(kind: str, match: IdentityMatch, value: Any, token_for: TokenFor) -> str:
-
     text = str(value)
     if match.folds_case:
         if match is IdentityMatch.lowered_nfc:

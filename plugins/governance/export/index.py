@@ -126,7 +126,6 @@ def retention_words(rule: RetentionRule, *, of_record: str | None = None) -> str
 
 
 def _recipients_for(datamap: DataMap, categories: Iterable[str], *, scoped: bool) -> list[str]:
-
     wanted = set(categories)
     names = []
     for processor in datamap.processors:
@@ -147,7 +146,6 @@ def _recipient_words(processor: Processor, describe: Any) -> str:
 
 
 def _names(keys: Iterable[str], kind: str) -> list[str]:
-
     out = []
     for key in sorted(set(keys)):
         try:

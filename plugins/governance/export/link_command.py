@@ -80,13 +80,11 @@ def refresh_link(conn: psycopg.Connection[Any], s3: Any, locations: Any, *, requ
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-
     parser.add_argument("request_id", type=request_id_arg, help="the completed export request (exp-YYYYMMDD-...)")
     parser.add_argument("--days", type=int, default=7, help="how long the new link is valid (1-7 days, default 7)")
 
 
 def run(args: argparse.Namespace) -> int:
-
     request_id = args.request_id
     locations = bundle_locations(load_datamap(), request_id)
     try:

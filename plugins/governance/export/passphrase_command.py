@@ -27,7 +27,6 @@ from governance.privacy_requests import request_id_arg
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-
     parser.add_argument("request_id", type=request_id_arg, help="the export request (exp-YYYYMMDD-...)")
     parser.add_argument("--staff", default=None,
                         help="who asks, as a declared name recorded beside the operating-system user")  # fmt: skip
@@ -42,7 +41,6 @@ def operating_system_user() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-
     request_id = args.request_id
     user = operating_system_user()
     declared = (args.staff or "").strip()

@@ -169,7 +169,6 @@ def load_reference(directory: Path | None = None) -> TransferReference:
 
 
 def _airflow_connection_exists(conn_id: str) -> bool:
-
     try:
         get_connection(conn_id)
     except ConnectionNotConfigured:

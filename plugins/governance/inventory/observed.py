@@ -22,7 +22,7 @@ import psycopg
 from psycopg import sql
 
 from governance.config import GOVERNANCE_CONN_ID, GOVERNANCE_SCHEMA, INSIGHTS_SCHEMA, ledger_writer_role
-from governance.connections import ConnectionInfo, ConnectionNotConfigured
+from governance.connections import ConnectionInfo, ConnectionNotConfigured, get_connection
 from governance.datamap.model import DataMap, ObjectStoreSystem, PostgresSystem
 from governance.inventory.model import SubprocessorList
 from governance.inventory.reconcile import ChannelPrefixes, Observations, ObservedDataset
@@ -95,8 +95,7 @@ def channel_prefixes(
     prefix of ``own_buckets`` (reports, ledger anchors). A connection that is not configured has
     no prefix (nothing can have been sent through it); it is logged by id."""
     if connection is None:
-        from governance.connections import get_connection as connection
-    assert connection is not None
+        connection = get_connection
 
     def info(conn_id: str) -> ConnectionInfo | None:
         try:

@@ -31,7 +31,6 @@ def stale_reference_entries(
 
 
 def run(args: argparse.Namespace) -> int:
-
     try:
         reference = load_reference(args.dir)
     except DataMapError as exc:

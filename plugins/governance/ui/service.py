@@ -64,7 +64,6 @@ def _now() -> datetime:
 
 
 def governance_conninfo() -> str:
-
     conninfo = conninfo_for(GOVERNANCE_CONN_ID)
     if conninfo not in _migrated:
         ensure_schema(conninfo)
@@ -203,7 +202,6 @@ def list_requests(*, kind: str | None = None, status: str | None = None, sort: s
 
 
 def request_row(request_id: str) -> dict[str, Any]:
-
     try:
         request_id = validate_request_id(request_id)
     except InvalidRequest as exc:
@@ -499,7 +497,6 @@ def plan_lines(summary: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def plan_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
-
     return changes(before, after, load_datamap())
 
 

@@ -94,7 +94,6 @@ def stage(request: dict[str, Any], *, run_id: str) -> dict[str, Any]:
 
 
 def _app_connection_id(spec: Any) -> str:
-
     return load_datamap().postgres_system(spec.system).connection_id
 
 

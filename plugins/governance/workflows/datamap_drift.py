@@ -42,7 +42,6 @@ def _fail(message: str) -> NoReturn:
 
 
 def _datamap(path: str | None = None) -> DataMap:
-
     return load_datamap(Path(path) if path else None)
 
 

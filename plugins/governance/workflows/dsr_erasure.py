@@ -126,7 +126,6 @@ def _now() -> datetime:
 
 
 def _gov() -> str:
-
     return conninfo_for(GOVERNANCE_CONN_ID)
 
 
@@ -145,7 +144,6 @@ def _governance_lineage(*, read: tuple[str, ...] = (), written: tuple[str, ...] 
 
 
 def _object_client(datamap: Any) -> Callable[[str], Any]:
-
     clients: dict[str, Any] = {}
 
     def client_for(system: str) -> Any:
@@ -157,7 +155,6 @@ def _object_client(datamap: Any) -> Callable[[str], Any]:
 
 
 def _processor_client(datamap: Any) -> Callable[[str], Any]:
-
     def client_for(name: str) -> Any:
         processor = datamap.processor(name)
         if processor is None:
@@ -458,14 +455,12 @@ def record_approval(
 
 
 def _load(plan_id: str) -> tuple[Any, dict[str, Any], Any]:
-
     with connect(_gov()) as conn:
         work, row = store.load_plan(conn, plan_id)
     return work, row, load_datamap()
 
 
 def _recorder(plan_id: str) -> Callable[[str, int, dict[str, Any]], None]:
-
     def record(step: str, affected: int, detail: dict[str, Any]) -> None:
         with connect(_gov()) as conn:
             store.record_progress(conn, plan_id, step, affected=affected, detail=detail, at=_now())
@@ -474,7 +469,6 @@ def _recorder(plan_id: str) -> Callable[[str, int, dict[str, Any]], None]:
 
 
 def _progress(plan_id: str) -> dict[str, dict[str, Any]]:
-
     with connect(_gov()) as conn:
         return store.progress(conn, plan_id)
 

@@ -230,7 +230,6 @@ def record_verification(handle: Mapping[str, Any], response: Mapping[str, Any] |
 
 
 def _received_on(conninfo: str, request_id: str) -> datetime:
-
     with connect(conninfo) as conn:
         row = conn.execute(
             "SELECT received_at FROM governance.privacy_requests WHERE request_id = %s", (request_id,)

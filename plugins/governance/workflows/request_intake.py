@@ -195,7 +195,6 @@ def open_request(
 
 
 def _is_verified(conninfo: str, request_id: str) -> bool:
-
     with connect(conninfo) as conn:
         row = conn.execute(
             "SELECT verified_at IS NOT NULL FROM governance.privacy_requests WHERE request_id = %s", (request_id,)

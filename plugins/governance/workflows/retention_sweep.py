@@ -139,7 +139,6 @@ def _report_lineage(datamap: Any, target: SweepTarget, outcomes: Sequence[RuleOu
         schema, table = qualified.split(".", 1)
         record_table_write(datamap.postgres_system(system).connection_id, schema, table, rows=count)
     for (system, prefix_name), count in sorted(objects.items()):
-
         spec = datamap.system(system)
         prefix = datamap.prefix(PrefixRef(system, prefix_name))
         record_object_write(spec.bucket.resolve(), prefix.static_prefix, objects=count)
