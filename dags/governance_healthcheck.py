@@ -4,7 +4,9 @@
 Daily check that every governed system and the project's own state are in working order before
 the privacy workflows need them: the governance schema is migrated, the app database answers, the
 object-store bucket exists (with its versioning and default-encryption status), and the
-keyed-hash and encryption keys load and work. Each task returns counts and ids only.
+keyed-hash and encryption keys load and work, and every system and processor of the data map answers
+through its connector with its Airflow connection (one mapped task each, so the grid names the one
+that is down). Each task returns counts and ids only.
 """
 
 from __future__ import annotations
@@ -52,7 +54,27 @@ def governance_healthcheck() -> None:
 
         return check_keys()
 
-    migrate_governance_schema() >> [check_app_database(), check_object_store(), check_keys()]
+    @task
+    def governed_systems() -> list[str]:
+        from governance.healthcheck import governed_systems
+
+        return governed_systems()
+
+    @task(map_index_template="{{ governed_system }}")
+    def check_governed_system(name: str) -> dict[str, Any]:
+        from airflow.sdk import get_current_context
+
+        from governance.healthcheck import check_governed_system
+
+        get_current_context()["governed_system"] = name  # type: ignore[typeddict-unknown-key]
+        return check_governed_system(name)
+
+    migrate_governance_schema() >> [
+        check_app_database(),
+        check_object_store(),
+        check_keys(),
+        check_governed_system.expand(name=governed_systems()),
+    ]
 
 
 governance_healthcheck()

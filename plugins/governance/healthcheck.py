@@ -15,7 +15,10 @@ from governance.config import (
     migration_role,
     objects_bucket,
 )
+from governance.connectors.base import Connector, DatabaseConnector, ObjectStoreConnector, processor_connector
 from governance.crypto import cipher_from_airflow, hasher_from_airflow
+from governance.datamap import load_datamap
+from governance.datamap.model import ObjectStoreSystem, PostgresSystem
 from governance.db import connect, conninfo_for
 from governance.migrations import ensure_schema
 from governance.objectstore import s3_client
@@ -48,7 +51,6 @@ def check_object_store() -> dict[str, Any]:
     """The bucket exists; report whether versioning and default encryption are on."""
     from botocore.exceptions import ClientError
 
-
     client = s3_client(OBJECTS_CONN_ID)
     bucket = objects_bucket()
     client.head_bucket(Bucket=bucket)
@@ -77,3 +79,56 @@ def check_keys() -> dict[str, Any]:
         "encryption_key_id": cipher.key_id,
         "encryption_keys": len(cipher.keyring.keys),
     }
+
+
+class SystemUnhealthy(RuntimeError):
+    """A governed system or processor does not answer with its configured connection."""
+
+
+def governed_systems() -> list[str]:
+    """The name of every system and processor of the data map, in map order (names only: the
+    healthcheck maps one task over them, so each shows, fails and retries on its own)."""
+
+    datamap = load_datamap()
+    return [system.name for system in datamap.systems] + [processor.name for processor in datamap.processors]
+
+
+def _connector_for(name: str) -> tuple[str, Connector, str | None]:
+    """``(kind, connector, schema)`` of the system or processor ``name`` of the data map."""
+
+    datamap = load_datamap()
+    system = datamap.system(name)
+    if isinstance(system, PostgresSystem):
+        return system.kind, DatabaseConnector(system.connection_id), system.db_schema
+    if isinstance(system, ObjectStoreSystem):
+        return system.kind, ObjectStoreConnector(system.connection_id, system.bucket.resolve()), None
+    processor = next((p for p in datamap.processors if p.name == name), None)
+    if processor is None:
+        known = ", ".join(governed_systems())
+        raise SystemUnhealthy(f"{name!r} is neither a system nor a processor of the data map (it has: {known})")
+    return f"processor ({processor.connector})", processor_connector(processor, attempts=1), None
+
+
+def check_governed_system(name: str) -> dict[str, Any]:
+    """The system or processor ``name`` answers with its Airflow connection through its connector's
+    ``test()`` (the same check as the connection form's Test button); for a PostgreSQL system, its
+    mapped schema exists too. SystemUnhealthy names the system and the connector's reason."""
+
+    kind, connector, schema = _connector_for(name)
+    try:
+        ok, message = connector.test()
+        if ok and schema is not None:
+            assert isinstance(connector, DatabaseConnector)
+            with connect(connector.conninfo()) as conn:
+                found = conn.execute(
+                    "SELECT count(*) FROM information_schema.schemata WHERE schema_name = %s", (schema,)
+                ).fetchone()
+            if not found or not found[0]:
+                ok, message = False, f"the database answers but has no schema {schema!r}"
+    finally:
+        close = getattr(connector, "close", None)
+        if close is not None:
+            close()
+    if not ok:
+        raise SystemUnhealthy(f"{name} ({kind}) is not healthy: {message}")
+    return {"system": name, "kind": kind, "message": message}

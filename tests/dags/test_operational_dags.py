@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -13,6 +14,7 @@ import pytest
 from airflow.utils.state import DagRunState
 
 from governance.config import INCLUDE_DIR
+from governance.healthcheck import SystemUnhealthy, check_governed_system
 from tests.dags.conftest import task_states, xcom_result
 from tests.fixtures.reference import Deployment
 
@@ -27,6 +29,11 @@ def test_healthcheck_reports_each_system_and_migrates_the_governance_schema(
     assert objects["bucket"] == reference_env.bucket and objects["versioning"] == "Enabled"
     assert objects["default_encryption"] == "AES256"
     assert xcom_result(dag_run, "check_keys")["hash_key_id"] == "test-hash-1"
+    checked = {ti.map_index: ti for ti in dag_run.get_task_instances() if ti.task_id == "check_governed_system"}
+    assert len(checked) == 6 and all(ti.state == "success" for ti in checked.values()), task_states(dag_run)
+    assert sorted(ti.rendered_map_index for ti in checked.values()) == sorted(
+        ["aircalls_app", "aircalls_objects", "aircalls_warehouse", "payments_processor", "crm", "support_desk"]
+    )
     with psycopg.connect(reference_env.app_url) as conn:
         versions = [r[0] for r in conn.execute("SELECT version FROM governance.schema_migrations ORDER BY 1")]
     assert 1 in versions and 3 in versions
@@ -39,6 +46,32 @@ def test_healthcheck_fails_when_the_bucket_is_missing(
     dag_run = get_dag("governance_healthcheck").test()
     assert dag_run.state == DagRunState.FAILED
     assert task_states(dag_run)["check_object_store"] == "failed"
+
+
+def test_healthcheck_fails_on_the_one_processor_that_rejects_its_credentials_and_names_it(
+    get_dag: Callable[[str], Any], reference_env: Deployment, monkeypatch: Any
+) -> None:
+    # A rotated API key nobody updated in Airflow: the CRM stand-in answers 401 to the old one.
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CRM", json.dumps({"conn_type": "http", "host": reference_env.crm.url, "password": "revoked-key"})
+    )
+    dag_run = get_dag("governance_healthcheck").test()
+    assert dag_run.state == DagRunState.FAILED
+    checked = {ti.rendered_map_index: ti.state for ti in dag_run.get_task_instances() if ti.task_id == "check_governed_system"}
+    assert checked.pop("crm") == "failed", checked
+    assert set(checked.values()) == {"success"}, checked
+
+
+def test_healthcheck_of_a_missing_schema_or_unknown_name_says_what_is_wrong(
+    reference_env: Deployment, monkeypatch: Any
+) -> None:
+    with pytest.raises(SystemUnhealthy, match="neither a system nor a processor.*aircalls_app"):
+        check_governed_system("no_such_system")
+    # The warehouse connection pointed at the app's database: it answers, but holds no analytics schema.
+    monkeypatch.setenv("AIRFLOW_CONN_AIRCALLS_WAREHOUSE", os.environ["AIRFLOW_CONN_AIRCALLS_APP"])
+    with pytest.raises(SystemUnhealthy, match="aircalls_warehouse .*no schema 'analytics'"):
+        check_governed_system("aircalls_warehouse")
+    assert check_governed_system("aircalls_app")["kind"] == "postgres"
 
 
 def test_drift_run_finds_an_unmapped_email_column_and_a_dropped_index_and_fails_at_once_naming_the_map_used(
