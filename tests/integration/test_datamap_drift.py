@@ -75,6 +75,30 @@ def test_drift_flags_unmapped_personal_columns_missing_columns_and_identity_inde
     assert report.messages()[0].startswith("unmapped column aircalls_app.")
 
 
+def test_columns_the_map_sets_to_null_but_the_database_declares_not_null_are_blocking_drift(
+    datamap: DataMap, app_db: str
+) -> None:
+    # The schema is empty, so SET NOT NULL succeeds: an app migration tightening three columns the
+    # map clears (a mention, a retention rule's null_fields, a recording key cleared by retention).
+    with psycopg.connect(app_db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE app.messages ALTER COLUMN user_id SET NOT NULL")
+        conn.execute("ALTER TABLE app.appointments ALTER COLUMN notes SET NOT NULL")
+        conn.execute("ALTER TABLE app.calls ALTER COLUMN recording_key SET NOT NULL")
+    report = find_drift(datamap, {"aircalls_app": app_db})
+    assert not report.is_clean
+    found = {(n.table, n.column): n.reasons for n in report.not_null_cleared}
+    assert set(found) == {("messages", "user_id"), ("appointments", "notes"), ("calls", "recording_key")}
+    assert found[("messages", "user_id")] == ("erasure: nullify", "erasure: the mention is cleared")
+    assert found[("appointments", "notes")] == ("retention rule appointment_notes_1_year: null_fields",)
+    assert "key column cleared" in found[("calls", "recording_key")][0]
+    findings = drift_findings(report.to_dict(), {})
+    blocking = [f for f in findings if f.kind == "cleared_column_not_nullable"]
+    assert len(blocking) == 3 and all(f.blocking for f in blocking)
+    placed = {f.path for f in blocking}
+    assert "systems[aircalls_app].tables[appointments].fields[notes]" in placed
+    assert "datamap.yaml" in blocking[0].placed(datamap) and "(line " in blocking[0].placed(datamap)
+
+
 def test_a_dropped_mapped_table_is_reported_missing(datamap: DataMap, app_db: str) -> None:
     with psycopg.connect(app_db, autocommit=True) as conn:
         conn.execute("DROP TABLE app.marketing_preferences")

@@ -11,7 +11,11 @@
   whole tables, the largest first);
 * identity values not in the form the identity normaliser produces (an e-mail stored decomposed,
   NFD, or with white space around it; a phone not in E.164), counted per column, with whether the
-  map's comparison still finds them.
+  map's comparison still finds them;
+* columns the map has set to NULL (an erasure action ``nullify``, a mention reference cleared, an
+  ``orphan: {clear: [...]}``, a retention rule's ``null_fields``, an object tie's ``key_column``
+  cleared after its objects go) that the database declares ``NOT NULL``: the map validates, but
+  that erasure or sweep would fail at run time, after its request was approved.
 
 Sampled values never leave this module: the report says *what kind* of values were seen and how
 many, never the values, so it is safe for XCom, task logs and alerts.
@@ -31,7 +35,14 @@ from psycopg import sql
 
 from governance.datamap import phone_region
 from governance.datamap.graph import identity_columns, reference_edges
-from governance.datamap.model import DataMap, IdentityMatch, PostgresSystem, ReferenceKind, TableRef
+from governance.datamap.model import (
+    DataMap,
+    ErasureAction,
+    IdentityMatch,
+    PostgresSystem,
+    ReferenceKind,
+    TableRef,
+)
 
 SAMPLE_ROWS = 200
 
@@ -92,6 +103,52 @@ class UnnormalisedIdentity:
 
 
 @dataclass(frozen=True)
+class NotNullCleared:
+    """A column the map sets to NULL that the database declares NOT NULL. ``reasons`` says which
+    parts of the map clear it (``erasure: nullify``, ``retention rule X: null_fields``, ...)."""
+
+    system: str
+    table: str
+    column: str
+    reasons: tuple[str, ...]
+
+
+def cleared_columns(datamap: DataMap) -> dict[tuple[str, str, str], list[str]]:
+    """``{(system, table, column): [why]}``: every column some part of the map sets to NULL."""
+
+    cleared: dict[tuple[str, str, str], list[str]] = {}
+    for system in datamap.postgres_systems:
+        for table in system.tables:
+            for spec in table.fields:
+                if spec.erasure_action is ErasureAction.nullify:
+                    cleared.setdefault((system.name, table.name, spec.name), []).append("erasure: nullify")
+            for ref in table.references:
+                if ref.kind is ReferenceKind.mention:
+                    cleared.setdefault((system.name, table.name, ref.field), []).append(
+                        "erasure: the mention is cleared"
+                    )
+                for name in ref.orphan_clears:
+                    cleared.setdefault((system.name, table.name, name), []).append(
+                        f"erasure: orphan clear of mention {ref.field}"
+                    )
+    for rule in datamap.retention:
+        if rule.table is not None and rule.action == "null_fields":
+            for name in rule.fields:
+                cleared.setdefault((rule.system, rule.table, name), []).append(f"retention rule {rule.name}: null_fields")
+    only_postgres = datamap.postgres_systems[0].name if len(datamap.postgres_systems) == 1 else None
+    for objects in datamap.object_systems:
+        for prefix in objects.prefixes:
+            tie = prefix.tied_to
+            if tie is not None and tie.key_column is not None:
+                tied_system = tie.system or only_postgres
+                if tied_system is not None:
+                    cleared.setdefault((tied_system, tie.table, tie.key_column), []).append(
+                        f"prefix {objects.name}:{prefix.name}: key column cleared when its objects go"
+                    )
+    return cleared
+
+
+@dataclass(frozen=True)
 class DriftReport:
     """Differences between the map and the database; ``is_clean`` when there are none."""
 
@@ -102,12 +159,13 @@ class DriftReport:
     missing_indexes: tuple[MissingIndex, ...] = ()
     checked_systems: tuple[str, ...] = field(default=())
     unnormalised_identities: tuple[UnnormalisedIdentity, ...] = ()
+    not_null_cleared: tuple[NotNullCleared, ...] = ()
 
     @property
     def is_clean(self) -> bool:
         return not (
             self.unmapped_tables or self.unmapped_columns or self.missing_tables or self.missing_columns
-            or self.missing_indexes or self.unnormalised_identities
+            or self.missing_indexes or self.unnormalised_identities or self.not_null_cleared
         )
 
     @property
@@ -129,6 +187,7 @@ class DriftReport:
         lines += [unnormalised_message(u) for u in self.missed_identities]
         lines += [f"mapped table {t} does not exist in the database" for t in self.missing_tables]
         lines += [f"mapped column {c} does not exist in the database" for c in self.missing_columns]
+        lines += [not_null_message(n) for n in self.not_null_cleared]
         lines += [unnormalised_message(u) for u in self.unnormalised_identities if u.found]
         lines += [
             f"{i.system}.{i.table}.{i.column} ({i.purpose}) has no index on {i.expression}"
@@ -165,6 +224,8 @@ def find_drift(
     missing_columns: list[str] = []
     missing_indexes: list[MissingIndex] = []
     unnormalised: list[UnnormalisedIdentity] = []
+    not_null_cleared: list[NotNullCleared] = []
+    cleared = cleared_columns(datamap)
     checked: list[str] = []
     for system in datamap.postgres_systems:
         url = conninfo if isinstance(conninfo, str) else conninfo.get(system.name)
@@ -193,6 +254,12 @@ def find_drift(
                         unmapped_columns.append(_classify(conn, system, table.name, column, data_type, sample_rows, region))
             missing_indexes += _missing_indexes(datamap, system, columns, indexes)
             unnormalised += _unnormalised_identities(conn, datamap, system, columns)
+            not_null = _not_null_columns(conn, system.db_schema)
+            not_null_cleared += [
+                NotNullCleared(name, table, column, tuple(reasons))
+                for (name, table, column), reasons in sorted(cleared.items())
+                if name == system.name and (table, column) in not_null
+            ]
     return DriftReport(
         unmapped_tables=tuple(unmapped_tables),
         unmapped_columns=tuple(unmapped_columns),
@@ -201,6 +268,30 @@ def find_drift(
         missing_indexes=tuple(missing_indexes),
         checked_systems=tuple(checked),
         unnormalised_identities=tuple(unnormalised),
+        not_null_cleared=tuple(not_null_cleared),
+    )
+
+
+def _not_null_columns(conn: psycopg.Connection[Any], schema: str) -> set[tuple[str, str]]:
+    rows = conn.execute(
+        """
+        SELECT c.relname, a.attname
+        FROM pg_catalog.pg_attribute AS a
+        JOIN pg_catalog.pg_class AS c ON c.oid = a.attrelid
+        JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+        WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped
+          AND a.attnotnull AND NOT c.relispartition
+        """,
+        {"schema": schema},
+    ).fetchall()
+    return {(str(table), str(column)) for table, column in rows}
+
+
+def not_null_message(n: NotNullCleared) -> str:
+    return (
+        f"{n.system}.{n.table}.{n.column} is NOT NULL in the database, but the map sets it to NULL "
+        f"({'; '.join(n.reasons)}): that erasure or sweep would fail at run time; make the column "
+        "nullable, or change the map (delete_row, mask, keyed_hash)"
     )
 
 
@@ -565,6 +656,11 @@ def drift_findings(database: Mapping[str, Any], objects: Mapping[str, Any]) -> l
         system, table, column = (str(col).split(".", 2) + ["", ""])[:3]
         found.append(DriftFinding("missing_column", True, f"{_table_place(system, table)}.fields[{column}]",
                                   f"mapped column {col} does not exist in the database"))  # fmt: skip
+    for n in database.get("not_null_cleared", []):
+        cleared = NotNullCleared(n["system"], n["table"], n["column"], tuple(n["reasons"]))
+        found.append(DriftFinding("cleared_column_not_nullable", True,
+                                  f"{_table_place(cleared.system, cleared.table)}.fields[{cleared.column}]",
+                                  not_null_message(cleared)))  # fmt: skip
     unnormalised = [UnnormalisedIdentity(**u) for u in database.get("unnormalised_identities", [])]
     for u in unnormalised:
         if not u.found:
