@@ -39,8 +39,15 @@ with ``--no-e2e``, the first standalone run) erased them, so the standalone runs
 processor tasks mostly find nothing left; their database and verification tasks do the full work. Per run it prints the run's wall time, the database task, the verification task, its
 share, and whether the verification task imported GX itself (its log says so).
 
+**Heavy subject** (``--heavy-events N``, #12 item 4): before the people are measured, N usage
+events of ``both_user_and_caller``'s user are added (``generate_series``, then ANALYZE), and for
+each person the process's peak RSS growth over the plan (resolution, the stored plan), its
+reload and the database phase is printed: the goal is under 200 MB at N = 1,000,000, with the
+database phase still within 2x of the hand-written statements.
+
     .venv/bin/python benchmarks/erasure.py [--scales small,large] [--repeat 7] [--people both_user_and_caller,payer]
                                            [--no-preload] [--standalone [--executors preloading,local]]
+                                           [--heavy-events 1000000]
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DB_GOAL, SCALE_GOAL = 2.0, 1.5
+HEAVY_MEMORY_GOAL_MB = 200
 
 # The hand-written baseline: what an engineer would type for one person, on the indexed foreign
 # keys, in reference order (children first). ``users`` / ``callers`` are the person's ids.
@@ -164,6 +172,10 @@ def measure_person(app_url: str, key: str, repeat: int, as_of: datetime, warehou
         request_id = create_request(conn, kind="erasure", identities=identities, hasher=hasher,
                                     cipher=cipher_from_airflow(), received_at=as_of, source="cli")  # fmt: skip
     plan_id = store.plan_id_for(request_id, f"bench-{key}")
+    memory = _benchmark_module("export")
+    base_mb = memory._rss_mb()
+    sampler = memory.PeakSampler()
+    sampler.__enter__()
     started = time.perf_counter()
     work = compute_work(
         datamap, identities, request_id=request_id, plan_id=plan_id, business_id=None, as_of=as_of, override=True,
@@ -174,6 +186,8 @@ def measure_person(app_url: str, key: str, repeat: int, as_of: datetime, warehou
     with psycopg.connect(app_url) as conn:
         store.save_plan(conn, work, status="approved", dag_id="bench", dag_run_id=f"bench-{key}", dry_run=False,
                         as_of=as_of, override=True, refusal=None, at=as_of)  # fmt: skip
+    with psycopg.connect(app_url) as conn:  # every erasure task reloads the stored plan
+        work, _row = store.load_plan(conn, plan_id)
     steps = work.steps_of("aircalls_app")
     warehouse_steps = work.steps_of("aircalls_warehouse")
     rows = sum(len(s.keys) for s in [*steps, *warehouse_steps])
@@ -226,7 +240,9 @@ def measure_person(app_url: str, key: str, repeat: int, as_of: datetime, warehou
         return elapsed
 
     ours, theirs = _median_pair(project, baseline, repeat)
+    sampler.__exit__()
     return {"person": key, "rows": rows, "baseline_rows": sum(baseline_rows.values()), "plan_s": plan_s,
+            "growth_mb": sampler.peak - base_mb,
             "statements_check_s": statistics.median(checks),
             "project_s": ours, "baseline_s": theirs, "ratio": ours / theirs if theirs else float("inf")}  # fmt: skip
 
@@ -340,12 +356,18 @@ def standalone_run(admin_url: str, database: str, key: str, executor: str) -> di
             "gx_imported_in_task": bool(verify_log)}  # fmt: skip
 
 
+_MODULES: dict[str, Any] = {}
+
+
 def _benchmark_module(name: str) -> Any:
+    if name in _MODULES:
+        return _MODULES[name]
     spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while it executes
     spec.loader.exec_module(module)
+    _MODULES[name] = module
     return module
 
 
@@ -362,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="do not preload Great Expectations (verify pays its import, as before)")  # fmt: skip
     parser.add_argument("--standalone", action="store_true", help="also erase under a real airflow standalone")
     parser.add_argument("--executors", default="preloading,local", help="executors for --standalone, in order")
+    parser.add_argument("--heavy-events", type=int, default=0,
+                        help="usage events added to both_user_and_caller's user before measuring (#12: 1000000)")  # fmt: skip
     args = parser.parse_args(argv)
 
     os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="bench-erasure-airflow-"))
@@ -426,6 +450,10 @@ def _run_scales(
                         copies[executor] = copy_database(admin_url, name)
                         print(f"  copied the seeded database for the {executor} run in {time.perf_counter() - t0:.0f} s",
                               flush=True)  # fmt: skip
+                if args.heavy_events:
+                    t0 = time.perf_counter()
+                    _benchmark_module("export").plant_usage_events(url, "both_user_and_caller", args.heavy_events)
+                    print(f"  planted {args.heavy_events:,} usage events in {time.perf_counter() - t0:.0f} s", flush=True)
                 results[scale] = []
                 for key in people:
                     result = measure_person(url, key, args.repeat, as_of, warehouse_url)
@@ -433,7 +461,8 @@ def _run_scales(
                     print(f"  {key}: {result['rows']} rows; database phase project {result['project_s'] * 1000:.1f} ms, "
                           f"hand-written {result['baseline_s'] * 1000:.1f} ms ({result['baseline_rows']} rows), "
                           f"ratio {result['ratio']:.2f}; plan {result['plan_s']:.2f} s; "
-                          f"statements checked against the plan {result['statements_check_s'] * 1000:.1f} ms", flush=True)  # fmt: skip
+                          f"statements checked against the plan {result['statements_check_s'] * 1000:.1f} ms; "
+                          f"peak RSS growth {result['growth_mb']:.0f} MB", flush=True)  # fmt: skip
                 if not args.no_e2e and scale == scales[-1]:
                     e2e[scale] = end_to_end(args.e2e_person, as_of)
                     print(f"  end to end ({args.e2e_person}): "
@@ -457,11 +486,12 @@ def _print_summary(
     standalone: list[dict[str, Any]], rss: float,
 ) -> None:
     print()
-    print(f"{'person':24} {'scale':6} {'rows':>6} {'project ms':>11} {'hand ms':>9} {'ratio':>6}  (goal <= {DB_GOAL})")
+    print(f"{'person':24} {'scale':6} {'rows':>8} {'project ms':>11} {'hand ms':>9} {'ratio':>6} {'RSS +MB':>8}"
+          f"  (goal <= {DB_GOAL}; heavy subject: growth < {HEAVY_MEMORY_GOAL_MB} MB)")  # fmt: skip
     for scale, rows in results.items():
         for r in rows:
-            print(f"{r['person']:24} {scale:6} {r['rows']:>6} {r['project_s'] * 1000:>11.1f} {r['baseline_s'] * 1000:>9.1f} "
-                  f"{r['ratio']:>6.2f}  {'met' if r['ratio'] <= DB_GOAL else 'NOT met'}")  # fmt: skip
+            print(f"{r['person']:24} {scale:6} {r['rows']:>8} {r['project_s'] * 1000:>11.1f} {r['baseline_s'] * 1000:>9.1f} "
+                  f"{r['ratio']:>6.2f} {r['growth_mb']:>8.0f}  {'met' if r['ratio'] <= DB_GOAL else 'NOT met'}")  # fmt: skip
     if "small" in results and "large" in results:
         for small, large in zip(results["small"], results["large"], strict=True):
             ratio = large["project_s"] / small["project_s"] if small["project_s"] else float("inf")

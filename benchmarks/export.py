@@ -20,7 +20,11 @@ process on loopback) and the processor stand-ins, then measures three things:
 Ratios are printed, not asserted: machines here are shared and noisy. Databases and the S3
 server are removed at the end (``--keep`` keeps the databases and prints their URLs).
 
-    .venv/bin/python benchmarks/export.py [--repeat 3] [--skip-tenfold] [--keep]
+4. **Heavy subject** (``--heavy-events N``, #12 item 4): N usage events are added to
+   ``both_user_and_caller``'s user and that person is exported once by each side: peak memory
+   growth (goal under 200 MB at N = 1,000,000) and time.
+
+    .venv/bin/python benchmarks/export.py [--repeat 3] [--skip-tenfold] [--keep] [--heavy-events 1000000]
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ WRITER_GOAL = 1.5
 MEMORY_GOAL_MB = 150
 MEMORY_SCALING_GOAL = 1.2
 LOOKUP_GOAL = 1.5
+HEAVY_MEMORY_GOAL_MB = 200  # #12 item 4: a subject with 1,000,000 usage events
 
 
 def database_url(admin_url: str, name: str) -> str:
@@ -352,6 +357,28 @@ def add_tenfold_subject(app_url: str, s3: Any, bucket: str, heavy_caller_id: int
         return sum(pool.map(copy, pairs))
 
 
+def plant_usage_events(app_url: str, key: str, count: int) -> None:
+    """``count`` more usage events of the cast member ``key``'s user, spread over the last year."""
+    from datetime import UTC, datetime
+
+    import psycopg
+
+    from governance_dev.seed import cast_member
+
+    user_id = cast_member(key).user_id
+    assert user_id is not None, f"{key} has no user account"
+    with psycopg.connect(app_url) as conn:
+        conn.execute(
+            "INSERT INTO app.usage_events (id, user_id, occurred_at, ip_address, user_agent, device_id, path, geo_country)"
+            " SELECT base.id + g, %(user)s, %(as_of)s - make_interval(secs => g * 31.5), '203.0.113.7'::inet,"
+            " 'bench-agent', 'bench-device-' || (g %% 7), '/app/calls/' || (g %% 997), 'US'"
+            " FROM (SELECT coalesce(max(id), 0) AS id FROM app.usage_events) AS base, generate_series(1, %(n)s) AS g",
+            {"user": user_id, "n": count, "as_of": datetime(2026, 11, 28, 12, tzinfo=UTC)},
+        )
+        conn.commit()
+        conn.execute("ANALYZE app.usage_events")
+
+
 def lookup_seconds(app_url: str, email: str, phone: str, repeat: int = 25, *, warehouse_url: str) -> tuple[float, list[str]]:
     """Median time of the resolution plan (one snapshot per database: the app, the analytics
     warehouse), and the steps whose plan scans a table."""
@@ -397,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the databases")
     parser.add_argument("--scale", choices=("large", "small"), default="large",
                         help="seed for the writer runs (small: a quick check of this script)")
+    parser.add_argument("--heavy-events", type=int, default=0,
+                        help="also export both_user_and_caller after adding this many usage events (#12: 1000000)")
     parser.add_argument("--worker", nargs=2, metavar=("MODE", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -457,6 +486,14 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     raw.append(run_worker("raw", heavy_cfg))
                     project.append(run_worker("project", heavy_cfg))
+            events_project = events_raw = None
+            if args.heavy_events:
+                print(f"adding {args.heavy_events:,} usage events to both_user_and_caller ...", flush=True)
+                plant_usage_events(large_url, "both_user_and_caller", args.heavy_events)
+                events_cfg = {**base_cfg, "email": member.email, "phone": member.phone}
+                print("writer on the heavy-events subject ...", flush=True)
+                events_project = run_worker("project", events_cfg)
+                events_raw = run_worker("raw", events_cfg)
             tenfold_project = tenfold_raw = None
             if not args.skip_tenfold:
                 print("writer on the 10x subject ...", flush=True)
@@ -493,6 +530,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{tenfold_raw['growth_mb']:6.0f} MB")  # fmt: skip
         print(f"{'memory growth 10x / 1x (project)':40} {growth_10x / max(growth_1x, 1.0):8.2f}     "
               f"(goal <= {MEMORY_SCALING_GOAL}; both under {MEMORY_GOAL_MB} MB)")  # fmt: skip
+    if events_project and events_raw:
+        print(f"{'writer, project, heavy events':40} {events_project['seconds']:8.2f} s   peak growth "
+              f"{events_project['growth_mb']:6.0f} MB  (goal < {HEAVY_MEMORY_GOAL_MB} MB)")  # fmt: skip
+        print(f"{'writer, raw, heavy events':40} {events_raw['seconds']:8.2f} s   peak growth "
+              f"{events_raw['growth_mb']:6.0f} MB; ratio {events_project['seconds'] / events_raw['seconds']:.2f}")  # fmt: skip
     print(f"{'look-up, small seed (median of 25)':40} {small_s * 1000:8.1f} ms  seq scans: {small_scans or 'none'}")
     print(f"{'look-up, large seed (median of 25)':40} {large_s * 1000:8.1f} ms  seq scans: {large_scans or 'none'}")
     print(f"{'ratio large/small':40} {large_s / small_s:8.2f}     (goal <= {LOOKUP_GOAL})")
