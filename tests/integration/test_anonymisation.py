@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.slow(seconds=60), pytest.mark.integration]
 
 WEEK = "2026-W45"
 MONDAY = datetime(2026, 11, 2, 10, tzinfo=UTC)  # 10:00 UTC on a Monday: business hours
+NEXT_MONDAY = datetime(2026, 11, 9, 10, tzinfo=UTC)
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 # (industry, country) -> calls per business (one entry per business); each business has 3 callers.
 PLANTED: dict[tuple[str, str], list[int]] = {
@@ -38,14 +39,17 @@ PLANTED: dict[tuple[str, str], list[int]] = {
     ("accounting", "DE"): [6, 6, 6, 6, 6],
     ("accounting", "FR"): [6, 6, 6, 6, 6],
 }
+# Appointments booked per business (from the appointments table, not the calls' outcome column):
+# 2 for each accounting firm, none elsewhere, and one more per firm booked the week after.
+APPOINTMENTS = {"accounting": 2}
 # Hand-written hierarchies of the planted labels (include/insights_release.yaml says the same).
 SECTOR = {"dental clinic": "health", "law firm": "professional services", "accounting": "professional services"}
 REGION = {"US": "Americas", "MX": "Americas", "CA": "Americas", "GB": "Europe", "DE": "Europe", "FR": "Europe"}
 
 
 def plant(conn: psycopg.Connection[Any]) -> None:
-    """The planted businesses, callers and calls (one message per call)."""
-    business = caller = call = message = 0
+    """The planted businesses, callers and calls (one message per call) and appointments."""
+    business = caller = call = message = appointment = 0
     for (industry, country), per_business in PLANTED.items():
         for calls in per_business:
             business += 1
@@ -69,6 +73,10 @@ def plant(conn: psycopg.Connection[Any]) -> None:
                     "INSERT INTO app.messages (id, business_id, channel, direction, body, sent_at) VALUES (%s, %s, 'sms', 'inbound', 'x', %s)",
                     (message, business, MONDAY),
                 )
+            for booked_at in [MONDAY] * APPOINTMENTS.get(industry, 0) + [NEXT_MONDAY] * (industry in APPOINTMENTS):
+                appointment += 1
+                conn.execute("INSERT INTO app.appointments (id, business_id, caller_id, scheduled_for, created_at)"
+                             " VALUES (%s, %s, %s, %s, %s)", (appointment, business, callers[0], NEXT_MONDAY, booked_at))  # fmt: skip
 
 
 @pytest.fixture
@@ -181,6 +189,18 @@ def test_small_and_dominated_cells_are_suppressed_and_no_suppressed_cell_is_reco
     # recovers the 4 Canadian clinics' 24 calls (95 - 36 - 35).
     exposed = {**published, (finest, "dental clinic", "MX", WEEK): 35.0, (finest, "dental clinic", "US", WEEK): 36.0}
     assert recoverable(exposed)[(finest, "dental clinic", "CA", WEEK)] == pytest.approx((24.0, 24.0))
+
+
+def test_the_booked_share_is_appointments_booked_per_call_from_the_appointments_table(planted_db: str) -> None:
+    with psycopg.connect(planted_db) as conn:
+        release = stage_release(conn, load_release_spec(), "app", request(), run_id="run-1")
+        shares = dict(conn.execute(
+            "SELECT industry, booked_share FROM governance.insights_release_cells WHERE release_id = %s"
+            " AND level = 'industry/country/week' AND country IN ('DE', 'US') AND status = 'published'",
+            (release["release_id"],)).fetchall())  # fmt: skip
+    # 5 firms x 2 appointments booked in the week over 30 calls (the next week's are not counted);
+    # the calls' outcome column would say 5 booked calls (1 in 6).
+    assert shares == {"accounting": round(10 / 30, 4), "dental clinic": 0.0}
 
 
 def test_a_later_release_of_the_same_period_keeps_earlier_suppressions_and_the_union_stays_safe(planted_db: str) -> None:

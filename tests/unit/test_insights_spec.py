@@ -14,6 +14,7 @@ from governance.anonymisation.spec import SPEC_PATH, ReleaseSpecError, load_rele
 def test_the_shipped_spec_declares_sources_hierarchies_thresholds_and_public_columns() -> None:
     spec = load_release_spec()
     assert (spec.calls.table, spec.messages.table, spec.businesses.table) == ("calls", "messages", "businesses")
+    assert (spec.appointments.table, spec.appointments.time) == ("appointments", "created_at")  # feeds booked_share
     assert spec.sector_of("dental clinic") == "health" and spec.region_of("GR") == "Europe"
     assert spec.sector_of("an industry nobody declared") == "other"
     assert (spec.thresholds.k_businesses, spec.thresholds.k_callers, spec.thresholds.dominance_share) == (5, 10, 0.5)

@@ -136,7 +136,7 @@ def public_values(cell: Cell) -> dict[str, float | None]:
     return {
         "calls": round(calls), "answered_share": share(cell.answered), "voicemail_share": share(cell.voicemail),
         "transferred_share": share(cell.transferred), "missed_share": share(cell.missed),
-        "booked_share": share(cell.booked),
+        "booked_share": share(cell.appointments),
         "mean_duration_s": round(cell.duration_sum / calls, 1) if calls > 0 else None,
         "messages_per_call": round(cell.messages / calls, 3) if calls > 0 else None,
         "after_hours_share": share(cell.after_hours), "businesses": round(cell.businesses),

@@ -42,6 +42,15 @@ class MessagesSource:
 
 
 @dataclass(frozen=True)
+class AppointmentsSource:
+    """Feeds the booked share: appointments booked (at ``time``) per call of the cell."""
+
+    table: str
+    business: str
+    time: str
+
+
+@dataclass(frozen=True)
 class BusinessesSource:
     table: str
     key: str
@@ -62,6 +71,7 @@ class PrivacyBounds:
 
     max_calls_per_business_week: int
     max_messages_per_business_week: int
+    max_appointments_per_business_week: int
     max_duration_s: int
     epsilon_budget_per_week: float
 
@@ -73,6 +83,7 @@ class ReleaseSpec:
     businesses: BusinessesSource
     calls: CallsSource
     messages: MessagesSource
+    appointments: AppointmentsSource
     sectors: dict[str, str]  # industry -> sector
     regions: dict[str, str]  # country -> region
     opens_hour: int
@@ -123,6 +134,7 @@ def load_release_spec(path: Path | None = None) -> ReleaseSpec:
     b = _need(sources, "businesses", "sources", path, dict)
     c = _need(sources, "calls", "sources", path, dict)
     m = _need(sources, "messages", "sources", path, dict)
+    a = _need(sources, "appointments", "sources", path, dict)
     qis = _need(raw, "quasi_identifiers", "", path, list)
     if qis != ["industry", "country", "week"]:
         raise ReleaseSpecError(f"{path}: quasi_identifiers: expected [industry, country, week], got {qis}")
@@ -155,6 +167,7 @@ def load_release_spec(path: Path | None = None) -> ReleaseSpec:
             outcomes=outcomes,
         ),
         messages=MessagesSource(*(_need(m, k, "sources.messages", path) for k in ("table", "business", "time"))),
+        appointments=AppointmentsSource(*(_need(a, k, "sources.appointments", path) for k in ("table", "business", "time"))),
         sectors=_inverse(_need(hierarchies["industry"], "sector", "hierarchies.industry", path, dict), "hierarchies.industry.sector", path),
         regions=_inverse(_need(hierarchies["country"], "region", "hierarchies.country", path, dict), "hierarchies.country.region", path),
         opens_hour=_need(hours, "opens_hour", "after_hours", path, int),
@@ -163,6 +176,7 @@ def load_release_spec(path: Path | None = None) -> ReleaseSpec:
         privacy=PrivacyBounds(
             max_calls_per_business_week=_need(dp, "max_calls_per_business_week", "differential_privacy", path, int),
             max_messages_per_business_week=_need(dp, "max_messages_per_business_week", "differential_privacy", path, int),
+            max_appointments_per_business_week=_need(dp, "max_appointments_per_business_week", "differential_privacy", path, int),
             max_duration_s=_need(dp, "max_duration_s", "differential_privacy", path, int),
             epsilon_budget_per_week=float(_need(dp, "epsilon_budget_per_week", "differential_privacy", path, (int, float))),
         ),
