@@ -203,6 +203,53 @@ def test_the_booked_share_is_appointments_booked_per_call_from_the_appointments_
     assert shares == {"accounting": round(10 / 30, 4), "dental clinic": 0.0}
 
 
+def planted_durations(level: str, industry: str, country: str) -> list[int]:
+    """The planted durations of a cell (every period holds the one planted week)."""
+    industry_level, geo_level, _ = level.split("/")
+    out = []
+    for (i, c), per_business in PLANTED.items():
+        if (i if industry_level == "industry" else SECTOR[i]) != industry:
+            continue
+        if {"country": c, "region": REGION[c], "global": "global"}[geo_level] != country:
+            continue
+        out += [60 + n for calls in per_business for n in range(calls)]
+    return out
+
+
+def test_the_median_duration_is_released_only_in_cells_with_enough_calls_and_callers_and_checked(planted_db: str) -> None:
+    import statistics
+
+    from governance.anonymisation.verify import verify_release
+
+    spec = load_release_spec()  # median: at least 50 calls and 2 x k_callers callers, rounded to 5 s
+    with psycopg.connect(planted_db) as conn:
+        release = stage_release(conn, spec, "app", request(), run_id="run-1")
+        rows = conn.execute(
+            "SELECT level, industry, country, status, calls, median_duration_s FROM governance.insights_release_cells"
+            " WHERE release_id = %s", (release["release_id"],)).fetchall()  # fmt: skip
+        medians = {r[:3]: r[5] for r in rows if r[5] is not None}
+        assert verify_release(conn, spec, "app", release["release_id"]).success
+        conn.rollback()
+    assert medians, "no cell has a median"
+    for (level, industry, country, status, calls, median) in rows:
+        durations = planted_durations(level, industry, country)
+        if median is None:
+            # Withheld from every published cell with too few calls (e.g. 5 accounting firms in DE: 30).
+            assert status != "published" or calls < 50 or len(durations) < 50, (level, industry, country)
+            continue
+        assert status == "published" and calls >= 50
+        assert median % 5 == 0 and abs(median - statistics.median(durations)) <= 2.5, (level, industry, country)
+    assert medians.get(("industry/country/week", "accounting", "DE")) is None
+    assert ("sector/region/week", "professional services", "Europe") in medians
+    # A median forged onto a small published cell is caught by the independent recount.
+    with psycopg.connect(planted_db) as conn:
+        conn.execute("UPDATE governance.insights_release_cells SET median_duration_s = 62 WHERE release_id = %s"
+                     " AND level = 'industry/country/week' AND industry = 'accounting' AND country = 'DE'",
+                     (release["release_id"],))  # fmt: skip
+        forged = verify_release(conn, spec, "app", release["release_id"])
+    assert "industry/country/week accounting/DE/2026-W45: a median over 30 calls from 15 callers breaks the median rule" in forged.failures
+
+
 def test_a_later_release_of_the_same_period_keeps_earlier_suppressions_and_the_union_stays_safe(planted_db: str) -> None:
     with psycopg.connect(planted_db) as conn:
         first = stage_release(conn, load_release_spec(), "app", request(), run_id="run-1")

@@ -72,9 +72,35 @@ class Cell:
     callers: float
     top_business_calls: float
     appointments: float = 0.0
+    # The exact median call duration (None under differential privacy); released only where
+    # ``governance.anonymisation.disclosure.median_releasable`` says so.
+    duration_median: float | None = None
 
     def with_values(self, **values: Any) -> Cell:
         return replace(self, **values)
+
+
+MEDIANS = sql.SQL(
+    """, medians AS (
+    SELECT CASE WHEN GROUPING(industry) = 0 THEN 'industry' ELSE 'sector' END AS industry_level,
+           CASE WHEN GROUPING(country) = 0 THEN 'country' WHEN GROUPING(region) = 0 THEN 'region' ELSE 'global' END AS geo_level,
+           CASE WHEN GROUPING(week) = 0 THEN 'week' WHEN GROUPING(month) = 0 THEN 'month' ELSE 'quarter' END AS time_level,
+           COALESCE(industry, sector) AS industry_label, COALESCE(country, region, 'global') AS geo,
+           COALESCE(week, month, quarter) AS period,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_s) AS duration_median
+    FROM (SELECT lc.duration_s, lc.week, lc.month, lc.quarter, bz.{b_industry} AS industry, bz.{b_country}::text AS country,
+                 COALESCE(%(sectors)s::jsonb ->> bz.{b_industry}, 'other') AS sector,
+                 COALESCE(%(regions)s::jsonb ->> bz.{b_country}::text, 'other') AS region
+          FROM labelled_calls lc JOIN {businesses} bz ON bz.{b_key} = lc.business_id) y
+    GROUP BY GROUPING SETS (
+        (week, industry, country), (week, industry, region), (week, industry),
+        (week, sector, country), (week, sector, region), (week, sector),
+        (month, industry, country), (month, industry, region), (month, industry),
+        (month, sector, country), (month, sector, region), (month, sector),
+        (quarter, industry, country), (quarter, industry, region), (quarter, industry),
+        (quarter, sector, country), (quarter, sector, region), (quarter, sector))
+)"""
+)
 
 
 def release_cells_query(spec: ReleaseSpec, schema: str, *, bounded: bool) -> sql.Composed:
@@ -90,6 +116,15 @@ def release_cells_query(spec: ReleaseSpec, schema: str, *, bounded: bool) -> sql
     calls_limit = sql.SQL("WHERE rn <= %(max_calls)s") if bounded else sql.SQL("")
     messages_limit = sql.SQL("WHERE rn <= %(max_messages)s") if bounded else sql.SQL("")
     appointments_limit = sql.SQL("WHERE rn <= %(max_appointments)s") if bounded else sql.SQL("")
+    # The median duration of every cell, straight from the call rows (medians do not compose from
+    # per-business rows); not computed under differential privacy, where it is never released.
+    medians = sql.SQL("") if bounded else MEDIANS.format(
+        b_industry=ident(b.industry), b_country=ident(b.country), businesses=ident(schema, b.table), b_key=ident(b.key),
+    )  # fmt: skip
+    median_value = sql.SQL("NULL::float8" if bounded else "m.duration_median")
+    median_join = sql.SQL("") if bounded else sql.SQL(
+        "LEFT JOIN medians m USING (industry_level, geo_level, time_level, industry_label, geo, period)"
+    )
     return sql.SQL(
         """
 WITH call_rows AS (
@@ -101,14 +136,16 @@ WITH call_rows AS (
            row_number() OVER (PARTITION BY {c_business}, date_trunc('week', {c_time} AT TIME ZONE 'UTC') ORDER BY id) AS rn
     FROM {calls}
     WHERE {c_time} >= %(start)s AND {c_time} < %(end)s
+), labelled_calls AS (
+    SELECT *, to_char(wk, 'IYYY-"W"IW') AS week, to_char(wk + interval '3 days', 'YYYY-MM') AS month,
+           to_char(wk + interval '3 days', 'YYYY-"Q"Q') AS quarter FROM call_rows {calls_limit}
 ), calls_per_business AS (
     SELECT business_id,
            CASE WHEN GROUPING(week) = 0 THEN 'week' WHEN GROUPING(month) = 0 THEN 'month' ELSE 'quarter' END AS time_level,
            COALESCE(week, month, quarter) AS period,
            count(*) AS calls, count(DISTINCT caller_id) AS callers, {outcome_counts},
            sum(duration_s) AS duration_sum, count(*) FILTER (WHERE after_hours) AS after_hours
-    FROM (SELECT *, to_char(wk, 'IYYY-"W"IW') AS week, to_char(wk + interval '3 days', 'YYYY-MM') AS month,
-                 to_char(wk + interval '3 days', 'YYYY-"Q"Q') AS quarter FROM call_rows {calls_limit}) x
+    FROM labelled_calls
     GROUP BY business_id, GROUPING SETS ((week), (month), (quarter))
 ), message_rows AS (
     SELECT {m_business} AS business_id, date_trunc('week', {m_time} AT TIME ZONE 'UTC') AS wk,
@@ -143,7 +180,7 @@ WITH call_rows AS (
     JOIN {businesses} bz ON bz.{b_key} = p.business_id
     LEFT JOIN messages_per_business mp USING (business_id, time_level, period)
     LEFT JOIN appointments_per_business ap USING (business_id, time_level, period)
-)
+){medians}, lattice AS (
 SELECT CASE WHEN GROUPING(industry) = 0 THEN 'industry' ELSE 'sector' END AS industry_level,
        CASE WHEN GROUPING(country) = 0 THEN 'country' WHEN GROUPING(region) = 0 THEN 'region' ELSE 'global' END AS geo_level,
        time_level, COALESCE(industry, sector) AS industry_label, COALESCE(country, region, 'global') AS geo, period,
@@ -154,6 +191,8 @@ SELECT CASE WHEN GROUPING(industry) = 0 THEN 'industry' ELSE 'sector' END AS ind
 FROM per_business
 GROUP BY time_level, period,
          GROUPING SETS ((industry, country), (industry, region), (industry), (sector, country), (sector, region), (sector))
+)
+SELECT l.*, {median_value} AS duration_median FROM lattice l {median_join}
 ORDER BY 1, 2, 3, 4, 5, 6
 """
     ).format(
@@ -161,7 +200,8 @@ ORDER BY 1, 2, 3, 4, 5, 6
         duration=duration, calls=ident(schema, c.table), calls_limit=calls_limit, outcome_counts=outcome_counts,
         outcome_sums=outcome_sums, m_business=ident(m.business), m_time=ident(m.time), messages=ident(schema, m.table),
         messages_limit=messages_limit, a_business=ident(a.business), a_time=ident(a.time),
-        appointments=ident(schema, a.table), appointments_limit=appointments_limit, b_industry=ident(b.industry), b_country=ident(b.country),
+        appointments=ident(schema, a.table), appointments_limit=appointments_limit, medians=medians,
+        median_value=median_value, median_join=median_join, b_industry=ident(b.industry), b_country=ident(b.country),
         businesses=ident(schema, b.table), b_key=ident(b.key),
     )  # fmt: skip
 
@@ -184,8 +224,9 @@ def fetch_cells(conn: Any, spec: ReleaseSpec, schema: str, start: date, end_excl
     for row in rows:
         key = CellKey(*(str(v) for v in row[:6]))
         values = dict(zip(("calls", *outcomes, "duration_sum", "after_hours", "messages", "businesses", "callers",
-                           "top_business_calls", "appointments"), (float(v or 0) for v in row[6:]), strict=True))  # fmt: skip
-        fields: dict[str, Any] = {k: values.get(k, 0.0) for k in Cell.__dataclass_fields__ if k != "key"}
+                           "top_business_calls", "appointments"), (float(v or 0) for v in row[6:-1]), strict=True))  # fmt: skip
+        fields: dict[str, Any] = {k: values.get(k, 0.0) for k in Cell.__dataclass_fields__ if k not in ("key", "duration_median")}
+        fields["duration_median"] = None if row[-1] is None else float(row[-1])
         cells.append(Cell(key=key, **fields))
     return cells
 

@@ -28,6 +28,7 @@ from governance.anonymisation.disclosure import (
     ReleaseBlocked,
     SuppressionResult,
     generalisation_summary,
+    released_median,
     suppress,
 )
 from governance.anonymisation.privacy import add_noise, noise_plan, spend_budget
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 PUBLIC_VALUE_COLUMNS = (
     "calls", "answered_share", "voicemail_share", "transferred_share", "missed_share", "booked_share",
-    "mean_duration_s", "messages_per_call", "after_hours_share", "businesses",
+    "mean_duration_s", "median_duration_s", "messages_per_call", "after_hours_share", "businesses",
 )  # fmt: skip
 
 
@@ -127,7 +128,8 @@ def release_id_for(spec: ReleaseSpec, request: ReleaseRequest, run_id: str) -> s
     return f"{spec.release}-{request['period_start']}-{digest}"
 
 
-def public_values(cell: Cell) -> dict[str, float | None]:
+def public_values(cell: Cell, median: float | None = None) -> dict[str, float | None]:
+    """The public values of a published cell; ``median`` is the released median (or None)."""
     calls = cell.calls
 
     def share(value: float) -> float | None:
@@ -137,7 +139,7 @@ def public_values(cell: Cell) -> dict[str, float | None]:
         "calls": round(calls), "answered_share": share(cell.answered), "voicemail_share": share(cell.voicemail),
         "transferred_share": share(cell.transferred), "missed_share": share(cell.missed),
         "booked_share": share(cell.appointments),
-        "mean_duration_s": round(cell.duration_sum / calls, 1) if calls > 0 else None,
+        "mean_duration_s": round(cell.duration_sum / calls, 1) if calls > 0 else None, "median_duration_s": median,
         "messages_per_call": round(cell.messages / calls, 3) if calls > 0 else None,
         "after_hours_share": share(cell.after_hours), "businesses": round(cell.businesses),
     }  # fmt: skip
@@ -170,6 +172,7 @@ class ComputedRelease:
     cells: list[Cell]
     result: SuppressionResult
     report: dict[str, Any]
+    medians: dict[CellKey, float | None]
 
 
 def compute_release(
@@ -213,7 +216,10 @@ def compute_release(
         shown = sum(c.calls for c in raw if c.key.level == level and result.status[c.key] == PUBLISHED)
         loss[level] = round(1 - shown / total, 4) if total else 0.0
     report["utility_loss_by_level"] = dict(sorted(loss.items()))
-    return ComputedRelease(cells=cells, result=result, report=report)
+    # The median: only from the exact cells (never under DP), where the median rule holds.
+    medians = {c.key: None if dp_on else released_median(c, thresholds, spec.median) for c in raw}
+    report["medians_released"] = sum(1 for k, v in medians.items() if v is not None and result.status[k] == PUBLISHED)
+    return ComputedRelease(cells=cells, result=result, report=report, medians=medians)
 
 
 def _finest(key: CellKey) -> bool:
@@ -291,7 +297,7 @@ def stage_release(
                 ),
                 [
                     (release_id, *_key_row(c.key), computed.result.status[c.key], computed.result.reasons.get(c.key),
-                     *(public_values(c)[col] if computed.result.status[c.key] == PUBLISHED else None
+                     *(public_values(c, computed.medians.get(c.key))[col] if computed.result.status[c.key] == PUBLISHED else None
                        for col in PUBLIC_VALUE_COLUMNS))
                     for c in computed.cells
                 ],

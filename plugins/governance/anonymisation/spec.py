@@ -66,6 +66,15 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
+class MedianRule:
+    """When a cell's median call duration may be released (see :func:`median_releasable`)."""
+
+    min_calls: int
+    min_callers_factor: int
+    round_to_s: int
+
+
+@dataclass(frozen=True)
 class PrivacyBounds:
     """Contribution bounds of the privacy unit (one business in one ISO week) and the budget."""
 
@@ -89,6 +98,7 @@ class ReleaseSpec:
     opens_hour: int
     closes_hour: int
     thresholds: Thresholds
+    median: MedianRule
     privacy: PrivacyBounds
     public_columns: tuple[str, ...]
     path: Path
@@ -146,6 +156,10 @@ def load_release_spec(path: Path | None = None) -> ReleaseSpec:
     t = _need(raw, "thresholds", "", path, dict)
     dp = _need(raw, "differential_privacy", "", path, dict)
     hours = _need(raw, "after_hours", "", path, dict)
+    md = _need(raw, "median_duration", "", path, dict)
+    median = MedianRule(*(_need(md, k, "median_duration", path, int) for k in ("min_calls", "min_callers_factor", "round_to_s")))
+    if median.min_calls < 1 or median.min_callers_factor < 1 or median.round_to_s < 1:
+        raise ReleaseSpecError(f"{path}: median_duration: min_calls, min_callers_factor and round_to_s must be at least 1")
     thresholds = Thresholds(
         k_businesses=_need(t, "k_businesses", "thresholds", path, int),
         k_callers=_need(t, "k_callers", "thresholds", path, int),
@@ -173,6 +187,7 @@ def load_release_spec(path: Path | None = None) -> ReleaseSpec:
         opens_hour=_need(hours, "opens_hour", "after_hours", path, int),
         closes_hour=_need(hours, "closes_hour", "after_hours", path, int),
         thresholds=thresholds,
+        median=median,
         privacy=PrivacyBounds(
             max_calls_per_business_week=_need(dp, "max_calls_per_business_week", "differential_privacy", path, int),
             max_messages_per_business_week=_need(dp, "max_messages_per_business_week", "differential_privacy", path, int),
