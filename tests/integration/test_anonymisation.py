@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import psycopg
@@ -300,6 +300,55 @@ def test_dp_releases_spend_the_week_budget_once_per_release_and_a_release_beyond
     assert len(budget_rows(planted_db)) == 1
     # Tiny data and strong noise: every cell falls below the noise-aware threshold.
     assert first["published_cells"] == 0 and first["empty_reason"]
+
+
+def test_under_dp_the_exact_thresholds_dominance_rule_and_complementary_suppression_still_apply(
+    planted_db: str, tmp_path: Any
+) -> None:
+    """With near-zero noise (a huge epsilon, bounds of 10 calls per business-week) the noise-aware
+    threshold alone would publish the law firms of GB (noisy calls and businesses above it), though
+    one firm holds 80% of the true calls; the DP release applies the exact rules to the true counts,
+    so its cells have exactly the statuses of the release without DP."""
+    import yaml
+
+    from governance.anonymisation.cells import fetch_cells
+    from governance.anonymisation.privacy import add_noise, noise_plan
+    from governance.anonymisation.spec import SPEC_PATH
+
+    raw = yaml.safe_load(SPEC_PATH.read_text())
+    raw["differential_privacy"].update(max_calls_per_business_week=10, max_messages_per_business_week=10,
+                                       max_appointments_per_business_week=10, epsilon_budget_per_week=1e7)  # fmt: skip
+    path = tmp_path / "insights_release.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    spec = load_release_spec(path)
+    plan = noise_plan(spec.privacy, 6e5, 1e-6, 10)
+    with psycopg.connect(planted_db) as conn:
+        exact = stage_release(conn, spec, "app", request(), run_id="exact")
+        dp = stage_release(conn, spec, "app", request(epsilon=6e5, delta=1e-6), run_id="dp")
+        noisy_gb = conn.execute(
+            "SELECT calls, businesses, median_duration_s FROM governance.insights_release_cells WHERE release_id = %s"
+            " AND level = 'industry/country/week' AND industry = 'law firm' AND country = 'GB'",
+            (dp["release_id"],)).fetchone()  # fmt: skip
+    exact_cells, dp_cells = staged(planted_db, exact["release_id"]), staged(planted_db, dp["release_id"])
+    assert {k: v["status"] for k, v in dp_cells.items()} == {k: v["status"] for k, v in exact_cells.items()}
+    finest = "industry/country/week"
+    assert dp_cells[(finest, "law firm", "GB", WEEK)]["status"] == "suppressed_primary"  # dominated, true counts
+    assert [dp_cells[(finest, "dental clinic", c, WEEK)]["status"] for c in ("US", "MX")].count("suppressed_secondary") == 1
+    # ... while the noise-aware threshold alone would have let it through (its noisy values are
+    # not stored: drawn again here on its bounded counts, 10 calls per firm, 35 in all).
+    assert noisy_gb == (None, None, None)
+    with psycopg.connect(planted_db) as conn:
+        bounded = fetch_cells(conn, spec, "app", date(2026, 11, 2), date(2026, 11, 9), bounded=True)
+    gb = next(c for c in add_noise(bounded, spec.privacy, plan, spec.calls.outcomes)
+              if (c.key.level, c.key.industry, c.key.geo) == (finest, "law firm", "GB"))  # fmt: skip
+    assert gb.calls >= plan.calls_threshold and gb.businesses >= 5
+    # Published values are the noisy ones, drawn on bounded contributions (10 calls per firm).
+    published = [k for k, v in dp_cells.items() if v["status"] == "published"]
+    assert published and dp_cells[(finest, "accounting", "DE", WEEK)]["calls"] == pytest.approx(5 * 6, abs=1)
+    with psycopg.connect(planted_db) as conn:
+        medians = conn.execute("SELECT count(*) FROM governance.insights_release_cells WHERE release_id = %s"
+                               " AND median_duration_s IS NOT NULL", (dp["release_id"],)).fetchone()  # fmt: skip
+    assert medians == (0,)  # no median under DP
 
 
 def test_verification_passes_a_safe_release_and_blocks_one_with_a_planted_free_text_column(planted_db: str) -> None:

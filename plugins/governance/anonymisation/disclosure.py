@@ -1,4 +1,5 @@
-"""Statistical disclosure control of a release's cells (no differential privacy).
+"""Statistical disclosure control of a release's cells (with or without differential privacy:
+under DP the same rules run on the exact counts, and the published values are the noisy ones).
 
 * **Primary suppression**: a cell fails when it aggregates fewer than ``k_businesses`` distinct
   businesses or ``k_callers`` distinct callers, or one business contributes more than
@@ -168,13 +169,18 @@ def suppress(
     month_quarters: dict[str, str],
     earlier_suppressed: set[CellKey] = frozenset(),  # type: ignore[assignment]
     earlier_published: set[CellKey] = frozenset(),  # type: ignore[assignment]
+    also_primary: dict[CellKey, str] | None = None,
 ) -> SuppressionResult:
-    """Primary, then complementary suppression; returns each cell's status and reason."""
+    """Primary, then complementary suppression; returns each cell's status and reason.
+    ``also_primary`` holds cells suppressed for another reason (under differential privacy: below
+    the noise-aware threshold), protected like the rest."""
     by_key = {c.key: c for c in cells}
     status: dict[CellKey, str] = {}
     reasons: dict[CellKey, str] = {}
     for cell in cells:
         reason = failing_reason(cell, thresholds)
+        if reason is None and also_primary and cell.key in also_primary:
+            reason = also_primary[cell.key]
         if reason is None and cell.key in earlier_suppressed:
             reason = "suppressed in an earlier release of this period"
         status[cell.key] = PRIMARY if reason else PUBLISHED

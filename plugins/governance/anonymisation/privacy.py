@@ -14,6 +14,14 @@ outcome counts) is below a noise-aware threshold (the per-unit bound plus
 ``5 * scale * ln(5 * cells_per_unit / (2 * delta))``, and at least ``k_callers``) or whose noisy
 business count is below ``k_businesses`` are dropped, so a cell that one unit alone makes appear
 is published with probability at most ``delta`` in all; the rest is post-processing.
+
+The exact rules still apply on top (``governance.anonymisation.release.compute_release``): the
+k thresholds, the dominance rule and complementary suppression run on the true, unbounded counts,
+with the cells below the noise-aware threshold as further primary suppressions, and only then are
+the noisy values of the cells left published released. The ``(epsilon, delta)`` guarantee covers
+the values and the noise-aware threshold; which cells the exact rules suppress depends on the true
+counts, exactly as in a release without differential privacy (what that pattern can disclose is
+what complementary suppression already bounds).
 """
 
 from __future__ import annotations

@@ -183,29 +183,35 @@ def compute_release(
     start = date.fromisoformat(request["period_start"])
     end_exclusive = date.fromisoformat(request["period_end"]) + timedelta(days=1)
     dp_on = request["epsilon"] is not None
-    raw = fetch_cells(app_conn or conn, spec, schema, start, end_exclusive, bounded=dp_on)
+    # The exact cells: the thresholds, the dominance rule and complementary suppression always
+    # read these (with or without differential privacy).
+    raw = fetch_cells(app_conn or conn, spec, schema, start, end_exclusive, bounded=False)
     thresholds = Thresholds(request["k_businesses"], request["k_callers"], request["dominance_share"])
     report: dict[str, Any] = {"raw_cells": len(raw), "raw_calls": sum(c.calls for c in raw if _finest(c.key))}
+    below_noise: dict[CellKey, str] = {}
+    cells = raw
     if dp_on:
+        # The noise is drawn on the bounded contributions (the privacy unit's), a second pass.
+        bounded = {c.key: c for c in fetch_cells(app_conn or conn, spec, schema, start, end_exclusive, bounded=True)}
         plan = noise_plan(spec.privacy, float(request["epsilon"] or 0), float(request["delta"] or 0), thresholds.k_callers)
-        noisy = add_noise(raw, spec.privacy, plan, spec.calls.outcomes)
-        status = {
-            c.key: (PUBLISHED if c.calls >= plan.calls_threshold and c.businesses >= thresholds.k_businesses else "suppressed_primary")
-            for c in noisy
-        }
-        reasons = {k: "below the noise-aware threshold" for k, s in status.items() if s != PUBLISHED}
-        result = SuppressionResult(status=status, reasons=reasons)
-        true_calls = {c.key: c.calls for c in raw}
-        errors = [abs(c.calls - true_calls[c.key]) / max(true_calls[c.key], 1) for c in noisy if status[c.key] == PUBLISHED]
+        noisy = {c.key: c for c in add_noise(list(bounded.values()), spec.privacy, plan, spec.calls.outcomes)}
+        for key in (c.key for c in raw):
+            cell = noisy.get(key)
+            if cell is None or cell.calls < plan.calls_threshold or cell.businesses < thresholds.k_businesses:
+                below_noise[key] = "below the noise-aware threshold"
+        zero = {f: 0.0 for f in ("calls", "businesses", "callers", "top_business_calls")}
+        cells = [noisy[c.key] if c.key in noisy else c.with_values(**zero) for c in raw]
         report["noise"] = {"scales": plan.scales, "calls_threshold": plan.calls_threshold,
-                           "mean_relative_error_calls": (sum(errors) / len(errors)) if errors else None}  # fmt: skip
-        cells = noisy
-    else:
-        week_months, month_quarters = time_nesting(raw)
-        earlier_suppressed, earlier_published = earlier_statuses(conn, request, release_id)
-        result = suppress(raw, spec, thresholds, week_months=week_months, month_quarters=month_quarters,
-                          earlier_suppressed=earlier_suppressed, earlier_published=earlier_published)  # fmt: skip
-        cells = raw
+                           "cells_below_threshold": len(below_noise)}  # fmt: skip
+    week_months, month_quarters = time_nesting(raw)
+    earlier_suppressed, earlier_published = earlier_statuses(conn, request, release_id)
+    result = suppress(raw, spec, thresholds, week_months=week_months, month_quarters=month_quarters,
+                      earlier_suppressed=earlier_suppressed, earlier_published=earlier_published,
+                      also_primary=below_noise)  # fmt: skip
+    if dp_on:
+        true_calls = {c.key: c.calls for c in raw}
+        errors = [abs(c.calls - true_calls[c.key]) / max(true_calls[c.key], 1) for c in cells if result.status[c.key] == PUBLISHED]
+        report["noise"]["mean_relative_error_calls"] = (sum(errors) / len(errors)) if errors else None
     finest_published = sum(c.calls for c in raw if _finest(c.key) and result.status[c.key] == PUBLISHED)
     report["levels"] = generalisation_summary(cells, result, spec)
     report["finest_calls_published_share"] = (finest_published / report["raw_calls"]) if report["raw_calls"] else None
