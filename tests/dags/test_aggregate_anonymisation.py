@@ -60,7 +60,7 @@ def test_a_release_is_computed_checked_and_published_where_analysts_can_read_it_
         )  # fmt: skip
         raw = {(r[0], r[1]): r[2:] for r in conn.execute(RAW_BY_SECTOR_WEEK, (json.dumps(SECTORS),)).fetchall()}
     assert len(table) == published["cells"] > 0
-    assert (table["businesses"] >= 5).all()
+    assert (table["businesses"] >= 5).all() and (table["calls"] > 0).all()  # no empty combination
     # Every published sector-by-week total is the raw one, and passes both thresholds.
     totals = table[table["level"] == "sector/global/week"]
     assert len(totals) > 0
@@ -144,3 +144,17 @@ def test_a_dp_release_records_its_budget_refuses_a_second_release_of_the_period_
     assert states["check_request"] == "success" and states["stage_release"] == "failed", states
     assert states["publish_release"] != "success"
     assert _ledger(url) == (budget, releases, 1)
+
+
+def test_a_period_without_calls_publishes_an_empty_release_whose_report_says_why(
+    get_dag: Callable[[str], Any], reference_clone: Deployment, s3: Any
+) -> None:
+    run = get_dag("aggregate_anonymisation").test(run_conf={**FORM, "period_start": "2020-01-06", "period_end": "2020-01-12"})
+    assert run.state == DagRunState.SUCCESS, task_states(run)
+    published = xcom_result(run, "publish_release")
+    assert published["cells"] == 0 and published["empty_reason"] == "no calls in the period"
+    with psycopg.connect(reference_clone.app_url) as conn:
+        assert conn.execute("SELECT cells, empty_reason FROM insights.releases WHERE release_id = %s",
+                            (published["release_id"],)).fetchone() == (0, "no calls in the period")  # fmt: skip
+    report = s3.get_object(Bucket=reference_clone.bucket, Key=next(k for k in published["objects"] if k.endswith("report.html")))
+    assert "Empty release:</strong> no calls in the period" in report["Body"].read().decode()

@@ -250,6 +250,25 @@ def test_the_median_duration_is_released_only_in_cells_with_enough_calls_and_cal
     assert "industry/country/week accounting/DE/2026-W45: a median over 30 calls from 15 callers breaks the median rule" in forged.failures
 
 
+def test_empty_combinations_are_never_published_and_stay_indistinguishable_from_suppressed_cells(planted_db: str) -> None:
+    """A combination nobody is in (no accounting firm in the US, no dental clinic in GB) gets no
+    row, as a suppressed cell gets none in what is published: the published table does not tell
+    an empty cell from a suppressed one. Complementary suppression assumes the worst (an attacker
+    who knows which combinations are empty): even then no suppressed cell is pinned."""
+    with psycopg.connect(planted_db) as conn:
+        release = stage_release(conn, load_release_spec(), "app", request(), run_id="run-1")
+    cells = staged(planted_db, release["release_id"])
+    planted = {(i, c) for i, c in PLANTED}
+    finest = {(k[1], k[2]) for k in cells if k[0] == "industry/country/week"}
+    assert finest == planted  # no row at all for an empty combination, published or not
+    published = published_calls(cells)
+    assert all(calls > 0 for calls in published.values())
+    industries, countries = {i for i, _ in PLANTED}, {c for _, c in PLANTED}
+    empty = {("industry/country/week", i, c, WEEK): 0.0 for i in industries for c in countries if (i, c) not in planted}
+    assert ("industry/country/week", "accounting", "US", WEEK) in empty
+    assert recoverable({**published, **empty}) == {}
+
+
 def test_a_later_release_of_the_same_period_keeps_earlier_suppressions_and_the_union_stays_safe(planted_db: str) -> None:
     with psycopg.connect(planted_db) as conn:
         first = stage_release(conn, load_release_spec(), "app", request(), run_id="run-1")
