@@ -73,6 +73,8 @@ def _number(params: dict[str, Any], name: str, kind: type) -> Any:
     value = params.get(name)
     if value is None or value == "":
         return None
+    if kind is int and isinstance(value, float) and not value.is_integer():
+        raise ReleaseInputError(f"{name}: expected a whole number, got {value!r}")
     try:
         return kind(value)
     except (TypeError, ValueError) as exc:
