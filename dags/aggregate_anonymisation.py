@@ -13,8 +13,9 @@ generalises is declared in `include/insights_release.yaml`.
    its calls; failing cells are published only inside coarser ones (country to region to global,
    industry to sector, week to month to quarter) and suppressed, with complementary suppression so
    nothing can be recovered by subtraction, also against earlier releases of the period. With
-   *epsilon* and *delta*, OpenDP noise instead, and the budget spent per ISO week (a release over
-   budget is refused; a retry spends nothing again).
+   *epsilon* and *delta*, the same rules on the true counts plus a noise-aware threshold, OpenDP
+   noise on the values published, and the budget spent per ISO week (a release over budget is
+   refused; a retry spends nothing again).
 3. **verify_release**: an independent check (Great Expectations, a recount from the raw rows,
    pyCANON); any failure blocks the release.
 4. **publish_release**: the `insights` schema (read-only `insights_analyst` role), Parquet, CSV and

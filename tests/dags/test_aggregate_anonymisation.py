@@ -2,7 +2,9 @@
 (activity up to 2026-11-28), checked against what was published, with hand-written SQL: the
 published cells are the raw aggregates of cells with at least k businesses and k callers, the
 object store holds the same table as Parquet and CSV with its report, the read-only analyst role
-reads ``insights`` and nothing in ``app``, and publishing again doubles nothing."""
+reads ``insights`` and nothing in ``app``, and publishing again doubles nothing; with epsilon set, the
+budget is recorded per week, a second release of the period is refused and a retried stage or
+publication spends nothing twice (asserted on the governance ledger and the ``insights`` rows)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from airflow.utils.state import DagRunState
 from tests.dags.conftest import task_states, xcom_result
 from tests.fixtures.reference import Deployment
 
-pytestmark = [pytest.mark.slow(seconds=60), pytest.mark.integration, pytest.mark.dagrun]
+pytestmark = [pytest.mark.slow(seconds=150), pytest.mark.integration, pytest.mark.dagrun]
 
 FORM = {"period_start": "2026-11-02", "period_end": "2026-11-22", "k_businesses": 5, "k_callers": 10,
         "epsilon": None, "delta": None}  # fmt: skip
@@ -58,7 +60,7 @@ def test_a_release_is_computed_checked_and_published_where_analysts_can_read_it_
         )  # fmt: skip
         raw = {(r[0], r[1]): r[2:] for r in conn.execute(RAW_BY_SECTOR_WEEK, (json.dumps(SECTORS),)).fetchall()}
     assert len(table) == published["cells"] > 0
-    assert (table["businesses"] >= 5).all()
+    assert (table["businesses"] >= 5).all() and (table["calls"] > 0).all()  # no empty combination
     # Every published sector-by-week total is the raw one, and passes both thresholds.
     totals = table[table["level"] == "sector/global/week"]
     assert len(totals) > 0
@@ -98,3 +100,61 @@ def test_a_release_is_computed_checked_and_published_where_analysts_can_read_it_
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT count(*) FROM insights.industry_insights WHERE release_id = %s", (release_id,)).fetchone() == (len(table),)
         assert conn.execute("SELECT count(*) FROM insights.releases").fetchone() == (1,)
+
+
+def _ledger(url: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], int]:
+    """(budget rows, published releases, staged releases) as the databases hold them."""
+    with psycopg.connect(url) as conn:
+        budget = conn.execute("SELECT release_id, week_start::text, epsilon, delta FROM governance.insights_budget_spends"
+                              " ORDER BY week_start").fetchall()  # fmt: skip
+        releases = conn.execute("SELECT release_id, epsilon, delta, cells FROM insights.releases").fetchall()
+        staged = conn.execute("SELECT count(*) FROM governance.insights_releases").fetchone()
+    return budget, releases, int(staged[0]) if staged else 0
+
+
+def test_a_dp_release_records_its_budget_refuses_a_second_release_of_the_period_and_a_retry_spends_nothing(
+    get_dag: Callable[[str], Any], reference_clone: Deployment, s3: Any
+) -> None:
+    from governance.workflows.aggregate_anonymisation import publish, stage
+
+    url = reference_clone.app_url
+    dag = get_dag("aggregate_anonymisation")
+    run = dag.test(run_conf={**FORM, "epsilon": 1.5, "delta": 1e-6})  # the spec's budget: 2.0 per week
+    assert run.state == DagRunState.SUCCESS, task_states(run)
+    release_id = xcom_result(run, "publish_release")["release_id"]
+    budget, releases, staged = _ledger(url)
+    # 1.5 spent on each of the three ISO weeks of the period, by this release, once.
+    assert budget == [(release_id, week, 1.5, 1e-6) for week in ("2026-11-02", "2026-11-09", "2026-11-16")]
+    assert [r[:3] for r in releases] == [(release_id, 1.5, 1e-6)] and staged == 1
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM insights.industry_insights WHERE release_id = %s",
+                            (release_id,)).fetchone() == (releases[0][3],)  # fmt: skip
+
+    # A retried stage_release (same run) and a retried publication spend nothing again.
+    request = xcom_result(run, "check_request")
+    again = stage(request, run_id=run.run_id)
+    assert again["reused"] and again["release_id"] == release_id
+    publish(again)
+    assert _ledger(url) == (budget, releases, 1)
+
+    # A second DP release of the period would take the weeks to 2.5: refused, nothing staged or spent.
+    refused = dag.test(run_conf={**FORM, "epsilon": 1.0, "delta": 1e-6})
+    assert refused.state == DagRunState.FAILED
+    states = task_states(refused)
+    assert states["check_request"] == "success" and states["stage_release"] == "failed", states
+    assert states["publish_release"] != "success"
+    assert _ledger(url) == (budget, releases, 1)
+
+
+def test_a_period_without_calls_publishes_an_empty_release_whose_report_says_why(
+    get_dag: Callable[[str], Any], reference_clone: Deployment, s3: Any
+) -> None:
+    run = get_dag("aggregate_anonymisation").test(run_conf={**FORM, "period_start": "2020-01-06", "period_end": "2020-01-12"})
+    assert run.state == DagRunState.SUCCESS, task_states(run)
+    published = xcom_result(run, "publish_release")
+    assert published["cells"] == 0 and published["empty_reason"] == "no calls in the period"
+    with psycopg.connect(reference_clone.app_url) as conn:
+        assert conn.execute("SELECT cells, empty_reason FROM insights.releases WHERE release_id = %s",
+                            (published["release_id"],)).fetchone() == (0, "no calls in the period")  # fmt: skip
+    report = s3.get_object(Bucket=reference_clone.bucket, Key=next(k for k in published["objects"] if k.endswith("report.html")))
+    assert "Empty release:</strong> no calls in the period" in report["Body"].read().decode()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import psycopg
@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.slow(seconds=60), pytest.mark.integration]
 
 WEEK = "2026-W45"
 MONDAY = datetime(2026, 11, 2, 10, tzinfo=UTC)  # 10:00 UTC on a Monday: business hours
+NEXT_MONDAY = datetime(2026, 11, 9, 10, tzinfo=UTC)
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 # (industry, country) -> calls per business (one entry per business); each business has 3 callers.
 PLANTED: dict[tuple[str, str], list[int]] = {
@@ -38,14 +39,17 @@ PLANTED: dict[tuple[str, str], list[int]] = {
     ("accounting", "DE"): [6, 6, 6, 6, 6],
     ("accounting", "FR"): [6, 6, 6, 6, 6],
 }
+# Appointments booked per business (from the appointments table, not the calls' outcome column):
+# 2 for each accounting firm, none elsewhere, and one more per firm booked the week after.
+APPOINTMENTS = {"accounting": 2}
 # Hand-written hierarchies of the planted labels (include/insights_release.yaml says the same).
 SECTOR = {"dental clinic": "health", "law firm": "professional services", "accounting": "professional services"}
 REGION = {"US": "Americas", "MX": "Americas", "CA": "Americas", "GB": "Europe", "DE": "Europe", "FR": "Europe"}
 
 
 def plant(conn: psycopg.Connection[Any]) -> None:
-    """The planted businesses, callers and calls (one message per call)."""
-    business = caller = call = message = 0
+    """The planted businesses, callers and calls (one message per call) and appointments."""
+    business = caller = call = message = appointment = 0
     for (industry, country), per_business in PLANTED.items():
         for calls in per_business:
             business += 1
@@ -69,6 +73,10 @@ def plant(conn: psycopg.Connection[Any]) -> None:
                     "INSERT INTO app.messages (id, business_id, channel, direction, body, sent_at) VALUES (%s, %s, 'sms', 'inbound', 'x', %s)",
                     (message, business, MONDAY),
                 )
+            for booked_at in [MONDAY] * APPOINTMENTS.get(industry, 0) + [NEXT_MONDAY] * (industry in APPOINTMENTS):
+                appointment += 1
+                conn.execute("INSERT INTO app.appointments (id, business_id, caller_id, scheduled_for, created_at)"
+                             " VALUES (%s, %s, %s, %s, %s)", (appointment, business, callers[0], NEXT_MONDAY, booked_at))  # fmt: skip
 
 
 @pytest.fixture
@@ -183,6 +191,84 @@ def test_small_and_dominated_cells_are_suppressed_and_no_suppressed_cell_is_reco
     assert recoverable(exposed)[(finest, "dental clinic", "CA", WEEK)] == pytest.approx((24.0, 24.0))
 
 
+def test_the_booked_share_is_appointments_booked_per_call_from_the_appointments_table(planted_db: str) -> None:
+    with psycopg.connect(planted_db) as conn:
+        release = stage_release(conn, load_release_spec(), "app", request(), run_id="run-1")
+        shares = dict(conn.execute(
+            "SELECT industry, booked_share FROM governance.insights_release_cells WHERE release_id = %s"
+            " AND level = 'industry/country/week' AND country IN ('DE', 'US') AND status = 'published'",
+            (release["release_id"],)).fetchall())  # fmt: skip
+    # 5 firms x 2 appointments booked in the week over 30 calls (the next week's are not counted);
+    # the calls' outcome column would say 5 booked calls (1 in 6).
+    assert shares == {"accounting": round(10 / 30, 4), "dental clinic": 0.0}
+
+
+def planted_durations(level: str, industry: str, country: str) -> list[int]:
+    """The planted durations of a cell (every period holds the one planted week)."""
+    industry_level, geo_level, _ = level.split("/")
+    out = []
+    for (i, c), per_business in PLANTED.items():
+        if (i if industry_level == "industry" else SECTOR[i]) != industry:
+            continue
+        if {"country": c, "region": REGION[c], "global": "global"}[geo_level] != country:
+            continue
+        out += [60 + n for calls in per_business for n in range(calls)]
+    return out
+
+
+def test_the_median_duration_is_released_only_in_cells_with_enough_calls_and_callers_and_checked(planted_db: str) -> None:
+    import statistics
+
+    from governance.anonymisation.verify import verify_release
+
+    spec = load_release_spec()  # median: at least 50 calls and 2 x k_callers callers, rounded to 5 s
+    with psycopg.connect(planted_db) as conn:
+        release = stage_release(conn, spec, "app", request(), run_id="run-1")
+        rows = conn.execute(
+            "SELECT level, industry, country, status, calls, median_duration_s FROM governance.insights_release_cells"
+            " WHERE release_id = %s", (release["release_id"],)).fetchall()  # fmt: skip
+        medians = {r[:3]: r[5] for r in rows if r[5] is not None}
+        assert verify_release(conn, spec, "app", release["release_id"]).success
+        conn.rollback()
+    assert medians, "no cell has a median"
+    for (level, industry, country, status, calls, median) in rows:
+        durations = planted_durations(level, industry, country)
+        if median is None:
+            # Withheld from every published cell with too few calls (e.g. 5 accounting firms in DE: 30).
+            assert status != "published" or calls < 50 or len(durations) < 50, (level, industry, country)
+            continue
+        assert status == "published" and calls >= 50
+        assert median % 5 == 0 and abs(median - statistics.median(durations)) <= 2.5, (level, industry, country)
+    assert medians.get(("industry/country/week", "accounting", "DE")) is None
+    assert ("sector/region/week", "professional services", "Europe") in medians
+    # A median forged onto a small published cell is caught by the independent recount.
+    with psycopg.connect(planted_db) as conn:
+        conn.execute("UPDATE governance.insights_release_cells SET median_duration_s = 62 WHERE release_id = %s"
+                     " AND level = 'industry/country/week' AND industry = 'accounting' AND country = 'DE'",
+                     (release["release_id"],))  # fmt: skip
+        forged = verify_release(conn, spec, "app", release["release_id"])
+    assert "industry/country/week accounting/DE/2026-W45: a median over 30 calls from 15 callers breaks the median rule" in forged.failures
+
+
+def test_empty_combinations_are_never_published_and_stay_indistinguishable_from_suppressed_cells(planted_db: str) -> None:
+    """A combination nobody is in (no accounting firm in the US, no dental clinic in GB) gets no
+    row, as a suppressed cell gets none in what is published: the published table does not tell
+    an empty cell from a suppressed one. Complementary suppression assumes the worst (an attacker
+    who knows which combinations are empty): even then no suppressed cell is pinned."""
+    with psycopg.connect(planted_db) as conn:
+        release = stage_release(conn, load_release_spec(), "app", request(), run_id="run-1")
+    cells = staged(planted_db, release["release_id"])
+    planted = {(i, c) for i, c in PLANTED}
+    finest = {(k[1], k[2]) for k in cells if k[0] == "industry/country/week"}
+    assert finest == planted  # no row at all for an empty combination, published or not
+    published = published_calls(cells)
+    assert all(calls > 0 for calls in published.values())
+    industries, countries = {i for i, _ in PLANTED}, {c for _, c in PLANTED}
+    empty = {("industry/country/week", i, c, WEEK): 0.0 for i in industries for c in countries if (i, c) not in planted}
+    assert ("industry/country/week", "accounting", "US", WEEK) in empty
+    assert recoverable({**published, **empty}) == {}
+
+
 def test_a_later_release_of_the_same_period_keeps_earlier_suppressions_and_the_union_stays_safe(planted_db: str) -> None:
     with psycopg.connect(planted_db) as conn:
         first = stage_release(conn, load_release_spec(), "app", request(), run_id="run-1")
@@ -233,6 +319,55 @@ def test_dp_releases_spend_the_week_budget_once_per_release_and_a_release_beyond
     assert len(budget_rows(planted_db)) == 1
     # Tiny data and strong noise: every cell falls below the noise-aware threshold.
     assert first["published_cells"] == 0 and first["empty_reason"]
+
+
+def test_under_dp_the_exact_thresholds_dominance_rule_and_complementary_suppression_still_apply(
+    planted_db: str, tmp_path: Any
+) -> None:
+    """With near-zero noise (a huge epsilon, bounds of 10 calls per business-week) the noise-aware
+    threshold alone would publish the law firms of GB (noisy calls and businesses above it), though
+    one firm holds 80% of the true calls; the DP release applies the exact rules to the true counts,
+    so its cells have exactly the statuses of the release without DP."""
+    import yaml
+
+    from governance.anonymisation.cells import fetch_cells
+    from governance.anonymisation.privacy import add_noise, noise_plan
+    from governance.anonymisation.spec import SPEC_PATH
+
+    raw = yaml.safe_load(SPEC_PATH.read_text())
+    raw["differential_privacy"].update(max_calls_per_business_week=10, max_messages_per_business_week=10,
+                                       max_appointments_per_business_week=10, epsilon_budget_per_week=1e7)  # fmt: skip
+    path = tmp_path / "insights_release.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    spec = load_release_spec(path)
+    plan = noise_plan(spec.privacy, 6e5, 1e-6, 10)
+    with psycopg.connect(planted_db) as conn:
+        exact = stage_release(conn, spec, "app", request(), run_id="exact")
+        dp = stage_release(conn, spec, "app", request(epsilon=6e5, delta=1e-6), run_id="dp")
+        noisy_gb = conn.execute(
+            "SELECT calls, businesses, median_duration_s FROM governance.insights_release_cells WHERE release_id = %s"
+            " AND level = 'industry/country/week' AND industry = 'law firm' AND country = 'GB'",
+            (dp["release_id"],)).fetchone()  # fmt: skip
+    exact_cells, dp_cells = staged(planted_db, exact["release_id"]), staged(planted_db, dp["release_id"])
+    assert {k: v["status"] for k, v in dp_cells.items()} == {k: v["status"] for k, v in exact_cells.items()}
+    finest = "industry/country/week"
+    assert dp_cells[(finest, "law firm", "GB", WEEK)]["status"] == "suppressed_primary"  # dominated, true counts
+    assert [dp_cells[(finest, "dental clinic", c, WEEK)]["status"] for c in ("US", "MX")].count("suppressed_secondary") == 1
+    # ... while the noise-aware threshold alone would have let it through (its noisy values are
+    # not stored: drawn again here on its bounded counts, 10 calls per firm, 35 in all).
+    assert noisy_gb == (None, None, None)
+    with psycopg.connect(planted_db) as conn:
+        bounded = fetch_cells(conn, spec, "app", date(2026, 11, 2), date(2026, 11, 9), bounded=True)
+    gb = next(c for c in add_noise(bounded, spec.privacy, plan, spec.calls.outcomes)
+              if (c.key.level, c.key.industry, c.key.geo) == (finest, "law firm", "GB"))  # fmt: skip
+    assert gb.calls >= plan.calls_threshold and gb.businesses >= 5
+    # Published values are the noisy ones, drawn on bounded contributions (10 calls per firm).
+    published = [k for k, v in dp_cells.items() if v["status"] == "published"]
+    assert published and dp_cells[(finest, "accounting", "DE", WEEK)]["calls"] == pytest.approx(5 * 6, abs=1)
+    with psycopg.connect(planted_db) as conn:
+        medians = conn.execute("SELECT count(*) FROM governance.insights_release_cells WHERE release_id = %s"
+                               " AND median_duration_s IS NOT NULL", (dp["release_id"],)).fetchone()  # fmt: skip
+    assert medians == (0,)  # no median under DP
 
 
 def test_verification_passes_a_safe_release_and_blocks_one_with_a_planted_free_text_column(planted_db: str) -> None:

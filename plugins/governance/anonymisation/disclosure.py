@@ -1,4 +1,5 @@
-"""Statistical disclosure control of a release's cells (no differential privacy).
+"""Statistical disclosure control of a release's cells (with or without differential privacy:
+under DP the same rules run on the exact counts, and the published values are the noisy ones).
 
 * **Primary suppression**: a cell fails when it aggregates fewer than ``k_businesses`` distinct
   businesses or ``k_callers`` distinct callers, or one business contributes more than
@@ -14,6 +15,11 @@
   parent when no sibling is left. Cells published by an earlier release of the period count as
   known and are never chosen. Finally an exact linear-algebra check finds any suppressed cell still
   determined by the published table (and earlier releases) and suppresses more until none is.
+* **The median call duration** is one caller's real value (or the mean of two), so a stricter
+  rule: only in a published cell (the thresholds and the dominance rule hold) with at least the
+  spec's ``median_duration.min_calls`` calls and ``min_callers_factor`` x ``k_callers`` distinct
+  callers, rounded to ``round_to_s`` seconds (:func:`median_releasable`). Medians do not add up,
+  so no hierarchy sum recovers one.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from governance.anonymisation.cells import Cell, CellKey
-from governance.anonymisation.spec import ReleaseSpec, Thresholds
+from governance.anonymisation.spec import MedianRule, ReleaseSpec, Thresholds
 
 PUBLISHED = "published"
 PRIMARY = "suppressed_primary"
@@ -59,6 +65,23 @@ def failing_reason(cell: Cell, thresholds: Thresholds) -> str | None:
     if cell.calls > 0 and cell.top_business_calls / cell.calls > thresholds.dominance_share:
         return f"one business has more than {thresholds.dominance_share:.0%} of the calls"
     return None
+
+
+def median_releasable(cell: Cell, thresholds: Thresholds, rule: MedianRule) -> bool:
+    """May ``cell``'s median duration be released (the cell itself being published)?"""
+    return (
+        cell.duration_median is not None
+        and failing_reason(cell, thresholds) is None
+        and cell.calls >= rule.min_calls
+        and cell.callers >= rule.min_callers_factor * thresholds.k_callers
+    )
+
+
+def released_median(cell: Cell, thresholds: Thresholds, rule: MedianRule) -> float | None:
+    """The median as released: rounded to ``rule.round_to_s`` seconds, or None where not safe."""
+    if not median_releasable(cell, thresholds, rule) or cell.duration_median is None:
+        return None
+    return float(int(cell.duration_median / rule.round_to_s + 0.5) * rule.round_to_s)
 
 
 def _parent_key(key: CellKey, dimension: str, spec: ReleaseSpec, month_of: dict[str, str], quarter_of: dict[str, str]) -> CellKey | None:
@@ -146,13 +169,18 @@ def suppress(
     month_quarters: dict[str, str],
     earlier_suppressed: set[CellKey] = frozenset(),  # type: ignore[assignment]
     earlier_published: set[CellKey] = frozenset(),  # type: ignore[assignment]
+    also_primary: dict[CellKey, str] | None = None,
 ) -> SuppressionResult:
-    """Primary, then complementary suppression; returns each cell's status and reason."""
+    """Primary, then complementary suppression; returns each cell's status and reason.
+    ``also_primary`` holds cells suppressed for another reason (under differential privacy: below
+    the noise-aware threshold), protected like the rest."""
     by_key = {c.key: c for c in cells}
     status: dict[CellKey, str] = {}
     reasons: dict[CellKey, str] = {}
     for cell in cells:
         reason = failing_reason(cell, thresholds)
+        if reason is None and also_primary and cell.key in also_primary:
+            reason = also_primary[cell.key]
         if reason is None and cell.key in earlier_suppressed:
             reason = "suppressed in an earlier release of this period"
         status[cell.key] = PRIMARY if reason else PUBLISHED

@@ -1,18 +1,27 @@
 """Differential privacy for a release, through OpenDP, and its budget ledger.
 
 Privacy unit: **one business in one ISO week**, contributing at most
-``max_calls_per_business_week`` calls and ``max_messages_per_business_week`` messages, each
+``max_calls_per_business_week`` calls, ``max_messages_per_business_week`` messages and
+``max_appointments_per_business_week`` appointments, each
 call's duration clamped to ``max_duration_s`` (the SQL keeps the first ones by id). That unit's
 data reaches exactly one cell of each of the lattice's grouping sets per time level, so the L1
 sensitivity of each measured vector is its per-unit bound times the number of cells a unit
-reaches. ``epsilon`` is split evenly over five measurements (the outcome counts, after-hours
-calls, the clamped duration sum, messages, businesses), each a Laplace mechanism made with
+reaches. ``epsilon`` is split evenly over six measurements (the outcome counts, after-hours
+calls, the clamped duration sum, messages, appointments, businesses), each a Laplace mechanism made with
 OpenDP; their sum is what the release spends on every week it covers (parallel composition
 across weeks: a unit lives in one week). Cells whose noisy call count (the sum of the five noisy
 outcome counts) is below a noise-aware threshold (the per-unit bound plus
 ``5 * scale * ln(5 * cells_per_unit / (2 * delta))``, and at least ``k_callers``) or whose noisy
 business count is below ``k_businesses`` are dropped, so a cell that one unit alone makes appear
 is published with probability at most ``delta`` in all; the rest is post-processing.
+
+The exact rules still apply on top (``governance.anonymisation.release.compute_release``): the
+k thresholds, the dominance rule and complementary suppression run on the true, unbounded counts,
+with the cells below the noise-aware threshold as further primary suppressions, and only then are
+the noisy values of the cells left published released. The ``(epsilon, delta)`` guarantee covers
+the values and the noise-aware threshold; which cells the exact rules suppress depends on the true
+counts, exactly as in a release without differential privacy (what that pattern can disclose is
+what complementary suppression already bounds).
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from typing import Any
 from governance.anonymisation.cells import GROUPING_SETS, TIME_LEVELS_N, Cell
 from governance.anonymisation.spec import PrivacyBounds
 
-MEASUREMENTS = 5
+MEASUREMENTS = 6
 CELLS_PER_UNIT = len(GROUPING_SETS) * TIME_LEVELS_N
 OUTCOMES = 5  # noisy counts a cell's calls add up (governance.anonymisation.spec.CALL_OUTCOMES)
 
@@ -64,6 +73,7 @@ def noise_plan(bounds: PrivacyBounds, epsilon: float, delta: float, k_callers: i
         "after_hours": bounds.max_calls_per_business_week * CELLS_PER_UNIT,
         "duration_sum": bounds.max_calls_per_business_week * bounds.max_duration_s * CELLS_PER_UNIT,
         "messages": bounds.max_messages_per_business_week * CELLS_PER_UNIT,
+        "appointments": bounds.max_appointments_per_business_week * CELLS_PER_UNIT,
         "businesses": CELLS_PER_UNIT,
     }
     scales = {name: s / part for name, s in sens.items()}
@@ -94,6 +104,7 @@ def add_noise(cells: list[Cell], bounds: PrivacyBounds, plan: NoisePlan, outcome
     noisy_after = noisy([c.after_hours for c in cells], "after_hours")
     noisy_duration = noisy([c.duration_sum for c in cells], "duration_sum")
     noisy_messages = noisy([c.messages for c in cells], "messages")
+    noisy_appointments = noisy([c.appointments for c in cells], "appointments")
     noisy_businesses = noisy([c.businesses for c in cells], "businesses")
     out = []
     n = len(outcomes)
@@ -103,6 +114,7 @@ def add_noise(cells: list[Cell], bounds: PrivacyBounds, plan: NoisePlan, outcome
             cell.with_values(
                 calls=sum(per_outcome.values()), **per_outcome, after_hours=float(max(noisy_after[i], 0)),
                 duration_sum=float(max(noisy_duration[i], 0)), messages=float(max(noisy_messages[i], 0)),
+                appointments=float(max(noisy_appointments[i], 0)),
                 businesses=float(max(noisy_businesses[i], 0)), callers=0.0, top_business_calls=0.0,
             )  # fmt: skip
         )

@@ -77,6 +77,7 @@ def report_html(release: dict[str, Any], budget: dict[str, float], budget_limit:
             ("Dominance share", release["dominance_share"]),
             ("Differential privacy", f"epsilon {release['epsilon']}, delta {release['delta']}" if dp else "off"),
             ("Cells published", int(sum(published.values()))), ("Cells suppressed", int(sum(suppressed.values()))),
+            ("Medians released (median rule)", "none under differential privacy" if dp else report.get("medians_released", 0)),
             ("Verification", "passed" if verification.get("success") else "not passed"),
             ("k-anonymity (pyCANON, lowest level)", min(verification.get("k_anonymity", {}).values(), default="n/a")),
         ]

@@ -28,6 +28,7 @@ from governance.anonymisation.disclosure import (
     ReleaseBlocked,
     SuppressionResult,
     generalisation_summary,
+    released_median,
     suppress,
 )
 from governance.anonymisation.privacy import add_noise, noise_plan, spend_budget
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 PUBLIC_VALUE_COLUMNS = (
     "calls", "answered_share", "voicemail_share", "transferred_share", "missed_share", "booked_share",
-    "mean_duration_s", "messages_per_call", "after_hours_share", "businesses",
+    "mean_duration_s", "median_duration_s", "messages_per_call", "after_hours_share", "businesses",
 )  # fmt: skip
 
 
@@ -72,6 +73,8 @@ def _number(params: dict[str, Any], name: str, kind: type) -> Any:
     value = params.get(name)
     if value is None or value == "":
         return None
+    if kind is int and isinstance(value, float) and not value.is_integer():
+        raise ReleaseInputError(f"{name}: expected a whole number, got {value!r}")
     try:
         return kind(value)
     except (TypeError, ValueError) as exc:
@@ -127,7 +130,8 @@ def release_id_for(spec: ReleaseSpec, request: ReleaseRequest, run_id: str) -> s
     return f"{spec.release}-{request['period_start']}-{digest}"
 
 
-def public_values(cell: Cell) -> dict[str, float | None]:
+def public_values(cell: Cell, median: float | None = None) -> dict[str, float | None]:
+    """The public values of a published cell; ``median`` is the released median (or None)."""
     calls = cell.calls
 
     def share(value: float) -> float | None:
@@ -136,8 +140,8 @@ def public_values(cell: Cell) -> dict[str, float | None]:
     return {
         "calls": round(calls), "answered_share": share(cell.answered), "voicemail_share": share(cell.voicemail),
         "transferred_share": share(cell.transferred), "missed_share": share(cell.missed),
-        "booked_share": share(cell.booked),
-        "mean_duration_s": round(cell.duration_sum / calls, 1) if calls > 0 else None,
+        "booked_share": share(cell.appointments),
+        "mean_duration_s": round(cell.duration_sum / calls, 1) if calls > 0 else None, "median_duration_s": median,
         "messages_per_call": round(cell.messages / calls, 3) if calls > 0 else None,
         "after_hours_share": share(cell.after_hours), "businesses": round(cell.businesses),
     }  # fmt: skip
@@ -170,6 +174,7 @@ class ComputedRelease:
     cells: list[Cell]
     result: SuppressionResult
     report: dict[str, Any]
+    medians: dict[CellKey, float | None]
 
 
 def compute_release(
@@ -180,29 +185,35 @@ def compute_release(
     start = date.fromisoformat(request["period_start"])
     end_exclusive = date.fromisoformat(request["period_end"]) + timedelta(days=1)
     dp_on = request["epsilon"] is not None
-    raw = fetch_cells(app_conn or conn, spec, schema, start, end_exclusive, bounded=dp_on)
+    # The exact cells: the thresholds, the dominance rule and complementary suppression always
+    # read these (with or without differential privacy).
+    raw = fetch_cells(app_conn or conn, spec, schema, start, end_exclusive, bounded=False)
     thresholds = Thresholds(request["k_businesses"], request["k_callers"], request["dominance_share"])
     report: dict[str, Any] = {"raw_cells": len(raw), "raw_calls": sum(c.calls for c in raw if _finest(c.key))}
+    below_noise: dict[CellKey, str] = {}
+    cells = raw
     if dp_on:
+        # The noise is drawn on the bounded contributions (the privacy unit's), a second pass.
+        bounded = {c.key: c for c in fetch_cells(app_conn or conn, spec, schema, start, end_exclusive, bounded=True)}
         plan = noise_plan(spec.privacy, float(request["epsilon"] or 0), float(request["delta"] or 0), thresholds.k_callers)
-        noisy = add_noise(raw, spec.privacy, plan, spec.calls.outcomes)
-        status = {
-            c.key: (PUBLISHED if c.calls >= plan.calls_threshold and c.businesses >= thresholds.k_businesses else "suppressed_primary")
-            for c in noisy
-        }
-        reasons = {k: "below the noise-aware threshold" for k, s in status.items() if s != PUBLISHED}
-        result = SuppressionResult(status=status, reasons=reasons)
-        true_calls = {c.key: c.calls for c in raw}
-        errors = [abs(c.calls - true_calls[c.key]) / max(true_calls[c.key], 1) for c in noisy if status[c.key] == PUBLISHED]
+        noisy = {c.key: c for c in add_noise(list(bounded.values()), spec.privacy, plan, spec.calls.outcomes)}
+        for key in (c.key for c in raw):
+            cell = noisy.get(key)
+            if cell is None or cell.calls < plan.calls_threshold or cell.businesses < thresholds.k_businesses:
+                below_noise[key] = "below the noise-aware threshold"
+        zero = {f: 0.0 for f in ("calls", "businesses", "callers", "top_business_calls")}
+        cells = [noisy[c.key] if c.key in noisy else c.with_values(**zero) for c in raw]
         report["noise"] = {"scales": plan.scales, "calls_threshold": plan.calls_threshold,
-                           "mean_relative_error_calls": (sum(errors) / len(errors)) if errors else None}  # fmt: skip
-        cells = noisy
-    else:
-        week_months, month_quarters = time_nesting(raw)
-        earlier_suppressed, earlier_published = earlier_statuses(conn, request, release_id)
-        result = suppress(raw, spec, thresholds, week_months=week_months, month_quarters=month_quarters,
-                          earlier_suppressed=earlier_suppressed, earlier_published=earlier_published)  # fmt: skip
-        cells = raw
+                           "cells_below_threshold": len(below_noise)}  # fmt: skip
+    week_months, month_quarters = time_nesting(raw)
+    earlier_suppressed, earlier_published = earlier_statuses(conn, request, release_id)
+    result = suppress(raw, spec, thresholds, week_months=week_months, month_quarters=month_quarters,
+                      earlier_suppressed=earlier_suppressed, earlier_published=earlier_published,
+                      also_primary=below_noise)  # fmt: skip
+    if dp_on:
+        true_calls = {c.key: c.calls for c in raw}
+        errors = [abs(c.calls - true_calls[c.key]) / max(true_calls[c.key], 1) for c in cells if result.status[c.key] == PUBLISHED]
+        report["noise"]["mean_relative_error_calls"] = (sum(errors) / len(errors)) if errors else None
     finest_published = sum(c.calls for c in raw if _finest(c.key) and result.status[c.key] == PUBLISHED)
     report["levels"] = generalisation_summary(cells, result, spec)
     report["finest_calls_published_share"] = (finest_published / report["raw_calls"]) if report["raw_calls"] else None
@@ -213,7 +224,10 @@ def compute_release(
         shown = sum(c.calls for c in raw if c.key.level == level and result.status[c.key] == PUBLISHED)
         loss[level] = round(1 - shown / total, 4) if total else 0.0
     report["utility_loss_by_level"] = dict(sorted(loss.items()))
-    return ComputedRelease(cells=cells, result=result, report=report)
+    # The median: only from the exact cells (never under DP), where the median rule holds.
+    medians = {c.key: None if dp_on else released_median(c, thresholds, spec.median) for c in raw}
+    report["medians_released"] = sum(1 for k, v in medians.items() if v is not None and result.status[k] == PUBLISHED)
+    return ComputedRelease(cells=cells, result=result, report=report, medians=medians)
 
 
 def _finest(key: CellKey) -> bool:
@@ -291,7 +305,7 @@ def stage_release(
                 ),
                 [
                     (release_id, *_key_row(c.key), computed.result.status[c.key], computed.result.reasons.get(c.key),
-                     *(public_values(c)[col] if computed.result.status[c.key] == PUBLISHED else None
+                     *(public_values(c, computed.medians.get(c.key))[col] if computed.result.status[c.key] == PUBLISHED else None
                        for col in PUBLIC_VALUE_COLUMNS))
                     for c in computed.cells
                 ],

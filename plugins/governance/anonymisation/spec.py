@@ -42,6 +42,15 @@ class MessagesSource:
 
 
 @dataclass(frozen=True)
+class AppointmentsSource:
+    """Feeds the booked share: appointments booked (at ``time``) per call of the cell."""
+
+    table: str
+    business: str
+    time: str
+
+
+@dataclass(frozen=True)
 class BusinessesSource:
     table: str
     key: str
@@ -57,11 +66,21 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
+class MedianRule:
+    """When a cell's median call duration may be released (see :func:`median_releasable`)."""
+
+    min_calls: int
+    min_callers_factor: int
+    round_to_s: int
+
+
+@dataclass(frozen=True)
 class PrivacyBounds:
     """Contribution bounds of the privacy unit (one business in one ISO week) and the budget."""
 
     max_calls_per_business_week: int
     max_messages_per_business_week: int
+    max_appointments_per_business_week: int
     max_duration_s: int
     epsilon_budget_per_week: float
 
@@ -73,11 +92,13 @@ class ReleaseSpec:
     businesses: BusinessesSource
     calls: CallsSource
     messages: MessagesSource
+    appointments: AppointmentsSource
     sectors: dict[str, str]  # industry -> sector
     regions: dict[str, str]  # country -> region
     opens_hour: int
     closes_hour: int
     thresholds: Thresholds
+    median: MedianRule
     privacy: PrivacyBounds
     public_columns: tuple[str, ...]
     path: Path
@@ -123,6 +144,7 @@ def load_release_spec(path: Path | None = None) -> ReleaseSpec:
     b = _need(sources, "businesses", "sources", path, dict)
     c = _need(sources, "calls", "sources", path, dict)
     m = _need(sources, "messages", "sources", path, dict)
+    a = _need(sources, "appointments", "sources", path, dict)
     qis = _need(raw, "quasi_identifiers", "", path, list)
     if qis != ["industry", "country", "week"]:
         raise ReleaseSpecError(f"{path}: quasi_identifiers: expected [industry, country, week], got {qis}")
@@ -134,6 +156,10 @@ def load_release_spec(path: Path | None = None) -> ReleaseSpec:
     t = _need(raw, "thresholds", "", path, dict)
     dp = _need(raw, "differential_privacy", "", path, dict)
     hours = _need(raw, "after_hours", "", path, dict)
+    md = _need(raw, "median_duration", "", path, dict)
+    median = MedianRule(*(_need(md, k, "median_duration", path, int) for k in ("min_calls", "min_callers_factor", "round_to_s")))
+    if median.min_calls < 1 or median.min_callers_factor < 1 or median.round_to_s < 1:
+        raise ReleaseSpecError(f"{path}: median_duration: min_calls, min_callers_factor and round_to_s must be at least 1")
     thresholds = Thresholds(
         k_businesses=_need(t, "k_businesses", "thresholds", path, int),
         k_callers=_need(t, "k_callers", "thresholds", path, int),
@@ -155,14 +181,17 @@ def load_release_spec(path: Path | None = None) -> ReleaseSpec:
             outcomes=outcomes,
         ),
         messages=MessagesSource(*(_need(m, k, "sources.messages", path) for k in ("table", "business", "time"))),
+        appointments=AppointmentsSource(*(_need(a, k, "sources.appointments", path) for k in ("table", "business", "time"))),
         sectors=_inverse(_need(hierarchies["industry"], "sector", "hierarchies.industry", path, dict), "hierarchies.industry.sector", path),
         regions=_inverse(_need(hierarchies["country"], "region", "hierarchies.country", path, dict), "hierarchies.country.region", path),
         opens_hour=_need(hours, "opens_hour", "after_hours", path, int),
         closes_hour=_need(hours, "closes_hour", "after_hours", path, int),
         thresholds=thresholds,
+        median=median,
         privacy=PrivacyBounds(
             max_calls_per_business_week=_need(dp, "max_calls_per_business_week", "differential_privacy", path, int),
             max_messages_per_business_week=_need(dp, "max_messages_per_business_week", "differential_privacy", path, int),
+            max_appointments_per_business_week=_need(dp, "max_appointments_per_business_week", "differential_privacy", path, int),
             max_duration_s=_need(dp, "max_duration_s", "differential_privacy", path, int),
             epsilon_budget_per_week=float(_need(dp, "epsilon_budget_per_week", "differential_privacy", path, (int, float))),
         ),

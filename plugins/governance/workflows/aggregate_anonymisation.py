@@ -84,7 +84,7 @@ def stage(request: dict[str, Any], *, run_id: str) -> dict[str, Any]:
     except (BudgetExceeded, ReleaseBlocked) as exc:
         _refuse(str(exc))
     connection_id = _app_connection_id(spec)
-    for table in (spec.businesses.table, spec.calls.table, spec.messages.table):
+    for table in (spec.businesses.table, spec.calls.table, spec.messages.table, spec.appointments.table):
         record_table_read(connection_id, schema, table)
     record_table_write(GOVERNANCE_CONN_ID, "governance", "insights_releases", rows=0 if staged["reused"] else 1)
     record_table_write(GOVERNANCE_CONN_ID, "governance", "insights_release_cells", rows=0 if staged["reused"] else staged["cells"])
