@@ -58,7 +58,10 @@ async def _form(request: Request) -> dict[str, str]:
 def _permissions(staff: Staff, kind: str) -> dict[str, bool]:
     dag_id = DAG_FOR_KIND.get(kind)
     actions: tuple[Action, ...] = ("record", "approve", "reveal")
-    return {action: may(staff, action, dag_id) for action in actions}
+    allowed: dict[str, bool] = {action: may(staff, action, dag_id) for action in actions}
+    allowed["extend"] = may(staff, "approve")
+    allowed["respond"] = may(staff, "record")
+    return allowed
 
 
 def _plans(view: service.RequestView) -> dict[str, Any]:
@@ -74,7 +77,27 @@ def _plans(view: service.RequestView) -> dict[str, Any]:
     return out
 
 
-def _request_html(request: Request, staff: Staff, request_id: str, *, error: str | None = None, status: int = 200) -> HTMLResponse:
+DONE = ("extended", "retried", "responded")
+
+
+def _done_message(view: service.RequestView, done: str) -> str | None:
+    """The line shown after a lifecycle step (the page is reloaded by a redirect, so it is
+    read back from the request, not carried in the URL)."""
+    r = view.request
+    if done == "extended" and r["extended_at"]:
+        return (f"Deadline extended by {r['extended_by']}: now due {r['due_at']:%Y-%m-%d %H:%M} UTC "
+                f"(was {r['original_due_at']:%Y-%m-%d %H:%M} UTC).")  # fmt: skip
+    if done == "retried" and r["dispatch_run_id"]:
+        return f"Dispatched again as run {r['dispatch_run_id']} (attempt {r['dispatch_attempt']})."
+    if done == "retried":
+        return f"Cleared for retry (attempt {r['dispatch_attempt']}): the next intake pass dispatches it."
+    if done == "responded" and r["responded_at"]:
+        return f"Recorded: the person was told on {r['responded_at']:%Y-%m-%d %H:%M} UTC by {r['responded_via']}."
+    return None
+
+
+def _request_html(request: Request, staff: Staff, request_id: str, *, error: str | None = None, status: int = 200,
+                  done: str = "") -> HTMLResponse:  # fmt: skip
     view = service.request_view(request_id)
     methods: dict[str, str] | None = None
     export_options: list[str] | None = None
@@ -86,7 +109,8 @@ def _request_html(request: Request, staff: Staff, request_id: str, *, error: str
         export_options, _m = service.hitl_choices(verifying.dag_id, verifying.run_id, service.EXPORT_VERIFICATION_TASK)
     html = pages.request_page(view, base=_base(request), airflow_base=_airflow_base(request), staff=staff,
                               permissions=_permissions(staff, view.request["kind"]), plans=_plans(view), methods=methods,
-                              export_options=export_options, error=error)  # fmt: skip
+                              export_options=export_options, error=error,
+                              flash=_done_message(view, done) if done in DONE and error is None else None)  # fmt: skip
     return HTMLResponse(html, status_code=status, headers=NO_STORE)
 
 
@@ -129,9 +153,43 @@ def create_app() -> FastAPI:
         return RedirectResponse(f"{_base(request)}/requests/{request_id}", status_code=303)
 
     @app.get("/requests/{request_id}", response_class=HTMLResponse)
-    def show(request: Request, request_id: str, staff: StaffDep) -> HTMLResponse:
+    def show(request: Request, request_id: str, staff: StaffDep, done: str = "") -> HTMLResponse:
         _require(staff, "view")
-        return _request_html(request, staff, request_id)
+        return _request_html(request, staff, request_id, done=done)
+
+    # Lifecycle steps: the same functions as `python -m governance request extend|retry|respond`,
+    # with the authenticated user as the actor; a refused step is shown on the request's page.
+
+    @app.post("/requests/{request_id}/extend")
+    async def extend(request: Request, request_id: str, staff: StaffDep) -> Response:
+        form = await _form(request)
+        _require(staff, "approve")
+        try:
+            service.extend_request(request_id, days=form.get("days", ""), reason=form.get("reason", ""), staff=staff)
+        except PageError as exc:
+            return _request_html(request, staff, request_id, error=str(exc), status=exc.status)
+        return RedirectResponse(f"{_base(request)}/requests/{request_id}?done=extended", status_code=303)
+
+    @app.post("/requests/{request_id}/retry")
+    async def retry(request: Request, request_id: str, staff: StaffDep) -> Response:
+        form = await _form(request)
+        row = service.request_row(request_id)
+        _require(staff, "record", DAG_FOR_KIND[row["kind"]])
+        try:
+            service.retry_failed(row["request_id"], reason=form.get("reason", ""), staff=staff)
+        except PageError as exc:
+            return _request_html(request, staff, row["request_id"], error=str(exc), status=exc.status)
+        return RedirectResponse(f"{_base(request)}/requests/{row['request_id']}?done=retried", status_code=303)
+
+    @app.post("/requests/{request_id}/respond")
+    async def respond(request: Request, request_id: str, staff: StaffDep) -> Response:
+        form = await _form(request)
+        _require(staff, "record")
+        try:
+            service.record_told(request_id, via=form.get("via", ""), when=form.get("when"), staff=staff)
+        except PageError as exc:
+            return _request_html(request, staff, request_id, error=str(exc), status=exc.status)
+        return RedirectResponse(f"{_base(request)}/requests/{request_id}?done=responded", status_code=303)
 
     @app.post("/requests/{request_id}/runs")
     async def start(request: Request, request_id: str, staff: StaffDep) -> Response:
@@ -233,6 +291,28 @@ def create_app() -> FastAPI:
         _require(staff, "approve", "dsr_erasure")
         run_id = service.approve_erasure(request_id, verification_method=str(body.get("verification_method") or ""), staff=staff)
         return {"approved": True, "run_id": run_id}
+
+    @app.post("/api/requests/{request_id}/extend")
+    async def api_extend(request: Request, request_id: str, staff: StaffDep) -> dict[str, Any]:
+        body = await request.json()
+        _require(staff, "approve")
+        due = service.extend_request(request_id, days=body.get("days", ""), reason=str(body.get("reason") or ""), staff=staff)
+        return {"request_id": request_id, "due_at": due.isoformat()}
+
+    @app.post("/api/requests/{request_id}/retry")
+    async def api_retry(request: Request, request_id: str, staff: StaffDep) -> dict[str, Any]:
+        body = await request.json()
+        row = service.request_row(request_id)
+        _require(staff, "record", DAG_FOR_KIND[row["kind"]])
+        return {"request_id": row["request_id"],
+                "run_id": service.retry_failed(row["request_id"], reason=str(body.get("reason") or ""), staff=staff)}  # fmt: skip
+
+    @app.post("/api/requests/{request_id}/respond")
+    async def api_respond(request: Request, request_id: str, staff: StaffDep) -> dict[str, Any]:
+        body = await request.json()
+        _require(staff, "record")
+        at = service.record_told(request_id, via=str(body.get("via") or ""), when=body.get("when"), staff=staff)
+        return {"request_id": request_id, "responded_at": at.isoformat()}
 
     @app.post("/api/requests/{request_id}/passphrase")
     def api_passphrase(request_id: str, staff: StaffDep) -> JSONResponse:

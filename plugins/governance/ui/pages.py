@@ -141,11 +141,17 @@ def request_page(view: RequestView, *, base: str, airflow_base: str, staff: Staf
     parts.append(
         "<table class='facts'>"
         f"<tr><th>Kind</th><td>{_e('copy of their data (export)' if r['kind'] == 'export' else 'erasure')}</td></tr>"
-        f"<tr><th>State</th><td id='state'><span class='tag'>{_e(str(r['status']).replace('_', ' '))}</span> {_e(r['outcome_detail'] or '')}</td></tr>"
+        f"<tr><th>State</th><td id='state'><span class='tag'>{_e(str(r['status']).replace('_', ' '))}</span>"
+        f"{' (' + _e(str(r['effective_status']).replace('_', ' ')) + ')' if r['status'] == 'extended' else ''} {_e(r['outcome_detail'] or '')}</td></tr>"
         f"<tr><th>Received</th><td>{_date(r['received_at'], time=True)}</td></tr>"
-        f"<tr><th>Deadline</th><td>{_date(r['due_at'])}"
-        f"{'' if r['days_left'] is None else ' (' + _e(r['days_left']) + ' days left)'}</td></tr>"
-        f"<tr><th>Identities held</th><td>{_e(identities)} (encrypted; never shown here)</td></tr>"
+        f"<tr><th>Deadline</th><td id='deadline'>{_date(r['due_at'])}"
+        f"{'' if r['days_left'] is None else ' (' + _e(r['days_left']) + ' days left)'}"
+        + (f"<div class='muted' id='extension'>Extended on {_date(r['extended_at'], time=True)} by {_e(r['extended_by'])} "
+           f"(was {_date(r['original_due_at'])}): {_e(r['extension_reason'])}</div>" if r.get("extended_at") else "")
+        + "</td></tr>"
+        + (f"<tr><th>Person told</th><td id='responded'>{_date(r['responded_at'], time=True)} by "
+           f"{_e(str(r['responded_via']).replace('_', ' '))}</td></tr>" if r.get("responded_at") else "")
+        + f"<tr><th>Identities held</th><td>{_e(identities)} (encrypted; never shown here)</td></tr>"
         f"<tr><th>Business scope</th><td>{_e(r['business_id'] or 'all of aircalls')}</td></tr>"
         f"<tr><th>Verification</th><td>{_e(r['verification_method'] or 'not yet')}"
         f"{' on ' + _date(r['verified_at'], time=True) if r['verified_at'] else ''}</td></tr>"
@@ -220,6 +226,7 @@ def request_page(view: RequestView, *, base: str, airflow_base: str, staff: Staf
             box += (f"<p class='muted'>Passphrase revealed {_e(view.passphrase['reveal_count'])} time(s); last by "
                     f"{_e(view.passphrase['last_revealed_by'] or '-')}.</p>")  # fmt: skip
         parts.append(box + "</div>")
+    parts.extend(lifecycle_forms(r, base=base, permissions=permissions))
     if view.certificate is not None:
         c = view.certificate
         parts.append(
@@ -252,6 +259,40 @@ def request_page(view: RequestView, *, base: str, airflow_base: str, staff: Staf
     ) or "<tr><td colspan='4' class='muted'>Nothing recorded on this page yet.</td></tr>"
     parts.append(f"<h2>Record</h2><table id='actions'><tr><th>When</th><th>What</th><th>Who</th><th>Detail</th></tr>{action_rows}</table>")
     return layout(f"Request {rid}", "".join(parts), base=base, staff=staff)
+
+
+def lifecycle_forms(r: Mapping[str, Any], *, base: str, permissions: Mapping[str, bool]) -> list[str]:
+    """Extend (once, open requests), Retry (failed exports and erasures), Record the response
+    (completed or rejected requests): each shown only when the lifecycle and the role allow it."""
+    rid, forms = r["request_id"], []
+    finished = r["status"] in ("completed", "rejected", "responded")
+    if not finished and not r.get("extended_at") and permissions.get("extend"):
+        forms.append(
+            f"<form class='box' method='post' action='{_e(base)}/requests/{_e(rid)}/extend' id='extend-form'>"
+            "<h2>Extend the deadline</h2><p>Once per request (GDPR Art. 12(3)), by at most 62 days, with the reason "
+            "the person will be given. No names, e-mails or phone numbers in the reason.</p>"
+            "<label>Days <input type='number' name='days' id='extend_days' min='1' max='62' value='30' required></label>"
+            "<label>Reason <input type='text' name='reason' id='extend_reason' size='48' minlength='10' required></label>"
+            " <button type='submit' id='extend'>Extend</button></form>"
+        )  # fmt: skip
+    if r["effective_status"] == "failed" and r["kind"] in ("export", "erasure") and permissions.get("record"):
+        forms.append(
+            f"<form class='box' method='post' action='{_e(base)}/requests/{_e(rid)}/retry' id='retry-form'>"
+            f"<h2>Retry</h2><p>Starts the {_e(r['kind'])} again as a new run (attempt {_e(int(r['dispatch_attempt']) + 1)}), "
+            "through the same dispatcher as the intake.</p>"
+            "<label>Why it is tried again <input type='text' name='reason' id='retry_reason' size='48' minlength='10' required></label>"
+            " <button type='submit' id='retry'>Retry</button></form>"
+        )  # fmt: skip
+    if r["status"] in ("completed", "rejected") and permissions.get("respond"):
+        forms.append(
+            f"<form class='box' method='post' action='{_e(base)}/requests/{_e(rid)}/respond' id='respond-form'>"
+            "<h2>Record the response</h2><p>The person was told the outcome.</p>"
+            "<label>How <select name='via' id='respond_via' required><option value=''>choose…</option>"
+            + _options(((c, c.replace("_", " ")) for c in ("email", "post", "phone", "portal", "in_person")), None)
+            + "</select></label><label>When (UTC, empty: now) <input type='datetime-local' name='when' id='respond_when'></label>"
+            " <button type='submit' id='respond'>Record</button></form>"
+        )  # fmt: skip
+    return forms
 
 
 def secret_page(title: str, *, label: str, secret: str, note: str, base: str, request_id: str, staff: Staff,

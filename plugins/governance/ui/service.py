@@ -35,8 +35,17 @@ from governance.privacy_requests import (
     REQUEST_KINDS,
     InvalidRequest,
     RequestKind,
+    UnknownRequest,
     create_request,
     validate_request_id,
+)
+from governance.request_lifecycle import (
+    MAX_EXTENSION,
+    RESPONSE_CHANNELS,
+    InvalidTransition,
+    extend_deadline,
+    record_response,
+    retry_request,
 )
 from governance.ui.access import Staff
 from governance.workflows.dsr_erasure import VERIFICATION_METHODS
@@ -171,7 +180,8 @@ def dispatch_verified(request_id: str, *, staff: Staff) -> str:
 _COLUMNS = (
     "request_id, kind, status, effective_status, source, received_at, due_at, completed_at, business_id, verified_at, "
     "verification_method, approved_at, approved_by, dag_run_id, outcome_detail, result_uri IS NOT NULL AS has_result, "
-    "email_hash IS NOT NULL AS has_email, phone_hash IS NOT NULL AS has_phone"
+    "email_hash IS NOT NULL AS has_email, phone_hash IS NOT NULL AS has_phone, original_due_at, extended_at, "
+    "extended_by, extension_reason, responded_at, responded_via, dispatch_attempt, dispatch_run_id"
 )
 
 
@@ -436,6 +446,76 @@ def verify_export(request_id: str, *, option: str, staff: Staff) -> str:
     with connect(governance_conninfo()) as conn:
         record_action(conn, view.request["request_id"], "verified", staff, {"run_id": run.run_id, "option": option})
     return run.run_id
+
+
+# --------------------------------------------------------------------------------------------
+# Lifecycle steps (the same functions as ``python -m governance request extend|retry|respond``)
+
+
+def extend_request(request_id: str, *, days: str | int, reason: str, staff: Staff) -> datetime:
+    """The legal extension, once, with a reason, by the authenticated user; returns the new
+    deadline. A refused step (extended before, finished, no reason) is a 409 and changes nothing."""
+    row = request_row(request_id)
+    try:
+        extra = int(str(days).strip())
+    except ValueError:
+        raise PageError(f"Extend by a whole number of days (1 to {MAX_EXTENSION.days}).") from None
+    try:
+        with connect(governance_conninfo()) as conn:
+            due = extend_deadline(conn, row["request_id"], extra=timedelta(days=extra), reason=reason, by=staff.name,
+                                  at=_now())  # fmt: skip
+            record_action(conn, row["request_id"], "extended", staff,
+                          {"days": extra, "due_at": due.isoformat(), "from": row["effective_status"]})  # fmt: skip
+    except InvalidTransition as exc:
+        raise PageError(f"Not extended: {exc}.", 409) from None
+    except UnknownRequest as exc:
+        raise PageError(str(exc), 404) from None
+    return due
+
+
+def retry_failed(request_id: str, *, reason: str, staff: Staff) -> str:
+    """Clear a failed request (back to ``verified``, next dispatch attempt) and dispatch it at once
+    through the intake's dispatcher; returns the new run id. Were the trigger to fail, the request
+    stays verified and the next intake pass dispatches it (same run id)."""
+    row = request_row(request_id)
+    if row["kind"] not in ("export", "erasure"):
+        raise PageError(f"A {row['kind']} request is retried from its own workflow, not here.", 409)
+    try:
+        with connect(governance_conninfo()) as conn:
+            attempt = retry_request(conn, row["request_id"], reason=reason, by=staff.name, at=_now())
+            record_action(conn, row["request_id"], "retried", staff, {"attempt": attempt})
+    except InvalidTransition as exc:
+        raise PageError(f"Not retried: {exc}.", 409) from None
+    except UnknownRequest as exc:
+        raise PageError(str(exc), 404) from None
+    return dispatch_verified(row["request_id"], staff=staff)
+
+
+def record_told(request_id: str, *, via: str, when: str | None, staff: Staff) -> datetime:
+    """Record that the person was told the outcome of a completed or rejected request: how
+    (``via``) and when (``when``: an ISO date-time in UTC, not in the future; empty: now)."""
+    row = request_row(request_id)
+    now = _now()
+    at = now
+    if when and when.strip():
+        try:
+            at = datetime.fromisoformat(when.strip())
+        except ValueError:
+            raise PageError("When: a date and time (YYYY-MM-DD HH:MM, UTC), or leave it empty for now.") from None
+        at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+        if at > now + timedelta(minutes=1):
+            raise PageError("When: the person cannot have been told in the future.")
+        if at < (row["completed_at"] or row["received_at"]):
+            raise PageError("When: not before the request was completed or rejected.")
+    if via not in RESPONSE_CHANNELS:
+        raise PageError(f"Say how the person was told: one of {', '.join(RESPONSE_CHANNELS)}.")
+    try:
+        with connect(governance_conninfo()) as conn:
+            record_response(conn, row["request_id"], via=via, at=at, by=staff.name)
+            record_action(conn, row["request_id"], "responded", staff, {"via": via, "responded_at": at.isoformat()})
+    except InvalidTransition as exc:
+        raise PageError(f"Not recorded: {exc}.", 409) from None
+    return at
 
 
 # --------------------------------------------------------------------------------------------
