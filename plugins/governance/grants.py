@@ -180,6 +180,10 @@ def system_section(system_name: str, datamap: DataMap, roles: DatabaseRoles) -> 
     )
 
 
+# Migration 0016: the sweep drops wholly expired partitions through this function (README, "Retention").
+RETENTION_PARTITION_FUNCTION = "governance.drop_expired_partition(regclass, regclass, timestamptz, boolean)"
+
+
 def governance_section(tables: Sequence[str], roles: DatabaseRoles) -> GrantSection:
     """The task role's and the ledger writer's grants on the governance schema's ``tables``."""
     schema = sql.Identifier(GOVERNANCE_SCHEMA)
@@ -190,6 +194,12 @@ def governance_section(tables: Sequence[str], roles: DatabaseRoles) -> GrantSect
         # Identity columns (legal_holds, request_actions) draw from sequences.
         sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {} TO {}").format(schema, task),
     ]
+    # Migration 0016's function: drops a wholly expired partition of a table the task role may
+    # already delete from (granted where the function exists).
+    statements.append(sql.SQL(
+        "DO $grant$ BEGIN IF to_regprocedure({signature}) IS NOT NULL THEN "
+        "GRANT EXECUTE ON FUNCTION {function} TO {task}; END IF; END $grant$"
+    ).format(signature=sql.Literal(RETENTION_PARTITION_FUNCTION), function=sql.SQL(RETENTION_PARTITION_FUNCTION), task=task))
     expected: list[tuple[str, str]] = []
     for table in tables:
         target = sql.Identifier(GOVERNANCE_SCHEMA, table)

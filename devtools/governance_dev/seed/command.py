@@ -52,6 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "in-memory S3 server restarted); then replace whatever is left, so rows and objects match",
     )
     parser.add_argument(
+        "--partitioned-usage-events",
+        action="store_true",
+        help="make app.usage_events range-partitioned by month on occurred_at (its retention age column): "
+        "the retention sweep then drops wholly expired months instead of deleting their rows",
+    )
+    parser.add_argument(
         "--work-dir",
         type=Path,
         default=None,
@@ -99,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     try:
         report = seed_reference_deployment(
-            targets, scale=args.scale, seed=args.seed, work_dir=args.work_dir, replace=args.replace or args.if_needed
+            targets, scale=args.scale, seed=args.seed, work_dir=args.work_dir, replace=args.replace or args.if_needed,
+            partitioned_usage_events=args.partitioned_usage_events,
         )
     except SeedRefused as exc:
         print(f"refused: {exc}", file=sys.stderr)

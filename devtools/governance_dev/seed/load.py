@@ -46,6 +46,7 @@ from governance_dev.seed.generate import (
     wav_bytes,
     write_csv_files,
 )
+from governance_dev.seed.partitions import drop_if_partitioned, partition_usage_events
 
 log = logging.getLogger("governance_dev.seed")
 
@@ -270,6 +271,7 @@ def load_database(
     seconds: dict[str, float] = {}
     rebuild_s = 0.0
     with psycopg.connect(conninfo, application_name="governance-seed") as conn:
+        drop_if_partitioned(conn, replace=replace)  # re-created plain below, partitioned again after the load
         existed = _existing_tables(conn)
         conn.execute(app_schema_sql().encode("utf-8"))
         tables = [sql.Identifier(config.APP_SCHEMA, name) for name in TABLE_ORDER]
@@ -560,6 +562,7 @@ def seed_reference_deployment(
     replace: bool = False,
     upload_workers: int = DEFAULT_UPLOAD_WORKERS,
     defer_constraints: bool = True,
+    partitioned_usage_events: bool = False,
 ) -> SeedReport:
     """Seed the reference deployment at ``scale`` ("small" or "large") into ``targets``.
 
@@ -567,6 +570,8 @@ def seed_reference_deployment(
     Raises SeedRefused (before changing anything) when the app tables hold rows or the bucket
     holds recordings or transcripts, unless ``replace`` (then they are emptied first). CSV files
     stay in ``work_dir`` when given, else in a temporary directory removed afterwards.
+    ``partitioned_usage_events``: ``app.usage_events`` range-partitioned by month on its age column
+    after the load (:mod:`governance_dev.seed.partitions`).
     """
     scale_spec(scale)  # an unknown scale fails before anything else
     started = time.perf_counter()
@@ -603,6 +608,8 @@ def seed_reference_deployment(
         expected = data.row_counts()
         if rows != expected:  # COPY reports what it stored: a mismatch is a seeder bug
             raise SeedError(f"COPY stored {rows} rows, expected {expected}")
+        if partitioned_usage_events:  # the monthly range-partitioned variant (governance_dev.seed.partitions)
+            partition_usage_events(targets.app_conninfo)
         analyze_s = analyze(targets.app_conninfo)
         warehouse_rows: dict[str, int] = {}
         if targets.warehouse_conninfo is not None:

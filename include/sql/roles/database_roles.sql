@@ -72,3 +72,12 @@ SELECT 'CREATE ROLE insights_analyst NOLOGIN' WHERE NOT EXISTS (SELECT FROM pg_r
 
 -- Nobody else creates objects in the public schema (PostgreSQL 15's default, made explicit).
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+
+-- The retention sweep drops wholly expired partitions of app tables range-partitioned on a rule's
+-- age column through governance.drop_expired_partition (migration 0016: SECURITY DEFINER, it
+-- only drops a partition of a table the caller may already delete from, whose every row is older
+-- than the rule's cutoff). Dropping a partition needs the table's owner, so run this script again,
+-- as a superuser, after `python -m governance migrate`: the function is then given to the role
+-- running it. Until then the sweep deletes those partitions' rows in batches.
+SELECT format('ALTER FUNCTION governance.drop_expired_partition(regclass, regclass, timestamptz, boolean) OWNER TO %I', current_user)
+WHERE to_regprocedure('governance.drop_expired_partition(regclass, regclass, timestamptz, boolean)') IS NOT NULL \gexec

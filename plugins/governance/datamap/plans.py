@@ -1195,6 +1195,12 @@ SCAN_HELD_BY_HOLD = "__held_by_hold"  # a legal hold on the row (its key, its bu
 SCAN_HELD_BY_EXCEPTION = "__held_by_exception"  # the table's legal exception still keeps it
 SCAN_HELD_BY_CHILD = "__held_by_child"  # a row it owns is held or excepted (delete_rows only)
 SCAN_CTID = "__ctid"  # where the row is, for the single-statement batch (same statement, so stable)
+SCAN_TABLEOID = "__tableoid"  # which relation (partition) holds it: a ctid is only unique within one
+# Bind names and columns of a partition probe (a range-partitioned table's partition, by its bounds).
+PARTITION_FROM = "partition_from"
+PARTITION_TO = "partition_to"
+PROBE_ROWS = "rows"
+PROBE_BLOCKED = "blocked"
 # Columns of the single-statement batch's one result row.
 BATCH_SCANNED = "scanned"
 BATCH_AFFECTED = "affected"
@@ -1284,6 +1290,10 @@ class RetentionStatement:
     objects: tuple[ObjectStep, ...] = ()
     fields: tuple[str, ...] = ()
     reason: str = ""
+    # delete_rows of a table whose rows name no object: where the table turns out (from the
+    # catalog, at run time) to be range-partitioned on ``age_column``, each wholly expired
+    # partition is probed with this and, when nothing in it is blocked, dropped whole.
+    partition_probe: Statement | None = None
 
     @property
     def held_tables(self) -> tuple[TableRef, ...]:
@@ -1374,6 +1384,8 @@ class RetentionPlan:
             out += item.statements
         for statement in self.statements:
             out += statement.statements
+            if statement.partition_probe is not None:
+                out.append(statement.partition_probe)
         out += [o.existing for o in self.orphans]
         return out
 
@@ -1526,6 +1538,7 @@ def _scan(
         (pk, SCAN_KEY),
         (sql.Identifier("t", age_column), SCAN_AGE),
         (sql.SQL("{}").format(sql.Identifier("t", "ctid")), SCAN_CTID),
+        (sql.SQL("{}").format(sql.Identifier("t", "tableoid")), SCAN_TABLEOID),
         (due, SCAN_DUE),
         (pending, SCAN_PENDING),
         (_held_by_hold(datamap, ref, "t", params, needs), SCAN_HELD_BY_HOLD),
@@ -1539,6 +1552,59 @@ def _scan(
         sql.Identifier("t", age_column), pk, sql.Placeholder(BATCH_SIZE),
     )  # fmt: skip
     return Statement("retention_scan", ref, query, params, _unique(needs))
+
+
+def _same_row(age_column: str) -> sql.Composable:
+    """``d`` is the scan's row ``s``: same relation and tuple (a ctid alone is unique only within one
+    partition), and the same age, so a partitioned table's other partitions are pruned at run time."""
+    return sql.SQL("d.tableoid = s.{oid} AND d.ctid = s.{ctid} AND d.{age} = s.{scan_age}").format(
+        oid=sql.Identifier(SCAN_TABLEOID), ctid=sql.Identifier(SCAN_CTID), age=sql.Identifier(age_column),
+        scan_age=sql.Identifier(SCAN_AGE),
+    )  # fmt: skip
+
+
+def _partition_probe(
+    datamap: DataMap, ref: TableRef, age_column: str, due: sql.Composable, base_params: Mapping[str, Any]
+) -> Statement:
+    """Rows of one partition of a table range-partitioned on ``age_column`` (bound by its bounds,
+    ``partition_from`` inclusive, ``partition_to`` exclusive, so only that partition is read) and
+    how many of them block dropping it whole: not due, held (hold, legal exception, an owned row
+    held) or with a row that would have to follow it (an owned row to delete with it, a mention to
+    clear). A partition with no blocked row holds only rows the rule would delete row by row with
+    nothing else to do."""
+    params: dict[str, Any] = dict(base_params)
+    needs: list[str] = [PARTITION_FROM, PARTITION_TO]
+    dependants: list[sql.Composable] = []
+    for n, edge in enumerate(_owned_edges(datamap, ref)):
+        alias = f"dep{n}"
+        dependants.append(sql.SQL("EXISTS (SELECT 1 FROM {} WHERE {} = {})").format(
+            _table_sql(datamap, edge.child, alias), sql.Identifier(alias, edge.field), sql.Identifier("t", edge.parent_field),
+        ))  # fmt: skip
+    mention_edges = [
+        e for e in graph.reference_edges(datamap, (ReferenceKind.mention,))
+        if e.parent == ref and e.child != ref and e.child.system == ref.system
+    ]  # fmt: skip
+    for n, edge in enumerate(mention_edges):
+        alias = f"men{n}"
+        dependants.append(sql.SQL("EXISTS (SELECT 1 FROM {} WHERE {} = {})").format(
+            _table_sql(datamap, edge.child, alias), sql.Identifier(alias, edge.field), sql.Identifier("t", edge.parent_field),
+        ))  # fmt: skip
+    blocked = _or([
+        sql.SQL("NOT COALESCE({}, FALSE)").format(due),
+        _held_by_hold(datamap, ref, "t", params, needs),
+        _held_by_exception(datamap, ref, "t", params, needs),
+        _held_by_child(datamap, ref, "t", params, needs),
+        *dependants,
+    ])  # fmt: skip
+    age = sql.Identifier("t", age_column)
+    query = sql.SQL(
+        "SELECT count(*) AS {rows}, count(*) FILTER (WHERE {blocked}) AS {blocked_name} FROM {table} "
+        "WHERE {age} >= {lo}::timestamptz AND {age} < {hi}::timestamptz"
+    ).format(
+        rows=sql.Identifier(PROBE_ROWS), blocked=blocked, blocked_name=sql.Identifier(PROBE_BLOCKED),
+        table=_table_sql(datamap, ref, "t"), age=age, lo=sql.Placeholder(PARTITION_FROM), hi=sql.Placeholder(PARTITION_TO),
+    )  # fmt: skip
+    return Statement("retention_partition_probe", ref, query, params, _unique(needs))
 
 
 def _single_statement_batch(
@@ -1668,6 +1734,7 @@ def _retention_mention_only(datamap: DataMap, edge: ReferenceEdge) -> Statement 
 
 def _retention_statement(datamap: DataMap, rule: RetentionRule) -> RetentionStatement:
     assert rule.table is not None and rule.age_column is not None
+    age_column: str = rule.age_column
     ref = TableRef(rule.system, rule.table)
     table = datamap.table(ref)
     params: dict[str, Any] = {}
@@ -1723,8 +1790,8 @@ def _retention_statement(datamap: DataMap, rule: RetentionRule) -> RetentionStat
                      with_children=False, extra_columns=(), params=scan_params)  # fmt: skip
         query = sql.SQL("UPDATE {} SET {} WHERE {} AND ({})").format(target, assignment, _any(pk, KEYS), not_done(None))
         def in_batch(acting: sql.Composable) -> sql.Composable:
-            return sql.SQL("UPDATE {} AS d SET {} FROM scan s WHERE d.ctid = s.{} AND {} AND ({})").format(
-                target, assignment, sql.Identifier(SCAN_CTID), acting, not_done("d")
+            return sql.SQL("UPDATE {} AS d SET {} FROM scan s WHERE {} AND {} AND ({})").format(
+                target, assignment, _same_row(age_column), acting, not_done("d")
             )
 
         return RetentionStatement(
@@ -1744,15 +1811,19 @@ def _retention_statement(datamap: DataMap, rule: RetentionRule) -> RetentionStat
     batch = None
     if not objects and not cascade and not mentions:
         def delete_batch(acting: sql.Composable) -> sql.Composable:
-            return sql.SQL("DELETE FROM {} AS d USING scan s WHERE d.ctid = s.{} AND {}").format(
-                target, sql.Identifier(SCAN_CTID), acting
+            return sql.SQL("DELETE FROM {} AS d USING scan s WHERE {} AND {}").format(
+                target, _same_row(age_column), acting
             )
 
         batch = _single_statement_batch(datamap, ref, scan, delete_batch, {})
+    probe = None
+    if not objects:
+        probe = _partition_probe(datamap, ref, rule.age_column, due, {**params, **scan.params})
     return RetentionStatement(
         rule.name, ref, rule.action, scan, Statement(rule.action, ref, query, {}, (KEYS,)), batch=batch,
         primary_key=table.primary_key, age_column=rule.age_column, cascade=tuple(cascade),
         deletion_order=tuple(order), mentions=tuple(mentions), objects=tuple(objects), reason=rule.reason,
+        partition_probe=probe,
     )  # fmt: skip
 
 

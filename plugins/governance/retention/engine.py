@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, TypedDict
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from governance.datamap import graph
@@ -44,6 +45,10 @@ from governance.datamap.plans import (
     BATCH_SCANNED,
     HELD_REASONS,
     KEYS,
+    PARTITION_FROM,
+    PARTITION_TO,
+    PROBE_BLOCKED,
+    PROBE_ROWS,
     SCAN_AGE,
     SCAN_DUE,
     SCAN_KEY,
@@ -99,6 +104,7 @@ class RuleOutcome:
     held_reasons: dict[str, int] = field(default_factory=dict)
     cascade: dict[str, int] = field(default_factory=dict)
     batches: int = 0
+    partitions_dropped: int = 0
     longest_batch_ms: float = 0.0
     duration_ms: float = 0.0
     low_watermark: datetime | None = None
@@ -181,13 +187,13 @@ def _record_end(gov: psycopg.Connection[Any], run_id: str, outcome: RuleOutcome,
         """
         UPDATE governance.retention_runs
            SET scanned_from = %s, rows_scanned = %s, rows_affected = %s, objects_affected = %s, held = %s,
-               held_reasons = %s, cascade = %s, batches = %s, longest_batch_ms = %s, duration_ms = %s,
-               status = %s, finished_at = %s
+               held_reasons = %s, cascade = %s, batches = %s, partitions_dropped = %s, longest_batch_ms = %s,
+               duration_ms = %s, status = %s, finished_at = %s
          WHERE run_id = %s AND rule = %s
         """,
         (outcome.scanned_from, outcome.rows_scanned, outcome.rows_affected, outcome.objects_affected, outcome.held,
-         json.dumps(outcome.held_reasons), json.dumps(outcome.cascade), outcome.batches, outcome.longest_batch_ms,
-         outcome.duration_ms, status, now, run_id, outcome.rule),
+         json.dumps(outcome.held_reasons), json.dumps(outcome.cascade), outcome.batches, outcome.partitions_dropped,
+         outcome.longest_batch_ms, outcome.duration_ms, status, now, run_id, outcome.rule),
     )  # fmt: skip
 
 
@@ -253,6 +259,11 @@ class _BatchScan:
         self.batch_size = int(statement.params["batch_size"])
         self.oldest_skipped: datetime | None = None
         self.done = False
+        # Age ranges [from, to) of partitions a dry run counted whole: their rows are not counted again.
+        self.skip: list[tuple[datetime, datetime]] = []
+
+    def _in_skipped(self, age: Any) -> tuple[datetime, datetime] | None:
+        return next(((lo, hi) for lo, hi in self.skip if lo <= age < hi), None) if isinstance(age, datetime) else None
 
     def next(self, cur: psycopg.Cursor[Any]) -> list[dict[str, Any]]:
         """The next batch's rows to act on (due, pending, held by nothing)."""
@@ -261,6 +272,11 @@ class _BatchScan:
         if rows:
             last = rows[-1]
             self.cursor = _Cursor(last[SCAN_AGE], last[SCAN_KEY])
+        if self.skip:
+            rows = [row for row in rows if self._in_skipped(row[SCAN_AGE]) is None]
+            skipped = self._in_skipped(self.cursor.after_age)
+            if skipped is not None:  # jump to the end of a partition counted whole
+                self.cursor = _Cursor(skipped[1] - _BEFORE_WATERMARK)
         act: list[dict[str, Any]] = []
         reasons: Counter[str] = Counter()
         for row in rows:
@@ -369,6 +385,112 @@ def _rows_whose_objects_went(steps: Iterable[Any], rows: list[dict[str, Any]], f
     return [row for row in rows if not any(set(step.keys_for([row])) & failed for step in steps)]
 
 
+# --------------------------------------------------------------------------------------------
+# Partitions
+
+# A partition's bounds as pg_get_expr prints them: FOR VALUES FROM ('...') TO ('...'), each a
+# quoted literal, MINVALUE or MAXVALUE (the DEFAULT partition prints DEFAULT and does not match).
+_PARTITIONS = r"""
+SELECT c.oid, n.nspname, c.relname,
+       CASE WHEN b[1] = 'MINVALUE' THEN '-infinity'::timestamptz
+            ELSE replace(substr(b[1], 2, length(b[1]) - 2), '''''', '''')::timestamptz END AS lower_bound,
+       replace(substr(b[2], 2, length(b[2]) - 2), '''''', '''')::timestamptz AS upper_bound
+  FROM pg_partitioned_table p
+  JOIN pg_attribute a ON a.attrelid = p.partrelid AND a.attnum = p.partattrs[0]
+  JOIN pg_inherits i ON i.inhparent = p.partrelid
+  JOIN pg_class c ON c.oid = i.inhrelid AND c.relkind = 'r'
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  CROSS JOIN LATERAL regexp_match(pg_get_expr(c.relpartbound, c.oid), '^FOR VALUES FROM \((.*)\) TO \((.*)\)$') b
+ WHERE p.partrelid = to_regclass(%(parent)s) AND p.partstrat = 'r' AND p.partnatts = 1
+   AND a.attname = %(age_column)s AND a.atttypid = 'timestamptz'::regtype AND b[2] <> 'MAXVALUE'
+ ORDER BY upper_bound
+"""
+_DROP_PARTITION = "SELECT governance.drop_expired_partition(to_regclass(%s), %s::oid::regclass, %s, %s)"
+# How long the drop of one partition waits for its locks (the partition's, then the parent's for
+# the moment of the detach) before that partition is left to the batches.
+PARTITION_LOCK_TIMEOUT = "5s"
+
+
+@dataclass(frozen=True)
+class _Partition:
+    oid: int
+    name: str  # schema.partition, for the log
+    lower: datetime
+    upper: datetime
+
+
+def expired_partitions(conn: psycopg.Connection[Any], parent: str, age_column: str, cutoff: datetime) -> list[_Partition]:
+    """Partitions of ``parent`` (``schema.table``, quoted) wholly older than ``cutoff``, oldest
+    first, read from the catalog: the table range-partitioned on ``age_column`` (one timestamptz
+    column), the partition ordinary (not the DEFAULT one, not partitioned again) with a finite
+    upper bound at or before the cutoff. Empty for any other table."""
+    rows = conn.execute(_PARTITIONS, {"parent": parent, "age_column": age_column}).fetchall()
+    conn.rollback()
+    return [_Partition(int(oid), f"{schema}.{name}", lower, upper) for oid, schema, name, lower, upper in rows if upper <= cutoff]
+
+
+def _partition_blockers(
+    cur: psycopg.Cursor[Any], rs: RetentionStatement, base: Mapping[str, Any], part: _Partition
+) -> tuple[int, int]:
+    assert rs.partition_probe is not None
+    values = {**base, PARTITION_FROM: part.lower, PARTITION_TO: part.upper}
+    row = cur.execute(rs.partition_probe.query, rs.partition_probe.bind(values)).fetchone()
+    assert row is not None
+    return int(row[PROBE_ROWS]), int(row[PROBE_BLOCKED])
+
+
+def _drop_expired_partitions(
+    ctx: SweepContext, conn: psycopg.Connection[Any], rs: RetentionStatement, outcome: RuleOutcome, base: Mapping[str, Any]
+) -> list[tuple[datetime, datetime]]:
+    """Drop (a dry run: count) every wholly expired partition in which no row is blocked (held,
+    excepted, owning or mentioned by a row, or not due); return the age ranges handled so. A
+    partition with a blocked row is left to the batches, which keep the held rows and delete the
+    rest. Each drop is one transaction: the partition locked against writes (through
+    ``governance.drop_expired_partition``: the task role owns nothing), probed, detached and
+    dropped; its rows count as scanned and affected, the transaction as a batch."""
+    if rs.partition_probe is None or rs.action != "delete_rows":
+        return []
+    schema = ctx.datamap.postgres_system(rs.table.system).db_schema
+    parent = sql.Identifier(schema, rs.table.table).as_string(conn)
+    handled: list[tuple[datetime, datetime]] = []
+    for part in expired_partitions(conn, parent, rs.age_column, outcome.cutoff):
+        batch_started = time.monotonic()
+        try:
+            with conn.cursor(row_factory=dict_row) as cur:
+                if not ctx.dry_run:
+                    cur.execute("SELECT set_config('lock_timeout', %s, true)", (PARTITION_LOCK_TIMEOUT,))
+                    cur.execute(_DROP_PARTITION, (parent, part.oid, outcome.cutoff, True))
+                rows, blocked = _partition_blockers(cur, rs, base, part)
+                if blocked:
+                    conn.rollback()
+                    log.info("%s: partition %s has %d of %d rows held or still needed: swept in batches",
+                             rs.rule, part.name, blocked, rows)  # fmt: skip
+                    continue
+                if not ctx.dry_run:
+                    cur.execute(_DROP_PARTITION, (parent, part.oid, outcome.cutoff, False))
+            if ctx.dry_run:
+                conn.rollback()
+            else:
+                conn.commit()
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName) as exc:
+            conn.rollback()
+            log.warning("%s: %s is partitioned but its partitions cannot be dropped here (%s): swept in batches",
+                        rs.rule, parent, exc.diag.message_primary)  # fmt: skip
+            return handled
+        except psycopg.errors.LockNotAvailable:
+            conn.rollback()
+            log.warning("%s: partition %s stayed locked for %s: swept in batches", rs.rule, part.name, PARTITION_LOCK_TIMEOUT)
+            continue
+        handled.append((part.lower, part.upper))
+        outcome.partitions_dropped += 1
+        outcome.rows_scanned += rows
+        outcome.rows_affected += rows
+        outcome.batches += 1
+        outcome.longest_batch_ms = max(outcome.longest_batch_ms, (time.monotonic() - batch_started) * 1000)
+        log.info("%s: partition %s (%d rows) %s", rs.rule, part.name, rows, "would be dropped" if ctx.dry_run else "dropped")
+    return handled
+
+
 def _run_table_rule(
     ctx: SweepContext, conn: psycopg.Connection[Any], rs: RetentionStatement, outcome: RuleOutcome, *, start: Any = None
 ) -> None:
@@ -376,6 +498,7 @@ def _run_table_rule(
     outcome.scanned_from = watermark
     base = {AS_OF: ctx.as_of, **ctx.holds.values(rs.held_tables)}
     scan = _BatchScan(rs.scan, base, watermark, outcome)
+    scan.skip = _drop_expired_partitions(ctx, conn, rs, outcome, base)
     started = time.monotonic()
     two_phase = rs.action == "delete_rows" and (rs.objects or any(step.objects for step in rs.cascade))
     cascade_counts: Counter[str] = Counter()
