@@ -331,6 +331,11 @@ def seeded_already(targets: SeedTargets) -> bool:
 
         if not warehouse_seeded(targets.warehouse_conninfo):
             return False
+    if targets.dynamodb is not None and targets.call_events_table is not None:
+        from governance_dev.seed.events import table_holds_items
+
+        if not table_holds_items(targets.dynamodb, targets.call_events_table):  # moto keeps items in memory
+            return False
     if targets.s3 is None or targets.bucket is None:
         return True  # no object store to check
     if not _bucket_exists(targets.s3, targets.bucket):
