@@ -285,6 +285,13 @@ def airflow_environment(ports: StackPorts, keys: dict[str, Any], state_dir: Path
                 "extra": {"endpoint_url": f"http://{HOST}:{ports.s3}", "region_name": "us-east-1"},
             }
         ),  # fmt: skip
+        # The call-event store: moto's server serves DynamoDB on the S3 API's port.
+        "AIRFLOW_CONN_AIRCALLS_EVENTS": json.dumps(
+            {
+                "conn_type": "aws", "login": "demo-access-key", "password": "demo-secret-key",
+                "extra": {"endpoint_url": f"http://{HOST}:{ports.s3}", "region_name": "us-east-1"},
+            }
+        ),  # fmt: skip
         "AIRFLOW_CONN_PAYMENTS_PROCESSOR": json.dumps(
             {"conn_type": "http", "host": f"http://{HOST}", "port": ports.payments, "password": keys["standin_api_key"]}
         ),

@@ -18,6 +18,7 @@ SQL_DIR = INCLUDE_DIR / "sql"
 APP_CONN_ID = "aircalls_app"
 WAREHOUSE_CONN_ID = "aircalls_warehouse"  # the analytics warehouse (its own database)
 OBJECTS_CONN_ID = "aircalls_objects"
+EVENTS_CONN_ID = "aircalls_events"  # the call-event store (DynamoDB; DynamoDB Local or moto locally)
 GOVERNANCE_CONN_ID = "governance_db"
 # The migration role's connection (schema owner): held only by the init and maintenance services.
 MIGRATION_CONN_ID = "governance_migrator"

@@ -99,6 +99,13 @@ def s3_prefix_uri(bucket: str, key_prefix: str) -> str:
     return f"s3://{bucket}/{prefix}"
 
 
+def item_table_uri(region: str, table_name: str) -> str:
+    """``dynamodb://region/table``: a DynamoDB table as a dataset (the region its connection names)."""
+    if not re.match(r"^[A-Za-z0-9_.-]{3,255}$", table_name or ""):
+        raise LineageNameError(f"DynamoDB table {table_name!r} is not a valid table name")
+    return f"dynamodb://{(region or 'us-east-1').lower()}/{table_name}"
+
+
 def processor_uri(base_url: str, processor: str) -> str:
     """``scheme://host:port/<processor>``: a processor of the data map as a dataset, in the
     namespace of the connection it is reached through (default ports written out, so every writer
@@ -186,6 +193,16 @@ def record_object_read(bucket: str, key_prefix: str) -> str:
 def record_object_write(bucket: str, key_prefix: str, *, objects: int | None = None) -> str:
     """Report that the running task wrote or deleted ``objects`` objects under ``key_prefix``."""
     return _record("output", s3_prefix_uri(bucket, key_prefix), objects)
+
+
+def record_item_read(region: str, table_name: str) -> str:
+    """Report that the running task queried the DynamoDB table ``table_name``."""
+    return _record("input", item_table_uri(region, table_name), None)
+
+
+def record_item_write(region: str, table_name: str, *, items: int | None = None) -> str:
+    """Report that the running task wrote or deleted ``items`` items of the DynamoDB table."""
+    return _record("output", item_table_uri(region, table_name), items)
 
 
 def record_processor_call(base_url: str, processor: str, *, changes: bool) -> str:

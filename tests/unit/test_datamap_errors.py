@@ -416,7 +416,7 @@ def _run_command(path: Path) -> int:
 def test_validate_command_prints_a_summary_and_exits_0_for_the_shipped_map(capsys: pytest.CaptureFixture[str]) -> None:
     assert _run_command(SHIPPED) == 0
     out = capsys.readouterr().out
-    assert out.startswith("OK: 3 systems, 13 tables, ")
+    assert out.startswith("OK: 4 systems, 13 tables, ")
     assert "3 processors (version " in out and "sha256 " in out
 
 
@@ -545,3 +545,60 @@ def test_orphan_rule_of_unknown_shape_is_a_placed_error(tmp_path: Path) -> None:
     path, error = broken(tmp_path, lambda d: reference(d, "messages", "user_id").update(orphan="erase", export="yes"))
     assert "systems[aircalls_app].tables[messages].references[user_id].orphan" in str(error)
     assert "systems[aircalls_app].tables[messages].references[user_id].export" in str(error)
+
+
+# -- the DynamoDB call-event store -----------------------------------------------------------
+
+
+def item_table(data: Map, name: str = "call_events") -> Map:
+    system = next(s for s in data["systems"] if s["kind"] == "dynamodb")
+    return next(t for t in system["tables"] if t["name"] == name)
+
+
+def test_dynamodb_identity_that_would_need_a_scan_for_one_person_is_refused(tmp_path: Path) -> None:
+    def identity_off_every_key(d: Map) -> None:
+        item_table(d)["identities"] = [{"field": "payload", "kind": "email"}]
+
+    path, error = broken(tmp_path, identity_off_every_key)
+    assert_issue(path, error, "systems[aircalls_events].tables[call_events].identities[payload]",
+                 "would need a Scan", "global secondary index")  # fmt: skip
+
+
+def test_dynamodb_partition_key_that_is_no_identity_is_refused(tmp_path: Path) -> None:
+    path, error = broken(tmp_path, lambda d: item_table(d)["partition_key"].pop("kind"))
+    assert_issue(path, error, "systems[aircalls_events].tables[call_events].partition_key.kind", "would need a Scan")
+
+
+def test_dynamodb_identity_on_an_index_partition_key_is_a_query_and_validates(tmp_path: Path) -> None:
+    data = copy.deepcopy(_base())
+    events = item_table(data)
+    events["attributes"].append({"name": "caller_email", "data_category": "user.contact.email",
+                                 "data_use": "essential.service.operations", "erasure": "delete_row"})  # fmt: skip
+    events["indexes"].append({"name": "by_email", "partition_key": {"attribute": "caller_email"}, "purpose": "business"})
+    events["identities"] = [{"field": "caller_email", "kind": "email"}]
+    events["indexes"][-1].pop("purpose")
+    path = tmp_path / "datamap.yaml"
+    path.write_text(yaml.dump(data, sort_keys=False))
+    with pytest.raises(DataMapError) as caught:  # two business indexes: the by_email one defaults to business
+        load_datamap(path)
+    assert_issue(path, caught.value, "systems[aircalls_events].tables[call_events].indexes", "at most one index")
+
+
+def test_dynamodb_key_ttl_and_index_attributes_must_be_declared(tmp_path: Path) -> None:
+    def undeclared(d: Map) -> None:
+        events = item_table(d)
+        events["sort_key"]["attribute"] = "occured_at"
+        events["ttl_attribute"] = "expires"
+
+    path, error = broken(tmp_path, undeclared)
+    assert_issue(path, error, "systems[aircalls_events].tables[call_events].sort_key.attribute", "occured_at",
+                 "did you mean")  # fmt: skip
+    assert_issue(path, error, "systems[aircalls_events].tables[call_events].ttl_attribute", "expires")
+
+
+def test_dynamodb_attribute_erasure_other_than_delete_row_is_refused(tmp_path: Path) -> None:
+    def masked(d: Map) -> None:
+        next(a for a in item_table(d)["attributes"] if a["name"] == "payload")["erasure"] = "nullify"
+
+    path, error = broken(tmp_path, masked)
+    assert_issue(path, error, "systems[aircalls_events].tables[call_events].attributes[payload].erasure", "deleted whole")

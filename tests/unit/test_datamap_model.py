@@ -80,7 +80,8 @@ def datamap() -> DataMap:
 
 def test_shipped_datamap_validates(datamap: DataMap) -> None:
     counts = datamap.counts()
-    assert counts["systems"] == 3  # the app, the analytics warehouse, the object store
+    assert counts["systems"] == 4  # the app, the analytics warehouse, the object store, the call-event store
+    assert counts["item_tables"] == 1
     assert counts["tables"] == 13
     assert counts["processors"] == 3
     assert {p.name for p in datamap.processors} == {"payments_processor", "crm", "support_desk"}

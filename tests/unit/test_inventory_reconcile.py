@@ -45,6 +45,7 @@ CONNECTIONS = {
     "aircalls_app": ConnectionInfo("aircalls_app", "postgres", "db.internal", 5432, schema="aircalls"),
     "governance_db": ConnectionInfo("governance_db", "postgres", "db.internal", 5432, schema="aircalls"),
     "aircalls_warehouse": ConnectionInfo("aircalls_warehouse", "postgres", "warehouse.internal", 5432, schema="analytics"),
+    "aircalls_events": ConnectionInfo("aircalls_events", "aws", extra={"region_name": "eu-west-1"}),
 }
 
 
@@ -66,6 +67,7 @@ def recent_flows() -> list[ObservedDataset]:
         # The project's own published aggregates (aggregate_anonymisation): internal, like governance.
         ObservedDataset("postgres://db.internal:5432/aircalls/insights/industry_insights", RECENT, 1),
         ObservedDataset("s3://aircalls-data/recordings", RECENT, 4),
+        ObservedDataset("dynamodb://eu-west-1/aircalls-call-events", RECENT, 5),
     ]
 
 

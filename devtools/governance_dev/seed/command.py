@@ -1,7 +1,9 @@
 """``python -m governance_dev seed``: load the reference deployment into the configured systems.
 
 Targets come from Airflow connections: ``aircalls_app`` (PostgreSQL), ``aircalls_warehouse``
-(PostgreSQL, loaded from the app's rows; skipped when not configured), ``aircalls_objects`` (S3 API;
+(PostgreSQL, loaded from the app's rows; skipped when not configured), ``aircalls_events``
+(DynamoDB, the call-event table of the data map, created and loaded from the app's calls; skipped
+when not configured), ``aircalls_objects`` (S3 API;
 bucket from ``GOVERNANCE_OBJECTS_BUCKET``), ``payments_processor`` and ``crm`` (HTTP; the API key
 is the connection's password). A missing processor connection is skipped with a warning; a missing
 database or object-store connection is an error. The summary printed holds counts and timings only.
@@ -13,9 +15,12 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from governance import config
 from governance.connections import ConnectionInfo, ConnectionNotConfigured, get_connection
+from governance.connectors.dynamodb import dynamodb_client
+from governance.datamap import load_datamap
 from governance.db import conninfo_for
 from governance.objectstore import s3_client
 from governance_dev.seed.generate import DEFAULT_SEED, SCALES
@@ -73,6 +78,21 @@ def _optional_processor(conn_id: str) -> ConnectionInfo | None:
         return None
 
 
+def _event_store() -> tuple[Any, str | None]:
+    """The call-event store's client and table (the data map's table name); (None, None) when its
+    connection is not configured (skipped with a warning)."""
+    datamap = load_datamap()
+    tables = [(system, table) for system, table in datamap.item_tables() if system.connection_id == config.EVENTS_CONN_ID]
+    if not tables:
+        return None, None
+    try:
+        client = dynamodb_client(config.EVENTS_CONN_ID)
+    except ConnectionNotConfigured:
+        log.warning("connection %r is not configured: skipping the call-event store", config.EVENTS_CONN_ID)
+        return None, None
+    return client, tables[0][1].table_name.resolve()
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -86,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     except ConnectionNotConfigured:
         log.warning("connection %r is not configured: skipping the analytics warehouse", config.WAREHOUSE_CONN_ID)
         warehouse_conninfo = None
+    events_client, events_table = _event_store()
     payments = _optional_processor(config.PAYMENTS_CONN_ID)
     crm = _optional_processor(config.CRM_CONN_ID)
     support_desk = _optional_processor(config.SUPPORT_DESK_CONN_ID)
@@ -99,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
         crm_api_key=(crm.password or None) if crm else None,
         support_desk_url=support_desk.base_url() if support_desk else None,
         warehouse_conninfo=warehouse_conninfo,
+        dynamodb=events_client,
+        call_events_table=events_table,
     )
     if args.if_needed and seeded_already(targets):
         print("reference deployment already seeded (app tables hold rows, objects bucket present): kept as it is")

@@ -84,6 +84,9 @@ class SeedTargets:
     support_desk_url: str | None = None
     # The analytics warehouse (a second database), loaded from the app's rows; None skips it.
     warehouse_conninfo: str | None = field(default=None, repr=False)
+    # The call-event store (a DynamoDB client and table name), loaded from the app's calls; None skips it.
+    dynamodb: Any | None = field(default=None, repr=False)
+    call_events_table: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ class SeedReport:
     total_s: float
     csv_files: dict[str, Path] = field(default_factory=dict)
     warehouse_rows: dict[str, int] = field(default_factory=dict)
+    event_items: int = 0
 
     @property
     def total_rows(self) -> int:
@@ -122,6 +126,8 @@ class SeedReport:
         lines = [f"seeded scale={self.scale} seed={self.seed}: {self.total_rows:,} rows"]
         lines += [f"  app.{name}: {count:,}" for name, count in self.rows.items()]
         lines += [f"  warehouse analytics.{name}: {count:,}" for name, count in self.warehouse_rows.items()]
+        if self.event_items:
+            lines.append(f"  call-event store (DynamoDB): {self.event_items:,} items")
         lines.append(f"  objects: {self.objects:,} ({self.object_bytes / 1e6:,.1f} MB)")
         for name, count in self.processor_records.items():
             lines.append(f"  {name}: {count:,}")
@@ -326,6 +332,11 @@ def seeded_already(targets: SeedTargets) -> bool:
         from governance_dev.seed.warehouse import warehouse_seeded
 
         if not warehouse_seeded(targets.warehouse_conninfo):
+            return False
+    if targets.dynamodb is not None and targets.call_events_table is not None:
+        from governance_dev.seed.events import table_holds_items
+
+        if not table_holds_items(targets.dynamodb, targets.call_events_table):  # moto keeps items in memory
             return False
     if targets.s3 is None or targets.bucket is None:
         return True  # no object store to check
@@ -580,6 +591,15 @@ def seed_reference_deployment(
         from governance_dev.seed.warehouse import check_warehouse
 
         check_warehouse(targets.warehouse_conninfo, replace=replace)
+    use_events = targets.dynamodb is not None and targets.call_events_table is not None
+    if use_events and not replace:
+        from governance_dev.seed.events import EventStoreRefused, table_holds_items
+
+        if table_holds_items(targets.dynamodb, str(targets.call_events_table)):
+            raise EventStoreRefused(
+                f"the call-event table {targets.call_events_table!r} already holds items; nothing was changed. "
+                "Use an empty table, or pass replace=True (command line: --replace)."
+            )
     use_objects = targets.s3 is not None and targets.bucket is not None
     if use_objects and not replace and _bucket_exists(targets.s3, str(targets.bucket)):
         if _seeded_objects_exist(targets.s3, str(targets.bucket)):
@@ -616,6 +636,12 @@ def seed_reference_deployment(
             from governance_dev.seed.warehouse import load_warehouse
 
             warehouse_rows = load_warehouse(targets.app_conninfo, targets.warehouse_conninfo, replace=replace).rows
+        event_items = 0
+        if use_events:
+            from governance_dev.seed.events import load_call_events
+
+            event_items = load_call_events(targets.app_conninfo, targets.dynamodb, str(targets.call_events_table),
+                                           scale=scale, replace=replace).items  # fmt: skip
         kept_files = dict(files) if work_dir is not None else {}
 
     objects = object_bytes = 0
@@ -670,4 +696,5 @@ def seed_reference_deployment(
         total_s=time.perf_counter() - started,
         csv_files=kept_files,
         warehouse_rows=warehouse_rows,
+        event_items=event_items,
     )

@@ -4,6 +4,8 @@ The plans (``governance.datamap.plans``) are pure; these modules execute them:
 
 * :mod:`.postgres`: identity resolution inside one snapshot, streaming export queries;
 * :mod:`.objects`: object keys of resolved rows, reads and version-aware deletes on an S3 API;
+* :mod:`.dynamodb`: a person's items by key and index Queries (never a Scan), batched deletes
+  with retries of unprocessed items and throttling;
 * :mod:`.processors`: third parties over HTTP through their declared request templates, with
   bounded retries.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 SYSTEM_KINDS: dict[str, str] = {
     "postgres": "governance.connectors.postgres",
     "s3": "governance.connectors.objects",
+    "dynamodb": "governance.connectors.dynamodb",
     "http": "governance.connectors.processors",
 }
 

@@ -181,6 +181,7 @@ class ObjectStoreConnector(Connector):
 CONNECTORS: dict[str, str] = {
     "postgres": "governance.connectors.base:DatabaseConnector",
     "s3": "governance.connectors.base:ObjectStoreConnector",
+    "dynamodb": "governance.connectors.dynamodb:ItemStoreConnector",
     "http": "governance.connectors.processors:ProcessorClient",
 }
 

@@ -33,8 +33,10 @@ from governance.datamap.model import (
     DataMapError,
     DataMapIssue,
     DataMapUnreadable,
+    DynamoDBSystem,
     ErasureAction,
     IdentityMatch,
+    ItemTable,
     LegalException,
     ObjectPrefix,
     ObjectStoreSystem,
@@ -377,6 +379,11 @@ class _Checks:
         for store in self.dm.object_systems:
             for prefix in store.prefixes:
                 yield from self._prefix(store, prefix)
+        for dynamo in self.dm.dynamodb_systems:
+            for name in _duplicates(t.name for t in dynamo.tables):
+                yield f"{_system_path(dynamo.name)}.tables[{name}]", f"duplicate table name {name!r} in system {dynamo.name!r}"
+            for item_table in dynamo.tables:
+                yield from self._item_table(dynamo, item_table)
         for processor in self.dm.processors:
             yield from self._processor(processor)
         for index, exception in enumerate(self.dm.legal_exceptions):
@@ -743,6 +750,72 @@ class _Checks:
             yield f"{path}.paging.cursor_param", (
                 f"{request.paging.cursor_param!r} is already a query parameter of the call: the cursor needs its own"
             )
+
+    # -- DynamoDB tables -------------------------------------------------------------------
+
+    def _item_table(self, system: DynamoDBSystem, table: ItemTable) -> Iterator[tuple[str, str]]:
+        """Keys and index attributes are declared, identities are kinds, and finding one person
+        (or one business) is a Query: an identity attribute that is no table or index partition key
+        would need a Scan of the whole table per request, which the map refuses."""
+        tpath = _table_path(system.name, table.name)
+        names = table.attribute_names
+        for name in _duplicates(names):
+            yield f"{tpath}.attributes[{name}]", f"duplicate attribute name {name!r} in table {table.name!r}"
+        for attribute in table.attributes:
+            apath = f"{tpath}.attributes[{attribute.name}]"
+            yield from self._taxonomy(f"{apath}.data_category", attribute.data_category, "data category")
+            yield from self._taxonomy(f"{apath}.data_use", attribute.data_use, "data use")
+            if attribute.erasure_action not in (ErasureAction.delete_row, ErasureAction.none):
+                yield f"{apath}.erasure", (
+                    f"erasure {attribute.erasure_action.value} is not supported on a DynamoDB item: its items are "
+                    "deleted whole (delete_row)"
+                )
+            if attribute.is_personal and attribute.erasure is None:
+                yield f"{apath}.erasure", "personal attribute without an erasure action: declare delete_row"
+        keys: list[tuple[str, Any]] = [("partition_key", table.partition_key)]
+        if table.sort_key is not None:
+            keys.append(("sort_key", table.sort_key))
+        for index in table.indexes:
+            keys.append((f"indexes[{index.name}].partition_key", index.partition_key))
+            if index.sort_key is not None:
+                keys.append((f"indexes[{index.name}].sort_key", index.sort_key))
+        for where, key in keys:
+            if key.attribute not in names:
+                yield f"{tpath}.{where}.attribute", f"key attribute {key.attribute!r} is not an attribute of {table.name!r}" + (
+                    suggest(key.attribute, names)
+                )
+            if key.kind is not None and where != "partition_key":
+                yield f"{tpath}.{where}.kind", (
+                    "only the table's partition key names an identity kind (a person's items are found by it)"
+                )
+        kind = table.partition_key.kind
+        if kind is None:
+            yield f"{tpath}.partition_key.kind", (
+                "the partition key must name the identity kind it holds (phone, email): a person's items are found "
+                "by a Query on it; a table keyed by something else would need a Scan for one person"
+            )
+        elif kind not in self.dm.identity_kinds:
+            yield f"{tpath}.partition_key.kind", f"unknown identity kind {kind!r}" + suggest(kind, list(self.dm.identity_kinds))
+        partition_keys = {table.partition_key.attribute, *(i.partition_key.attribute for i in table.indexes)}
+        for identity in table.identities:
+            ipath = f"{tpath}.identities[{identity.field}]"
+            if identity.kind not in self.dm.identity_kinds:
+                yield f"{ipath}.kind", f"unknown identity kind {identity.kind!r}" + suggest(identity.kind, list(self.dm.identity_kinds))
+            if identity.field not in partition_keys:
+                yield ipath, (
+                    f"finding a person by {identity.field!r} would need a Scan of {table.name!r} (it is neither the "
+                    "table's nor an index's partition key): add a global secondary index on it, or remove the identity"
+                )
+        if table.ttl_attribute is not None and table.ttl_attribute not in names:
+            yield f"{tpath}.ttl_attribute", f"TTL attribute {table.ttl_attribute!r} is not an attribute of {table.name!r}" + (
+                suggest(table.ttl_attribute, names)
+            )
+        if table.ttl_attribute is not None and table.ttl_attribute in table.key_attributes:
+            yield f"{tpath}.ttl_attribute", "the TTL attribute cannot be a key attribute"
+        if len({i.name for i in table.indexes}) != len(table.indexes):
+            yield f"{tpath}.indexes", "duplicate index names"
+        if sum(i.purpose == "business" for i in table.indexes) > 1:
+            yield f"{tpath}.indexes", "at most one index serves business look-ups (purpose: business)"
 
     # -- legal exceptions and retention ----------------------------------------------------
 

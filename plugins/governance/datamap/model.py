@@ -469,7 +469,83 @@ class ObjectStoreSystem(_Strict):
         return next((p for p in self.prefixes if p.name == name), None)
 
 
-SystemSpec = Annotated[PostgresSystem | ObjectStoreSystem, Field(discriminator="kind")]
+# --------------------------------------------------------------------------------------------
+# Key-value item stores (DynamoDB)
+
+
+class ItemKey(_Strict):
+    """One key attribute of a DynamoDB table or index, with its DynamoDB type."""
+
+    attribute: Identifier
+    type: Literal["S", "N"] = "S"
+    kind: Identifier | None = Field(
+        default=None, description="partition key only: the identity kind the attribute holds (its items are a person's)"
+    )
+
+
+class ItemIndex(_Strict):
+    """A global secondary index: how items are found by something other than the table's key."""
+
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{3,255}$")]
+    partition_key: ItemKey
+    sort_key: ItemKey | None = None
+    purpose: Literal["business"] = Field(
+        default="business", description="business: the partition key is the business client's id (offboarding)"
+    )
+
+
+class ItemTable(_Strict):
+    """A DynamoDB table whose items belong to the person named by their partition key.
+
+    A person is found with a ``Query`` on the partition key (an identity kind, ``partition_key.kind``)
+    and a business client's items with a ``Query`` on the index whose purpose is ``business``; the
+    map is refused when finding one person would need a ``Scan`` (an identity attribute that is no
+    table or index partition key). Erasure deletes the person's items (every attribute goes with
+    the item); retention relies on ``ttl_attribute`` (epoch seconds).
+    """
+
+    name: Identifier
+    table_name: BucketSetting = Field(description="the DynamoDB table name: an environment variable, else the default")
+    description: str | None = None
+    partition_key: ItemKey
+    sort_key: ItemKey | None = None
+    ttl_attribute: Identifier | None = Field(default=None, description="attribute holding the expiry time (epoch seconds)")
+    indexes: list[ItemIndex] = Field(default_factory=list)
+    identities: list[IdentityField] = Field(
+        default_factory=list, description="attributes holding an identity besides the partition key (each must be a key)"
+    )
+    attributes: list[FieldSpec] = Field(description="every attribute an item holds (keys, payload, TTL)")
+
+    def attribute(self, name: str) -> FieldSpec | None:
+        return next((a for a in self.attributes if a.name == name), None)
+
+    @property
+    def attribute_names(self) -> list[str]:
+        return [a.name for a in self.attributes]
+
+    @property
+    def business_index(self) -> ItemIndex | None:
+        return next((i for i in self.indexes if i.purpose == "business"), None)
+
+    @property
+    def key_attributes(self) -> list[str]:
+        return [self.partition_key.attribute] + ([self.sort_key.attribute] if self.sort_key else [])
+
+
+class DynamoDBSystem(_Strict):
+    """DynamoDB tables reached through an Airflow ``aws`` connection (``DynamoDBHook``)."""
+
+    kind: Literal["dynamodb"]
+    name: Identifier
+    connection_id: Identifier
+    description: str | None = None
+    tables: list[ItemTable]
+
+    def table(self, name: str) -> ItemTable | None:
+        return next((t for t in self.tables if t.name == name), None)
+
+
+SystemSpec = Annotated[PostgresSystem | ObjectStoreSystem | DynamoDBSystem, Field(discriminator="kind")]
 
 
 def template_placeholders(template: str) -> list[str]:
@@ -745,7 +821,15 @@ class DataMap(_Strict):
     def object_systems(self) -> list[ObjectStoreSystem]:
         return [s for s in self.systems if isinstance(s, ObjectStoreSystem)]
 
-    def system(self, name: str) -> PostgresSystem | ObjectStoreSystem | None:
+    @property
+    def dynamodb_systems(self) -> list[DynamoDBSystem]:
+        return [s for s in self.systems if isinstance(s, DynamoDBSystem)]
+
+    def item_tables(self) -> list[tuple[DynamoDBSystem, ItemTable]]:
+        """Every DynamoDB table, with its system, in map order."""
+        return [(s, t) for s in self.dynamodb_systems for t in s.tables]
+
+    def system(self, name: str) -> PostgresSystem | ObjectStoreSystem | DynamoDBSystem | None:
         return next((s for s in self.systems if s.name == name), None)
 
     def postgres_system(self, name: str) -> PostgresSystem:
@@ -815,6 +899,7 @@ class DataMap(_Strict):
             "tables": len(tables),
             "fields": sum(len(t.fields) for t in tables),
             "prefixes": sum(len(s.prefixes) for s in self.object_systems),
+            "item_tables": sum(len(s.tables) for s in self.dynamodb_systems),
             "processors": len(self.processors),
             "retention_rules": len(self.retention),
             "legal_exceptions": len(self.legal_exceptions),

@@ -26,12 +26,14 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from governance.connectors.dynamodb import item_client_for
 from governance.crypto import IdentityCipher, IdentityHasher
 from governance.datamap import graph
 from governance.datamap.model import DataMap, TableRef
 from governance.datamap.plans import SCOPE_IDS, build_business_resolution_plan, build_erasure_plan
 from governance.erasure.guard import evaluate_guard, guard_limits, needed_sizes, table_size_at_least
 from governance.erasure.holds import load_active_holds, subject_hashes
+from governance.erasure.items import plan_items
 from governance.erasure.planner import ErasureWork, build_work
 from governance.erasure.resolve import MatchByBusiness, SubjectResolution, resolve_subject
 from governance.identity import InvalidIdentity, SubjectIdentities
@@ -202,6 +204,7 @@ def compute_business_work(
     system_conninfo: Callable[[str], str],
     processor_client: Callable[[str], Any],
     hasher: IdentityHasher,
+    item_client: Callable[[str], Any] | None = None,
 ) -> tuple[ErasureWork, list[SubjectIdentities]]:
     """Resolve the business's people in one snapshot, look them up at the processors, apply legal
     holds (the business's, its tables', and any of its people's) and the legal exceptions, run the
@@ -221,6 +224,9 @@ def compute_business_work(
             business_id=business_id, buckets={s.name: s.bucket.resolve() for s in datamap.object_systems},
             request_folders={}, processor_records=records,
         )  # fmt: skip
+        # The business's DynamoDB items, by each table's business index (never a Scan).
+        plan_items(datamap, work, None, held_businesses=sorted(holds.businesses),
+                   client_for=item_client or item_client_for(datamap))  # fmt: skip
         sizes = {}
         for table, needed in needed_sizes(work, share).items():
             sys_name, _, name = table.partition(".")

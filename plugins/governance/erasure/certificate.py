@@ -103,6 +103,16 @@ def build_certificate(
         entry["tables"] += 1
         entry["rows"] += int(done["affected"]) if done else 0
         entry["done"] = entry["done"] and done is not None
+    items = []
+    for item_work in work.items:
+        done = progress.get(item_work.step_id)
+        items.append({"table": item_work.where, "table_name": item_work.table_name, "found_when_planned": item_work.found,
+                      "kept": item_work.kept, "deleted": int(done["affected"]) if done else None})  # fmt: skip
+        entry = systems.setdefault(item_work.system, {"system": item_work.system, "kind": "dynamodb", "tables": 0,
+                                                      "rows": 0, "done": True})  # fmt: skip
+        entry["tables"] += 1
+        entry["rows"] += int(done["affected"]) if done else 0
+        entry["done"] = entry["done"] and done is not None
     passed = bool(verification and verification.get("passed"))
     executed = any(k.startswith("db:") for k in progress) or not work.database
     outcome = "held" if work.person_held else ("erased" if passed else "incomplete")
@@ -121,7 +131,7 @@ def build_certificate(
         "outcome": outcome,
         "executed": executed,
         "systems": list(systems.values()),
-        "erased": {"databases": databases, "objects": objects, "processors": processors},
+        "erased": {"databases": databases, "objects": objects, "items": items, "processors": processors},
         "kept": [k.public() for k in work.kept],
         "left_out": [{"where": e.where, "count": e.count, "reason": e.reason} for e in work.excluded],
         "verification": dict(verification) if verification else {"passed": False, "residue": ["not verified"]},
@@ -170,6 +180,8 @@ def render_html(certificate: Mapping[str, Any]) -> str:
         table(["objects", "removed (every version)", "versions stored when planned", "named but not stored"],
               [[o["prefix"], o["deleted_with_all_versions"], o.get("versions_when_planned"), o.get("not_stored")]
                for o in c["erased"]["objects"] if o["planned"]]),
+        table(["DynamoDB table", "items deleted", "found when planned"],
+              [[i["table"], i["deleted"], i["found_when_planned"]] for i in c["erased"].get("items", []) if i["found_when_planned"] or i["deleted"]]),
         table(["processor", "records erased", "already gone"], [[p["processor"], p["erased"], p["already_absent"]] for p in c["erased"]["processors"]]),
         "<h2>Kept, why and until when</h2>",
         table(["where", "what", "count", "why", "law", "until"],

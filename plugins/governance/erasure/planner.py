@@ -110,6 +110,33 @@ class ProcessorWork:
 
 
 @dataclass
+class ItemWork:
+    """A person's (or business's) items of one DynamoDB table, deleted whole.
+
+    The plan holds no key values (they hold the person's phone): ``found`` counts the items the
+    Query returned when planning; execution runs the same Query again with the identities
+    decrypted inside the task and deletes what it finds (minus ``held_businesses``, within
+    ``business_id`` when scoped); verification runs it once more and expects nothing."""
+
+    system: str
+    table: str
+    table_name: str
+    index: str | None
+    by: str
+    found: int = 0
+    kept: int = 0
+    held_businesses: list[int] = field(default_factory=list)
+
+    @property
+    def step_id(self) -> str:
+        return f"items:{self.system}:{self.table}"
+
+    @property
+    def where(self) -> str:
+        return f"{self.system}.{self.table}"
+
+
+@dataclass
 class KeptItem:
     """Something of the person that is not erased, why, and until when.
 
@@ -173,6 +200,7 @@ class ErasureWork:
     database: list[DatabaseStep] = field(default_factory=list)
     objects: list[ObjectWork] = field(default_factory=list)
     processors: list[ProcessorWork] = field(default_factory=list)
+    items: list[ItemWork] = field(default_factory=list)
     kept: list[KeptItem] = field(default_factory=list)
     excluded: list[ExcludedItem] = field(default_factory=list)
     ambiguities: list[dict[str, Any]] = field(default_factory=list)
@@ -195,6 +223,7 @@ class ErasureWork:
         values["database"] = [DatabaseStep(**s) for s in values.get("database", [])]
         values["objects"] = [ObjectWork(**o) for o in values.get("objects", [])]
         values["processors"] = [ProcessorWork(**p) for p in values.get("processors", [])]
+        values["items"] = [ItemWork(**i) for i in values.get("items", [])]
         values["kept"] = [KeptItem(**k) for k in values.get("kept", [])]
         values["excluded"] = [ExcludedItem(**e) for e in values.get("excluded", [])]
         values["guard"] = GuardDecision(**values.get("guard", {}))
@@ -230,6 +259,7 @@ class ErasureWork:
             any(s.keys for s in self.database)
             or any(o.keys or o.folders for o in self.objects)
             or any(p.record_ids for p in self.processors)
+            or any(i.found for i in self.items)
         )
 
     def statements(self) -> list[dict[str, Any]]:
@@ -253,6 +283,7 @@ class ErasureWork:
             "object_versions": {f"{o.system}.{o.prefix}": o.versions for o in self.objects if o.versions is not None},
             "objects_absent": {f"{o.system}.{o.prefix}": o.absent for o in self.objects if o.absent},
             "processors": {p.processor: len(p.record_ids) for p in self.processors},
+            "items": {i.where: i.found for i in self.items},
             "kept": [k.public() for k in self.kept],
             "excluded": [{"where": e.where, "count": e.count, "reason": e.reason} for e in self.excluded],
             "ambiguities": list(self.ambiguities),
@@ -285,6 +316,9 @@ def approval_markdown(summary: Mapping[str, Any]) -> str:
     if summary.get("objects_absent"):
         lines += ["", "Named by the map but not stored (nothing to delete): "
                   + ", ".join(f"{k}: {v}" for k, v in summary["objects_absent"].items())]
+    if summary.get("items"):
+        lines += ["", "DynamoDB items deleted (found by key or index Query): "
+                  + ", ".join(f"{k}: {v}" for k, v in summary["items"].items())]
     if summary["processors"]:
         lines += ["", "Processor records erased: " + ", ".join(f"{k}: {v}" for k, v in summary["processors"].items())]
     if summary["kept"]:

@@ -230,6 +230,9 @@ def readable_plan(summary: Mapping[str, Any], datamap: DataMap | None) -> Readab
         stored = versions.get(where)
         detail = "Deleted, with every stored version" + (f" ({stored} in all)." if stored is not None else ".")
         lines.append(PlanLine("deleted", _prefix_words(datamap, where), int(count), "files", detail, None, where))
+    for where, count in (summary.get("items") or {}).items():
+        lines.append(PlanLine("deleted", f"call events ({where})", int(count), "events",
+                              "Deleted whole from the event store.", None, where))  # fmt: skip
     for name, count in (summary.get("processors") or {}).items():
         lines.append(PlanLine("deleted", _processor_words(datamap, name), int(count), "records held by this company",
                               "Erased through the company's own deletion service.", None, name))  # fmt: skip

@@ -11,7 +11,9 @@ every finding becomes a small table that Great Expectations checks:
 * per table under a legal exception: the kept rows, one boolean per minimised field ("was it
   cleared?"): every row present and every value true;
 * per object prefix: planned keys (and keys of residual rows) with any version left: empty;
-* per processor: records its look-up still returns: empty.
+* per processor: records its look-up still returns: empty;
+* per DynamoDB table: items the plan's Query (partition key or business index) still finds,
+  but those of held businesses: empty.
 
 Great Expectations only ever sees primary keys, object keys, processor record ids and booleans,
 never an identity or a personal value, so its results can be stored and shown as they are.
@@ -26,6 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from governance import expectations
+from governance.connectors.dynamodb import item_client_for
 from governance.connectors.objects import head
 from governance.datamap.model import DataMap, PrefixRef, TableRef
 from governance.datamap.plans import (
@@ -37,6 +40,7 @@ from governance.datamap.plans import (
     build_resolution_plan,
 )
 from governance.erasure.executor import keys_with_versions_under
+from governance.erasure.items import item_residue
 from governance.erasure.planner import ErasureWork
 from governance.erasure.resolve import IdentityMatcher, MatchByBusiness, MatchByIdentity, resolve_subject
 from governance.identity import SubjectIdentities
@@ -102,6 +106,7 @@ def collect_checks(
     processor_client: Callable[[str], Any],
     as_of: datetime,
     people: Sequence[SubjectIdentities] | None = None,
+    item_client: Callable[[str], Any] | None = None,
 ) -> list[Check]:
     """Look again everywhere; one :class:`Check` per target (not yet validated).
 
@@ -190,6 +195,13 @@ def collect_checks(
             if close is not None:
                 close()
         checks.append(Check(processor.processor, "processor_records", 0, columns={"record_id": sorted(found)}))
+    # DynamoDB: the plan's Queries run again (by identity, or the business index); only held
+    # businesses' items may remain. GX sees sort keys (times and event ids), never a partition key.
+    if work.items:
+        residue = item_residue(datamap, work, [None] if by_business else [identities],
+                               client_for=item_client or item_client_for(datamap))  # fmt: skip
+        for where, left in residue.items():
+            checks.append(Check(where, "items", 0, columns={"sort_key": sorted(left)}))
     return checks
 
 
@@ -248,11 +260,12 @@ def verify_erasure(
     processor_client: Callable[[str], Any],
     as_of: datetime,
     people: Sequence[SubjectIdentities] | None = None,
+    item_client: Callable[[str], Any] | None = None,
 ) -> VerificationResult:
     """Collect and validate every check (see the module docstring)."""
     checks = collect_checks(
         datamap, work, identities, system_conninfo=system_conninfo, object_client=object_client,
-        processor_client=processor_client, as_of=as_of, people=people,
+        processor_client=processor_client, as_of=as_of, people=people, item_client=item_client,
     )  # fmt: skip
     return validate_with_great_expectations(checks)
 

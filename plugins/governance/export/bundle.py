@@ -323,6 +323,8 @@ class BundleManifest:
     notes: list[str] = field(default_factory=list)
     # Per system searched: {"kind", "tables" or "prefixes", "rows" or "objects"} (counts only).
     systems: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Per DynamoDB table: {"items", "files", "categories"} (counts only).
+    items: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def json_chunks(self, file_lines: Iterator[bytes] | None = None) -> Iterator[bytes]:
         """The manifest as JSON (keys sorted, one file per line), the file list streamed from

@@ -29,6 +29,7 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from governance.connectors.base import processor_connector
+from governance.connectors.dynamodb import dynamodb_client, person_items, person_queries
 from governance.connectors.postgres import (
     count_mention_only,
     count_rows,
@@ -37,7 +38,7 @@ from governance.connectors.postgres import (
     stream_mention_only,
     stream_table,
 )
-from governance.datamap.model import DataMap, ObjectStoreSystem, Processor
+from governance.datamap.model import DataMap, DynamoDBSystem, ObjectStoreSystem, Processor
 from governance.datamap.plans import ObjectStep, ResolutionPlan, build_resolution_plan
 from governance.db import conninfo_for
 from governance.export.age import DEFAULT_WORK_FACTOR, AgeWriter
@@ -52,6 +53,7 @@ from governance.export.bundle import (
 from governance.export.formats import FORMATS, DataFormat, write_rows
 from governance.export.index import (
     BundleContents,
+    ItemExport,
     PrefixExport,
     ProcessorExport,
     TableExport,
@@ -118,6 +120,8 @@ class ExportTargets:
     conninfo_for: Callable[[str], str]
     s3_for: Callable[[str], Any]
     processor_client_for: Callable[[Processor], Any]
+    # connection id -> DynamoDB client (the DynamoDBHook's); None: no DynamoDB system is reached.
+    dynamodb_for: Callable[[str], Any] | None = None
 
     @classmethod
     def from_airflow(cls, *, processor_attempts: int = 5, processor_backoff_s: float = 0.5) -> ExportTargets:
@@ -130,6 +134,7 @@ class ExportTargets:
             processor_client_for=lambda p: processor_connector(
                 p, attempts=processor_attempts, backoff_s=processor_backoff_s
             ),
+            dynamodb_for=lru_cache(maxsize=None)(dynamodb_client),
         )
 
 
@@ -379,6 +384,27 @@ def write_bundle(
         keys.clear()
         referenced.clear()
 
+    # 3b. DynamoDB items: found by key or index Query (never a Scan), streamed into one JSON file
+    #     per table, page by page.
+    for query in person_queries(datamap, kinds):
+        if targets.dynamodb_for is None:
+            break
+        values = [v for k, v in subject.identities.items() if f"identity:{k}" == query.by]
+        client = targets.dynamodb_for(query.connection_id)
+        scope = set(subject.business_scope or ())
+        path = safe_path("data", query.system, f"{query.table}.json")
+        count = 0
+        with writer.entry(path, kind="data", dataset=query.where, fmt="json") as out:
+            out.write(b"[")
+            for item in person_items(client, query, values):
+                if scope and query.scope_attribute is not None and item.get(query.scope_attribute) not in scope:
+                    continue
+                out.write((b",\n" if count else b"\n") + json.dumps(item, sort_keys=True, ensure_ascii=False).encode())
+                count += 1
+            out.write(b"\n]\n")
+        source_counts[query.where] = count
+        contents.items.append(ItemExport(query.system, query.table, count, (path,)))
+
     # 4. What the processors returned.
     for result in processor_results:
         for path, document in result.documents:
@@ -429,6 +455,14 @@ def build_manifest(datamap: DataMap, contents: BundleContents, writer: BundleWri
         }
         if processor_export.records:
             categories.update(processor.data_categories)
+    items: dict[str, dict[str, Any]] = {}
+    for item_export in contents.items:
+        item_system = datamap.system(item_export.system)
+        item_table = item_system.table(item_export.table) if isinstance(item_system, DynamoDBSystem) else None
+        item_categories = sorted({a.data_category for a in item_table.attributes if a.is_personal}) if item_table else []
+        items[item_export.where] = {"items": item_export.items, "files": list(item_export.files), "categories": item_categories}
+        if item_export.items:
+            categories.update(item_categories)
     return BundleManifest(
         request_id=contents.request_id,
         generated_at=generated_at.isoformat(),
@@ -447,6 +481,7 @@ def build_manifest(datamap: DataMap, contents: BundleContents, writer: BundleWri
         files_digest=writer.files_digest,
         notes=[] if contents.found_data else ["We found no data about you in any of the systems searched."],
         systems=system_counts(contents),
+        items=items,
     )
 
 
@@ -455,6 +490,7 @@ def bundle_counts(contents: BundleContents) -> dict[str, int]:
     counts = {str(t.ref): t.rows for t in contents.tables}
     counts.update({str(p.ref): p.objects for p in contents.prefixes})
     counts.update({f"processor:{p.name}": p.records for p in contents.processors if p.searched})
+    counts.update({i.where: i.items for i in contents.items})
     return counts
 
 

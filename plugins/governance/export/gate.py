@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import tempfile
 import unicodedata
 import zipfile
@@ -224,9 +225,13 @@ def collect_gate_frames(
     data_files: dict[TableRef, dict[str, str]] = {}
     object_entries: dict[PrefixRef, list[tuple[str, str]]] = {}
     processor_records: dict[str, set[str]] = {}
+    item_tables = {f"{system.name}.{table.name}": table for system, table in datamap.item_tables()}
+    item_files: dict[str, str] = {}
     for name in names:
         parts = name.split("/")
-        if parts[0] == "data" and len(parts) == 3 and "." in parts[2]:
+        if parts[0] == "data" and len(parts) == 3 and parts[2].endswith(".json") and f"{parts[1]}.{parts[2][:-5]}" in item_tables:
+            item_files[f"{parts[1]}.{parts[2][:-5]}"] = name
+        elif parts[0] == "data" and len(parts) == 3 and "." in parts[2]:
             table, _, fmt = parts[2].rpartition(".")
             data_files.setdefault(TableRef(parts[1], table), {})[fmt] = name
         elif parts[0] == "files" and len(parts) >= 3:
@@ -319,6 +324,36 @@ def collect_gate_frames(
         for system, key in entries:
             frames.ties.append({"dataset": str(prefix_ref), "key": key, "tie": _object_token(system, key), "scope": None,
                                 "narrowing": KEPT})  # fmt: skip
+
+    # DynamoDB items: counted, and each tied to the person by its partition key (an identity) ------
+    for dataset in sorted(set(manifest.items) | set(item_files)):
+        path = item_files.get(dataset)
+        item_table = item_tables.get(dataset)
+        count = 0
+        if path is not None:
+            try:
+                with archive.open(path) as stream:
+                    records = json.load(stream)
+            except (ValueError, UnicodeDecodeError):
+                frames.facts.append({"fact": f"readable:{path}", "expected": "yes", "actual": "no"})
+                records = []
+            for index, record in enumerate(records if isinstance(records, list) else []):
+                count += 1
+                if item_table is None or not isinstance(record, dict):
+                    frames.ties.append({"dataset": dataset, "key": str(index), "tie": f"unmapped:{dataset}", "scope": None,
+                                        "narrowing": KEPT})  # fmt: skip
+                    continue
+                kind = item_table.partition_key.kind or "?"
+                value = record.get(item_table.partition_key.attribute)
+                business = item_table.business_index
+                scope = record.get(business.partition_key.attribute) if business else None
+                sort = record.get(item_table.sort_key.attribute) if item_table.sort_key else index
+                frames.ties.append({"dataset": dataset, "key": str(sort),
+                                    "tie": _identity_token(kind, IdentityMatch.exact, value, token_for),
+                                    "scope": None if scope is None else str(scope), "narrowing": KEPT})  # fmt: skip
+        frames.counts.append({"dataset": dataset, "format": "json", "bundle_rows": count,
+                              "source_rows": int(source_counts.get(dataset, 0)),
+                              "manifest_rows": int(manifest.items.get(dataset, {}).get("items", 0))})  # fmt: skip
 
     # processors -------------------------------------------------------------------------------
     for name in sorted(set(manifest.processors) | set(processor_records)):

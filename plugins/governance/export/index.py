@@ -21,6 +21,7 @@ from typing import Any
 
 from governance.datamap.model import (
     DataMap,
+    DynamoDBSystem,
     ObjectStoreSystem,
     PostgresSystem,
     PrefixRef,
@@ -37,6 +38,20 @@ class TableExport:
     ref: TableRef
     rows: int
     files: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ItemExport:
+    """A DynamoDB table's items of the person (found by key or index Query), in one JSON file."""
+
+    system: str
+    table: str
+    items: int
+    files: tuple[str, ...]
+
+    @property
+    def where(self) -> str:
+        return f"{self.system}.{self.table}"
 
 
 @dataclass(frozen=True)
@@ -69,6 +84,7 @@ class BundleContents:
     tables: list[TableExport] = field(default_factory=list)
     prefixes: list[PrefixExport] = field(default_factory=list)
     processors: list[ProcessorExport] = field(default_factory=list)
+    items: list[ItemExport] = field(default_factory=list)
     mentions: dict[str, int] = field(default_factory=dict)
     out_of_scope: tuple[str, ...] = ()
 
@@ -78,6 +94,7 @@ class BundleContents:
             any(t.rows for t in self.tables)
             or any(p.objects for p in self.prefixes)
             or any(p.records for p in self.processors)
+            or any(i.items for i in self.items)
         )
 
 
@@ -208,7 +225,7 @@ def render_index(datamap: DataMap, contents: BundleContents) -> bytes:
     for name, entry in system_counts(contents).items():
         described = datamap.system(name)
         label = (described.description if described is not None else None) or name
-        items = entry.get("rows", entry.get("objects", 0))
+        items = entry.get("rows", entry.get("objects", entry.get("items", 0)))
         out.append(f"<tr><td>{escape(label)} (<code>{escape(name)}</code>)</td><td>{escape(entry['kind'])}</td>"
                    f"<td>{items}</td></tr>")  # fmt: skip
     out.append("</tbody></table>")
@@ -259,6 +276,22 @@ def render_index(datamap: DataMap, contents: BundleContents) -> bytes:
             f"<td>{_ul(keep or ['Deleted with the record it belongs to.'])}</td>"
             f"<td>{prefix_export.objects} file(s){missing}</td>"
             f"<td>{_files(prefix_export.files, total=prefix_export.objects)}</td></tr>"
+        )
+    for item_export in contents.items:
+        item_system = datamap.system(item_export.system)
+        assert isinstance(item_system, DynamoDBSystem)
+        item_table = item_system.table(item_export.table)
+        assert item_table is not None
+        personal = [a for a in item_table.attributes if a.is_personal]
+        keep = ["Each event expires on its own after a fixed time (its expiry date is in the file)."] if item_table.ttl_attribute else []
+        out.append(
+            f"<tr><td>{escape(item_table.description or item_table.name)}</td>"
+            f"<td>{escape(item_system.description or item_system.name)} (<code>{escape(item_export.where)}</code>)</td>"
+            f"<td>{_ul(_names([a.data_category for a in personal], 'category'))}</td>"
+            f"<td>{_ul(_names([a.data_use for a in item_table.attributes], 'use'))}</td>"
+            f"<td>{_ul(_recipients_for(datamap, [a.data_category for a in personal], scoped=True))}</td>"
+            f"<td>{_ul(keep or ['As long as the business relationship lasts, then deleted with it.'])}</td>"
+            f"<td>{item_export.items}</td><td>{_files(item_export.files)}</td></tr>"
         )
     for processor_export in contents.processors:
         processor = datamap.processor(processor_export.name)
@@ -340,4 +373,8 @@ def system_counts(contents: BundleContents) -> dict[str, dict[str, Any]]:
         entry = systems.setdefault(prefix.ref.system, {"kind": "object store", "prefixes": 0, "objects": 0})
         entry["prefixes"] += 1
         entry["objects"] += prefix.objects
+    for item in contents.items:
+        entry = systems.setdefault(item.system, {"kind": "dynamodb", "tables": 0, "items": 0})
+        entry["tables"] += 1
+        entry["items"] += item.items
     return dict(sorted(systems.items()))

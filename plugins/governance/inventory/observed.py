@@ -23,9 +23,10 @@ from psycopg import sql
 
 from governance.config import GOVERNANCE_CONN_ID, GOVERNANCE_SCHEMA, INSIGHTS_SCHEMA, ledger_writer_role
 from governance.connections import ConnectionInfo, ConnectionNotConfigured, get_connection
-from governance.datamap.model import DataMap, ObjectStoreSystem, PostgresSystem
+from governance.datamap.model import DataMap, DynamoDBSystem, ObjectStoreSystem, PostgresSystem
 from governance.inventory.model import SubprocessorList
 from governance.inventory.reconcile import ChannelPrefixes, Observations, ObservedDataset
+from governance.lineage import item_table_uri
 from governance.lineage import processor_uri as uri
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,11 @@ def channel_prefixes(
                 channels[f"system:{system.name}"] = [_postgres_prefix(found, system.db_schema)]
         elif isinstance(system, ObjectStoreSystem):
             channels[f"system:{system.name}"] = [f"s3://{system.bucket.resolve()}/"]
+        elif isinstance(system, DynamoDBSystem):
+            found = info(system.connection_id)
+            if found is not None:
+                region = str(found.extra.get("region_name") or "us-east-1")
+                channels[f"system:{system.name}"] = [item_table_uri(region, t.table_name.resolve()) for t in system.tables]
     for sub in declared.subprocessors:
         for channel in sub.receives_through:
             if channel.connection is not None and (found := info(channel.connection)) is not None:

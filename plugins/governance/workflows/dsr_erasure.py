@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 from governance.approvers import approver_refusal
 from governance.config import GOVERNANCE_CONN_ID
 from governance.connectors.base import processor_connector
+from governance.connectors.dynamodb import item_client_for
 from governance.connectors.processors import ProcessorRejected, ProcessorUnavailable
 from governance.crypto import cipher_from_airflow, hasher_from_airflow
 from governance.datamap import load_datamap
@@ -69,6 +70,7 @@ from governance.erasure.guard import (
     table_size_at_least,
 )
 from governance.erasure.holds import load_active_holds, subject_hashes
+from governance.erasure.items import delete_planned_items, plan_items
 from governance.erasure.locking import subject_lock
 from governance.erasure.planner import ErasureWork, build_work, inventory_objects
 from governance.erasure.readable import erasure_plan_text
@@ -78,6 +80,7 @@ from governance.erasure.verify import residue_message
 from governance.erasure.verify import verify_erasure as verify
 from governance.lineage import (
     record_governance_tables,
+    record_item_write,
     record_object_write,
     record_request_opened,
     record_table_read,
@@ -236,10 +239,11 @@ def compute_work(
     processor_client: Callable[[str], Any] | None,
     hasher: Any,
     object_client: Callable[[str], Any] | None = None,
+    item_client: Callable[[str], Any] | None = None,
 ) -> Any:
     """Resolve, apply holds and legal exceptions, run the guard, list the objects actually stored
-    (``object_client``: system -> S3 client; default from the map's connections): the
-    :class:`ErasureWork`."""
+    (``object_client``: system -> S3 client; default from the map's connections) and Query the
+    person's DynamoDB items (``item_client``: system -> DynamoDB client): the :class:`ErasureWork`."""
     import psycopg
 
 
@@ -280,6 +284,8 @@ def compute_work(
             business_id=business_id, buckets={s.name: s.bucket.resolve() for s in datamap.object_systems},
             request_folders=folders, processor_records=records,
         )  # fmt: skip
+        plan_items(datamap, work, identities, held_businesses=sorted(holds.businesses),
+                   client_for=item_client or item_client_for(datamap))  # fmt: skip
         sizes = {}
         for table, needed in needed_sizes(work, share).items():
             sys_name, _, name = table.partition(".")
@@ -540,7 +546,8 @@ def execute_database(
 
 
 def delete_objects(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """Every planned object, all versions; the person's export folders."""
+    """Every planned object, all versions; the person's export folders; then the person's
+    DynamoDB items (the stores outside the databases' transactions)."""
 
     plan_id = str(summary["plan_id"])
     work, _row, datamap = _load(plan_id)
@@ -557,6 +564,7 @@ def delete_objects(summary: Mapping[str, Any]) -> dict[str, Any]:
                 log.error("erasure %s: %s", plan_id, unavailable)
                 raise unavailable from exc
             raise
+        items = delete_items(work, datamap, identities=_identities, done=done)
 
     for item in work.objects:
         if deleted.get(item.step_id):
@@ -564,7 +572,28 @@ def delete_objects(summary: Mapping[str, Any]) -> dict[str, Any]:
             _lineage(record_object_write, item.bucket, prefix.static_prefix, objects=deleted[item.step_id])
     counts = {item.step_id.split(":", 1)[1]: deleted.get(item.step_id, done.get(item.step_id, {}).get("affected", 0)) for item in work.objects}
     log.info("erasure %s: objects deleted with every version: %s", plan_id, counts)
-    return {"plan_id": plan_id, "objects": counts}
+    return {"plan_id": plan_id, "objects": counts, "items": items}
+
+
+def delete_items(work: Any, datamap: Any, *, identities: Any, done: Mapping[str, Any],
+                 item_client: Callable[[str], Any] | None = None) -> dict[str, int]:  # fmt: skip
+    """The person's (or business's) DynamoDB items, found again by the plan's Queries and deleted
+    in batches; one progress step per table. Returns items deleted per table."""
+
+    if not work.items:
+        return {}
+    client_for = item_client or item_client_for(datamap)
+    deleted = delete_planned_items(datamap, work, identities, client_for=client_for, done=done,
+                                   on_step=_recorder(work.plan_id))  # fmt: skip
+    progress = _progress(work.plan_id)
+    counts: dict[str, int] = {}
+    for item in work.items:
+        counts[item.where] = int(deleted.get(item.step_id, progress.get(item.step_id, {}).get("affected", 0)))
+        if item.step_id in deleted:
+            region = str(progress.get(item.step_id, {}).get("detail", {}).get("region") or "us-east-1")
+            _lineage(record_item_write, region, item.table_name, items=deleted[item.step_id])
+    log.info("erasure %s: DynamoDB items deleted: %s", work.plan_id, counts)
+    return counts
 
 
 def erase_processors(summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -580,6 +609,7 @@ def erase_processors(summary: Mapping[str, Any]) -> dict[str, Any]:
     done = _progress(plan_id)
     expected = {f"db:{s}" for s in work.systems} | {o.step_id for o in work.objects}
     expected |= {f"processor:{p.processor}:{r}" for p in work.processors for r in p.record_ids}
+    expected |= {i.step_id for i in work.items}
     missing = sorted(expected - set(done))
     if missing:
         _fail(f"plan {plan_id}: {len(missing)} step(s) not done ({', '.join(m.split(':', 2)[0] + ':' + m.split(':', 2)[1] for m in missing[:5])})")

@@ -73,6 +73,7 @@ class ObjectErasurePayload(TypedDict):
 
     plan_id: str
     objects: dict[str, int]
+    items: dict[str, int]  # DynamoDB items deleted per table
 
 
 class ProcessorErasurePayload(TypedDict):
