@@ -16,9 +16,10 @@ from governance.config import (
     objects_bucket,
 )
 from governance.connectors.base import Connector, DatabaseConnector, ObjectStoreConnector, processor_connector
+from governance.connectors.dynamodb import ItemStoreConnector
 from governance.crypto import cipher_from_airflow, hasher_from_airflow
 from governance.datamap import load_datamap
-from governance.datamap.model import ObjectStoreSystem, PostgresSystem
+from governance.datamap.model import DynamoDBSystem, ObjectStoreSystem, PostgresSystem
 from governance.db import connect, conninfo_for
 from governance.migrations import ensure_schema
 from governance.objectstore import s3_client
@@ -102,6 +103,9 @@ def _connector_for(name: str) -> tuple[str, Connector, str | None]:
         return system.kind, DatabaseConnector(system.connection_id), system.db_schema
     if isinstance(system, ObjectStoreSystem):
         return system.kind, ObjectStoreConnector(system.connection_id, system.bucket.resolve()), None
+    if isinstance(system, DynamoDBSystem):
+        tables = [table.table_name.resolve() for table in system.tables]
+        return system.kind, ItemStoreConnector(system.connection_id, tables), None
     processor = next((p for p in datamap.processors if p.name == name), None)
     if processor is None:
         known = ", ".join(governed_systems())

@@ -30,9 +30,10 @@ def test_healthcheck_reports_each_system_and_migrates_the_governance_schema(
     assert objects["default_encryption"] == "AES256"
     assert xcom_result(dag_run, "check_keys")["hash_key_id"] == "test-hash-1"
     checked = {ti.map_index: ti for ti in dag_run.get_task_instances() if ti.task_id == "check_governed_system"}
-    assert len(checked) == 6 and all(ti.state == "success" for ti in checked.values()), task_states(dag_run)
+    assert len(checked) == 7 and all(ti.state == "success" for ti in checked.values()), task_states(dag_run)
     assert sorted(ti.rendered_map_index for ti in checked.values()) == sorted(
-        ["aircalls_app", "aircalls_objects", "aircalls_warehouse", "payments_processor", "crm", "support_desk"]
+        ["aircalls_app", "aircalls_objects", "aircalls_warehouse", "aircalls_events", "payments_processor", "crm",
+         "support_desk"]
     )
     with psycopg.connect(reference_env.app_url) as conn:
         versions = [r[0] for r in conn.execute("SELECT version FROM governance.schema_migrations ORDER BY 1")]

@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -1563,6 +1564,9 @@ def _same_row(age_column: str) -> sql.Composable:
     )  # fmt: skip
 
 
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+
+
 def _partition_probe(
     datamap: DataMap, ref: TableRef, age_column: str, due: sql.Composable, base_params: Mapping[str, Any]
 ) -> Statement:
@@ -1604,7 +1608,13 @@ def _partition_probe(
         rows=sql.Identifier(PROBE_ROWS), blocked=blocked, blocked_name=sql.Identifier(PROBE_BLOCKED),
         table=_table_sql(datamap, ref, "t"), age=age, lo=sql.Placeholder(PARTITION_FROM), hi=sql.Placeholder(PARTITION_TO),
     )  # fmt: skip
-    return Statement("retention_partition_probe", ref, query, params, _unique(needs))
+    # ``base_params`` are the scan's (its batch size, and a period ``due`` may not name): the probe
+    # binds only what its text uses, like every other statement.
+    used = set(_PLACEHOLDER.findall(query.as_string()))
+    return Statement(
+        "retention_partition_probe", ref, query, {k: v for k, v in params.items() if k in used},
+        tuple(n for n in _unique(needs) if n in used),
+    )
 
 
 def _single_statement_batch(
