@@ -12,8 +12,8 @@ Airflow then runs with a DAGs folder of the three workflows only; its scheduled 
 one triggered) dispatch everything. Printed per executor:
 
 * requests per hour: N / (last completion - first dispatch);
-* per kind, the median and 95th percentile from dispatch (``dispatched_at``) to completion
-  (``completed_at``), read from ``governance.privacy_requests``;
+* per kind, the median and 95th percentile from dispatch (the request's run created) to completion
+  (that run ended), read from Airflow's metadata database;
 * the peak resident memory of all of Airflow's processes together (sampled every second) and of
   this process;
 * the bottleneck: task-instance seconds per request (each a process of its own) against the
@@ -34,6 +34,7 @@ import argparse
 import importlib.util
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -161,32 +162,39 @@ def wait_served(url: str, ids: list[str], timeout_s: float, alive: Any) -> None:
 
 
 def figures(url: str, ids: list[str], metadata_url: str) -> dict[str, Any]:
+    """Per request: dispatch = when its run was created (``dag_run.queued_at``), completion = when
+    that run ended (``end_date``). (The lifecycle's own times are the intake and workflow runs'
+    logical times, up to an intake interval earlier than the wall clock.)"""
     import psycopg
 
+    from governance.dispatch import dispatch_run_id
+
     with psycopg.connect(url) as conn:
-        rows = conn.execute("SELECT kind, status FROM governance.privacy_requests WHERE request_id = ANY(%s)",
+        rows = conn.execute("SELECT request_id, kind, status FROM governance.privacy_requests WHERE request_id = ANY(%s)",
                             (ids,)).fetchall()  # fmt: skip
-        # A request's first dispatch, as its lifecycle recorded it.
-        first = dict(conn.execute(
-            "SELECT request_id, min(at) FROM governance.request_transitions WHERE request_id = ANY(%s)"
-            " AND to_status = 'dispatched' GROUP BY request_id", (ids,)).fetchall())  # fmt: skip
-        kinds = dict(conn.execute("SELECT request_id, kind FROM governance.privacy_requests WHERE request_id = ANY(%s)",
-                                  (ids,)).fetchall())  # fmt: skip
-        done = dict(conn.execute("SELECT request_id, coalesce(completed_at, updated_at) FROM governance.privacy_requests"
-                                 " WHERE request_id = ANY(%s)", (ids,)).fetchall())  # fmt: skip
+    kinds = {r: k for r, k, _s in rows}
     with psycopg.connect(metadata_url) as meta:
+        runs = {r: (q, e) for r, q, e in meta.execute(
+            "SELECT run_id, queued_at, end_date FROM dag_run WHERE dag_id IN ('dsr_export', 'dsr_erasure') AND run_id = ANY(%s)",
+            ([dispatch_run_id(i) for i in ids],)).fetchall()}  # fmt: skip
         task_rows = meta.execute(
             "SELECT dag_id, task_id, count(*), sum(extract(epoch FROM end_date - start_date)) FROM task_instance"
             " WHERE dag_id = ANY(%s) AND start_date IS NOT NULL AND end_date IS NOT NULL GROUP BY dag_id, task_id",
             (list(WORKFLOWS),),
         ).fetchall()  # fmt: skip
     statuses: dict[str, int] = {}
-    for _kind, status in rows:
+    for _r, _kind, status in rows:
         statuses[status] = statuses.get(status, 0) + 1
     per_kind: dict[str, list[float]] = {}
-    for request_id, dispatched in first.items():
-        per_kind.setdefault(kinds[request_id], []).append((done[request_id] - dispatched).total_seconds())
-    span = (max(done.values()) - min(first.values())).total_seconds() if first else float("nan")
+    starts, ends = [], []
+    for request_id in ids:
+        queued, ended = runs.get(dispatch_run_id(request_id), (None, None))
+        if queued is None or ended is None:
+            continue
+        starts.append(queued)
+        ends.append(ended)
+        per_kind.setdefault(kinds[request_id], []).append((ended - queued).total_seconds())
+    span = (max(ends) - min(starts)).total_seconds() if starts else float("nan")
     tasks = {f"{d}.{t}": (int(n), float(s or 0)) for d, t, n, s in task_rows}
     return {"statuses": statuses, "per_kind": per_kind, "span_s": span,
             "per_hour": len(ids) / span * 3600 if span and span > 0 else float("nan"), "tasks": tasks}  # fmt: skip
@@ -298,6 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="Celery workers")
     parser.add_argument("--timeout", type=float, default=7200, help="seconds to wait for every request")
     args = parser.parse_args(argv)
+
+    def interrupted(signum: int, _frame: object) -> None:  # Ctrl-C or SIGTERM: stop Airflow, drop the copies
+        raise SystemExit(f"interrupted by signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
     if args.requests < 2:
         parser.error("--requests: at least 2 (one export, one erasure)")
 
