@@ -14,10 +14,12 @@ STAMP := $(VENV)/.installed
 # PYTEST_WORKERS=0 runs in one process.
 PYTEST_WORKERS ?= 2
 
-.PHONY: help venv lint test test-fast demo airflow airflow-stop services-start services-stop lock bench clean
+.PHONY: help venv lint test test-fast demo airflow airflow-stop services-start services-stop lock bench bench-intake celery-check clean
 
 help:
 	@echo "make demo | make test | make airflow | make lint | make bench | make lock | make clean"
+	@echo "make celery-check: intake, export and erasure end to end under the CeleryExecutor (two workers, Redis on 127.0.0.1:6379)"
+	@echo "make bench-intake REQUESTS=N: N requests dispatched by the intake under LocalExecutor and CeleryExecutor (requests/hour, p50/p95)"
 
 # uv itself, in the venv (make lock needs only this, not the locked packages).
 $(UV):
@@ -67,6 +69,16 @@ airflow-stop: venv
 bench: venv
 	$(PY) benchmarks/parse.py
 	$(PY) benchmarks/seed.py --scale large
+
+# Intake, export and erasure under the CeleryExecutor: api-server, scheduler, dag-processor and two
+# `airflow celery worker` processes on loopback (metadata and result backend on PostgreSQL, broker
+# the Redis on 127.0.0.1:6379); every process is stopped after. About 5 minutes on 2 busy cores.
+celery-check: venv
+	$(PY) -m pytest -q -n 0 -p no:cacheprovider tests/dags/test_celery_executor.py
+
+REQUESTS ?= 200
+bench-intake: venv
+	$(PY) benchmarks/intake.py --requests $(REQUESTS)
 
 # Runtime first: the development lock is constrained by it (-c requirements.txt).
 lock: $(UV)
