@@ -135,6 +135,13 @@ def release_cells_query(spec: ReleaseSpec, schema: str, *, bounded: bool) -> sql
     calls_limit = sql.SQL("WHERE rn <= %(max_calls)s") if bounded else sql.SQL("")
     messages_limit = sql.SQL("WHERE rn <= %(max_messages)s") if bounded else sql.SQL("")
     appointments_limit = sql.SQL("WHERE rn <= %(max_appointments)s") if bounded else sql.SQL("")
+
+    def rank(business: str, time: str) -> sql.Composable:
+        """The row's rank in its business-week (bounded only: unbounded, no window is needed)."""
+        if not bounded:
+            return sql.SQL("1")
+        return sql.SQL("row_number() OVER (PARTITION BY {0}, date_trunc('week', {1} AT TIME ZONE 'UTC') ORDER BY id)").format(
+            ident(business), ident(time))
     # The median duration of every cell, from the call rows (medians do not compose from
     # per-business rows); not computed under differential privacy, where it is never released.
     medians = sql.SQL("") if bounded else MEDIANS.format(
@@ -152,7 +159,7 @@ WITH call_rows AS (
            (extract(isodow FROM {c_time} AT TIME ZONE 'UTC') >= 6
             OR extract(hour FROM {c_time} AT TIME ZONE 'UTC') < %(opens)s
             OR extract(hour FROM {c_time} AT TIME ZONE 'UTC') >= %(closes)s) AS after_hours,
-           row_number() OVER (PARTITION BY {c_business}, date_trunc('week', {c_time} AT TIME ZONE 'UTC') ORDER BY id) AS rn
+           {c_rn} AS rn
     FROM {calls}
     WHERE {c_time} >= %(start)s AND {c_time} < %(end)s
 ), labelled_calls AS (
@@ -168,7 +175,7 @@ WITH call_rows AS (
     GROUP BY business_id, GROUPING SETS ((week), (month), (quarter))
 ), message_rows AS (
     SELECT {m_business} AS business_id, date_trunc('week', {m_time} AT TIME ZONE 'UTC') AS wk,
-           row_number() OVER (PARTITION BY {m_business}, date_trunc('week', {m_time} AT TIME ZONE 'UTC') ORDER BY id) AS rn
+           {m_rn} AS rn
     FROM {messages}
     WHERE {m_time} >= %(start)s AND {m_time} < %(end)s
 ), messages_per_business AS (
@@ -180,7 +187,7 @@ WITH call_rows AS (
     GROUP BY business_id, GROUPING SETS ((week), (month), (quarter))
 ), appointment_rows AS (
     SELECT {a_business} AS business_id, date_trunc('week', {a_time} AT TIME ZONE 'UTC') AS wk,
-           row_number() OVER (PARTITION BY {a_business}, date_trunc('week', {a_time} AT TIME ZONE 'UTC') ORDER BY id) AS rn
+           {a_rn} AS rn
     FROM {appointments}
     WHERE {a_time} >= %(start)s AND {a_time} < %(end)s
 ), appointments_per_business AS (
@@ -220,7 +227,8 @@ ORDER BY 1, 2, 3, 4, 5, 6
         outcome_sums=outcome_sums, m_business=ident(m.business), m_time=ident(m.time), messages=ident(schema, m.table),
         messages_limit=messages_limit, a_business=ident(a.business), a_time=ident(a.time),
         appointments=ident(schema, a.table), appointments_limit=appointments_limit, medians=medians,
-        median_value=median_value, median_join=median_join, b_industry=ident(b.industry), b_country=ident(b.country),
+        median_value=median_value, median_join=median_join, c_rn=rank(c.business, c.time),
+        m_rn=rank(m.business, m.time), a_rn=rank(a.business, a.time), b_industry=ident(b.industry), b_country=ident(b.country),
         businesses=ident(schema, b.table), b_key=ident(b.key),
     )  # fmt: skip
 
