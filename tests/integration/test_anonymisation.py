@@ -216,6 +216,19 @@ def planted_durations(level: str, industry: str, country: str) -> list[int]:
     return out
 
 
+def test_every_cell_gets_the_exact_median_of_its_durations_from_the_database(planted_db: str) -> None:
+    """The SQL reads the median off a duration histogram; it is exactly the median of the rows."""
+    import statistics
+
+    from governance.anonymisation.cells import fetch_cells
+
+    with psycopg.connect(planted_db) as conn:
+        cells = fetch_cells(conn, load_release_spec(), "app", date(2026, 11, 2), date(2026, 11, 9), bounded=False)
+    assert len(cells) == (8 + 3 + 3 + 6 + 2 + 2) * 3  # industry, sector x country, region, global; 3 time levels
+    for cell in cells:
+        assert cell.duration_median == statistics.median(planted_durations(cell.key.level, cell.key.industry, cell.key.geo)), cell.key
+
+
 def test_the_median_duration_is_released_only_in_cells_with_enough_calls_and_callers_and_checked(planted_db: str) -> None:
     import statistics
 

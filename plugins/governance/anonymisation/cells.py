@@ -80,25 +80,44 @@ class Cell:
         return replace(self, **values)
 
 
+# The median duration of every cell, exactly ``percentile_cont(0.5)`` of its calls' durations, from
+# a histogram: the calls' durations counted per finest cell (one hash aggregation of the call rows),
+# rolled up to the 18 grouping sets, and the median read off the cumulative counts (the mean of the
+# values at positions floor((n-1)/2)+1 and ceil((n-1)/2)+1). Far cheaper than percentile_cont over
+# 18 grouping sets, which sorts the call rows once per rollup.
 MEDIANS = sql.SQL(
-    """, medians AS (
+    """, duration_histogram AS (
+    SELECT lc.week, lc.month, lc.quarter, bz.{b_industry} AS industry, bz.{b_country}::text AS country,
+           COALESCE(%(sectors)s::jsonb ->> bz.{b_industry}, 'other') AS sector,
+           COALESCE(%(regions)s::jsonb ->> bz.{b_country}::text, 'other') AS region, lc.duration_s, count(*) AS n
+    FROM labelled_calls lc JOIN {businesses} bz ON bz.{b_key} = lc.business_id
+    WHERE lc.duration_s IS NOT NULL
+    GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+), cell_histogram AS (
     SELECT CASE WHEN GROUPING(industry) = 0 THEN 'industry' ELSE 'sector' END AS industry_level,
            CASE WHEN GROUPING(country) = 0 THEN 'country' WHEN GROUPING(region) = 0 THEN 'region' ELSE 'global' END AS geo_level,
            CASE WHEN GROUPING(week) = 0 THEN 'week' WHEN GROUPING(month) = 0 THEN 'month' ELSE 'quarter' END AS time_level,
            COALESCE(industry, sector) AS industry_label, COALESCE(country, region, 'global') AS geo,
-           COALESCE(week, month, quarter) AS period,
-           percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_s) AS duration_median
-    FROM (SELECT lc.duration_s, lc.week, lc.month, lc.quarter, bz.{b_industry} AS industry, bz.{b_country}::text AS country,
-                 COALESCE(%(sectors)s::jsonb ->> bz.{b_industry}, 'other') AS sector,
-                 COALESCE(%(regions)s::jsonb ->> bz.{b_country}::text, 'other') AS region
-          FROM labelled_calls lc JOIN {businesses} bz ON bz.{b_key} = lc.business_id) y
-    GROUP BY GROUPING SETS (
+           COALESCE(week, month, quarter) AS period, duration_s, sum(n) AS n
+    FROM duration_histogram
+    GROUP BY duration_s, GROUPING SETS (
         (week, industry, country), (week, industry, region), (week, industry),
         (week, sector, country), (week, sector, region), (week, sector),
         (month, industry, country), (month, industry, region), (month, industry),
         (month, sector, country), (month, sector, region), (month, sector),
         (quarter, industry, country), (quarter, industry, region), (quarter, industry),
         (quarter, sector, country), (quarter, sector, region), (quarter, sector))
+), cumulative AS (
+    SELECT *, sum(n) OVER (PARTITION BY industry_level, geo_level, time_level, industry_label, geo, period
+                           ORDER BY duration_s) AS cum,
+           sum(n) OVER (PARTITION BY industry_level, geo_level, time_level, industry_label, geo, period) AS total
+    FROM cell_histogram
+), medians AS (
+    SELECT industry_level, geo_level, time_level, industry_label, geo, period,
+           ((min(duration_s) FILTER (WHERE cum >= floor((total - 1) / 2.0) + 1))
+            + (min(duration_s) FILTER (WHERE cum >= ceil((total - 1) / 2.0) + 1)))::float8 / 2 AS duration_median
+    FROM cumulative
+    GROUP BY 1, 2, 3, 4, 5, 6
 )"""
 )
 
@@ -116,7 +135,14 @@ def release_cells_query(spec: ReleaseSpec, schema: str, *, bounded: bool) -> sql
     calls_limit = sql.SQL("WHERE rn <= %(max_calls)s") if bounded else sql.SQL("")
     messages_limit = sql.SQL("WHERE rn <= %(max_messages)s") if bounded else sql.SQL("")
     appointments_limit = sql.SQL("WHERE rn <= %(max_appointments)s") if bounded else sql.SQL("")
-    # The median duration of every cell, straight from the call rows (medians do not compose from
+
+    def rank(business: str, time: str) -> sql.Composable:
+        """The row's rank in its business-week (bounded only: unbounded, no window is needed)."""
+        if not bounded:
+            return sql.SQL("1")
+        return sql.SQL("row_number() OVER (PARTITION BY {0}, date_trunc('week', {1} AT TIME ZONE 'UTC') ORDER BY id)").format(
+            ident(business), ident(time))
+    # The median duration of every cell, from the call rows (medians do not compose from
     # per-business rows); not computed under differential privacy, where it is never released.
     medians = sql.SQL("") if bounded else MEDIANS.format(
         b_industry=ident(b.industry), b_country=ident(b.country), businesses=ident(schema, b.table), b_key=ident(b.key),
@@ -133,7 +159,7 @@ WITH call_rows AS (
            (extract(isodow FROM {c_time} AT TIME ZONE 'UTC') >= 6
             OR extract(hour FROM {c_time} AT TIME ZONE 'UTC') < %(opens)s
             OR extract(hour FROM {c_time} AT TIME ZONE 'UTC') >= %(closes)s) AS after_hours,
-           row_number() OVER (PARTITION BY {c_business}, date_trunc('week', {c_time} AT TIME ZONE 'UTC') ORDER BY id) AS rn
+           {c_rn} AS rn
     FROM {calls}
     WHERE {c_time} >= %(start)s AND {c_time} < %(end)s
 ), labelled_calls AS (
@@ -149,7 +175,7 @@ WITH call_rows AS (
     GROUP BY business_id, GROUPING SETS ((week), (month), (quarter))
 ), message_rows AS (
     SELECT {m_business} AS business_id, date_trunc('week', {m_time} AT TIME ZONE 'UTC') AS wk,
-           row_number() OVER (PARTITION BY {m_business}, date_trunc('week', {m_time} AT TIME ZONE 'UTC') ORDER BY id) AS rn
+           {m_rn} AS rn
     FROM {messages}
     WHERE {m_time} >= %(start)s AND {m_time} < %(end)s
 ), messages_per_business AS (
@@ -161,7 +187,7 @@ WITH call_rows AS (
     GROUP BY business_id, GROUPING SETS ((week), (month), (quarter))
 ), appointment_rows AS (
     SELECT {a_business} AS business_id, date_trunc('week', {a_time} AT TIME ZONE 'UTC') AS wk,
-           row_number() OVER (PARTITION BY {a_business}, date_trunc('week', {a_time} AT TIME ZONE 'UTC') ORDER BY id) AS rn
+           {a_rn} AS rn
     FROM {appointments}
     WHERE {a_time} >= %(start)s AND {a_time} < %(end)s
 ), appointments_per_business AS (
@@ -201,7 +227,8 @@ ORDER BY 1, 2, 3, 4, 5, 6
         outcome_sums=outcome_sums, m_business=ident(m.business), m_time=ident(m.time), messages=ident(schema, m.table),
         messages_limit=messages_limit, a_business=ident(a.business), a_time=ident(a.time),
         appointments=ident(schema, a.table), appointments_limit=appointments_limit, medians=medians,
-        median_value=median_value, median_join=median_join, b_industry=ident(b.industry), b_country=ident(b.country),
+        median_value=median_value, median_join=median_join, c_rn=rank(c.business, c.time),
+        m_rn=rank(m.business, m.time), a_rn=rank(a.business, a.time), b_industry=ident(b.industry), b_country=ident(b.country),
         businesses=ident(schema, b.table), b_key=ident(b.key),
     )  # fmt: skip
 
