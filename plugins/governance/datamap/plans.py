@@ -1663,7 +1663,9 @@ def _partition_probe(
         rows=sql.Identifier(PROBE_ROWS), blocked=blocked, blocked_name=sql.Identifier(PROBE_BLOCKED),
         table=_table_sql(datamap, ref, "t"), age=age, lo=sql.Placeholder(PARTITION_FROM), hi=sql.Placeholder(PARTITION_TO),
     )  # fmt: skip
-    return Statement("retention_partition_probe", ref, query, params, _unique(needs))
+    text = query.as_string()
+    used = {name: value for name, value in params.items() if f"%({name})s" in text and name not in needs}
+    return Statement("retention_partition_probe", ref, query, used, _unique(needs))
 
 
 def _single_statement_batch(
