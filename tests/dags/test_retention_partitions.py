@@ -145,6 +145,7 @@ def test_partitioned_usage_events_lose_whole_expired_months_keep_the_held_month_
     assert record["status"] == "done" and not record["dry_run"]
     assert record["partitions_dropped"] == len(droppable)
     assert record["rows"] == expired_total - len(held_rows) == result["rules"][RULE]["rows"]
+    assert result["rules"][RULE]["partitions_dropped"] == len(droppable)
     assert record["rows"] > dropped_rows and record["batches"] > len(droppable)  # partitions, then batches
     assert record["held"] == len(held_rows)
     assert result["verification"]["success"] is True
