@@ -16,7 +16,7 @@ from psycopg import sql
 
 from tests.fixtures.reference import Deployment
 
-pytestmark = [pytest.mark.slow(seconds=40), pytest.mark.integration, pytest.mark.dagrun]
+pytestmark = [pytest.mark.slow(seconds=60), pytest.mark.integration, pytest.mark.dagrun]
 
 AS_OF = datetime(2026, 11, 28, tzinfo=UTC)
 RULE = "usage_events_13_months"
@@ -145,6 +145,7 @@ def test_partitioned_usage_events_lose_whole_expired_months_keep_the_held_month_
     assert record["status"] == "done" and not record["dry_run"]
     assert record["partitions_dropped"] == len(droppable)
     assert record["rows"] == expired_total - len(held_rows) == result["rules"][RULE]["rows"]
+    assert result["rules"][RULE]["partitions_dropped"] == len(droppable)
     assert record["rows"] > dropped_rows and record["batches"] > len(droppable)  # partitions, then batches
     assert record["held"] == len(held_rows)
     assert result["verification"]["success"] is True
@@ -181,3 +182,59 @@ def test_the_partition_function_refuses_a_partition_newer_than_the_cutoff_or_a_f
             conn.execute("SELECT governance.drop_expired_partition('app.calls'::regclass, %s::regclass, %s)",
                          (f"app.{oldest}", AS_OF))  # fmt: skip
     assert partitions(url) == before
+
+
+class Killed(BaseException):
+    """Stands for the worker being killed: not an Exception, so nothing in the sweep handles it."""
+
+
+def test_ranged_batches_killed_mid_rule_finish_on_retry_deleting_each_expired_row_once(
+    reference_clone: Deployment, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """usage_events (plain table, no hold touching it) is swept in ranges of its age index; a
+    worker killed after the third range and retried deletes the rest, each row counted once."""
+    import yaml
+
+    from governance.config import INCLUDE_DIR
+    from governance.datamap.plans import RANGE_BATCH_FACTOR
+    from governance.migrations import migrate
+    from governance.retention import engine
+    from governance.workflows.retention_sweep import plan_sweep, sweep_one_target
+
+    data = yaml.safe_load((INCLUDE_DIR / "datamap.yaml").read_text())
+    data["settings"]["retention_batch_size"] = 500  # ranges of 2,000 rows: several
+    small = tmp_path / "datamap.yaml"
+    small.write_text(yaml.safe_dump(data, sort_keys=False))
+    monkeypatch.setenv("GOVERNANCE_DATAMAP", str(small))
+    url = reference_clone.app_url
+    migrate(url)
+    unexpired = fingerprint(url, f"occurred_at >= {CUTOFF_SQL}")
+    expired = len(fingerprint(url)) - len(unexpired)
+    per_batch = 500 * RANGE_BATCH_FACTOR
+    assert expired > 4 * per_batch
+
+    real = engine._BatchScan.apply_range_batch
+    calls = {"n": 0}
+
+    def killed_after_third(self: Any, *args: Any) -> int:
+        if calls["n"] == 3:
+            raise Killed
+        calls["n"] += 1
+        return real(self, *args)
+
+    monkeypatch.setattr(engine._BatchScan, "apply_range_batch", killed_after_third)
+    options = {"dry_run": False, "as_of": AS_OF.isoformat(), "rules": [RULE], "orphan_grace_days": 7}
+    (target,) = plan_sweep(options)
+    with pytest.raises(Killed):
+        sweep_one_target(target, options, run_id="killed")
+    first = run_record(url, "killed")
+    left = len(fingerprint(url, f"occurred_at < {CUTOFF_SQL}"))
+    # Three ranges went (a range ends with every row of its last age, so it may hold a few more).
+    assert first["status"] == "failed" and expired - left == first["rows"] >= 3 * per_batch
+
+    monkeypatch.setattr(engine._BatchScan, "apply_range_batch", real)
+    sweep_one_target(target, options, run_id="killed")  # the task's retry
+    second = run_record(url, "killed")
+    assert second["status"] == "done" and second["rows"] == left
+    assert fingerprint(url, f"occurred_at < {CUTOFF_SQL}") == {}
+    assert fingerprint(url, f"occurred_at >= {CUTOFF_SQL}") == unexpired

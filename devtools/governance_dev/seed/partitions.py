@@ -78,11 +78,15 @@ def partition_usage_events(conninfo: str) -> PartitionedTable:
                     sql.Identifier(schema, index), sql.Identifier(f"{index}_unpartitioned")
                 )
             )
+        users = conn.execute("SELECT to_regclass(%s)", (f"{schema}.users",)).fetchone()
+        references = (  # the app schema's foreign key, where its users table is there (not in a benchmark's copy)
+            sql.SQL(" REFERENCES {} (id)").format(sql.Identifier(schema, "users")) if users and users[0] else sql.SQL("")
+        )
         conn.execute(
             sql.SQL(
                 """CREATE TABLE {table} (
                     id            bigint NOT NULL,
-                    user_id       bigint REFERENCES {users} (id),
+                    user_id       bigint{references},
                     occurred_at   timestamptz NOT NULL,
                     ip_address    inet,
                     user_agent    text,
@@ -91,7 +95,7 @@ def partition_usage_events(conninfo: str) -> PartitionedTable:
                     geo_country   char(2),
                     PRIMARY KEY (id, occurred_at)
                 ) PARTITION BY RANGE (occurred_at)"""
-            ).format(table=table, users=sql.Identifier(schema, "users"))
+            ).format(table=table, references=references)
         )
         months = conn.execute(
             "SELECT m, m + interval '1 month' FROM generate_series(%s::timestamptz AT TIME ZONE 'UTC', "

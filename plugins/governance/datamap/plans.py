@@ -39,7 +39,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -1295,6 +1294,17 @@ class RetentionStatement:
     # catalog, at run time) to be range-partitioned on ``age_column``, each wholly expired
     # partition is probed with this and, when nothing in it is blocked, dropped whole.
     partition_probe: Statement | None = None
+    # delete_rows of a leaf table (no objects, owned rows or mentions) with no condition and no
+    # legal exception: when no legal hold names the table, its business column or any of its rows,
+    # a batch is a range of the age column's index: ``range_bound`` (``as_of``, ``after_age``)
+    # returns ``last_age``, the age of the ``batch_size``-th expired row after the cursor (NULL:
+    # none left), then ``range_delete`` (the same and ``range_bound``) deletes every expired row
+    # after the cursor up to it, in one transaction; the next batch starts after ``last_age``.
+    range_bound: Statement | None = None
+    range_delete: Statement | None = None
+    # With the ranged batches: a partition's rows, counted through the age index (nothing in it can
+    # be blocked when no hold touches the table), in place of ``partition_probe``'s per-row checks.
+    partition_count: Statement | None = None
 
     @property
     def held_tables(self) -> tuple[TableRef, ...]:
@@ -1385,8 +1395,8 @@ class RetentionPlan:
             out += item.statements
         for statement in self.statements:
             out += statement.statements
-            if statement.partition_probe is not None:
-                out.append(statement.partition_probe)
+            extra = (statement.partition_probe, statement.partition_count, statement.range_bound, statement.range_delete)
+            out += [s for s in extra if s is not None]
         out += [o.existing for o in self.orphans]
         return out
 
@@ -1564,7 +1574,52 @@ def _same_row(age_column: str) -> sql.Composable:
     )  # fmt: skip
 
 
-_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+#: Rows per ranged batch, in ``retention_batch_size`` units: with no per-row work a batch of the
+#: age index deletes as a plain DELETE does (measured: 20,000 rows in tens of milliseconds), and
+#: fewer, larger batches pay fewer statements and commits.
+RANGE_BATCH_FACTOR = 4
+RANGE_BOUND = "range_bound"  # bind name: the last age a ranged batch deletes (inclusive)
+
+
+def _range_batch(
+    datamap: DataMap, ref: TableRef, rule_name: str, period_sql: str, age_column: str
+) -> tuple[Statement, Statement]:
+    """The batch of a rule with nothing to check per row (see ``RetentionStatement.range_bound``):
+    the age of the n-th expired row after ``after_age`` (n = ``batch_size``; an index-only walk of
+    the age column), then a DELETE of every expired row after ``after_age`` up to that age,
+    through the same index (a plain ranged DELETE: no flags, no join, no RETURNING). Rows sharing
+    the last age all go in the batch, so the next batch starts strictly after it."""
+    period = f"period_{rule_name}"
+    params: dict[str, Any] = {period: period_sql, BATCH_SIZE: datamap.settings.retention_batch_size * RANGE_BATCH_FACTOR}
+    age = sql.Identifier("t", age_column)
+    window = sql.SQL("{age} < {as_of}::timestamptz - {period}::interval AND {age} > {after}::timestamptz").format(
+        age=age, as_of=sql.Placeholder(AS_OF), period=sql.Placeholder(period), after=sql.Placeholder(AFTER_AGE),
+    )  # fmt: skip
+    bound = sql.SQL(
+        "SELECT max(b.{name}) AS {last_age} FROM (SELECT {age} FROM {table} WHERE {window} ORDER BY {age} LIMIT {n}) b"
+    ).format(
+        name=sql.Identifier(age_column), age=age, table=_table_sql(datamap, ref, "t"), window=window,
+        n=sql.Placeholder(BATCH_SIZE), last_age=sql.Identifier(BATCH_LAST_AGE),
+    )  # fmt: skip
+    delete = sql.SQL("DELETE FROM {table} WHERE {window} AND {age} <= {bound}::timestamptz").format(
+        table=_table_sql(datamap, ref, "t"), window=window, age=age, bound=sql.Placeholder(RANGE_BOUND)
+    )
+    return (
+        Statement("retention_range_bound", ref, bound, params, (AS_OF, AFTER_AGE)),
+        Statement("retention_range_delete", ref, delete, {period: period_sql}, (AS_OF, AFTER_AGE, RANGE_BOUND)),
+    )
+
+
+def _partition_count(datamap: DataMap, ref: TableRef, age_column: str) -> Statement:
+    """``partition_probe``'s columns for a table where nothing can be blocked: the rows only."""
+    age = sql.Identifier("t", age_column)
+    query = sql.SQL(
+        "SELECT count(*) AS {rows}, 0 AS {blocked} FROM {table} WHERE {age} >= {lo}::timestamptz AND {age} < {hi}::timestamptz"
+    ).format(
+        rows=sql.Identifier(PROBE_ROWS), blocked=sql.Identifier(PROBE_BLOCKED), table=_table_sql(datamap, ref, "t"),
+        age=age, lo=sql.Placeholder(PARTITION_FROM), hi=sql.Placeholder(PARTITION_TO),
+    )  # fmt: skip
+    return Statement("retention_partition_count", ref, query, {}, (PARTITION_FROM, PARTITION_TO))
 
 
 def _partition_probe(
@@ -1608,13 +1663,9 @@ def _partition_probe(
         rows=sql.Identifier(PROBE_ROWS), blocked=blocked, blocked_name=sql.Identifier(PROBE_BLOCKED),
         table=_table_sql(datamap, ref, "t"), age=age, lo=sql.Placeholder(PARTITION_FROM), hi=sql.Placeholder(PARTITION_TO),
     )  # fmt: skip
-    # ``base_params`` are the scan's (its batch size, and a period ``due`` may not name): the probe
-    # binds only what its text uses, like every other statement.
-    used = set(_PLACEHOLDER.findall(query.as_string()))
-    return Statement(
-        "retention_partition_probe", ref, query, {k: v for k, v in params.items() if k in used},
-        tuple(n for n in _unique(needs) if n in used),
-    )
+    text = query.as_string()
+    used = {name: value for name, value in params.items() if f"%({name})s" in text and name not in needs}
+    return Statement("retention_partition_probe", ref, query, used, _unique(needs))
 
 
 def _single_statement_batch(
@@ -1818,7 +1869,10 @@ def _retention_statement(datamap: DataMap, rule: RetentionRule) -> RetentionStat
         with_children=bool(cascade), extra_columns=[*_referenced_columns(datamap, ref), *object_columns], params=params,
     )  # fmt: skip
     query = sql.SQL("DELETE FROM {} WHERE {}").format(target, _any(pk, KEYS))
-    batch = None
+    batch = range_bound = range_delete = partition_count = None
+    if not objects and not cascade and not mentions and not rule.conditions and datamap.legal_exception_for(ref) is None:
+        range_bound, range_delete = _range_batch(datamap, ref, rule.name, rule.period.sql_interval, age_column)
+        partition_count = _partition_count(datamap, ref, age_column)
     if not objects and not cascade and not mentions:
         def delete_batch(acting: sql.Composable) -> sql.Composable:
             return sql.SQL("DELETE FROM {} AS d USING scan s WHERE {} AND {}").format(
@@ -1833,7 +1887,7 @@ def _retention_statement(datamap: DataMap, rule: RetentionRule) -> RetentionStat
         rule.name, ref, rule.action, scan, Statement(rule.action, ref, query, {}, (KEYS,)), batch=batch,
         primary_key=table.primary_key, age_column=rule.age_column, cascade=tuple(cascade),
         deletion_order=tuple(order), mentions=tuple(mentions), objects=tuple(objects), reason=rule.reason,
-        partition_probe=probe,
+        partition_probe=probe, range_bound=range_bound, range_delete=range_delete, partition_count=partition_count,
     )  # fmt: skip
 
 

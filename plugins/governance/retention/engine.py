@@ -22,7 +22,8 @@ import json
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypedDict
@@ -43,12 +44,14 @@ from governance.datamap.plans import (
     BATCH_LAST_KEY,
     BATCH_OLDEST_SKIPPED,
     BATCH_SCANNED,
+    BATCH_SIZE,
     HELD_REASONS,
     KEYS,
     PARTITION_FROM,
     PARTITION_TO,
     PROBE_BLOCKED,
     PROBE_ROWS,
+    RANGE_BOUND,
     SCAN_AGE,
     SCAN_DUE,
     SCAN_KEY,
@@ -312,6 +315,23 @@ class _BatchScan:
                 self.outcome.held_reasons[reason] = self.outcome.held_reasons.get(reason, 0) + row[flag]
         return int(row[BATCH_AFFECTED])
 
+    def apply_range_batch(self, cur: psycopg.Cursor[Any], rs: RetentionStatement) -> int:
+        """Run one ranged batch (nothing held or checked per row): its last age, then the DELETE
+        up to it. Every row deleted was scanned; return how many."""
+        assert rs.range_bound is not None and rs.range_delete is not None
+        values = {**self.base, **self.cursor.values()}
+        row = cur.execute(rs.range_bound.query, rs.range_bound.bind(values)).fetchone()
+        last = row[BATCH_LAST_AGE] if row is not None else None
+        if last is None:
+            self.done = True
+            return 0
+        cur.execute(rs.range_delete.query, rs.range_delete.bind({**values, RANGE_BOUND: last}))
+        affected = max(0, cur.rowcount)
+        self.done = affected < int(rs.range_bound.params[BATCH_SIZE])
+        self.cursor = _Cursor(last)  # every expired row at that age went: continue after it
+        self.outcome.rows_scanned += affected
+        return affected
+
     def low_watermark(self, cutoff: datetime) -> datetime:
         return min(cutoff, self.oldest_skipped) if self.oldest_skipped is not None else cutoff
 
@@ -405,6 +425,27 @@ SELECT c.oid, n.nspname, c.relname,
    AND a.attname = %(age_column)s AND a.atttypid = 'timestamptz'::regtype AND b[2] <> 'MAXVALUE'
  ORDER BY upper_bound
 """
+@contextmanager
+def _unsynced_commits(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Batches committed without waiting for the WAL flush (``synchronous_commit = off``: a crash
+    may lose the last few, which the next run, finding their rows, deletes again: every batch is
+    idempotent), then one synchronous commit with a transaction id, which flushes the WAL past all
+    of them before the caller records a watermark anywhere."""
+    conn.execute("SET synchronous_commit = off")
+    conn.commit()
+    try:
+        yield
+    except BaseException:
+        with suppress(psycopg.Error):  # the rule fails and records no watermark; the connection may be gone
+            conn.rollback()
+            conn.execute("RESET synchronous_commit")
+            conn.commit()
+        raise
+    conn.execute("SET synchronous_commit = on")
+    conn.execute("SELECT pg_current_xact_id()")  # a commit record to flush: it waits for everything before it
+    conn.commit()
+
+
 _DROP_PARTITION = "SELECT governance.drop_expired_partition(to_regclass(%s), %s::oid::regclass, %s, %s)"
 # How long the drop of one partition waits for its locks (the partition's, then the parent's for
 # the moment of the detach) before that partition is left to the batches.
@@ -430,11 +471,10 @@ def expired_partitions(conn: psycopg.Connection[Any], parent: str, age_column: s
 
 
 def _partition_blockers(
-    cur: psycopg.Cursor[Any], rs: RetentionStatement, base: Mapping[str, Any], part: _Partition
+    cur: psycopg.Cursor[Any], probe: Statement, base: Mapping[str, Any], part: _Partition
 ) -> tuple[int, int]:
-    assert rs.partition_probe is not None
     values = {**base, PARTITION_FROM: part.lower, PARTITION_TO: part.upper}
-    row = cur.execute(rs.partition_probe.query, rs.partition_probe.bind(values)).fetchone()
+    row = cur.execute(probe.query, probe.bind(values)).fetchone()
     assert row is not None
     return int(row[PROBE_ROWS]), int(row[PROBE_BLOCKED])
 
@@ -450,6 +490,9 @@ def _drop_expired_partitions(
     dropped; its rows count as scanned and affected, the transaction as a batch."""
     if rs.partition_probe is None or rs.action != "delete_rows":
         return []
+    # Nothing can be blocked where the batches are ranges and no hold touches the table: count only.
+    free = rs.partition_count is not None and not ctx.holds.touch(ctx.datamap, rs.table)
+    probe = rs.partition_count if free and rs.partition_count is not None else rs.partition_probe
     schema = ctx.datamap.postgres_system(rs.table.system).db_schema
     parent = sql.Identifier(schema, rs.table.table).as_string(conn)
     handled: list[tuple[datetime, datetime]] = []
@@ -460,7 +503,7 @@ def _drop_expired_partitions(
                 if not ctx.dry_run:
                     cur.execute("SELECT set_config('lock_timeout', %s, true)", (PARTITION_LOCK_TIMEOUT,))
                     cur.execute(_DROP_PARTITION, (parent, part.oid, outcome.cutoff, True))
-                rows, blocked = _partition_blockers(cur, rs, base, part)
+                rows, blocked = _partition_blockers(cur, probe, base, part)
                 if blocked:
                     conn.rollback()
                     log.info("%s: partition %s has %d of %d rows held or still needed: swept in batches",
@@ -502,14 +545,23 @@ def _run_table_rule(
     started = time.monotonic()
     two_phase = rs.action == "delete_rows" and (rs.objects or any(step.objects for step in rs.cascade))
     cascade_counts: Counter[str] = Counter()
-    while not scan.done and rs.batch is not None and not ctx.dry_run:
-        batch_started = time.monotonic()
-        with conn.cursor(row_factory=dict_row) as cur:
-            outcome.rows_affected += scan.apply_batch(cur, rs.batch)
-        conn.commit()
-        outcome.batches += 1
-        outcome.longest_batch_ms = max(outcome.longest_batch_ms, (time.monotonic() - batch_started) * 1000)
-        _log_batch(outcome, started)
+    if not ctx.dry_run and (rs.batch is not None or rs.range_bound is not None):
+        # One statement per batch, no round trip between batches but the commit. Nothing held can
+        # be in the table: ranges of the age index; otherwise the scan and action together.
+        ranged = rs.range_bound is not None and not ctx.holds.touch(ctx.datamap, rs.table)
+        with _unsynced_commits(conn):
+            while not scan.done:
+                batch_started = time.monotonic()
+                with conn.cursor(row_factory=dict_row) as cur:
+                    if ranged:
+                        outcome.rows_affected += scan.apply_range_batch(cur, rs)
+                    else:
+                        assert rs.batch is not None
+                        outcome.rows_affected += scan.apply_batch(cur, rs.batch)
+                conn.commit()
+                outcome.batches += 1
+                outcome.longest_batch_ms = max(outcome.longest_batch_ms, (time.monotonic() - batch_started) * 1000)
+                _log_batch(outcome, started)
     while not scan.done:
         batch_started = time.monotonic()
         with conn.cursor(row_factory=dict_row) as cur:

@@ -57,6 +57,17 @@ class RetentionHolds:
         return out
 
 
+    def touch(self, datamap: DataMap, ref: TableRef) -> bool:
+        """Whether some hold could keep a row of ``ref``: a hold on the table, on a business
+        (where the table has a business column) or on a person with rows in it."""
+        schema = datamap.postgres_system(ref.system).db_schema
+        return (
+            f"{schema}.{ref.table}" in self.tables
+            or bool(self.keys.get(ref))
+            or (datamap.table(ref).scope_column is not None and bool(self.businesses))
+        )
+
+
 def load_holds(gov: psycopg.Connection[Any], datamap: DataMap, *, as_of: datetime) -> tuple[RetentionHolds, list[PersonHold]]:
     """Every business, table and person hold in force at ``as_of`` (person holds still need
     :func:`resolve_person_holds` against each app database)."""

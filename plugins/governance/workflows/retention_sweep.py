@@ -192,7 +192,8 @@ def sweep_one_target(
         "target": f"{target['kind']}:{target['system']}.{target['name']}",
         "dry_run": ctx.dry_run,
         "rules": {o.rule: {"rows": o.rows_affected, "objects": o.objects_affected, "held": o.held,
-                           "held_reasons": o.held_reasons, "cascade": o.cascade} for o in outcomes},  # fmt: skip
+                           "held_reasons": o.held_reasons, "cascade": o.cascade,
+                           "partitions_dropped": o.partitions_dropped} for o in outcomes},  # fmt: skip
         "verification": verification,
     }
 
