@@ -131,3 +131,19 @@ def test_a_caller_erased_everywhere_loses_their_call_events_and_nobody_elses_cha
     after_items = fingerprint(dynamodb, d.events_table)
     assert set(before_items) - set(after_items) == {(member.e164, k) for k in mine}
     assert {k: v for k, v in before_items.items() if k[0] != member.e164} == after_items
+
+
+def test_items_under_a_phone_shared_with_another_person_are_left_out_not_deleted(
+    shared_clone: Deployment,  # noqa: F811 - fixture
+    dynamodb: Any,
+) -> None:
+    d = shared_clone
+    assert d.events_table is not None
+    member = cast_member("household_a")  # shares the household phone with household_b
+    assert member.e164 is not None
+    shared = items_of(dynamodb, d.events_table, member.e164)
+    assert shared, "both household callers' calls left events under the one phone"
+    run = run_erasure(conf_for("household_a"), "dynamodb_household", until="plan")
+    assert run.summary["items"] == {}
+    assert {"where": EVENTS, "count": len(shared), "reason": "shared_identity"} in run.summary["excluded"]
+    assert items_of(dynamodb, d.events_table, member.e164) == shared

@@ -29,7 +29,7 @@ from governance.connectors.dynamodb import (
 )
 from governance.datamap.model import DataMap
 from governance.datamap.plans import ClientKeyedHash, keyed_hash_domain, keyed_hash_params
-from governance.erasure.planner import ErasureWork, ItemWork, KeptItem
+from governance.erasure.planner import ErasureWork, ExcludedItem, ItemWork, KeptItem
 from governance.identity import SubjectIdentities
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,13 @@ def plan_items(
     client_for: ItemClientFor,
 ) -> None:
     """Add the item steps to ``work``: per table, the items its Query finds now (counted), those a
-    business hold keeps (a kept entry); nothing when the person is held (the whole person is kept)."""
+    business hold keeps (a kept entry); nothing when the person is held (the whole person is kept).
+
+    Items carry only the identity they are keyed by. When resolution found that identity on rows
+    of someone else too (rows left out as another person's, or a tie), the items under it cannot be
+    told apart: they are left out (``shared_identity``), never deleted for one requester."""
     offboarding = not work.identity_kinds and work.business_id is not None
+    shared = not offboarding and bool(work.excluded or work.ambiguities)
     queries = business_queries(datamap) if offboarding else person_queries(datamap, work.identity_kinds)
     scope = None if offboarding else work.business_id
     for query in queries:
@@ -72,6 +77,10 @@ def plan_items(
         keys, kept = item_keys(client_for(query.system), query, values, business_id=scope, held_businesses=held_businesses)
         item = ItemWork(system=query.system, table=query.table, table_name=query.table_name, index=query.index,
                         by=query.by, found=len(keys), kept=kept, held_businesses=sorted(held_businesses))  # fmt: skip
+        if shared and query.by.startswith("identity:"):
+            if keys or kept:
+                work.excluded.append(ExcludedItem(where=item.where, count=len(keys) + kept, reason="shared_identity"))
+            continue
         if work.person_held:
             work.kept.append(KeptItem(where=item.where, kind="items", count=len(keys) + kept, reason="legal_hold",
                                       basis="A legal hold on the person keeps everything of theirs."))  # fmt: skip
