@@ -527,7 +527,12 @@ def _print_summary(
             print(f"{r['person']:24} {scale:6} {r['rows']:>6} {r['project_s'] * 1000:>11.1f} {r['baseline_s'] * 1000:>9.1f} "
                   f"{r['ratio']:>6.2f}  {'met' if r['ratio'] <= DB_GOAL else 'NOT met'}")  # fmt: skip
     if "small" in results and "large" in results:
-        for small, large in zip(results["small"], results["large"], strict=True):
+        large_by_person = {r["person"]: r for r in results["large"]}
+        for small in results["small"]:
+            large = large_by_person.get(small["person"])
+            if large is None:  # the large run stopped before measuring this person
+                print(f"{small['person']:24} large: not measured")
+                continue
             ratio = large["project_s"] / small["project_s"] if small["project_s"] else float("inf")
             print(f"{small['person']:24} large/small database phase {ratio:.2f}  (goal <= {SCALE_GOAL}: "
                   f"{'met' if ratio <= SCALE_GOAL else 'NOT met'})")  # fmt: skip
