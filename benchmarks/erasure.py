@@ -16,6 +16,15 @@ project runs the plan's warehouse steps in that database's own transaction (its 
 the governance schema); the baseline deletes the same facts, sessions and audience rows by the
 app's call and user ids and the e-mail. Each side's time is the sum over both databases.
 
+Both sides cover the call-event store too (DynamoDB on moto's server, seeded from the app's calls:
+about 200,000 items at ``large``): the project Queries the person's partition key and deletes with
+``delete_keys`` (BatchWriteItem, 25 a call, the retries of the connector); the baseline is the
+hand-written Query and BatchWriteItem loop. Deletes cannot be rolled back, so the person's items
+are put back (untimed) before each side's run. moto keeps every item in its process's memory and
+answers one request at a time: a store of millions of items needs DynamoDB itself (or DynamoDB
+Local with its on-disk SQLite), where a Query costs the same at any table size; the figure that
+matters here is that the project's item phase does not grow with the table (Query, never Scan).
+
 Both sides alternate and the medians of ``--repeat`` runs are printed with the ratio
 project/baseline (goal <= 2) and, across scales, large/small for the project's phase (goal <= 1.5:
 the cost follows the person's rows, not the tables). Last, one person is erased end to end for
@@ -99,7 +108,8 @@ def _seed_helpers() -> Any:
     return module
 
 
-def _configure(app_url: str, s3_endpoint: str, payments: Any, crm: Any, bucket: str, desk: Any, warehouse_url: str) -> None:
+def _configure(app_url: str, s3_endpoint: str, payments: Any, crm: Any, bucket: str, desk: Any, warehouse_url: str,
+               events_table: str) -> None:  # fmt: skip
     """Airflow connections for the workflow functions (before Airflow is imported)."""
     from urllib.parse import urlsplit
 
@@ -121,6 +131,9 @@ def _configure(app_url: str, s3_endpoint: str, payments: Any, crm: Any, bucket: 
         "AIRFLOW_CONN_SUPPORT_DESK": json.dumps({"conn_type": "http", "host": desk.url, "login": "governance",
                                                  "password": desk.api_key}),
         "GOVERNANCE_OBJECTS_BUCKET": bucket,
+        "AIRFLOW_CONN_AIRCALLS_EVENTS": json.dumps({"conn_type": "aws", "login": "bench", "password": "bench",
+                                                    "extra": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"}}),
+        "GOVERNANCE_CALL_EVENTS_TABLE": events_table,
     })  # fmt: skip
     os.environ.setdefault("AIRFLOW_CONN_GOVERNANCE_HASH_KEY", json.dumps(generate_key_connection("hash", "bench-hash")))
     os.environ.setdefault("AIRFLOW_CONN_GOVERNANCE_ENCRYPTION_KEY",
@@ -149,9 +162,10 @@ WAREHOUSE_BASELINE = [
 ]  # fmt: skip
 
 
-def measure_person(app_url: str, key: str, repeat: int, as_of: datetime, warehouse_url: str) -> dict[str, Any]:
+def measure_person(app_url: str, key: str, repeat: int, as_of: datetime, warehouse_url: str, dynamodb: Any) -> dict[str, Any]:
     """Plan the person's erasure (stored), then time both database phases (rolled back): the app's
-    transaction and the warehouse's, each side in both databases."""
+    transaction and the warehouse's, each side in both databases, and the person's DynamoDB items
+    (put back before each run)."""
     import psycopg
 
     from governance.crypto import cipher_from_airflow, hasher_from_airflow
@@ -239,11 +253,47 @@ def measure_person(app_url: str, key: str, repeat: int, as_of: datetime, warehou
             wh.rollback()
         return elapsed
 
-    ours, theirs = _median_pair(project, baseline, repeat)
+    # The call-event store: the person's items, saved whole so each run starts with them present.
+    from governance.connectors.dynamodb import delete_keys, item_keys, person_queries
+
+    table = os.environ["GOVERNANCE_CALL_EVENTS_TABLE"]
+    phone = identities.phone or ""
+    condition = {"TableName": table, "KeyConditionExpression": "caller_phone = :p",
+                 "ExpressionAttributeValues": {":p": {"S": phone}}}  # fmt: skip
+    saved = [i for page in dynamodb.get_paginator("query").paginate(**condition) for i in page["Items"]]
+    queries = person_queries(datamap, ["phone"])
+
+    def put_back() -> None:
+        for start in range(0, len(saved), 25):
+            dynamodb.batch_write_item(RequestItems={table: [{"PutRequest": {"Item": i}} for i in saved[start:start + 25]]})
+
+    def project_items() -> float:
+        put_back()
+        t0 = time.perf_counter()  # what delete_planned_items does: the plan's Query, then batched deletes
+        for query in queries:
+            keys, _kept = item_keys(dynamodb, query, [phone])
+            delete_keys(dynamodb, query.table_name, keys)
+        return time.perf_counter() - t0
+
+    def baseline_items() -> float:
+        put_back()
+        t0 = time.perf_counter()  # by hand: Query the keys, BatchWriteItem 25 at a time
+        keys = [{"caller_phone": i["caller_phone"], "occurred_at": i["occurred_at"]}
+                for page in dynamodb.get_paginator("query").paginate(**condition, ProjectionExpression="caller_phone, occurred_at")
+                for i in page["Items"]]  # fmt: skip
+        for start in range(0, len(keys), 25):
+            pending: dict[str, Any] = {table: [{"DeleteRequest": {"Key": k}} for k in keys[start:start + 25]]}
+            while pending:
+                pending = dynamodb.batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
+        return time.perf_counter() - t0
+
+    ours, theirs = _median_pair(lambda: project() + project_items(), lambda: baseline() + baseline_items(), repeat)
+    items_ours, items_theirs = _median_pair(project_items, baseline_items, repeat)
+    put_back()
     sampler.__exit__()
     return {"person": key, "rows": rows, "baseline_rows": sum(baseline_rows.values()), "plan_s": plan_s,
-            "growth_mb": sampler.peak - base_mb,
-            "statements_check_s": statistics.median(checks),
+            "statements_check_s": statistics.median(checks), "items": len(saved), "growth_mb": sampler.peak - base_mb,
+            "items_project_s": items_ours, "items_baseline_s": items_theirs,
             "project_s": ours, "baseline_s": theirs, "ratio": ours / theirs if theirs else float("inf")}  # fmt: skip
 
 
@@ -415,6 +465,8 @@ def _run_scales(
     helpers: Any, args: argparse.Namespace, scales: list[str], people: list[str], admin_url: str, as_of: datetime,
     results: dict[str, list[dict[str, Any]]], e2e: dict[str, dict[str, float]], standalone: list[dict[str, Any]],
 ) -> None:
+    import boto3
+
     from governance.migrations import migrate
     from governance_dev.seed import SeedTargets, seed_reference_deployment
     from governance_dev.services import create_database, drop_database
@@ -422,6 +474,8 @@ def _run_scales(
 
     with helpers.moto_server() as s3:
         endpoint = s3.meta.endpoint_url
+        dynamodb = boto3.client("dynamodb", endpoint_url=endpoint, aws_access_key_id="bench", aws_secret_access_key="bench",
+                                region_name="us-east-1")  # fmt: skip
         for scale in scales:
             name = f"bench_erasure_{scale}_{uuid.uuid4().hex[:8]}"
             create_database(admin_url, name)
@@ -431,18 +485,21 @@ def _run_scales(
             payments, crm = start_standins(api_key="bench-key")
             desk = start_support_desk(api_key="bench-key")
             bucket = f"bench-erasure-{scale}-{uuid.uuid4().hex[:6]}"
+            events_table = f"bench-events-{scale}-{uuid.uuid4().hex[:6]}"
             try:
                 print(f"seeding {scale} into {name} ...", flush=True)
                 t0 = time.perf_counter()
                 seed_reference_deployment(
                     SeedTargets(app_conninfo=url, s3=s3, bucket=bucket, payments_url=payments.url,
                                 payments_api_key=payments.api_key, crm_url=crm.url, crm_api_key=crm.api_key,
-                                support_desk_url=desk.url, warehouse_conninfo=warehouse_url),
+                                support_desk_url=desk.url, warehouse_conninfo=warehouse_url, dynamodb=dynamodb,
+                                call_events_table=events_table),
                     scale=scale,
                 )  # fmt: skip
-                print(f"  seeded in {time.perf_counter() - t0:.0f} s", flush=True)
+                items = dynamodb.describe_table(TableName=events_table)["Table"].get("ItemCount", 0)
+                print(f"  seeded in {time.perf_counter() - t0:.0f} s (call-event store: {items:,} items)", flush=True)
                 migrate(url)
-                _configure(url, endpoint, payments, crm, bucket, desk, warehouse_url)
+                _configure(url, endpoint, payments, crm, bucket, desk, warehouse_url, events_table)
                 copies: dict[str, str] = {}
                 if args.standalone and scale == scales[-1]:  # before anything of the person is erased
                     for executor in [e for e in args.executors.split(",") if e]:
@@ -456,8 +513,10 @@ def _run_scales(
                     print(f"  planted {args.heavy_events:,} usage events in {time.perf_counter() - t0:.0f} s", flush=True)
                 results[scale] = []
                 for key in people:
-                    result = measure_person(url, key, args.repeat, as_of, warehouse_url)
+                    result = measure_person(url, key, args.repeat, as_of, warehouse_url, dynamodb)
                     results[scale].append(result)
+                    print(f"  {key}: {result['items']} DynamoDB items; item phase project {result['items_project_s'] * 1000:.1f} ms, "
+                          f"hand-written {result['items_baseline_s'] * 1000:.1f} ms", flush=True)  # fmt: skip
                     print(f"  {key}: {result['rows']} rows; database phase project {result['project_s'] * 1000:.1f} ms, "
                           f"hand-written {result['baseline_s'] * 1000:.1f} ms ({result['baseline_rows']} rows), "
                           f"ratio {result['ratio']:.2f}; plan {result['plan_s']:.2f} s; "
@@ -479,6 +538,10 @@ def _run_scales(
                 desk.stop()
                 drop_database(admin_url, name)
                 drop_database(admin_url, f"{name}_wh")
+                try:  # moto holds the items in memory: free them before the next scale
+                    dynamodb.delete_table(TableName=events_table)
+                except Exception:
+                    pass
 
 
 def _print_summary(
@@ -493,10 +556,26 @@ def _print_summary(
             print(f"{r['person']:24} {scale:6} {r['rows']:>8} {r['project_s'] * 1000:>11.1f} {r['baseline_s'] * 1000:>9.1f} "
                   f"{r['ratio']:>6.2f} {r['growth_mb']:>8.0f}  {'met' if r['ratio'] <= DB_GOAL else 'NOT met'}")  # fmt: skip
     if "small" in results and "large" in results:
-        for small, large in zip(results["small"], results["large"], strict=True):
+        large_by_person = {r["person"]: r for r in results["large"]}
+        for small in results["small"]:
+            large = large_by_person.get(small["person"])
+            if large is None:  # the large run stopped before measuring this person
+                print(f"{small['person']:24} large: not measured")
+                continue
             ratio = large["project_s"] / small["project_s"] if small["project_s"] else float("inf")
             print(f"{small['person']:24} large/small database phase {ratio:.2f}  (goal <= {SCALE_GOAL}: "
                   f"{'met' if ratio <= SCALE_GOAL else 'NOT met'})")  # fmt: skip
+            if small.get("items") and small["items_project_s"]:
+                item_ratio = large["items_project_s"] / small["items_project_s"]
+                print(f"{small['person']:24} large/small DynamoDB item phase {item_ratio:.2f} ({small['items']} items; "
+                      "Query by partition key, so the table's size should not show)")  # fmt: skip
+    print(f"\n{'person':24} {'scale':6} {'items':>6} {'project ms':>11} {'hand ms':>9} {'ratio':>6}  (DynamoDB, included above)")
+    for scale, rows in results.items():
+        for r in rows:
+            if r.get("items"):
+                ratio = r["items_project_s"] / r["items_baseline_s"] if r["items_baseline_s"] else float("inf")
+                print(f"{r['person']:24} {scale:6} {r['items']:>6} {r['items_project_s'] * 1000:>11.1f} "
+                      f"{r['items_baseline_s'] * 1000:>9.1f} {ratio:>6.2f}")  # fmt: skip
     for scale, times in e2e.items():
         if scale == "preload":
             continue

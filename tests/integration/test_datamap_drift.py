@@ -4,6 +4,7 @@ and the report never carries a data value."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -220,3 +221,40 @@ def test_the_warehouse_is_checked_against_its_own_database_and_an_unmapped_perso
     flagged = {(c.table, c.column): c for c in report.unmapped_columns}
     assert set(flagged) == {("user_sessions", "ip_address")} and flagged[("user_sessions", "ip_address")].looks_personal
     assert [m.table for m in report.missing_indexes] == ["user_sessions"], report.messages()
+
+
+def test_a_dynamodb_attribute_not_in_the_map_is_reported_and_a_personal_looking_one_blocks(
+    datamap: DataMap, dynamodb: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import UTC, datetime
+
+    from governance.datamap.drift import find_item_drift
+    from governance_dev.seed.events import call_event_item, create_call_events_table
+
+    name = f"gt-drift-events-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("GOVERNANCE_CALL_EVENTS_TABLE", name)
+    create_call_events_table(dynamodb, name)
+    try:
+        item = call_event_item(phone="+13125550177", business_id=3, moment=datetime(2026, 9, 1, tzinfo=UTC),
+                               event_id="d1", event_type="ringing", payload={"from": "+13125550177"}, call_id=1)  # fmt: skip
+        dynamodb.put_item(TableName=name, Item=item)
+        clean = find_item_drift(datamap, {"aircalls_events": dynamodb})
+        assert clean.is_clean and clean.sampled_items == 1 and clean.checked_systems == ("aircalls_events",)
+        dynamodb.put_item(TableName=name, Item={**item, "occurred_at": {"S": "2026-09-01T00:01:00Z#d2"},
+                                                "forwarded_to": {"S": "+14155550123"}, "model_version": {"S": "4.2"}})  # fmt: skip
+        report = find_item_drift(datamap, {"aircalls_events": dynamodb})
+        flagged = {a.attribute: a for a in report.unmapped_attributes}
+        assert set(flagged) == {"forwarded_to", "model_version"}
+        assert flagged["forwarded_to"].looks_personal and "phone numbers" in flagged["forwarded_to"].reason
+        assert not flagged["model_version"].looks_personal
+        findings = drift_findings({}, {"item_stores": report.to_dict()})
+        blocking = [f for f in findings if f.blocking]
+        assert [f.kind for f in blocking] == ["unmapped_personal_attribute"]
+        assert blocking[0].path == "systems[aircalls_events].tables[call_events].attributes"
+        assert "+14155550123" not in json.dumps(report.to_dict()) + " ".join(f.message for f in findings)
+        assert {f.kind for f in findings if not f.blocking} == {"unmapped_attribute"}
+    finally:
+        dynamodb.delete_table(TableName=name)
+    gone = find_item_drift(datamap, {"aircalls_events": dynamodb})
+    assert gone.missing_tables == (f"aircalls_events.call_events ({name})",)
+    assert [f.kind for f in drift_findings({}, {"item_stores": gone.to_dict()})] == ["missing_item_table"]

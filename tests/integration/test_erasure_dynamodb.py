@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -56,7 +57,7 @@ def _certificate(d: Deployment, plan_id: str) -> dict[str, Any]:
     return dict(row[0])
 
 
-def test_a_person_present_only_in_dynamodb_is_erased_there_and_nothing_else_changes(
+def test_a_person_present_only_in_dynamodb_is_erased_there_nothing_else_changes_and_a_restore_is_erased_again(
     shared_clone: Deployment,  # noqa: F811 - fixture
     dynamodb: Any,
 ) -> None:
@@ -65,6 +66,8 @@ def test_a_person_present_only_in_dynamodb_is_erased_there_and_nothing_else_chan
     mine = items_of(dynamodb, d.events_table, EVENTS_ONLY_PHONE)
     assert len(mine) == EVENTS_ONLY_ITEMS
     before_items, before_rows = fingerprint(dynamodb, d.events_table), snapshot(d.app_url)
+    restored = dynamodb.query(TableName=d.events_table, KeyConditionExpression="caller_phone = :p",
+                              ExpressionAttributeValues={":p": {"S": EVENTS_ONLY_PHONE}})["Items"]  # fmt: skip
 
     run = run_erasure({"phone": EVENTS_ONLY_PHONE}, "dynamodb_only")
     assert run.summary["items"] == {EVENTS: EVENTS_ONLY_ITEMS}
@@ -92,6 +95,21 @@ def test_a_person_present_only_in_dynamodb_is_erased_there_and_nothing_else_chan
     assert wf.delete_objects(run.summary)["items"] == {EVENTS: EVENTS_ONLY_ITEMS}
     assert fingerprint(dynamodb, d.events_table) == after_items
 
+    # A restore brings the items back, and the person calls again afterwards: reapply-suppressions
+    # erases the restored items (recorded before the erasure) and keeps the new one.
+    from governance.erasure.reapply import reapply_suppressions
+
+    for item in restored:
+        dynamodb.put_item(TableName=d.events_table, Item=item)
+    later = {**restored[0], "occurred_at": {"S": "2099-01-01T00:00:00Z#new"}}
+    dynamodb.put_item(TableName=d.events_table, Item=later)
+    dry = reapply_suppressions(as_of=datetime.now(UTC), dry_run=True, request_id=run.handle["request_id"])
+    assert dry["items"] == EVENTS_ONLY_ITEMS and len(items_of(dynamodb, d.events_table, EVENTS_ONLY_PHONE)) == EVENTS_ONLY_ITEMS + 1
+    summary = reapply_suppressions(as_of=datetime.now(UTC), dry_run=False, request_id=run.handle["request_id"])
+    assert summary["items"] == EVENTS_ONLY_ITEMS and summary["requests"][0]["items"] == {EVENTS: EVENTS_ONLY_ITEMS}
+    assert items_of(dynamodb, d.events_table, EVENTS_ONLY_PHONE) == ["2099-01-01T00:00:00Z#new"]
+    assert EVENTS_ONLY_PHONE not in json.dumps(summary, default=str)
+
 
 def test_a_caller_erased_everywhere_loses_their_call_events_and_nobody_elses_change(
     shared_clone: Deployment,  # noqa: F811 - fixture
@@ -113,3 +131,19 @@ def test_a_caller_erased_everywhere_loses_their_call_events_and_nobody_elses_cha
     after_items = fingerprint(dynamodb, d.events_table)
     assert set(before_items) - set(after_items) == {(member.e164, k) for k in mine}
     assert {k: v for k, v in before_items.items() if k[0] != member.e164} == after_items
+
+
+def test_items_under_a_phone_shared_with_another_person_are_left_out_not_deleted(
+    shared_clone: Deployment,  # noqa: F811 - fixture
+    dynamodb: Any,
+) -> None:
+    d = shared_clone
+    assert d.events_table is not None
+    member = cast_member("household_a")  # shares the household phone with household_b
+    assert member.e164 is not None
+    shared = items_of(dynamodb, d.events_table, member.e164)
+    assert shared, "both household callers' calls left events under the one phone"
+    run = run_erasure(conf_for("household_a"), "dynamodb_household", until="plan")
+    assert run.summary["items"] == {}
+    assert {"where": EVENTS, "count": len(shared), "reason": "shared_identity"} in run.summary["excluded"]
+    assert items_of(dynamodb, d.events_table, member.e164) == shared

@@ -282,3 +282,19 @@ def test_a_keyed_hash_rewrite_binds_digests_the_client_computed_never_the_key_pa
                           ("keys", *rewrite.input_params))  # fmt: skip
     with pytest.raises(KeyError, match="kh_values_job_title"):
         statement.bind({"keys": [1], **keyed_hash_params(b"k" * 32)})
+
+
+def test_the_guard_counts_dynamodb_items_like_rows_and_refuses_a_plan_deleting_too_large_a_share() -> None:
+    from governance.erasure.planner import ItemWork
+
+    work = ErasureWork(plan_id="epl-x", request_id="era-x", as_of=AS_OF.isoformat(), business_id=None,
+                       identity_kinds=["phone"], datamap_version="v", datamap_sha256="s")  # fmt: skip
+    work.items.append(ItemWork(system="aircalls_events", table="call_events", table_name="t", index=None,
+                               by="identity:phone", found=40))  # fmt: skip
+    assert work.owned_rows_by_table() == {"aircalls_events.call_events": 40}
+    assert work.summary()["items"] == {"aircalls_events.call_events": 40}
+    ok = evaluate_guard(work, {"aircalls_events.call_events": 200_000}, max_table_share=0.001, min_rows=10, override=False)
+    assert not ok.refused and ok.shares == {"aircalls_events.call_events": 0.0002}
+    refused = evaluate_guard(work, {"aircalls_events.call_events": 1_000}, max_table_share=0.001, min_rows=10, override=False)
+    assert refused.refused and refused.reasons == [
+        "aircalls_events.call_events: 40 of about 1000 rows (4.00%) is more than 0.10% of the table"]  # fmt: skip

@@ -49,7 +49,7 @@ def _section(item: dict[str, Any]) -> str:
         return "tables"
     if "key_template" in item:
         return "prefixes"
-    if item.get("kind") in ("postgres", "s3"):
+    if item.get("kind") in ("postgres", "s3", "dynamodb"):
         return "systems"
     if "action" in item and "period" in item:
         return "retention"

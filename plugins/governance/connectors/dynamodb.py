@@ -186,6 +186,12 @@ def item_client_for(datamap: DataMap) -> Callable[[str], Any]:
     return client_for
 
 
+def item_table_size(client: Any, table_name: str) -> int:
+    """The table's item count as DynamoDB reports it (``DescribeTable``: refreshed about every six
+    hours in AWS, like PostgreSQL's planner statistics): what the safety guard compares a plan with."""
+    return int(client.describe_table(TableName=table_name)["Table"].get("ItemCount") or 0)
+
+
 def client_region(client: Any) -> str:
     return str(getattr(getattr(client, "meta", None), "region_name", None) or "us-east-1")
 

@@ -604,6 +604,125 @@ def find_object_drift(datamap: DataMap, clients: Mapping[str, Any], *, region: s
 
 
 # --------------------------------------------------------------------------------------------
+# DynamoDB tables
+# --------------------------------------------------------------------------------------------
+
+ITEM_SAMPLE = 200  # items read per table by drift's bounded Scan (drift only: never a per-person plan)
+_ITEM_EMAIL = re.compile(r"^[^\s@]+@[^\s@]+\.[^\s@]+$")
+
+
+@dataclass(frozen=True)
+class UnmappedAttribute:
+    """A top-level attribute of sampled items that the map does not declare (never its values)."""
+
+    system: str
+    table: str
+    attribute: str
+    items: int  # sampled items holding it
+    looks_personal: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class ItemDriftReport:
+    """Differences between the map's DynamoDB tables and the live tables."""
+
+    unmapped_attributes: tuple[UnmappedAttribute, ...] = ()
+    missing_tables: tuple[str, ...] = ()
+    key_mismatches: tuple[str, ...] = ()  # "system.table: what differs" (names only)
+    missing_indexes: tuple[str, ...] = ()
+    ttl_disabled: tuple[str, ...] = ()
+    sampled_items: int = 0
+    checked_systems: tuple[str, ...] = ()
+
+    @property
+    def is_clean(self) -> bool:
+        return not (self.unmapped_attributes or self.missing_tables or self.key_mismatches or self.missing_indexes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "is_clean": self.is_clean}
+
+
+def _wire_strings(value: Mapping[str, Any]) -> list[str]:
+    if "S" in value:
+        return [str(value["S"])]
+    if "SS" in value:
+        return [str(v) for v in value["SS"]]
+    return []
+
+
+def find_item_drift(datamap: DataMap, clients: Mapping[str, Any], *, region: str | None = None,
+                    sample: int = ITEM_SAMPLE) -> ItemDriftReport:  # fmt: skip
+    """Compare every DynamoDB table of the map with the live table: it exists, its keys and the
+    map's indexes are as declared, TTL is on, and the attributes of a bounded sample of items
+    (one ``Scan`` page with ``Limit=sample``: drift looks at the table, not at a person) are all
+    declared. An unmapped attribute looks personal by its name or its values (e-mail addresses,
+    valid phone numbers); values are only counted."""
+    if region is None:
+        region = phone_region(datamap)
+    unmapped: list[UnmappedAttribute] = []
+    missing: list[str] = []
+    mismatches: list[str] = []
+    indexes: list[str] = []
+    ttl_off: list[str] = []
+    checked: list[str] = []
+    sampled = 0
+    for system, table in datamap.item_tables():
+        client = clients.get(system.name)
+        if client is None:
+            continue
+        if system.name not in checked:
+            checked.append(system.name)
+        where, name = f"{system.name}.{table.name}", table.table_name.resolve()
+        try:
+            described = client.describe_table(TableName=name)["Table"]
+        except Exception:  # ResourceNotFoundException: reported, not raised
+            missing.append(f"{where} ({name})")
+            continue
+        keys = {k["KeyType"]: k["AttributeName"] for k in described.get("KeySchema", [])}
+        if keys.get("HASH") != table.partition_key.attribute:
+            mismatches.append(f"{where}: partition key is {keys.get('HASH')!r}, the map says {table.partition_key.attribute!r}")
+        expected_sort = table.sort_key.attribute if table.sort_key else None
+        if keys.get("RANGE") != expected_sort:
+            mismatches.append(f"{where}: sort key is {keys.get('RANGE')!r}, the map says {expected_sort!r}")
+        live_indexes = {i["IndexName"]: {k["KeyType"]: k["AttributeName"] for k in i["KeySchema"]}
+                        for i in described.get("GlobalSecondaryIndexes", [])}  # fmt: skip
+        for index in table.indexes:
+            if live_indexes.get(index.name, {}).get("HASH") != index.partition_key.attribute:
+                indexes.append(f"{where}: index {index.name} on {index.partition_key.attribute}")
+        if table.ttl_attribute:
+            try:
+                ttl = client.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
+            except Exception:
+                ttl = {}
+            if ttl.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING") or ttl.get("AttributeName") != table.ttl_attribute:
+                ttl_off.append(f"{where}: TTL on {table.ttl_attribute}")
+        page = client.scan(TableName=name, Limit=sample)
+        items = page.get("Items", [])
+        sampled += len(items)
+        declared = set(table.attribute_names)
+        seen: dict[str, list[Mapping[str, Any]]] = {}
+        for item in items:
+            for attribute, value in item.items():
+                if attribute not in declared:
+                    seen.setdefault(attribute, []).append(value)
+        for attribute, values in sorted(seen.items()):
+            texts = [t for v in values for t in _wire_strings(v)]
+            emails = sum(1 for t in texts if _ITEM_EMAIL.match(t.strip()))
+            phones = sum(1 for t in texts if _PHONE_SHAPE.match(t.strip()) and looks_like_phone(t.strip(), region))
+            reasons = []
+            if _PERSONAL_NAME.search(attribute.lower()):
+                reasons.append("its name looks personal")
+            if emails:
+                reasons.append(f"{emails} of {len(values)} sampled values are e-mail addresses")
+            if phones:
+                reasons.append(f"{phones} of {len(values)} sampled values are phone numbers")
+            unmapped.append(UnmappedAttribute(system.name, table.name, attribute, len(values), bool(reasons), "; ".join(reasons)))
+    return ItemDriftReport(tuple(unmapped), tuple(missing), tuple(mismatches), tuple(indexes), tuple(ttl_off), sampled,
+                           tuple(checked))  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
 # Findings placed in the map: shared by ``validate-datamap --live`` and the datamap_drift DAG
 # --------------------------------------------------------------------------------------------
 
@@ -675,6 +794,25 @@ def drift_findings(database: Mapping[str, Any], objects: Mapping[str, Any]) -> l
                 "unmapped_personal_prefix", True, f"systems[{p['system']}].prefixes",
                 f"unmapped prefix {p['system']}:{p['prefix']} looks personal: {p['reason']}; map it or move it",
             ))  # fmt: skip
+    items = objects.get("item_stores") or {}
+    for t in items.get("missing_tables", []):
+        system, _, rest = str(t).partition(".")
+        found.append(DriftFinding("missing_item_table", True, _table_place(system, rest.split(" ", 1)[0]),
+                                  f"mapped DynamoDB table {t} does not exist"))  # fmt: skip
+    for m in items.get("key_mismatches", []):
+        system, _, rest = str(m).partition(".")
+        found.append(DriftFinding("item_key_mismatch", True, _table_place(system, rest.split(":", 1)[0]), str(m)))
+    for m in items.get("missing_indexes", []):
+        system, _, rest = str(m).partition(".")
+        found.append(DriftFinding("missing_item_index", True, f"{_table_place(system, rest.split(':', 1)[0])}.indexes",
+                                  f"{m} does not exist: a Query on it would fail"))  # fmt: skip
+    for a in items.get("unmapped_attributes", []):
+        if a["looks_personal"]:
+            found.append(DriftFinding(
+                "unmapped_personal_attribute", True, f"{_table_place(a['system'], a['table'])}.attributes",
+                f"unmapped DynamoDB attribute {a['system']}.{a['table']}.{a['attribute']} ({a['items']} sampled items) "
+                f"looks personal: {a['reason']}; map it or stop writing it",
+            ))  # fmt: skip
     for i in database.get("missing_indexes", []):
         found.append(DriftFinding(
             "missing_index", False, f"{_table_place(i['system'], i['table'])}.fields[{i['column']}]",
@@ -697,6 +835,14 @@ def drift_findings(database: Mapping[str, Any], objects: Mapping[str, Any]) -> l
         if not p["looks_personal"]:
             found.append(DriftFinding("unmapped_prefix", False, f"systems[{p['system']}].prefixes",
                                       f"unmapped prefix {p['system']}:{p['prefix']}"))  # fmt: skip
+    for a in items.get("unmapped_attributes", []):
+        if not a["looks_personal"]:
+            found.append(DriftFinding("unmapped_attribute", False, f"{_table_place(a['system'], a['table'])}.attributes",
+                                      f"unmapped DynamoDB attribute {a['system']}.{a['table']}.{a['attribute']}"))  # fmt: skip
+    for t in items.get("ttl_disabled", []):
+        system, _, rest = str(t).partition(".")
+        found.append(DriftFinding("item_ttl_disabled", False, f"{_table_place(system, rest.split(':', 1)[0])}.ttl_attribute",
+                                  f"{t} is not enabled: items would never expire"))  # fmt: skip
     return found
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 from governance.connectors.dynamodb import (
@@ -26,7 +28,8 @@ from governance.connectors.dynamodb import (
     person_queries,
 )
 from governance.datamap.model import DataMap
-from governance.erasure.planner import ErasureWork, ItemWork, KeptItem
+from governance.datamap.plans import ClientKeyedHash, keyed_hash_domain, keyed_hash_params
+from governance.erasure.planner import ErasureWork, ExcludedItem, ItemWork, KeptItem
 from governance.identity import SubjectIdentities
 
 log = logging.getLogger(__name__)
@@ -58,8 +61,13 @@ def plan_items(
     client_for: ItemClientFor,
 ) -> None:
     """Add the item steps to ``work``: per table, the items its Query finds now (counted), those a
-    business hold keeps (a kept entry); nothing when the person is held (the whole person is kept)."""
+    business hold keeps (a kept entry); nothing when the person is held (the whole person is kept).
+
+    Items carry only the identity they are keyed by. When resolution found that identity on rows
+    of someone else too (rows left out as another person's, or a tie), the items under it cannot be
+    told apart: they are left out (``shared_identity``), never deleted for one requester."""
     offboarding = not work.identity_kinds and work.business_id is not None
+    shared = not offboarding and bool(work.excluded or work.ambiguities)
     queries = business_queries(datamap) if offboarding else person_queries(datamap, work.identity_kinds)
     scope = None if offboarding else work.business_id
     for query in queries:
@@ -69,6 +77,10 @@ def plan_items(
         keys, kept = item_keys(client_for(query.system), query, values, business_id=scope, held_businesses=held_businesses)
         item = ItemWork(system=query.system, table=query.table, table_name=query.table_name, index=query.index,
                         by=query.by, found=len(keys), kept=kept, held_businesses=sorted(held_businesses))  # fmt: skip
+        if shared and query.by.startswith("identity:"):
+            if keys or kept:
+                work.excluded.append(ExcludedItem(where=item.where, count=len(keys) + kept, reason="shared_identity"))
+            continue
         if work.person_held:
             work.kept.append(KeptItem(where=item.where, kind="items", count=len(keys) + kept, reason="legal_hold",
                                       basis="A legal hold on the person keeps everything of theirs."))  # fmt: skip
@@ -132,3 +144,85 @@ def item_residue(
             "#".join(str(next(iter(key[a].values()))) for a in sort) or "item" for key in keys
         )
     return residue
+
+
+# --------------------------------------------------------------------------------------------
+# After a restore: the suppression list
+
+
+@dataclass(frozen=True)
+class SuppressedItems:
+    """What a restore brought back of one suppressed person in one table (counts, no keys)."""
+
+    request_id: str
+    where: str
+    found: int
+    deleted: int
+
+
+def reapply_items(
+    datamap: DataMap,
+    people: Sequence[Any],
+    *,
+    hash_keys: Mapping[str, bytes],
+    client_for: ItemClientFor,
+    dry_run: bool,
+    held: Callable[[Any], bool] = lambda _person: False,
+    page_size: int = 1000,
+) -> list[SuppressedItems]:
+    """Erase again the items of ``people`` (``SuppressedPerson``: keyed hashes only) that a
+    restore of a DynamoDB table brought back.
+
+    A keyed hash cannot be queried, so each table is read **once for the whole list** with a
+    paginated ``Scan`` of its key attributes only (``page_size`` a page; memory holds one page and
+    the matches), each partition key hashed here (the key never leaves this process), and the
+    items of a suppressed person recorded before their erasure (the sort key's ISO-8601 time; a
+    person who came back afterwards keeps the new items) deleted in batches. This is a restore
+    procedure over the whole list, never the plan for one person (those are Queries). ``held``
+    says whether a person is under a legal hold (then nothing of theirs is deleted)."""
+    results: list[SuppressedItems] = []
+    for system, table in datamap.item_tables():
+        kind = table.partition_key.kind
+        if kind is None:
+            continue
+        wanted: dict[tuple[str, str], Any] = {}  # (hash key id, hash) -> person
+        for person in people:
+            if held(person):
+                continue
+            for digest in person.hashes.get(kind, []):
+                wanted[(person.hash_key_id, digest)] = person
+        if not wanted:
+            continue
+        digests = {key_id: ClientKeyedHash(keyed_hash_params(hash_keys[key_id]), domain=keyed_hash_domain(kind))
+                   for key_id in {k for k, _ in wanted}}  # fmt: skip
+        client = client_for(system.name)
+        name = table.table_name.resolve()
+        business = table.business_index.partition_key.attribute if table.business_index else None
+        projected = list(dict.fromkeys([*table.key_attributes, *([business] if business else [])]))
+        names = {f"#p{i}": attribute for i, attribute in enumerate(projected)}
+        matched: dict[str, list[dict[str, Any]]] = {}
+        args: dict[str, Any] = {"TableName": name, "ProjectionExpression": ", ".join(names),
+                                "ExpressionAttributeNames": names, "Limit": page_size}  # fmt: skip
+        while True:
+            page = client.scan(**args)
+            for item in page.get("Items", []):
+                value = next(iter(item[table.partition_key.attribute].values()))
+                for key_id, digest in digests.items():
+                    person = wanted.get((key_id, digest(str(value))))
+                    if person is None:
+                        continue
+                    if person.business_id is not None and business and str(next(iter(item.get(business, {}).values()), "")) != str(person.business_id):
+                        continue
+                    if table.sort_key is not None:
+                        sort = str(next(iter(item[table.sort_key.attribute].values())))
+                        if sort[:20] > person.erased_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"):
+                            continue  # recorded after the erasure: the person came back
+                    matched.setdefault(person.request_id, []).append({a: item[a] for a in table.key_attributes})
+            if not page.get("LastEvaluatedKey"):
+                break
+            args["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        for request_id, keys in sorted(matched.items()):
+            deleted = 0 if dry_run else delete_keys(client, name, keys)
+            results.append(SuppressedItems(request_id, f"{system.name}.{table.name}", len(keys), deleted))
+            log.info("reapply %s: %s: %d items found, %d deleted", request_id, system.name, len(keys), deleted)
+    return results

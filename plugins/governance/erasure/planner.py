@@ -246,11 +246,14 @@ class ErasureWork:
         return counts
 
     def owned_rows_by_table(self) -> dict[str, int]:
-        """Rows of the person each table deletes or rewrites (mentions not included)."""
+        """Rows (DynamoDB items) of the person each table deletes or rewrites (mentions not included)."""
         totals: dict[str, int] = defaultdict(int)
         for step in self.database:
             if step.effect in OWNED_EFFECTS:
                 totals[f"{step.system}.{step.table}"] += len(step.keys)
+        for item in self.items:  # DynamoDB items deleted whole: the person's own data
+            if item.found:
+                totals[item.where] += item.found
         return dict(totals)
 
     @property

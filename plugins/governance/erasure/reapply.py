@@ -3,7 +3,8 @@ after a database or bucket restore.
 
 Run it after restoring the app database or the object store from a backup (and before the app
 takes traffic, ideally). For every erased person it matches keyed hashes of the identity columns
-against the list and erases, with the same planner and executor as ``dsr_erasure``, whatever of
+(and of DynamoDB partition keys, one key-only pass over each table for the whole list) against
+the list and erases, with the same planner and executor as ``dsr_erasure``, whatever of
 them came back: only rows recorded before their erasure, so a person who returned afterwards as a
 new customer keeps the new account. Legal holds and legal exceptions apply as in the erasure.
 Prints counts only (JSON); ``--dry-run`` shows what would be erased without changing anything.
@@ -19,9 +20,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from governance.config import GOVERNANCE_CONN_ID
+from governance.connectors.dynamodb import item_client_for
 from governance.crypto import hasher_from_airflow
 from governance.datamap import load_datamap
 from governance.db import conninfo_for
+from governance.erasure.holds import load_active_holds
+from governance.erasure.items import reapply_items
 from governance.erasure.suppression import reapply_for_person, suppressed_people
 from governance.migrations import ensure_schema
 from governance.objectstore import s3_client
@@ -66,12 +70,23 @@ def reapply_suppressions(*, as_of: datetime, dry_run: bool, request_id: str | No
                 hash_key=hasher.keyring.key(person.hash_key_id), object_client=object_client,
                 buckets={s.name: s.bucket.resolve() for s in datamap.object_systems}, as_of=as_of, dry_run=dry_run,
             ))  # fmt: skip
+        # DynamoDB: one key-only pass over each table for the whole list (a keyed hash cannot be
+        # queried), people under a legal hold left alone.
+        def held(person: Any) -> bool:
+            hashes = [(k, person.hash_key_id, h) for k, hs in person.hashes.items() for h in hs]
+            return bool(load_active_holds(conn, as_of=as_of, subject_hashes=hashes).person)
+
+        items = reapply_items(datamap, people, hash_keys={p.hash_key_id: hasher.keyring.key(p.hash_key_id) for p in people},
+                              client_for=item_client_for(datamap), dry_run=dry_run, held=held)  # fmt: skip
+        for result in results:
+            result["items"] = {i.where: i.deleted if not dry_run else i.found for i in items if i.request_id == result["request_id"]}
         summary = {
             "run_id": run_id,
             "dry_run": dry_run,
             "people": len(people),
             "rows": sum(sum(r["rows"].values()) for r in results),
             "objects": sum(int(r["objects"]) for r in results),
+            "items": sum(i.found if dry_run else i.deleted for i in items),
             "skipped": [{"request_id": r["request_id"], "reason": r["skipped"]} for r in results if r["skipped"]],
             "requests": results,
         }

@@ -392,18 +392,22 @@ def write_bundle(
         values = [v for k, v in subject.identities.items() if f"identity:{k}" == query.by]
         client = targets.dynamodb_for(query.connection_id)
         scope = set(subject.business_scope or ())
-        path = safe_path("data", query.system, f"{query.table}.json")
-        count = 0
-        with writer.entry(path, kind="data", dataset=query.where, fmt="json") as out:
-            out.write(b"[")
-            for item in person_items(client, query, values):
-                if scope and query.scope_attribute is not None and item.get(query.scope_attribute) not in scope:
-                    continue
-                out.write((b",\n" if count else b"\n") + json.dumps(item, sort_keys=True, ensure_ascii=False).encode())
-                count += 1
-            out.write(b"\n]\n")
-        source_counts[query.where] = count
-        contents.items.append(ItemExport(query.system, query.table, count, (path,)))
+        person = (item for item in person_items(client, query, values)
+                  if not scope or query.scope_attribute is None or item.get(query.scope_attribute) in scope)  # fmt: skip
+        first = next(person, None)
+        item_count = 0
+        item_files: tuple[str, ...] = ()
+        if first is not None:  # a file only when there is something to put in it
+            item_path = safe_path("data", query.system, f"{query.table}.json")
+            with writer.entry(item_path, kind="data", dataset=query.where, fmt="json") as item_out:
+                item_out.write(b"[")
+                for item in itertools.chain([first], person):
+                    item_out.write((b",\n" if item_count else b"\n") + json.dumps(item, sort_keys=True, ensure_ascii=False).encode())
+                    item_count += 1
+                item_out.write(b"\n]\n")
+            item_files = (item_path,)
+        source_counts[query.where] = item_count
+        contents.items.append(ItemExport(query.system, query.table, item_count, item_files))
 
     # 4. What the processors returned.
     for result in processor_results:

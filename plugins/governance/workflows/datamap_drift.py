@@ -20,8 +20,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from governance.config import GOVERNANCE_CONN_ID
+from governance.connectors.dynamodb import dynamodb_client
 from governance.datamap import load_datamap
-from governance.datamap.drift import drift_findings, find_drift, find_object_drift, finding_counts
+from governance.datamap.drift import (
+    drift_findings,
+    find_drift,
+    find_item_drift,
+    find_object_drift,
+    finding_counts,
+)
 from governance.datamap.model import DataMapError
 from governance.db import connect, conninfo_for
 from governance.migrations import ensure_schema
@@ -67,11 +74,19 @@ def database_drift(datamap: DataMap | None = None) -> dict[str, Any]:
 
 
 def object_store_drift(datamap: DataMap | None = None) -> dict[str, Any]:
-    """Every object-store system of the map against its bucket."""
+    """Every object-store system of the map against its bucket, and every DynamoDB table against
+    the live table (``item_stores``)."""
 
     datamap = datamap or _datamap()
     clients = {system.name: s3_client(system.connection_id) for system in datamap.object_systems}
-    return find_object_drift(datamap, clients).to_dict()
+    report = find_object_drift(datamap, clients).to_dict()
+    # The item stores (DynamoDB) ride with the object stores: both are checked by sampling, not
+    # by a catalogue, and both are outside the databases.
+    item_clients = {system.name: dynamodb_client(system.connection_id) for system in datamap.dynamodb_systems}
+    items = find_item_drift(datamap, item_clients)
+    report["item_stores"] = items.to_dict()
+    report["is_clean"] = bool(report["is_clean"]) and items.is_clean
+    return report
 
 
 def classify(database: dict[str, Any], objects: dict[str, Any]) -> tuple[list[DriftFinding], list[DriftFinding]]:

@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 from governance.approvers import approver_refusal
 from governance.config import GOVERNANCE_CONN_ID
 from governance.connectors.base import processor_connector
-from governance.connectors.dynamodb import item_client_for
+from governance.connectors.dynamodb import item_client_for, item_table_size
 from governance.connectors.processors import ProcessorRejected, ProcessorUnavailable
 from governance.crypto import cipher_from_airflow, hasher_from_airflow
 from governance.datamap import load_datamap
@@ -287,8 +287,12 @@ def compute_work(
         plan_items(datamap, work, identities, held_businesses=sorted(holds.businesses),
                    client_for=item_client or item_client_for(datamap))  # fmt: skip
         sizes = {}
+        item_tables = {i.where: i.table_name for i in work.items}
         for table, needed in needed_sizes(work, share).items():
             sys_name, _, name = table.partition(".")
+            if table in item_tables:  # a DynamoDB table: its reported item count
+                sizes[table] = item_table_size((item_client or item_client_for(datamap))(sys_name), item_tables[table])
+                continue
             sizes[table] = table_size_at_least(dbs[sys_name], datamap, TableRef(sys_name, name), needed)
         for conn in dbs.values():
             conn.rollback()
