@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,9 +23,8 @@ from governance.workflows.request_intake import close_request, mark_in_progress
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def governance_db(make_db: Callable[[str], str], monkeypatch: pytest.MonkeyPatch) -> str:
-    url = make_db("uiapi")
+def use_as_governance_db(url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Migrate ``url`` and make it the page's governance database (``governance_db`` connection)."""
     migrate(url)
     info = psycopg.conninfo.conninfo_to_dict(url)
     monkeypatch.setenv("AIRFLOW_CONN_GOVERNANCE_DB", json.dumps(
@@ -33,8 +33,9 @@ def governance_db(make_db: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
     return url
 
 
-@pytest.fixture
-def client(airflow_db: str) -> Iterator[Any]:
+@contextmanager
+def mounted_page(**client_options: Any) -> Iterator[Any]:
+    """A TestClient on the page's app, mounted as Airflow's API server mounts a plugin's app."""
     from airflow.api_fastapi.app import init_auth_manager
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
@@ -42,9 +43,20 @@ def client(airflow_db: str) -> Iterator[Any]:
     from governance.ui.mount import MOUNT, LazyApp
 
     init_auth_manager()
-    server = FastAPI()  # mounted as Airflow's API server mounts a plugin's app
+    server = FastAPI()
     server.mount(MOUNT, LazyApp())
-    with TestClient(server, base_url="http://testserver" + MOUNT) as c:
+    with TestClient(server, base_url="http://testserver" + MOUNT, **client_options) as c:
+        yield c
+
+
+@pytest.fixture
+def governance_db(make_db: Callable[[str], str], monkeypatch: pytest.MonkeyPatch) -> str:
+    return use_as_governance_db(make_db("uiapi"), monkeypatch)
+
+
+@pytest.fixture
+def client(airflow_db: str) -> Iterator[Any]:
+    with mounted_page() as c:
         yield c
 
 

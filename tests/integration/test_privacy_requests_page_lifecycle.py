@@ -8,7 +8,6 @@ the run left in Airflow's metadata database."""
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,38 +19,22 @@ import pytest
 from governance.crypto import cipher_from_airflow, hasher_from_airflow
 from governance.dispatch import dispatch_run_id
 from governance.identity import SubjectIdentities
-from governance.migrations import migrate
 from governance.privacy_requests import create_request, verify_request
 from governance.workflows.request_intake import close_request, mark_in_progress
 from tests.dags.test_privacy_request_intake import synced_dags  # noqa: F401 (fixture: the DAGs in the metadata DB)
-from tests.integration.test_privacy_requests_api import as_user
+from tests.integration.test_privacy_requests_api import as_user, mounted_page, use_as_governance_db
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=30)]
 
 
 @pytest.fixture
 def gov(make_db: Callable[[str], str], monkeypatch: pytest.MonkeyPatch) -> str:
-    url = make_db("pagelife")
-    migrate(url)
-    info = psycopg.conninfo.conninfo_to_dict(url)
-    monkeypatch.setenv("AIRFLOW_CONN_GOVERNANCE_DB", json.dumps(
-        {"conn_type": "postgres", "host": info.get("host", "127.0.0.1"), "port": int(info.get("port", 5432)),
-         "login": info.get("user", "postgres"), "schema": info["dbname"]}))  # fmt: skip
-    return url
+    return use_as_governance_db(make_db("pagelife"), monkeypatch)
 
 
 @pytest.fixture
 def page(airflow_db: str) -> Iterator[Any]:
-    from airflow.api_fastapi.app import init_auth_manager
-    from fastapi import FastAPI
-    from fastapi.testclient import TestClient
-
-    from governance.ui.mount import MOUNT, LazyApp
-
-    init_auth_manager()
-    server = FastAPI()  # mounted as Airflow's API server mounts a plugin's app
-    server.mount(MOUNT, LazyApp())
-    with TestClient(server, base_url="http://testserver" + MOUNT, follow_redirects=False) as c:
+    with mounted_page(follow_redirects=False) as c:
         yield c
 
 
