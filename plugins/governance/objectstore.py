@@ -47,23 +47,27 @@ def not_answering(exc: BaseException, client: Any) -> ObjectStoreUnavailable | N
     )
 
 
-def s3_hook(conn_id: str) -> S3Hook:
-    """The ``S3Hook`` for the Airflow connection ``conn_id``; the connection's own
-    ``config_kwargs`` win over :data:`DEFAULT_CLIENT_CONFIG`."""
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-    from botocore.config import Config
+def require_connection(hook: Any, conn_id: str) -> None:
+    """Fail with :func:`not_configured` when the Airflow connection ``conn_id`` does not exist.
 
-
-    hook = S3Hook(aws_conn_id=conn_id)
+    AWS hooks fall back to an empty connection (ambient credentials, AWS endpoints) when the id is
+    missing; for a governed system that is a configuration error, not a default."""
     try:
-        # The hook falls back to an empty connection (ambient credentials, AWS endpoints) when the
-        # id is missing; for a governed system that is a configuration error, not a default.
         hook.get_connection(conn_id)
     except Exception as exc:
         if type(exc).__name__ == "AirflowNotFoundException":
             raise not_configured(conn_id) from exc
         raise
 
+
+def s3_hook(conn_id: str) -> S3Hook:
+    """The ``S3Hook`` for the Airflow connection ``conn_id``; the connection's own
+    ``config_kwargs`` win over :data:`DEFAULT_CLIENT_CONFIG`."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+    from botocore.config import Config
+
+    hook = S3Hook(aws_conn_id=conn_id)
+    require_connection(hook, conn_id)
     wrapper = hook.conn_config
     bounded = Config(**Deadlines.from_env().s3_config())
     base = wrapper.botocore_config if wrapper.botocore_config is not None else Config(**DEFAULT_CLIENT_CONFIG)

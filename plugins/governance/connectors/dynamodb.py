@@ -26,10 +26,10 @@ from typing import Any, ClassVar, Literal
 
 from botocore.exceptions import ClientError
 
-from governance.connections import not_configured
 from governance.connectors.base import Connector
 from governance.datamap.model import DataMap, DynamoDBSystem, ItemTable
 from governance.deadlines import Deadlines
+from governance.objectstore import require_connection
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +146,7 @@ def dynamodb_hook(conn_id: str) -> Any:
     from botocore.config import Config
 
     hook = DynamoDBHook(aws_conn_id=conn_id)
-    try:
-        hook.get_connection(conn_id)
-    except Exception as exc:
-        if type(exc).__name__ == "AirflowNotFoundException":
-            raise not_configured(conn_id) from exc
-        raise
+    require_connection(hook, conn_id)
     wrapper = hook.conn_config
     bounded = Config(**Deadlines.from_env().s3_config())
     wrapper.botocore_config = bounded if wrapper.botocore_config is None else bounded.merge(wrapper.botocore_config)
