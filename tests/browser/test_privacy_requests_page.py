@@ -35,6 +35,7 @@ import psycopg
 import pytest
 
 from governance_dev.services import free_port
+from governance_dev.standalone import PRELOADING_EXECUTOR
 from tests.fixtures.reference import Deployment
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,7 +91,8 @@ def _wait(predicate: Callable[[], Any], timeout_s: float, what: str, log: Path |
 
 @pytest.fixture
 def standalone(reference_clone: Deployment, make_db: Callable[[str], str], tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """``airflow standalone`` on a free loopback port with its own metadata database."""
+    """``airflow standalone`` on a free loopback port with its own metadata database, with the
+    executor ``make airflow`` runs (``PreloadingLocalExecutor``)."""
     metadata_url = make_db("browser_airflow")
     info = psycopg.conninfo.conninfo_to_dict(metadata_url)
     home = tmp_path / "airflow"
@@ -116,6 +118,8 @@ def standalone(reference_clone: Deployment, make_db: Callable[[str], str], tmp_p
         # Off port 8080, tasks must be told where the execution API is.
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+        # The executor `make airflow` runs: task processes fork with Great Expectations loaded.
+        "AIRFLOW__CORE__EXECUTOR": PRELOADING_EXECUTOR,
     })  # fmt: skip
     log = tmp_path / "standalone.log"
     with open(log, "wb") as out:
