@@ -50,7 +50,7 @@ from governance.export.bundle import (
     safe_path,
     safe_segment,
 )
-from governance.export.formats import FORMATS, DataFormat, write_rows
+from governance.export.formats import FORMATS, DataFormat, write_formats
 from governance.export.index import (
     BundleContents,
     ItemExport,
@@ -250,6 +250,15 @@ def export_plan(datamap: DataMap, subject: ExportSubject) -> ResolutionPlan:
     return build_resolution_plan(datamap, kinds, business_scope=bool(subject.business_scope))
 
 
+def text_network_addresses(conn: psycopg.Connection[Any]) -> None:
+    """Load ``inet`` and ``cidr`` values as the database's own text (``::ffff:1.2.3.4``, not
+    Python's ``::ffff:102:304``), without parsing each one into an ``ipaddress`` object."""
+    from psycopg.types.string import TextLoader
+
+    for name in ("inet", "cidr"):
+        conn.adapters.register_loader(name, TextLoader)
+
+
 @contextmanager
 def subject_snapshots(
     datamap: DataMap, plan: ResolutionPlan, subject: ExportSubject, targets: ExportTargets
@@ -271,6 +280,7 @@ def subject_snapshots(
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             conn.read_only = True
             conn.execute("SET TIME ZONE 'UTC'")  # timestamps render the same in every run
+            text_network_addresses(conn)
             conns[system_name] = conn
         # One resolution across the databases (each in its own snapshot): keys found in one
         # system (the app's call ids) find the rows of the next (the warehouse's call facts).
@@ -330,17 +340,16 @@ def write_bundle(
             spec = datamap.table(ref)
             files: list[str] = []
             if count:
-                for fmt in formats:
-                    path = safe_path("data", ref.system, f"{ref.table}.{fmt}")
-                    with writer.entry(path, kind="data", dataset=str(ref), fmt=fmt) as out:
-                        batches = itertools.chain(
-                            stream_table(conn, datamap, footprint, ref, batch_rows=batch_rows) if ref in step_tables else (),
-                            *(stream_mention_only(conn, footprint, m, batch_rows=batch_rows) for m in mentioning),
-                        )  # fmt: skip
-                        write_rows(fmt, out, spec.field_names, batches,
-                                   **({"title": spec.description or ref.table,
-                                       "description": str(ref)} if fmt == "html" else {}))  # fmt: skip
-                    files.append(path)
+                # One read of the table feeds every format: the rows stream once, in pages, and
+                # each page goes into every file before the next is fetched.
+                files = [safe_path("data", ref.system, f"{ref.table}.{fmt}") for fmt in formats]
+                with writer.entries(files, kind="data", dataset=str(ref), formats=formats) as outs:
+                    batches = itertools.chain(
+                        stream_table(conn, datamap, footprint, ref, batch_rows=batch_rows) if ref in step_tables else (),
+                        *(stream_mention_only(conn, footprint, m, batch_rows=batch_rows) for m in mentioning),
+                    )  # fmt: skip
+                    write_formats(dict(zip(formats, outs, strict=True)), spec.field_names, batches,
+                                  title=spec.description or ref.table, description=str(ref))  # fmt: skip
             contents.tables.append(TableExport(ref, count, tuple(files)))
         contents.mentions.update(
             {k: v for k, v in footprint.mention_counts().items() if k.split(".", 1)[0] == system_name}
