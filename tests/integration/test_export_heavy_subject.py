@@ -1,0 +1,77 @@
+"""A subject with tens of thousands of usage events (#12 item 4, the export side): the bundle
+holds exactly the rows the test's own SQL finds, network addresses as the database's own text, and
+the writer reads each table once however many formats the bundle holds (one pass feeds the JSON
+and the CSV file: the memory and time of an export follow the rows once, not once per format)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from governance.datamap import load_datamap
+from governance_dev.seed import cast_member
+from tests.fixtures.reference import Deployment
+from tests.integration.test_export_bundle import bundle_rows, gate, read_bundle, subject_of, write
+
+pytestmark = [pytest.mark.slow(seconds=90), pytest.mark.integration]
+
+EVENTS = 30_000
+# Addresses whose text Python's ipaddress renders differently from PostgreSQL's output (the
+# IPv4-mapped one), with a netmask, IPv6, and plain IPv4. Compared with ``format('%s', ...)``: the
+# output form psql shows (``::text`` on inet adds the netmask).
+ADDRESSES = ("::ffff:1.2.3.4", "10.1.2.3/8", "2001:db8:0:0:1:0:0:1", "203.0.113.7")
+
+
+def _plant_events(url: str, user_id: int) -> None:
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "INSERT INTO app.usage_events (id, user_id, occurred_at, ip_address, user_agent, device_id, path, geo_country)"
+            " SELECT base.id + g, %(user)s, timestamptz '2026-11-28 12:00:00+00' - make_interval(secs => g * 31.5),"
+            " (%(addresses)s::text[])[1 + g %% 4]::inet, 'heavy-agent', 'heavy-device-' || (g %% 7),"
+            " '/app/calls/' || g, 'US'"
+            " FROM (SELECT coalesce(max(id), 0) AS id FROM app.usage_events) AS base, generate_series(1, %(n)s) AS g",
+            {"user": user_id, "n": EVENTS, "addresses": list(ADDRESSES)},
+        )
+
+
+def test_a_subject_with_tens_of_thousands_of_events_is_exported_whole_reading_each_table_once(
+    reference_clone: Deployment, s3: Any, make_bucket: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import governance.export.collect as collect
+
+    member = cast_member("both_user_and_caller")
+    assert member.user_id is not None
+    _plant_events(reference_clone.app_url, member.user_id)
+    with psycopg.connect(reference_clone.app_url) as conn:
+        truth = dict(conn.execute("SELECT id, format('%%s', ip_address) FROM app.usage_events WHERE user_id = %s",
+                                  (member.user_id,)).fetchall())  # fmt: skip
+    assert len(truth) > EVENTS
+
+    reads: Counter[str] = Counter()
+    original = collect.stream_table
+
+    def counted(conn: Any, dm: Any, footprint: Any, table: Any, **kw: Any) -> Iterator[Any]:
+        reads[str(table)] += 1
+        yield from original(conn, dm, footprint, table, **kw)
+
+    monkeypatch.setattr(collect, "stream_table", counted)
+    datamap = load_datamap()
+    subject = subject_of("both_user_and_caller")
+    bucket = make_bucket("heavy-export")
+    summary = write(datamap, subject, reference_clone, s3, bucket, "exports/heavy.zip.age", formats=("json", "csv"))
+
+    assert reads and set(reads.values()) == {1}, f"each table is read once for both formats: {dict(reads)}"
+    assert summary.source_counts["aircalls_app.usage_events"] == len(truth)
+    archive = read_bundle(s3, bucket, "exports/heavy.zip.age")
+    exported = {int(r["id"]): r["ip_address"] for r in bundle_rows(archive, "usage_events")}
+    assert exported == truth, "every event, each address as PostgreSQL writes it"
+    with archive.open("data/aircalls_app/usage_events.csv") as raw:
+        rows = list(csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8", newline="")))
+    assert {int(r["id"]): r["ip_address"] for r in rows} == truth and len(rows) == len(truth)
+    assert gate(datamap, summary, subject, s3, bucket, "exports/heavy.zip.age").passed
