@@ -19,7 +19,7 @@ from governance_dev.seed import cast_member
 from tests.fixtures.reference import Deployment
 from tests.integration.test_export_bundle import bundle_rows, gate, read_bundle, subject_of, write
 
-pytestmark = [pytest.mark.slow(seconds=90), pytest.mark.integration]
+pytestmark = [pytest.mark.slow(seconds=120), pytest.mark.integration]
 
 EVENTS = 30_000
 # Addresses whose text Python's ipaddress renders differently from PostgreSQL's output (the
@@ -74,4 +74,42 @@ def test_a_subject_with_tens_of_thousands_of_events_is_exported_whole_reading_ea
     with archive.open("data/aircalls_app/usage_events.csv") as raw:
         rows = list(csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8", newline="")))
     assert {int(r["id"]): r["ip_address"] for r in rows} == truth and len(rows) == len(truth)
-    assert gate(datamap, summary, subject, s3, bucket, "exports/heavy.zip.age").passed
+
+    import governance.export.gate as gate_module
+
+    fed: dict[str, Any] = {}
+    run_suites = gate_module._run_suites
+
+    def capture(frames: Any, *, allowed: set[str], scope_ids: Any) -> Any:
+        fed.update(ties=frames.ties, rows=frames.rows)
+        return run_suites(frames, allowed=allowed, scope_ids=scope_ids)
+
+    monkeypatch.setattr(gate_module, "_run_suites", capture)
+    result = gate(datamap, summary, subject, s3, bucket, "exports/heavy.zip.age")
+    assert result.passed, result.describe_failures()
+    # The gate checks every row but GX sees groups of rows tied alike, not a frame per row.
+    assert fed["rows"] == result.rows_checked >= len(truth)
+    assert len(fed["ties"]) < 200 and sum(g["rows"] for g in fed["ties"]) == fed["rows"]
+
+
+def test_gate_counts_each_occurrence_of_a_row_written_twice(
+    reference_env: Deployment, s3: Any, make_bucket: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import governance.export.collect as collect
+
+    original = collect.stream_table
+
+    def first_call_twice(conn: Any, dm: Any, footprint: Any, table: Any, **kw: Any) -> Iterator[Any]:
+        for columns, batch in original(conn, dm, footprint, table, **kw):
+            yield columns, [*batch, batch[0]] if table.table == "calls" and batch else batch
+
+    monkeypatch.setattr(collect, "stream_table", first_call_twice)
+    monkeypatch.setenv("GOVERNANCE_OBJECTS_BUCKET", reference_env.bucket)
+    datamap = load_datamap()
+    subject = subject_of("caller_only")
+    bucket = make_bucket("twice-export")
+    summary = write(datamap, subject, reference_env, s3, bucket, "exports/twice.zip.age", formats=("json",))
+    result = gate(datamap, summary, subject, s3, bucket, "exports/twice.zip.age")
+    failed = {(c.suite, c.expectation): c for c in result.failed()}
+    assert failed[("ties", "expect_compound_columns_to_be_unique")].unexpected_count == 2
+    assert ("counts", "expect_column_pair_values_to_be_equal") in failed
