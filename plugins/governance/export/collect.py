@@ -8,7 +8,8 @@ person (a household phone) are left out with everything they own, and identities
 several people equally well are refused (:class:`AmbiguousSubject`) before any processor is
 asked or anything is written. It then asks each processor through its declared look-up and
 export calls (one that is down fails the export before any row is streamed), streams each
-table's rows into the ZIP in the chosen formats, then the objects tied to those rows, then what
+table's rows into the ZIP in the chosen formats (one read per table feeds every format:
+:meth:`BundleWriter.entries`), then the objects tied to those rows, then what
 the processors returned, then ``index.html`` and ``manifest.json``. The ZIP goes through the age
 encryptor into an S3 multipart upload with server-side encryption: the bundle is never whole in
 memory or on disk, and an exception aborts the upload, so a failed collection leaves no object

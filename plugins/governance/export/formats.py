@@ -2,7 +2,8 @@
 
 Every writer takes the column names and an iterable of row batches (what
 ``governance.connectors.postgres.stream_table`` yields) and writes to a binary stream (a ZIP
-entry), never holding more than one batch. Values are rendered the same way in every format and
+entry), never holding more than one batch; :func:`write_formats` writes several formats from one
+pass over the batches (each value made plain once). Values are rendered the same way in every format and
 every run: timestamps in ISO 8601 (the export session runs in UTC), decimals and network
 addresses as text, binary as base64, JSON columns as JSON.
 

@@ -19,6 +19,9 @@ suite per question:
 * **files**: every entry's SHA-256 and size match the manifest, no entry is missing from either,
   and the encrypted object is the one the writer uploaded; the manifest names this request.
 
+The checks stream: rows are not kept (see :class:`_Frames`), so a subject with a million rows
+costs the gate a few bytes per row (a key digest), not a per-row frame.
+
 No identity reaches GX: identity values are replaced by keyed hashes (``id:email:<hmac>``) and
 the person's hashes and ids are bound as suite parameters (``$PARAMETER``), so results, which
 repeat unexpected values, show hashes, ids, keys and paths only.
