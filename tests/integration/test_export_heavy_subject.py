@@ -1,7 +1,8 @@
 """A subject with tens of thousands of usage events (#12 item 4, the export side): the bundle
 holds exactly the rows the test's own SQL finds, network addresses as the database's own text, and
 the writer reads each table once however many formats the bundle holds (one pass feeds the JSON
-and the CSV file: the memory and time of an export follow the rows once, not once per format)."""
+and the CSV file: the memory and time of an export follow the rows once, not once per format), and
+owned rows nothing else reads (the events) are never resolved into memory before they stream."""
 
 from __future__ import annotations
 
@@ -61,12 +62,24 @@ def test_a_subject_with_tens_of_thousands_of_events_is_exported_whole_reading_ea
         yield from original(conn, dm, footprint, table, **kw)
 
     monkeypatch.setattr(collect, "stream_table", counted)
+    resolved_tables: list[str] = []
+    resolve = collect.resolve_in_database
+
+    def recorded(conns: Any, plan: Any, *args: Any, **kw: Any) -> Any:
+        resolved_tables.extend(str(step.table) for step in plan.steps)
+        return resolve(conns, plan, *args, **kw)
+
+    monkeypatch.setattr(collect, "resolve_in_database", recorded)
     datamap = load_datamap()
     subject = subject_of("both_user_and_caller")
     bucket = make_bucket("heavy-export")
     summary = write(datamap, subject, reference_clone, s3, bucket, "exports/heavy.zip.age", formats=("json", "csv"))
 
     assert reads and set(reads.values()) == {1}, f"each table is read once for both formats: {dict(reads)}"
+    # The events are owned rows nothing else reads: counted and streamed in SQL, never resolved
+    # into memory first; the tables narrowing needs (identity matches) are resolved.
+    assert "aircalls_app.usage_events" not in resolved_tables
+    assert {"aircalls_app.users", "aircalls_app.callers"} <= set(resolved_tables)
     assert summary.source_counts["aircalls_app.usage_events"] == len(truth)
     archive = read_bundle(s3, bucket, "exports/heavy.zip.age")
     exported = {int(r["id"]): r["ip_address"] for r in bundle_rows(archive, "usage_events")}

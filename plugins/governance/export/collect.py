@@ -25,7 +25,7 @@ import itertools
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -39,8 +39,8 @@ from governance.connectors.postgres import (
     stream_mention_only,
     stream_table,
 )
-from governance.datamap.model import DataMap, DynamoDBSystem, ObjectStoreSystem, Processor
-from governance.datamap.plans import ObjectStep, ResolutionPlan, build_resolution_plan
+from governance.datamap.model import DataMap, DynamoDBSystem, ObjectStoreSystem, Processor, TableRef
+from governance.datamap.plans import ObjectStep, ResolutionPlan, build_resolution_plan, excluded_param
 from governance.db import conninfo_for
 from governance.export.age import DEFAULT_WORK_FACTOR, AgeWriter
 from governance.export.bundle import (
@@ -251,6 +251,16 @@ def export_plan(datamap: DataMap, subject: ExportSubject) -> ResolutionPlan:
     return build_resolution_plan(datamap, kinds, business_scope=bool(subject.business_scope))
 
 
+def selected_in_sql(plan: ResolutionPlan) -> set[TableRef]:
+    """Tables of ``plan`` the export counts and streams without resolving their rows first: rows
+    reached only through an owner (no identity column, so narrowing never leaves one out) that
+    no later step, mention or object key reads. The plan's count and export statements select
+    exactly those rows from the owners' keys, so resolution would only hold them in memory (a
+    business user's million usage events) to learn nothing."""
+    sources = {o.source for o in plan.objects}
+    return {s.table for s in plan.steps if not s.identity_matches and not s.output_params and s.table not in sources}
+
+
 def text_network_addresses(conn: psycopg.Connection[Any]) -> None:
     """Load ``inet`` and ``cidr`` values as the database's own text (``::ffff:1.2.3.4``, not
     Python's ``::ffff:102:304``), without parsing each one into an ``ipaddress`` object."""
@@ -285,9 +295,13 @@ def subject_snapshots(
             conns[system_name] = conn
         # One resolution across the databases (each in its own snapshot): keys found in one
         # system (the app's call ids) find the rows of the next (the warehouse's call facts).
-        footprint = resolve_in_database(
-            conns, plan, subject.identities, datamap=datamap, scope_ids=list(subject.business_scope or []) or None
-        )
+        # Tables whose rows resolution need not see stay in SQL (see selected_in_sql).
+        in_sql = selected_in_sql(plan)
+        resolved = resolve_in_database(
+            conns, replace(plan, steps=tuple(s for s in plan.steps if s.table not in in_sql)), subject.identities,
+            datamap=datamap, scope_ids=list(subject.business_scope or []) or None,
+        )  # fmt: skip
+        footprint = replace(resolved, plan=plan, params={**resolved.params, **{excluded_param(t): [] for t in in_sql}})
         snapshots = {name: DatabaseSnapshot(conn, footprint) for name, conn in conns.items()}
         if footprint.ambiguities:
             raise AmbiguousSubject(list(footprint.ambiguities), tables_read=[str(s.table) for s in plan.steps])
