@@ -164,7 +164,8 @@ def worker_project(cfg: dict[str, Any]) -> dict[str, Any]:
                                       generated_at=datetime.now(UTC))  # fmt: skip
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "base_mb": base, "growth_mb": sampler.peak - base, "bytes": summary.ciphertext_bytes,
-            "files": summary.files, "objects": summary.bundle_counts.get("aircalls_objects.recordings", 0)}  # fmt: skip
+            "files": summary.files, "objects": summary.bundle_counts.get("aircalls_objects.recordings", 0),
+            "app_rows": sum(n for name, n in summary.bundle_counts.items() if name.startswith("aircalls_app."))}  # fmt: skip
 
 
 RAW_TABLES = {  # table -> (columns, where clause over the person's caller / user ids)
@@ -238,7 +239,7 @@ def worker_raw(cfg: dict[str, Any]) -> dict[str, Any]:
                 entry.write(data)
             hashes[name] = hashlib.sha256(data).hexdigest()
 
-        email, phone = cfg["email"], cfg["phone"]
+        email, phone = cfg["email"].strip().lower(), cfg["phone"]  # as the project normalises them
         with psycopg.connect(cfg["app"]) as conn:
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             conn.read_only = True
@@ -250,12 +251,14 @@ def worker_raw(cfg: dict[str, Any]) -> dict[str, Any]:
                     "SELECT id FROM app.users WHERE lower(normalize(email, NFC)) = %s OR phone_e164 = %s", (email, phone))],
             }  # fmt: skip
             calls: list[tuple[int, int, str | None]] = []
+            table_rows = 0
             for table, (columns, where) in RAW_TABLES.items():
                 query = f"SELECT {columns} FROM app.{table} WHERE {where} ORDER BY 1"  # noqa: S608 - fixed names
                 names = [c.strip() for c in columns.split(",")]
                 rows = conn.execute(query, ids).fetchall()
                 if not rows:
                     continue
+                table_rows += len(rows)
                 if table == "calls":
                     calls = [(r[0], r[1], r[7]) for r in rows]
                 text = json.dumps([dict(zip(names, r, strict=True)) for r in rows], default=str, ensure_ascii=False)
@@ -291,7 +294,8 @@ def worker_raw(cfg: dict[str, Any]) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     size = s3.head_object(Bucket=cfg["out_bucket"], Key=cfg["key"])["ContentLength"]
     return {"seconds": seconds, "base_mb": base, "growth_mb": sampler.peak - base, "bytes": size,
-            "files": len(hashes), "objects": sum(1 for n in hashes if n.startswith("files/recordings/"))}  # fmt: skip
+            "files": len(hashes), "objects": sum(1 for n in hashes if n.startswith("files/recordings/")),
+            "app_rows": table_rows}  # fmt: skip
 
 
 def run_worker(mode: str, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -490,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.heavy_events:
                 print(f"adding {args.heavy_events:,} usage events to both_user_and_caller ...", flush=True)
                 plant_usage_events(large_url, "both_user_and_caller", args.heavy_events)
-                events_cfg = {**base_cfg, "email": member.email, "phone": member.phone}
+                events_cfg = {**base_cfg, "email": member.email, "phone": member.e164}
                 print("writer on the heavy-events subject ...", flush=True)
                 events_project = run_worker("project", events_cfg)
                 events_raw = run_worker("raw", events_cfg)
@@ -535,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{events_project['growth_mb']:6.0f} MB  (goal < {HEAVY_MEMORY_GOAL_MB} MB)")  # fmt: skip
         print(f"{'writer, raw, heavy events':40} {events_raw['seconds']:8.2f} s   peak growth "
               f"{events_raw['growth_mb']:6.0f} MB; ratio {events_project['seconds'] / events_raw['seconds']:.2f}")  # fmt: skip
+        print(f"{'  app rows exported, project / raw':40} {events_project['app_rows']:,} / {events_raw['app_rows']:,}")
     print(f"{'look-up, small seed (median of 25)':40} {small_s * 1000:8.1f} ms  seq scans: {small_scans or 'none'}")
     print(f"{'look-up, large seed (median of 25)':40} {large_s * 1000:8.1f} ms  seq scans: {large_scans or 'none'}")
     print(f"{'ratio large/small':40} {large_s / small_s:8.2f}     (goal <= {LOOKUP_GOAL})")

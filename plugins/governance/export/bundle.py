@@ -28,10 +28,12 @@ import re
 import struct
 import tempfile
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
+
+from governance.export.spool import SealedSpool
 
 BUNDLE_FORMAT = "aircalls-export/1"
 INDEX_PATH = "index.html"
@@ -90,8 +92,8 @@ _FILE_MODE = 0o100644 << 16
 class _ZipEntry:
     """One entry being written: compresses, counts and checksums as bytes arrive."""
 
-    def __init__(self, archive: StreamingZip, compress: bool) -> None:
-        self._archive = archive
+    def __init__(self, emit: Callable[[bytes], Any], compress: bool) -> None:
+        self._emit = emit
         self._deflate = zlib.compressobj(6, zlib.DEFLATED, -15) if compress else None
         self.crc = 0
         self.size = 0
@@ -107,7 +109,7 @@ class _ZipEntry:
         out = self._deflate.compress(data) if self._deflate is not None else bytes(data)
         if out:
             self.compressed += len(out)
-            self._archive._emit(out)
+            self._emit(out)
         return len(data)
 
     def flush(self) -> None:
@@ -117,11 +119,23 @@ class _ZipEntry:
         if self._deflate is not None:
             tail = self._deflate.flush()
             self.compressed += len(tail)
-            self._archive._emit(tail)
+            self._emit(tail)
 
     @property
     def sha256(self) -> str:
         return self._hash.hexdigest()
+
+
+@dataclass
+class DeferredEntry:
+    """An entry written aside (see :meth:`StreamingZip.deferred_entry`)."""
+
+    entry: _ZipEntry
+    spool: SealedSpool
+    compress: bool
+
+    def close(self) -> None:
+        self.spool.close()
 
 
 class StreamingZip:
@@ -146,6 +160,18 @@ class StreamingZip:
             raise ValueError("one entry at a time, before close()")
         self._open = True
         encoded = name.encode("utf-8")
+        flags, method, header_offset = self._local_header(encoded, compress=compress, zip64=zip64)
+        entry = _ZipEntry(self._emit, compress)
+        try:
+            yield entry
+        finally:
+            self._open = False
+        entry._finish()
+        if not zip64 and (entry.size > ZIP64_LIMIT or entry.compressed > ZIP64_LIMIT):
+            raise ValueError(f"entry {name} is larger than 2 GiB: write it with zip64=True")
+        self._end_entry(encoded, flags, method, entry, header_offset, zip64)
+
+    def _local_header(self, encoded: bytes, *, compress: bool, zip64: bool) -> tuple[int, int, int]:
         flags = _FLAG_DATA_DESCRIPTOR | (0 if encoded.isascii() else _FLAG_UTF8)
         method = _DEFLATED if compress else _STORED
         version = _VERSION_ZIP64 if zip64 else _VERSION
@@ -154,17 +180,32 @@ class StreamingZip:
         sizes = 0xFFFFFFFF if zip64 else 0
         self._emit(struct.pack("<4sHHHHHLLLHH", b"PK\x03\x04", version, flags, method, _DOS_TIME, _DOS_DATE,
                                0, sizes, sizes, len(encoded), len(extra)) + encoded + extra)  # fmt: skip
-        entry = _ZipEntry(self, compress)
-        try:
-            yield entry
-        finally:
-            self._open = False
-        entry._finish()
-        if not zip64 and (entry.size > ZIP64_LIMIT or entry.compressed > ZIP64_LIMIT):
-            raise ValueError(f"entry {name} is larger than 2 GiB: write it with zip64=True")
+        return flags, method, header_offset
+
+    def _end_entry(self, encoded: bytes, flags: int, method: int, entry: _ZipEntry, header_offset: int, zip64: bool) -> None:
         size_format = "<4sLQQ" if zip64 else "<4sLLL"
         self._emit(struct.pack(size_format, b"PK\x07\x08", entry.crc, entry.compressed, entry.size))
         self._central_record(encoded, flags, method, entry, header_offset, zip64)
+
+    def deferred_entry(self, *, compress: bool) -> DeferredEntry:
+        """An entry written now, while another entry may be open, and placed in the archive later
+        (:meth:`add_deferred`); its (compressed) bytes wait in a :class:`SealedSpool`."""
+        spool = SealedSpool()
+        return DeferredEntry(_ZipEntry(spool.write, compress), spool, compress)
+
+    def add_deferred(self, name: str, deferred: DeferredEntry) -> None:
+        """Place ``deferred`` in the archive as ``name``: the same bytes :meth:`entry` would have
+        written for the same content (ZIP64 fields only when its sizes need them)."""
+        if self._open or self._closed:
+            raise ValueError("one entry at a time, before close()")
+        entry = deferred.entry
+        entry._finish()
+        zip64 = entry.size > ZIP64_LIMIT or entry.compressed > ZIP64_LIMIT
+        encoded = name.encode("utf-8")
+        flags, method, header_offset = self._local_header(encoded, compress=deferred.compress, zip64=zip64)
+        for chunk in deferred.spool.chunks():
+            self._emit(chunk)
+        self._end_entry(encoded, flags, method, entry, header_offset, zip64)
 
     def _central_record(self, name: bytes, flags: int, method: int, entry: _ZipEntry, offset: int, zip64: bool) -> None:
         extra_values = []
@@ -258,9 +299,35 @@ class BundleWriter:
         zip64 = size_hint is not None and size_hint > ZIP64_LIMIT
         with self._zip.entry(path, compress=compress, zip64=zip64) as out:
             yield out
-        record = BundleFile(path, out.sha256, out.size, kind, dataset, fmt)
+        self._record(BundleFile(path, out.sha256, out.size, kind, dataset, fmt))
+
+    @contextmanager
+    def entries(self, paths: Sequence[str], *, kind: FileKind, dataset: str | None = None,
+                formats: Sequence[str | None] = (), compress: bool = True) -> Iterator[list[_ZipEntry]]:  # fmt: skip
+        """Open several entries written side by side from one pass over their source (a table's
+        rows in every chosen format); ``formats`` gives each one's format. The first streams
+        straight into the bundle, the others into sealed spools (only ciphertext on disk) placed
+        right after it, in order, when the block ends: the bundle is the same as when each entry
+        is written on its own with :meth:`entry`."""
+        if not paths:
+            raise ValueError("entries() needs at least one path")
+        fmts = list(formats) or [None] * len(paths)
+        if len(fmts) != len(paths):
+            raise ValueError("give one format per path")
+        deferred = [self._zip.deferred_entry(compress=compress) for _ in paths[1:]]
+        try:
+            with self.entry(paths[0], kind=kind, dataset=dataset, fmt=fmts[0], compress=compress) as first:
+                yield [first, *(d.entry for d in deferred)]
+            for path, fmt, aside in zip(paths[1:], fmts[1:], deferred, strict=True):
+                self._zip.add_deferred(path, aside)
+                self._record(BundleFile(path, aside.entry.sha256, aside.entry.size, kind, dataset, fmt))
+        finally:
+            for aside in deferred:
+                aside.close()
+
+    def _record(self, record: BundleFile) -> None:
         self._records.write((json.dumps(asdict(record), sort_keys=True) + "\n").encode())
-        self._digest.update(_digest_line(path, out.sha256, out.size))
+        self._digest.update(_digest_line(record.path, record.sha256, record.bytes))
         self.count += 1
 
     def add_bytes(self, path: str, data: bytes, *, kind: FileKind, dataset: str | None = None,

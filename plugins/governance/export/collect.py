@@ -8,7 +8,8 @@ person (a household phone) are left out with everything they own, and identities
 several people equally well are refused (:class:`AmbiguousSubject`) before any processor is
 asked or anything is written. It then asks each processor through its declared look-up and
 export calls (one that is down fails the export before any row is streamed), streams each
-table's rows into the ZIP in the chosen formats, then the objects tied to those rows, then what
+table's rows into the ZIP in the chosen formats (one read per table feeds every format:
+:meth:`BundleWriter.entries`), then the objects tied to those rows, then what
 the processors returned, then ``index.html`` and ``manifest.json``. The ZIP goes through the age
 encryptor into an S3 multipart upload with server-side encryption: the bundle is never whole in
 memory or on disk, and an exception aborts the upload, so a failed collection leaves no object
@@ -24,7 +25,7 @@ import itertools
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -38,8 +39,8 @@ from governance.connectors.postgres import (
     stream_mention_only,
     stream_table,
 )
-from governance.datamap.model import DataMap, DynamoDBSystem, ObjectStoreSystem, Processor
-from governance.datamap.plans import ObjectStep, ResolutionPlan, build_resolution_plan
+from governance.datamap.model import DataMap, DynamoDBSystem, ObjectStoreSystem, Processor, TableRef
+from governance.datamap.plans import ObjectStep, ResolutionPlan, build_resolution_plan, excluded_param
 from governance.db import conninfo_for
 from governance.export.age import DEFAULT_WORK_FACTOR, AgeWriter
 from governance.export.bundle import (
@@ -50,7 +51,7 @@ from governance.export.bundle import (
     safe_path,
     safe_segment,
 )
-from governance.export.formats import FORMATS, DataFormat, write_rows
+from governance.export.formats import FORMATS, DataFormat, write_formats
 from governance.export.index import (
     BundleContents,
     ItemExport,
@@ -250,6 +251,25 @@ def export_plan(datamap: DataMap, subject: ExportSubject) -> ResolutionPlan:
     return build_resolution_plan(datamap, kinds, business_scope=bool(subject.business_scope))
 
 
+def selected_in_sql(plan: ResolutionPlan) -> set[TableRef]:
+    """Tables of ``plan`` the export counts and streams without resolving their rows first: rows
+    reached only through an owner (no identity column, so narrowing never leaves one out) that
+    no later step, mention or object key reads. The plan's count and export statements select
+    exactly those rows from the owners' keys, so resolution would only hold them in memory (a
+    business user's million usage events) to learn nothing."""
+    sources = {o.source for o in plan.objects}
+    return {s.table for s in plan.steps if not s.identity_matches and not s.output_params and s.table not in sources}
+
+
+def text_network_addresses(conn: psycopg.Connection[Any]) -> None:
+    """Load ``inet`` and ``cidr`` values as the database's own text (``::ffff:1.2.3.4``, not
+    Python's ``::ffff:102:304``), without parsing each one into an ``ipaddress`` object."""
+    from psycopg.types.string import TextLoader
+
+    for name in ("inet", "cidr"):
+        conn.adapters.register_loader(name, TextLoader)
+
+
 @contextmanager
 def subject_snapshots(
     datamap: DataMap, plan: ResolutionPlan, subject: ExportSubject, targets: ExportTargets
@@ -271,12 +291,17 @@ def subject_snapshots(
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             conn.read_only = True
             conn.execute("SET TIME ZONE 'UTC'")  # timestamps render the same in every run
+            text_network_addresses(conn)
             conns[system_name] = conn
         # One resolution across the databases (each in its own snapshot): keys found in one
         # system (the app's call ids) find the rows of the next (the warehouse's call facts).
-        footprint = resolve_in_database(
-            conns, plan, subject.identities, datamap=datamap, scope_ids=list(subject.business_scope or []) or None
-        )
+        # Tables whose rows resolution need not see stay in SQL (see selected_in_sql).
+        in_sql = selected_in_sql(plan)
+        resolved = resolve_in_database(
+            conns, replace(plan, steps=tuple(s for s in plan.steps if s.table not in in_sql)), subject.identities,
+            datamap=datamap, scope_ids=list(subject.business_scope or []) or None,
+        )  # fmt: skip
+        footprint = replace(resolved, plan=plan, params={**resolved.params, **{excluded_param(t): [] for t in in_sql}})
         snapshots = {name: DatabaseSnapshot(conn, footprint) for name, conn in conns.items()}
         if footprint.ambiguities:
             raise AmbiguousSubject(list(footprint.ambiguities), tables_read=[str(s.table) for s in plan.steps])
@@ -330,17 +355,16 @@ def write_bundle(
             spec = datamap.table(ref)
             files: list[str] = []
             if count:
-                for fmt in formats:
-                    path = safe_path("data", ref.system, f"{ref.table}.{fmt}")
-                    with writer.entry(path, kind="data", dataset=str(ref), fmt=fmt) as out:
-                        batches = itertools.chain(
-                            stream_table(conn, datamap, footprint, ref, batch_rows=batch_rows) if ref in step_tables else (),
-                            *(stream_mention_only(conn, footprint, m, batch_rows=batch_rows) for m in mentioning),
-                        )  # fmt: skip
-                        write_rows(fmt, out, spec.field_names, batches,
-                                   **({"title": spec.description or ref.table,
-                                       "description": str(ref)} if fmt == "html" else {}))  # fmt: skip
-                    files.append(path)
+                # One read of the table feeds every format: the rows stream once, in pages, and
+                # each page goes into every file before the next is fetched.
+                files = [safe_path("data", ref.system, f"{ref.table}.{fmt}") for fmt in formats]
+                with writer.entries(files, kind="data", dataset=str(ref), formats=formats) as outs:
+                    batches = itertools.chain(
+                        stream_table(conn, datamap, footprint, ref, batch_rows=batch_rows) if ref in step_tables else (),
+                        *(stream_mention_only(conn, footprint, m, batch_rows=batch_rows) for m in mentioning),
+                    )  # fmt: skip
+                    write_formats(dict(zip(formats, outs, strict=True)), spec.field_names, batches,
+                                  title=spec.description or ref.table, description=str(ref))  # fmt: skip
             contents.tables.append(TableExport(ref, count, tuple(files)))
         contents.mentions.update(
             {k: v for k, v in footprint.mention_counts().items() if k.split(".", 1)[0] == system_name}

@@ -2,7 +2,8 @@
 
 Every writer takes the column names and an iterable of row batches (what
 ``governance.connectors.postgres.stream_table`` yields) and writes to a binary stream (a ZIP
-entry), never holding more than one batch. Values are rendered the same way in every format and
+entry), never holding more than one batch; :func:`write_formats` writes several formats from one
+pass over the batches (each value made plain once). Values are rendered the same way in every format and
 every run: timestamps in ISO 8601 (the export session runs in UTC), decimals and network
 addresses as text, binary as base64, JSON columns as JSON.
 
@@ -21,7 +22,7 @@ import base64
 import csv
 import io
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from html import escape
@@ -65,7 +66,19 @@ def plain_value(value: Any) -> Any:
 
 def text_value(value: Any) -> str:
     """One value as CSV/HTML text ('' for null; JSON for structured values)."""
-    plain = plain_value(value)
+    return _text(plain_value(value))
+
+
+# Values already in their plain form: passed through untouched (most columns of most rows), so a
+# row costs one type check per value, not the whole of plain_value.
+_PLAIN_TYPES = frozenset({str, int, bool, type(None)})
+# Plain values whose CSV/HTML text is not str(value) (csv writes None as an empty field itself).
+_RETEXT_TYPES = frozenset({bool, dict, list})
+# One encoder for every record: json.dumps with options builds a new one per call.
+_RECORD_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "))
+
+
+def _text(plain: Any) -> str:
     if plain is None:
         return ""
     if isinstance(plain, bool):
@@ -75,35 +88,91 @@ def text_value(value: Any) -> str:
     return str(plain)
 
 
-def write_json(out: BinaryWriter, columns: Sequence[str], batches: Batches) -> int:
-    """Rows as a JSON array, one object per line; returns the number of rows."""
-    rows = 0
-    out.write(b"[")
-    for _columns, batch in batches:
+def plain_row(row: Sequence[Any]) -> list[Any]:
+    """``plain_value`` of every value of one row (the same result, at a type check per value)."""
+    return [v if type(v) in _PLAIN_TYPES else plain_value(v) for v in row]
+
+
+class _FormatWriter:
+    """One data file being written: ``begin``, then ``add`` per batch of plain rows, then ``end``."""
+
+    def __init__(self, out: BinaryWriter, columns: Sequence[str]) -> None:
+        self.out = out
+        self.columns = list(columns)
+        self.rows = 0
+
+    def begin(self) -> None: ...
+
+    def add(self, batch: Sequence[Sequence[Any]]) -> None: ...
+
+    def end(self) -> int:
+        return self.rows
+
+
+class _JsonWriter(_FormatWriter):
+    """Rows as a JSON array, one object per line."""
+
+    def begin(self) -> None:
+        self.out.write(b"[")
+
+    def add(self, batch: Sequence[Sequence[Any]]) -> None:
+        if not batch:
+            return
+        columns, encode = self.columns, _RECORD_ENCODER.encode
+        lines = ",\n".join([encode(dict(zip(columns, row, strict=True))) for row in batch])
+        self.out.write(("\n" if self.rows == 0 else ",\n").encode() + lines.encode())
+        self.rows += len(batch)
+
+    def end(self) -> int:
+        self.out.write(b"\n]\n")
+        return self.rows
+
+
+class _CsvWriter(_FormatWriter):
+    """A header row, then one row per record (RFC 4180 quoting); an empty field is a null."""
+
+    def begin(self) -> None:
+        self._text = io.StringIO()
+        self._writer = csv.writer(self._text, lineterminator="\r\n")
+        self._writer.writerow(self.columns)
+
+    def add(self, batch: Sequence[Sequence[Any]]) -> None:
+        retext = _RETEXT_TYPES
+        self._writer.writerows([p if type(p) not in retext else _text(p) for p in row] for row in batch)
+        self.rows += len(batch)
+        self.out.write(self._text.getvalue().encode())
+        self._text.seek(0)
+        self._text.truncate()
+
+    def end(self) -> int:
+        self.out.write(self._text.getvalue().encode())
+        return self.rows
+
+
+class _HtmlWriter(_FormatWriter):
+    """A self-contained page with one table; null cells carry ``data-null``."""
+
+    def __init__(self, out: BinaryWriter, columns: Sequence[str], *, title: str = "", description: str = "") -> None:
+        super().__init__(out, columns)
+        self._title = title
+        self._description = description
+
+    def begin(self) -> None:
+        header = "".join(f"<th>{escape(c)}</th>" for c in self.columns)
+        self.out.write(_HTML_HEAD.format(title=escape(self._title), description=escape(self._description),
+                                         header=header).encode())  # fmt: skip
+
+    def add(self, batch: Sequence[Sequence[Any]]) -> None:
         lines = []
         for row in batch:
-            record = {name: plain_value(v) for name, v in zip(columns, row, strict=True)}
-            lines.append(json.dumps(record, ensure_ascii=False, separators=(", ", ": ")))
-        if lines:
-            out.write(("\n" if rows == 0 else ",\n").encode() + ",\n".join(lines).encode())
-            rows += len(lines)
-    out.write(b"\n]\n")
-    return rows
+            cells = "".join("<td data-null></td>" if p is None else f"<td>{escape(_text(p))}</td>" for p in row)
+            lines.append(f"<tr>{cells}</tr>\n")
+        self.out.write("".join(lines).encode())
+        self.rows += len(batch)
 
-
-def write_csv(out: BinaryWriter, columns: Sequence[str], batches: Batches) -> int:
-    rows = 0
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\r\n")
-    writer.writerow(columns)
-    for _columns, batch in batches:
-        writer.writerows([text_value(v) for v in row] for row in batch)
-        rows += len(batch)
-        out.write(text.getvalue().encode())
-        text.seek(0)
-        text.truncate()
-    out.write(text.getvalue().encode())
-    return rows
+    def end(self) -> int:
+        self.out.write(_HTML_TAIL.format(rows=self.rows).encode())
+        return self.rows
 
 
 _HTML_HEAD = """<!DOCTYPE html>
@@ -117,31 +186,51 @@ td[data-null]{{background:#fafafa}}</style></head>
 _HTML_TAIL = "</tbody></table>\n<p>{rows} row(s).</p></body></html>\n"
 
 
-def write_html(out: BinaryWriter, columns: Sequence[str], batches: Batches, *, title: str = "", description: str = "") -> int:
-    header = "".join(f"<th>{escape(c)}</th>" for c in columns)
-    out.write(_HTML_HEAD.format(title=escape(title), description=escape(description), header=header).encode())
-    rows = 0
+def _format_writer(fmt: DataFormat, out: BinaryWriter, columns: Sequence[str], html: Mapping[str, str]) -> _FormatWriter:
+    if fmt == "json":
+        return _JsonWriter(out, columns)
+    if fmt == "csv":
+        return _CsvWriter(out, columns)
+    if fmt == "html":
+        return _HtmlWriter(out, columns, **html)
+    raise ValueError(f"unknown data format {fmt!r}; expected one of {', '.join(FORMATS)}")
+
+
+def write_formats(outs: Mapping[DataFormat, BinaryWriter], columns: Sequence[str], batches: Batches,
+                  **html: str) -> int:  # fmt: skip
+    """Write one table's rows into every format of ``outs`` at once, from one pass over
+    ``batches``: each value is made plain once and each batch goes to every file before the next
+    is read. Returns the number of rows (the same in every file)."""
+    writers = [_format_writer(fmt, out, columns, html) for fmt, out in outs.items()]
+    for writer in writers:
+        writer.begin()
     for _columns, batch in batches:
-        lines = []
-        for row in batch:
-            cells = "".join(
-                "<td data-null></td>" if v is None else f"<td>{escape(text_value(v))}</td>" for v in row
-            )
-            lines.append(f"<tr>{cells}</tr>\n")
-        out.write("".join(lines).encode())
-        rows += len(batch)
-    out.write(_HTML_TAIL.format(rows=rows).encode())
+        plain = [plain_row(row) for row in batch]
+        for writer in writers:
+            writer.add(plain)
+    rows = 0
+    for writer in writers:
+        rows = writer.end()
     return rows
 
 
+def write_json(out: BinaryWriter, columns: Sequence[str], batches: Batches) -> int:
+    """Rows as a JSON array, one object per line; returns the number of rows."""
+    return write_formats({"json": out}, columns, batches)
+
+
+def write_csv(out: BinaryWriter, columns: Sequence[str], batches: Batches) -> int:
+    return write_formats({"csv": out}, columns, batches)
+
+
+def write_html(out: BinaryWriter, columns: Sequence[str], batches: Batches, *, title: str = "", description: str = "") -> int:
+    return write_formats({"html": out}, columns, batches, title=title, description=description)
+
+
 def write_rows(fmt: DataFormat, out: BinaryWriter, columns: Sequence[str], batches: Batches, **html: str) -> int:
-    if fmt == "json":
-        return write_json(out, columns, batches)
-    if fmt == "csv":
-        return write_csv(out, columns, batches)
-    if fmt == "html":
-        return write_html(out, columns, batches, **html)
-    raise ValueError(f"unknown data format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown data format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    return write_formats({fmt: out}, columns, batches, **html)
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,6 +19,9 @@ suite per question:
 * **files**: every entry's SHA-256 and size match the manifest, no entry is missing from either,
   and the encrypted object is the one the writer uploaded; the manifest names this request.
 
+The checks stream: rows are not kept (see :class:`_Frames`), so a subject with a million rows
+costs the gate a few bytes per row (a key digest), not a per-row frame.
+
 No identity reaches GX: identity values are replaced by keyed hashes (``id:email:<hmac>``) and
 the person's hashes and ids are bound as suite parameters (``$PARAMETER``), so results, which
 repeat unexpected values, show hashes, ids, keys and paths only.
@@ -32,6 +35,8 @@ import json
 import tempfile
 import unicodedata
 import zipfile
+from array import array
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -92,10 +97,50 @@ class GateResult:
 
 @dataclass
 class _Frames:
+    """What the suites check. Rows are not kept: each bundle row adds one to its group of the
+    ties frame (dataset, tie, scope, narrowing; a heavy subject's million events are one group)
+    and an 8-byte digest of its key to its dataset's key list, so the gate's memory follows the
+    number of distinct ties, not of rows."""
+
     counts: list[dict[str, Any]] = field(default_factory=list)
-    ties: list[dict[str, Any]] = field(default_factory=list)
     files: list[dict[str, Any]] = field(default_factory=list)
     facts: list[dict[str, Any]] = field(default_factory=list)
+    tie_groups: Counter[tuple[str, str, str | None, str]] = field(default_factory=Counter)
+    key_digests: dict[str, array[int]] = field(default_factory=dict)
+    rows: int = 0
+
+    def add_tie(self, dataset: str, key: str, tie: str, scope: str | None, narrowing: str) -> None:
+        """Record one bundle row of ``dataset`` (its key, what ties it, its business, narrowing)."""
+        self.tie_groups[(dataset, tie, scope, narrowing)] += 1
+        digests = self.key_digests.get(dataset)
+        if digests is None:
+            digests = self.key_digests[dataset] = array("Q")
+        digests.append(int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little"))
+        self.rows += 1
+
+    @property
+    def ties(self) -> list[dict[str, Any]]:
+        """The ties frame: one row per group, with how many bundle rows it holds."""
+        return [{"dataset": d, "tie": t, "scope": s, "narrowing": n, "rows": rows}
+                for (d, t, s, n), rows in self.tie_groups.items()]  # fmt: skip
+
+    def repeated_keys(self) -> list[dict[str, Any]]:
+        """One row per occurrence of a key that occurs more than once in its dataset (keys as
+        their digests): empty exactly when every (dataset, key) of the bundle is unique."""
+        import numpy as np
+
+        out: list[dict[str, Any]] = []
+        for dataset, digests in sorted(self.key_digests.items()):
+            values = np.sort(np.frombuffer(digests, dtype=np.uint64))
+            if len(values) < 2:
+                continue
+            repeated = values[1:] == values[:-1]
+            if not repeated.any():
+                continue
+            unique, counts = np.unique(values, return_counts=True)
+            for value, count in zip(unique[counts > 1], counts[counts > 1], strict=True):
+                out += [{"dataset": dataset, "key": f"key-digest:{int(value):016x}"}] * int(count)
+        return out
 
 
 class _HashingReader:
@@ -276,15 +321,14 @@ def collect_gate_frames(
                                   "manifest_rows": manifest_rows})  # fmt: skip
             continue
         if ref not in known:
-            frames.ties.append({"dataset": dataset, "key": "-", "tie": f"unmapped:{dataset}", "scope": None,
-                                "narrowing": KEPT})  # fmt: skip
+            frames.add_tie(dataset, "-", f"unmapped:{dataset}", None, KEPT)
             continue
         spec = datamap.table(ref)
         read_fmt: DataFormat = next((f for f in READ_PREFERENCE if f in formats), "json")
         for fmt in sorted(set(expected_formats) - set(formats)):  # a chosen format with no file
             frames.counts.append({"dataset": dataset, "format": fmt, "bundle_rows": 0, "source_rows": source,
                                   "manifest_rows": manifest_rows})  # fmt: skip
-        read: list[_RowTie] = []
+        settling = _TableTies(ref, frames, allowed, tied_rows, requested)
         for fmt, path in sorted(formats.items()):
             if fmt not in FORMATS:
                 frames.facts.append({"fact": f"known_format:{path}", "expected": "yes", "actual": "no"})
@@ -295,13 +339,13 @@ def collect_gate_frames(
                     for record in read_rows(fmt, stream):
                         rows += 1
                         if fmt == read_fmt:
-                            read.append(_row_tie(datamap, ref, spec, record, token_for,
+                            settling.add(_row_tie(datamap, ref, spec, record, token_for,
                                                  targeted=targeted.get(ref, set()), keep=object_columns.get(ref, set())))  # fmt: skip
                 except (BundleFormatError, UnicodeDecodeError):
                     frames.facts.append({"fact": f"readable:{path}", "expected": "yes", "actual": "no"})
             frames.counts.append({"dataset": dataset, "format": fmt, "bundle_rows": rows, "source_rows": source,
                                   "manifest_rows": manifest_rows})  # fmt: skip
-        _settle_ties(ref, read, frames, allowed, tied_rows, requested)
+        settling.finish()
 
     # objects --------------------------------------------------------------------------------
     for prefix_ref in datamap.prefix_refs():
@@ -322,8 +366,7 @@ def collect_gate_frames(
                                   "manifest_rows": int(manifest.objects.get(dataset, {}).get("objects", 0))})  # fmt: skip
     for prefix_ref, entries in sorted(object_entries.items()):
         for system, key in entries:
-            frames.ties.append({"dataset": str(prefix_ref), "key": key, "tie": _object_token(system, key), "scope": None,
-                                "narrowing": KEPT})  # fmt: skip
+            frames.add_tie(str(prefix_ref), key, _object_token(system, key), None, KEPT)
 
     # DynamoDB items: counted, and each tied to the person by its partition key (an identity) ------
     for dataset in sorted(set(manifest.items) | set(item_files)):
@@ -340,17 +383,15 @@ def collect_gate_frames(
             for index, record in enumerate(records if isinstance(records, list) else []):
                 count += 1
                 if item_table is None or not isinstance(record, dict):
-                    frames.ties.append({"dataset": dataset, "key": str(index), "tie": f"unmapped:{dataset}", "scope": None,
-                                        "narrowing": KEPT})  # fmt: skip
+                    frames.add_tie(dataset, str(index), f"unmapped:{dataset}", None, KEPT)
                     continue
                 kind = item_table.partition_key.kind or "?"
                 value = record.get(item_table.partition_key.attribute)
                 business = item_table.business_index
                 scope = record.get(business.partition_key.attribute) if business else None
                 sort = record.get(item_table.sort_key.attribute) if item_table.sort_key else index
-                frames.ties.append({"dataset": dataset, "key": str(sort),
-                                    "tie": _identity_token(kind, IdentityMatch.exact, value, token_for),
-                                    "scope": None if scope is None else str(scope), "narrowing": KEPT})  # fmt: skip
+                frames.add_tie(dataset, str(sort), _identity_token(kind, IdentityMatch.exact, value, token_for),
+                               None if scope is None else str(scope), KEPT)  # fmt: skip
         frames.counts.append({"dataset": dataset, "format": "json", "bundle_rows": count,
                               "source_rows": int(source_counts.get(dataset, 0)),
                               "manifest_rows": int(manifest.items.get(dataset, {}).get("items", 0))})  # fmt: skip
@@ -417,39 +458,62 @@ def _row_tie(
     )
 
 
-def _settle_ties(
-    ref: TableRef,
-    rows: Sequence[_RowTie],
-    frames: _Frames,
-    allowed: set[str],
-    tied_rows: dict[TableRef, list[dict[str, Any]]],
-    requested: Mapping[str, set[str]],
-) -> None:
-    """Tie each row of one table and narrow the rows tied by an identity to one person, as
-    resolution does; then let the rows that stay the person's tie what they own and their objects."""
-    ties: list[str] = []
-    matched: dict[int, IdentityMatchRow] = {}
-    for n, row in enumerate(rows):
-        owner = next((t for t in row.owners if t in allowed), None)
-        identity = next((t for _kind, t in row.identities if t in allowed), None)
-        candidates = [t for _kind, t in row.identities] + row.owners
-        ties.append(owner or identity or (candidates[0] if candidates else f"untied:{ref}"))
-        if owner is None and identity is not None:  # found by an identity, not through its owner
-            states = tuple(MATCHES if t in requested[kind] else DIFFERS for kind, t in row.identities if kind in requested)
-            matched[n] = IdentityMatchRow(row.scope, states)
-    left_out, ambiguous = narrow_to_one_person(matched)
-    ambiguous_scopes = {scope for scope, _rows in ambiguous}
-    for n, row in enumerate(rows):
-        narrowing = left_out.get(n) or (AMBIGUOUS if n in matched and matched[n].scope in ambiguous_scopes else KEPT)
-        frames.ties.append({"dataset": str(ref), "key": row.key, "tie": ties[n], "scope": row.scope,
-                            "narrowing": narrowing})  # fmt: skip
-        if ties[n] in allowed and narrowing == KEPT:
-            # What rows of other tables may point at: the columns ownership references target.
+class _TableTies:
+    """Ties the rows of one table as they are read, then narrows the rows tied by an identity to
+    one person, as resolution does.
+
+    A row owned by a row already tied (a usage event of the person's user) is settled at once
+    and let go; only rows tied by an identity (or by nothing) wait for :meth:`finish`, since
+    narrowing compares them with each other. What the table's kept rows let other rows tie (the
+    columns ownership references target, and what object keys are rendered from) is added to
+    ``allowed`` once the table is done: rows of one table never tie each other.
+    """
+
+    def __init__(self, ref: TableRef, frames: _Frames, allowed: set[str], tied_rows: dict[TableRef, list[dict[str, Any]]],
+                 requested: Mapping[str, set[str]]) -> None:  # fmt: skip
+        self.ref = ref
+        self.dataset = str(ref)
+        self.frames = frames
+        self.allowed = allowed
+        self.tied_rows = tied_rows
+        self.requested = requested
+        self.waiting: list[_RowTie] = []
+        self.unlocked: set[str] = set()
+
+    def add(self, row: _RowTie) -> None:
+        owner = next((t for t in row.owners if t in self.allowed), None)
+        if owner is None:
+            self.waiting.append(row)
+        else:
+            self._settle(row, owner, KEPT)
+
+    def _settle(self, row: _RowTie, tie: str, narrowing: str) -> None:
+        self.frames.add_tie(self.dataset, row.key, tie, row.scope, narrowing)
+        if tie in self.allowed and narrowing == KEPT:
             for column, value in row.targeted.items():
                 if value is not None:
-                    allowed.add(_own_token(ref, column, value))
+                    self.unlocked.add(_own_token(self.ref, column, value))
             if row.kept:
-                tied_rows.setdefault(ref, []).append(row.kept)
+                self.tied_rows.setdefault(self.ref, []).append(row.kept)
+
+    def finish(self) -> None:
+        rows, self.waiting = self.waiting, []
+        ties: list[str] = []
+        matched: dict[int, IdentityMatchRow] = {}
+        for n, row in enumerate(rows):
+            identity = next((t for _kind, t in row.identities if t in self.allowed), None)
+            candidates = [t for _kind, t in row.identities] + row.owners
+            ties.append(identity or (candidates[0] if candidates else f"untied:{self.ref}"))
+            if identity is not None:  # found by an identity, not through its owner
+                states = tuple(MATCHES if t in self.requested[kind] else DIFFERS
+                               for kind, t in row.identities if kind in self.requested)  # fmt: skip
+                matched[n] = IdentityMatchRow(row.scope, states)
+        left_out, ambiguous = narrow_to_one_person(matched)
+        ambiguous_scopes = {scope for scope, _rows in ambiguous}
+        for n, row in enumerate(rows):
+            narrowing = left_out.get(n) or (AMBIGUOUS if n in matched and matched[n].scope in ambiguous_scopes else KEPT)
+            self._settle(row, ties[n], narrowing)
+        self.allowed |= self.unlocked
 
 
 def _run_suites(frames: _Frames, *, allowed: set[str], scope_ids: Sequence[int] | None) -> list[GateCheck]:
@@ -470,14 +534,19 @@ def _run_suites(frames: _Frames, *, allowed: set[str], scope_ids: Sequence[int] 
             ],
         ),
         "ties": (
-            pd.DataFrame(frames.ties, columns=["dataset", "key", "tie", "scope", "narrowing"]),
+            pd.DataFrame(frames.ties, columns=["dataset", "tie", "scope", "narrowing", "rows"]),
             [
                 gxe.ExpectColumnValuesToBeInSet(column="tie", value_set={"$PARAMETER": "subject_ties"}),
                 gxe.ExpectColumnValuesToBeInSet(column="narrowing", value_set=[KEPT]),
-                gxe.ExpectCompoundColumnsToBeUnique(column_list=["dataset", "key"]),
                 *([gxe.ExpectColumnValuesToBeInSet(column="scope", value_set={"$PARAMETER": "scope_ids"})]
                   if scope_ids else []),  # fmt: skip
             ],
+        ),
+        # Uniqueness over the keys that repeat (every occurrence of each): unique over the whole
+        # bundle exactly when this frame is, with the same unexpected rows.
+        "keys": (
+            pd.DataFrame(frames.repeated_keys(), columns=["dataset", "key"]),
+            [gxe.ExpectCompoundColumnsToBeUnique(column_list=["dataset", "key"])],
         ),
         "files": (
             pd.DataFrame(frames.files, columns=["path", "manifest_sha256", "bundle_sha256", "manifest_bytes", "bundle_bytes"]),
@@ -507,8 +576,11 @@ def _run_suites(frames: _Frames, *, allowed: set[str], scope_ids: Sequence[int] 
         result = definition.run(
             batch_parameters={"dataframe": frame},
             expectation_parameters=parameters,
-            result_format={"result_format": "SUMMARY", "partial_unexpected_count": MAX_EXAMPLES},
-        )
+            # The ties frame is grouped: its unexpected values come back whole (one per group, not
+            # per row) to count the bundle rows behind them.
+            result_format={"result_format": "COMPLETE" if name == "ties" else "SUMMARY",
+                           "partial_unexpected_count": MAX_EXAMPLES},
+        )  # fmt: skip
         for outcome in result.results:
             config = outcome.expectation_config
             kwargs = config.kwargs if config is not None else {}
@@ -516,13 +588,17 @@ def _run_suites(frames: _Frames, *, allowed: set[str], scope_ids: Sequence[int] 
                 str(c) for c in (kwargs.get("column_list") or [kwargs.get("column_A"), kwargs.get("column_B")]) if c
             )
             info = outcome.result or {}
+            unexpected = int(info.get("unexpected_count") or 0)
+            if name == "ties" and unexpected and kwargs.get("column") in frame:
+                flagged = frame[kwargs["column"]].isin(list(info.get("unexpected_list") or []))
+                unexpected = int(frame.loc[flagged, "rows"].sum())  # bundle rows, not groups
             checks.append(
                 GateCheck(
-                    suite=name,
+                    suite="ties" if name == "keys" else name,  # uniqueness is part of the ties check
                     expectation=config.type if config is not None else "?",
                     columns=str(columns),
                     success=bool(outcome.success),
-                    unexpected_count=int(info.get("unexpected_count") or 0),
+                    unexpected_count=unexpected,
                     examples=[_plain(v) for v in (info.get("partial_unexpected_list") or [])[:MAX_EXAMPLES]],
                 )
             )
@@ -599,7 +675,7 @@ def check_bundle(
     return GateResult(
         passed=all(c.success for c in checks),
         checks=checks,
-        rows_checked=len(frames.ties),
+        rows_checked=frames.rows,
         files_checked=len(frames.files),
     )
 
