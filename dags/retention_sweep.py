@@ -12,8 +12,12 @@ policy 6) every day, in bounded batches at database speed:
    rows), each walking its expired rows once from its watermark; a deleted row takes what it owns
    (children first, objects with every version) and its mentions are cleared; legal holds and
    legal exceptions win and are counted. Prefixes are also swept for orphans (objects whose row
-   is gone) older than the grace period. Great Expectations then checks that nothing past a
-   cutoff remains unless held. Each rule writes a row to `governance.retention_runs`.
+   is gone) older than the grace period. Every SQL system (the app, the analytics warehouse) is
+   swept in its own database through its own connection. A DynamoDB table (action `ttl`) is one
+   target: every item's TTL kept no later than its age plus the period (set where missing,
+   lowered where later; items long past it deleted), held items never expired. Great
+   Expectations then checks that nothing past a cutoff remains unless held. Each rule writes a
+   row to `governance.retention_runs`.
 3. **summarise_sweep**: totals (counts only).
 
 On the schedule the sweep changes data; triggered from the form it is a **dry run** unless you

@@ -11,17 +11,11 @@ so what is retried is the connector's doing.
 
 from __future__ import annotations
 
-import json
-import threading
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from governance.connectors.dynamodb import (
     ItemStoreThrottled,
@@ -32,7 +26,7 @@ from governance.connectors.dynamodb import (
 )
 from governance.datamap import load_datamap
 from governance_dev.seed.events import call_event_item, create_call_events_table
-from tests.fixtures.services import S3_ACCESS_KEY, S3_SECRET_KEY
+from tests.fixtures.dynamodb_throttling import ThrottlingProxy, unretried_client
 
 pytestmark = pytest.mark.integration
 
@@ -40,71 +34,8 @@ PHONE = "+13125550177"
 OTHER = "+13125550178"
 
 
-class ThrottlingProxy:
-    """Loopback proxy to moto: ``throttle`` BatchWriteItem calls answered 400 throttled, then
-    ``partial`` calls with half their requests returned unprocessed; counts what it did."""
-
-    def __init__(self, upstream: str, *, throttle: int, partial: int) -> None:
-        self.upstream = upstream
-        self.throttle, self.partial = throttle, partial
-        self.throttled = self.partial_answers = self.forwarded = 0
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *_args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                target = self.headers.get("X-Amz-Target", "")
-                held_back: dict[str, list[Any]] = {}
-                if target.endswith(".BatchWriteItem"):
-                    if proxy.throttled < proxy.throttle:
-                        proxy.throttled += 1
-                        self._answer(400, {"__type": "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
-                                           "message": "The level of configured provisioned throughput for the table was exceeded."})  # fmt: skip
-                        return
-                    if proxy.partial_answers < proxy.partial:
-                        proxy.partial_answers += 1
-                        request = json.loads(body)
-                        for table, writes in request["RequestItems"].items():
-                            half = len(writes) // 2
-                            request["RequestItems"][table], held_back[table] = writes[:half] or writes, writes[half:] if half else []
-                        body = json.dumps(request).encode()
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
-                forwarded = urllib.request.Request(proxy.upstream, data=body, headers=headers, method="POST")
-                with urllib.request.urlopen(forwarded) as response:
-                    answer = json.loads(response.read() or b"{}")
-                    proxy.forwarded += 1
-                if any(held_back.values()):
-                    answer["UnprocessedItems"] = {t: w for t, w in held_back.items() if w}
-                self._answer(200, answer)
-
-            def _answer(self, status: int, document: dict[str, Any]) -> None:
-                data = json.dumps(document).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/x-amz-json-1.0")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> ThrottlingProxy:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def _client(endpoint: str) -> Any:
-    return boto3.client("dynamodb", endpoint_url=endpoint, aws_access_key_id=S3_ACCESS_KEY,
-                        aws_secret_access_key=S3_SECRET_KEY, region_name="us-east-1",
-                        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}))  # fmt: skip
+    return unretried_client(endpoint)
 
 
 @pytest.fixture

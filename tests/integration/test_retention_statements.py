@@ -5,6 +5,7 @@ not declare, fails here rather than in the first sweep."""
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,7 +47,13 @@ def test_every_retention_statement_runs_on_the_reference_deployment(reference_de
         AFTER_AGE: "-infinity", AFTER_PK: None, **{held_keys_param(t): [] for t in tables},
     }  # fmt: skip
     affected: dict[str, int] = {}
-    with psycopg.connect(reference_deployment.app_url) as conn, conn.cursor(row_factory=dict_row) as cur:
+    with ExitStack() as stack:  # each system's statements in its own database (app, warehouse)
+        conns = {
+            system.name: stack.enter_context(psycopg.connect(reference_deployment.conninfo_for(system.connection_id)))
+            for system in datamap.postgres_systems
+        }
+        curs = {name: stack.enter_context(conn.cursor(row_factory=dict_row)) for name, conn in conns.items()}
+        cur = curs["aircalls_app"]
         for item in plan.objects:
             if item.scan is None:
                 assert item.age_source == "last_modified"
@@ -57,6 +64,7 @@ def test_every_retention_statement_runs_on_the_reference_deployment(reference_de
             if item.clear_key_column is not None:
                 affected[item.rule] = _run(cur, item.clear_key_column, {KEYS: [r[SCAN_KEY] for r in rows]})
         for rule in plan.statements:
+            cur = curs[rule.table.system]
             rows = [r for r in cur.execute(rule.scan.query, rule.scan.bind(values)).fetchall() if r[SCAN_DUE]]
             owners = {rule.table: rows}
             for step in rule.cascade:
@@ -74,10 +82,12 @@ def test_every_retention_statement_runs_on_the_reference_deployment(reference_de
             affected[rule.rule] = _run(cur, rule.statement, {KEYS: [r[SCAN_KEY] for r in rows]})
         for rule in plan.statements:  # the single-statement batches (scan and action in one)
             if rule.batch is not None:
-                row = cur.execute(rule.batch.query, rule.batch.bind(values)).fetchone()
+                row = curs[rule.table.system].execute(rule.batch.query, rule.batch.bind(values)).fetchone()
                 assert row is not None and 0 <= row["affected"] <= row["scanned"], rule.rule
         for check in plan.orphans:
-            assert cur.execute(check.existing.query, check.existing.bind({KEYS: [1, 2, 3]})).fetchall() is not None
-        conn.rollback()
+            found = curs[check.source.system].execute(check.existing.query, check.existing.bind({KEYS: [1, 2, 3]}))
+            assert found.fetchall() is not None
+        for conn in conns.values():
+            conn.rollback()
     assert set(affected) >= {s.rule for s in plan.statements}
     assert [rule for rule, count in affected.items() if count == 0] == []

@@ -460,7 +460,7 @@ def test_retention_plan_uses_structured_conditions_and_keyset_batches_on_the_age
         assert f'({age}, "t"."{statement.primary_key}") > (%(after_age)s::timestamptz, %(after_pk)s)' in scan
         assert "OFFSET" not in scan and "now()" not in scan, statement.rule
         assert f"{age} < %(as_of)s::timestamptz - %(period_{statement.rule})s::interval" in scan, statement.rule
-        assert "held_keys__aircalls_app__" in scan and "%(held_tables)s" in scan, statement.rule
+        assert f"held_keys__{statement.table.system}__" in scan and "%(held_tables)s" in scan, statement.rule
 
 
 def test_a_tables_rules_run_generalise_and_null_before_delete(datamap: DataMap) -> None:

@@ -10,7 +10,10 @@ same cast is in the store at every scale:
   of a cast caller is sampled, and one call in :data:`SAMPLE_EVERY` of the rest (small: 1,000
   bulk items; large: 200,000);
 * each item has a payload (a map: outcome, duration, the number that called) and a TTL
-  (``expires_at``, epoch seconds: the event time plus :data:`TTL_DAYS`);
+  (``expires_at``, epoch seconds: the event time plus :data:`TTL_DAYS`, within the map's
+  ``call_events_1_year`` rule), except the events of one bulk call in :data:`TTL_DRIFT_EVERY`,
+  as an older writer left them: without a TTL (call id ending in :data:`NO_TTL_AT`) or with one
+  too late (:data:`LATE_TTL_AT`, :data:`LATE_TTL_DAYS`): the retention sweep corrects them;
 * :data:`EVENTS_ONLY_PHONE`: a person present **only** in the event store (missed calls the
   app never recorded): :data:`EVENTS_ONLY_ITEMS` items at business C and none anywhere else.
 
@@ -37,7 +40,12 @@ log = logging.getLogger("governance_dev.seed")
 CALL_EVENTS_TABLE = "aircalls-call-events"
 BUSINESS_INDEX = "by_business"
 TTL_ATTRIBUTE = "expires_at"
-TTL_DAYS = 400
+TTL_DAYS = 365
+# Bulk calls whose events carry no TTL or one later than the rule allows (by call id modulo).
+TTL_DRIFT_EVERY = 200  # sampled bulk call ids are multiples of SAMPLE_EVERY
+NO_TTL_AT = 20
+LATE_TTL_AT = 40
+LATE_TTL_DAYS = 1000
 SAMPLE_EVERY = {"small": 20, "large": 10}
 BATCH = 25  # BatchWriteItem's limit
 
@@ -103,16 +111,17 @@ def _iso(moment: datetime) -> str:
 
 
 def call_event_item(*, phone: str, business_id: int, moment: datetime, event_id: str, event_type: str,
-                    payload: dict[str, Any], call_id: int | None) -> dict[str, Any]:  # fmt: skip
-    """One item in DynamoDB's wire format."""
+                    payload: dict[str, Any], call_id: int | None, ttl_days: int | None = TTL_DAYS) -> dict[str, Any]:  # fmt: skip
+    """One item in DynamoDB's wire format (``ttl_days`` None: no TTL attribute)."""
     item: dict[str, Any] = {
         "caller_phone": {"S": phone},
         "occurred_at": {"S": f"{_iso(moment)}#{event_id}"},
         "business_id": {"N": str(business_id)},
         "event_type": {"S": event_type},
         "payload": {"M": {k: ({"N": str(v)} if isinstance(v, int) else {"S": str(v)}) for k, v in payload.items()}},
-        TTL_ATTRIBUTE: {"N": str(int((moment + timedelta(days=TTL_DAYS)).timestamp()))},
     }
+    if ttl_days is not None:
+        item[TTL_ATTRIBUTE] = {"N": str(int((moment + timedelta(days=ttl_days)).timestamp()))}
     if call_id is not None:
         item["call_id"] = {"N": str(call_id)}
     return item
@@ -128,6 +137,15 @@ def events_only_items() -> list[dict[str, Any]]:
     ]
 
 
+def ttl_days_of(call_id: int) -> int | None:
+    """Days from an event to its TTL for the events of ``call_id`` (None: no TTL). Cast callers'
+    calls (ids from CAST_ID_BASE) always get the normal TTL."""
+    if call_id >= CAST_ID_BASE:
+        return TTL_DAYS
+    drift = call_id % TTL_DRIFT_EVERY
+    return None if drift == NO_TTL_AT else LATE_TTL_DAYS if drift == LATE_TTL_AT else TTL_DAYS
+
+
 def call_event_items(app_conninfo: str, scale: str) -> Iterator[dict[str, Any]]:
     """Every item of ``scale``, streamed from the app's calls (a server-side cursor: flat memory)."""
     every = SAMPLE_EVERY.get(scale, SAMPLE_EVERY["small"])
@@ -139,11 +157,12 @@ def call_event_items(app_conninfo: str, scale: str) -> Iterator[dict[str, Any]]:
                 _EXTRACT, (every, CAST_ID_BASE)
             ):
                 base = {"from": phone, "duration_s": int(duration_s or 0), "outcome": outcome}
+                ttl_days = ttl_days_of(call_id)
                 yield call_event_item(phone=phone, business_id=business_id, moment=started_at, call_id=call_id,
-                                      event_id=f"{call_id}-1", event_type="ringing", payload=base)  # fmt: skip
+                                      event_id=f"{call_id}-1", event_type="ringing", payload=base, ttl_days=ttl_days)  # fmt: skip
                 yield call_event_item(phone=phone, business_id=business_id, call_id=call_id, event_id=f"{call_id}-2",
                                       moment=started_at + timedelta(seconds=int(duration_s or 0)),
-                                      event_type=str(outcome), payload=base)  # fmt: skip
+                                      event_type=str(outcome), payload=base, ttl_days=ttl_days)  # fmt: skip
     yield from events_only_items()
 
 

@@ -68,6 +68,7 @@ class ItemQuery:
     by: str
     key_attributes: tuple[str, ...]
     scope_attribute: str | None
+    ttl_attribute: str | None = None
 
     @property
     def where(self) -> str:
@@ -101,7 +102,7 @@ def _query(system: DynamoDBSystem, table: ItemTable, *, index: str | None, key: 
     return ItemQuery(
         system=system.name, table=table.name, table_name=table.table_name.resolve(), connection_id=system.connection_id,
         index=index, key_attribute=key.attribute, key_type=key.type, by=by, key_attributes=tuple(table.key_attributes),
-        scope_attribute=business.partition_key.attribute if business else None,
+        scope_attribute=business.partition_key.attribute if business else None, ttl_attribute=table.ttl_attribute,
     )  # fmt: skip
 
 
@@ -343,11 +344,92 @@ def delete_keys(client: Any, table_name: str, keys: Sequence[Mapping[str, Any]],
 
 
 def person_items(client: Any, query: ItemQuery, values: Iterable[Any], *, business_id: int | None = None,
-                 **retry: Any) -> Iterator[dict[str, Any]]:  # fmt: skip
-    """The person's whole items (JSON-safe), for an export, in key order per value."""
+                 expired_before: int | None = None, **retry: Any) -> Iterator[dict[str, Any]]:  # fmt: skip
+    """The person's whole items (JSON-safe), for an export, in key order per value. With
+    ``expired_before`` (epoch seconds), items whose TTL attribute (``query.ttl_attribute``) is
+    earlier are left out: expired, only not yet removed by DynamoDB (which deletes lazily)."""
     for value in dict.fromkeys(values):
         for page in query_pages(client, query, value, keys_only=False, **retry):
             for item in page:
                 if business_id is not None and _scope_of(item, query.scope_attribute) != business_id:
                     continue
+                if expired_before is not None and is_expired(item, query.ttl_attribute, expired_before):
+                    continue
                 yield plain(item)
+
+
+# --------------------------------------------------------------------------------------------
+# TTL retention: a whole-table sweep (see governance.datamap.plans.ItemTtlRetention)
+
+
+def ttl_of(item: Mapping[str, Any], ttl_attribute: str | None) -> int | None:
+    """The item's TTL in epoch seconds, or None when it has none DynamoDB would act on (missing,
+    not a number: DynamoDB ignores a TTL attribute that is not ``N``)."""
+    if ttl_attribute is None:
+        return None
+    wire = item.get(ttl_attribute)
+    if not isinstance(wire, Mapping) or "N" not in wire:
+        return None
+    try:
+        return int(Decimal(wire["N"]))
+    except ArithmeticError:
+        return None
+
+
+def is_expired(item: Mapping[str, Any], ttl_attribute: str | None, now_epoch: int) -> bool:
+    """The item's TTL has passed (DynamoDB may not have deleted it yet): reads treat it as gone."""
+    ttl = ttl_of(item, ttl_attribute)
+    return ttl is not None and ttl < now_epoch
+
+
+def scan_pages(client: Any, request: Mapping[str, Any], *, attempts: int = DEFAULT_ATTEMPTS,
+               backoff_s: float = DEFAULT_BACKOFF_S, sleep: Callable[[float], None] = time.sleep) -> Iterator[list[dict[str, Any]]]:  # fmt: skip
+    """One segment of a parallel ``Scan``, page by page (memory bounded by a page), throttling
+    retried with backoff. Only for whole-table retention: a person is never found by a Scan."""
+    args = dict(request)
+    while True:
+        page = _call(client.scan, attempts=attempts, backoff_s=backoff_s, sleep=sleep, **args)
+        yield list(page.get("Items", []))
+        last = page.get("LastEvaluatedKey")
+        if not last:
+            return
+        args["ExclusiveStartKey"] = last
+
+
+@dataclass(frozen=True)
+class TtlChange:
+    """One item's new TTL (epoch seconds): set where it had none, lowered where it was later."""
+
+    key: Mapping[str, Any]
+    expires_at: int
+
+
+def set_ttls(client: Any, table_name: str, ttl_attribute: str, changes: Sequence[TtlChange], *,
+             attempts: int = DEFAULT_ATTEMPTS, backoff_s: float = DEFAULT_BACKOFF_S,
+             sleep: Callable[[float], None] = time.sleep) -> int:  # fmt: skip
+    """Write each change with ``UpdateItem`` (``SET ttl = :e``) conditioned on the item existing
+    and its TTL still missing, not a number or later than ``:e``: an item deleted meanwhile is not
+    re-created and a TTL someone lowered meanwhile is kept. Throttling is retried with exponential
+    backoff (``ItemStoreThrottled`` after ``attempts`` in a row; a rerun continues: the update is
+    idempotent). Returns the number of items changed (failed conditions are not counted).
+
+    ``UpdateItem`` rather than ``BatchWriteItem``: a batched put would rewrite whole items, so it
+    would need every attribute read (the payload too) and could overwrite a concurrent write."""
+    changed = 0
+    for change in changes:
+        key_names = {f"#k{i}": name for i, name in enumerate(change.key)}
+        try:
+            _call(
+                client.update_item, attempts=attempts, backoff_s=backoff_s, sleep=sleep, TableName=table_name,
+                Key=dict(change.key), UpdateExpression="SET #t = :e",
+                ConditionExpression=" AND ".join(f"attribute_exists({k})" for k in key_names)
+                + " AND (attribute_not_exists(#t) OR NOT attribute_type(#t, :n) OR #t > :e)",
+                ExpressionAttributeNames={"#t": ttl_attribute, **key_names},
+                ExpressionAttributeValues={":e": {"N": str(change.expires_at)}, ":n": {"S": "N"}},
+            )  # fmt: skip
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                continue
+            raise
+        changed += 1
+    return changed

@@ -852,11 +852,16 @@ class _Checks:
             yield from self._prefix_retention(path, rule)
             return
         assert rule.table is not None
+        if isinstance(self.dm.system(rule.system), DynamoDBSystem):
+            yield from self._item_retention(path, rule)
+            return
         table, problems = self._resolve_table(path, rule.system, rule.table)
         yield from problems
         if table is None:
             return
         names = table.field_names
+        if rule.action == "ttl":
+            yield f"{path}.action", "ttl applies to DynamoDB tables (their TTL attribute); for SQL tables use delete_rows"
         if rule.action == "delete_objects":
             yield f"{path}.action", "delete_objects applies to object prefixes; for tables use delete_rows"
         if rule.age_column is None:
@@ -905,6 +910,39 @@ class _Checks:
                     f"deletes {table.name!r} rows after {rule.period.iso}, but legal exception {exception.name!r} "
                     f"requires keeping them {exception.period.iso}"
                 )
+
+    def _item_retention(self, path: str, rule: RetentionRule) -> Iterator[tuple[str, str]]:
+        """A DynamoDB table's rule keeps each item's TTL within age + period (action ``ttl``):
+        the table declares its TTL attribute, the age attribute is one of its attributes."""
+        system = self.dm.system(rule.system)
+        assert isinstance(system, DynamoDBSystem) and rule.table is not None
+        table = system.table(rule.table)
+        if table is None:
+            yield f"{path}.table", f"no table {system.name}.{rule.table}" + suggest(rule.table, [t.name for t in system.tables])
+            return
+        names = table.attribute_names
+        if rule.action != "ttl":
+            yield f"{path}.action", (
+                f"DynamoDB tables take action ttl (the sweep sets each item's TTL; DynamoDB deletes the item), "
+                f"not {rule.action}"
+            )
+        if table.ttl_attribute is None:
+            yield f"{path}.table", f"table {table.name!r} declares no ttl_attribute: declare the attribute DynamoDB expires items by"
+        if rule.age_column is None:
+            yield f"{path}.age_column", "a ttl rule needs the age_column (the attribute holding the item's time) its period counts from"
+        elif rule.age_column not in names:
+            yield f"{path}.age_column", f"retention rule on a missing age attribute {rule.age_column!r} of {table.name!r}" + (
+                suggest(rule.age_column, names)
+            )
+        elif rule.age_column == table.ttl_attribute:
+            yield f"{path}.age_column", "the age attribute cannot be the TTL attribute itself"
+        if rule.fields or rule.generalise is not None:
+            yield path, "fields and generalise apply to SQL tables, not DynamoDB tables"
+        if rule.conditions:
+            yield f"{path}.conditions", "conditions apply to SQL tables, not DynamoDB tables"
+        others = [r.name for r in self.dm.retention if r is not rule and (r.system, r.table) == (rule.system, rule.table)]
+        if others:
+            yield path, f"table {table.name!r} already has ttl rule {others[0]!r}: one TTL per item, merge them"
 
     def _prefix_retention(self, path: str, rule: RetentionRule) -> Iterator[tuple[str, str]]:
         assert rule.prefix is not None

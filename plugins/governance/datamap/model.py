@@ -196,6 +196,13 @@ class Settings(_Strict):
     )
     erasure_batch_size: int = Field(default=1000, gt=0, description="rows per erasure statement")
     retention_batch_size: int = Field(default=5000, gt=0, description="rows per retention batch")
+    ttl_expired_grace_days: int = Field(
+        default=2, ge=0,
+        description=(
+            "ttl retention: items whose TTL passed more than this many days ago and that DynamoDB has not yet "
+            "expired (it deletes lazily, typically within a few days) are deleted by the sweep"
+        ),
+    )  # fmt: skip
 
 
 class IdentityMatch(StrEnum):
@@ -722,14 +729,17 @@ class Generalisation(_Strict):
     unit: Literal["day", "week", "month", "year"] = "month"
 
 
-RetentionAction = Literal["delete_rows", "null_fields", "generalise", "delete_objects"]
+RetentionAction = Literal["delete_rows", "null_fields", "generalise", "delete_objects", "ttl"]
 
 
 class RetentionRule(_Strict):
     """Keep rows (or objects) only for ``period`` after ``age_column``, then apply ``action``.
 
     Table rules name ``table``; object rules name ``prefix`` and age by the tied row's
-    ``age_column`` or, without one, by the object's last-modified time.
+    ``age_column`` or, without one, by the object's last-modified time. A DynamoDB table's rule
+    (action ``ttl``) names the item ``table`` and the attribute holding the item's age as
+    ``age_column``: every item's TTL attribute is kept no later than age + period (DynamoDB then
+    deletes the item itself).
     """
 
     name: Identifier

@@ -54,6 +54,7 @@ from governance.datamap.model import (
     DataMap,
     DataMapError,
     DataMapIssue,
+    DynamoDBSystem,
     ErasureAction,
     FieldSpec,
     IdentityMatch,
@@ -64,6 +65,7 @@ from governance.datamap.model import (
     Reference,
     ReferenceKind,
     RequestTemplate,
+    RetentionPeriod,
     RetentionRule,
     TableRef,
     TableSpec,
@@ -1377,6 +1379,68 @@ class OrphanCheck:
 
 
 @dataclass(frozen=True)
+class ItemTtlRetention:
+    """A DynamoDB table's ``ttl`` rule: every item's ``ttl_attribute`` (epoch seconds) no later
+    than its age (``age_attribute``) plus ``period``.
+
+    The sweep reads the whole table (the rule is about every item, not one person: a Scan is the
+    only read that visits every item; a person is still never found by a Scan) as a parallel,
+    paginated Scan projecting only the key, age and TTL attributes (and ``scope_attribute`` when a
+    business hold is in force); per item it sets the TTL where missing, lowers it where later than
+    the rule allows (``UpdateItem`` conditioned on the TTL still being later, so a concurrent
+    earlier TTL is kept), and deletes items already past their TTL by more than
+    ``expired_grace_days`` that DynamoDB has not removed yet. The age attribute is epoch seconds
+    (``N``) or an ISO-8601 UTC time, optionally followed by ``#`` and more (the sort key
+    ``2026-09-01T10:00:00Z#<event id>``)."""
+
+    rule: str
+    system: str
+    table: str
+    table_name: str
+    connection_id: str
+    key_attributes: tuple[str, ...]
+    partition_key: str
+    partition_kind: str | None
+    age_attribute: str
+    ttl_attribute: str
+    scope_attribute: str | None
+    period: RetentionPeriod
+    expired_grace_days: int
+    reason: str = ""
+
+    @property
+    def where(self) -> str:
+        return f"{self.system}.{self.table}"
+
+    def scan_request(self, *, segment: int, total_segments: int, limit: int, with_scope: bool) -> dict[str, Any]:
+        """The ``Scan`` arguments of one segment: the projection names only the attributes the
+        rule reads (never the payload)."""
+        projected = list(dict.fromkeys([*self.key_attributes, self.age_attribute, self.ttl_attribute,
+                                        *([self.scope_attribute] if with_scope and self.scope_attribute else [])]))  # fmt: skip
+        names = {f"#p{i}": name for i, name in enumerate(projected)}
+        return {
+            "TableName": self.table_name, "ProjectionExpression": ", ".join(names), "ExpressionAttributeNames": names,
+            "Segment": segment, "TotalSegments": total_segments, "Limit": limit,
+        }  # fmt: skip
+
+
+def _item_ttl_retention(datamap: DataMap, rule: RetentionRule) -> ItemTtlRetention:
+    system = datamap.system(rule.system)
+    assert isinstance(system, DynamoDBSystem) and rule.table is not None
+    table = system.table(rule.table)
+    assert table is not None and table.ttl_attribute is not None and rule.age_column is not None
+    business = table.business_index
+    return ItemTtlRetention(
+        rule=rule.name, system=system.name, table=table.name, table_name=table.table_name.resolve(),
+        connection_id=system.connection_id, key_attributes=tuple(table.key_attributes),
+        partition_key=table.partition_key.attribute, partition_kind=table.partition_key.kind,
+        age_attribute=rule.age_column, ttl_attribute=table.ttl_attribute,
+        scope_attribute=business.partition_key.attribute if business else None, period=rule.period,
+        expired_grace_days=datamap.settings.ttl_expired_grace_days, reason=rule.reason,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
 class RetentionPlan:
     """The retention sweep, per target: object rules (prefix), table rules (one table's rules in
     ``ACTION_ORDER``: generalise, null_fields, delete_objects, delete_rows), and the orphan check
@@ -1386,6 +1450,7 @@ class RetentionPlan:
     objects: tuple[ObjectRetention, ...]
     statements: tuple[RetentionStatement, ...]
     orphans: tuple[OrphanCheck, ...] = ()
+    items: tuple[ItemTtlRetention, ...] = ()  # DynamoDB tables' ttl rules
 
     @property
     def all_statements(self) -> list[Statement]:
@@ -1400,8 +1465,8 @@ class RetentionPlan:
         out += [o.existing for o in self.orphans]
         return out
 
-    def rule(self, name: str) -> RetentionStatement | ObjectRetention:
-        items: list[RetentionStatement | ObjectRetention] = [*self.objects, *self.statements]
+    def rule(self, name: str) -> RetentionStatement | ObjectRetention | ItemTtlRetention:
+        items: list[RetentionStatement | ObjectRetention | ItemTtlRetention] = [*self.objects, *self.statements, *self.items]
         for item in items:
             if item.rule == name:
                 return item
@@ -1949,7 +2014,8 @@ def _orphan_check(datamap: DataMap, ref: PrefixRef) -> OrphanCheck | None:
 def build_retention_plan(datamap: DataMap) -> RetentionPlan:
     """Every retention rule of the map as executable batches (see RetentionPlan for order)."""
     objects = [_object_retention(datamap, r) for r in datamap.retention if r.prefix is not None]
-    table_rules = [r for r in datamap.retention if r.table is not None]
+    item_rules = [_item_ttl_retention(datamap, r) for r in datamap.retention if r.action == "ttl"]
+    table_rules = [r for r in datamap.retention if r.table is not None and r.action != "ttl"]
     position = {r.name: i for i, r in enumerate(table_rules)}
     table_rules.sort(key=lambda r: (ACTION_ORDER[r.action], position[r.name]))
     orphans = [o for o in (_orphan_check(datamap, p) for p in datamap.prefix_refs()) if o is not None]
@@ -1957,6 +2023,7 @@ def build_retention_plan(datamap: DataMap) -> RetentionPlan:
         objects=tuple(objects),
         statements=tuple(_retention_statement(datamap, r) for r in table_rules),
         orphans=tuple(orphans),
+        items=tuple(item_rules),
     )
 
 

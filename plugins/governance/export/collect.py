@@ -416,7 +416,8 @@ def write_bundle(
         values = [v for k, v in subject.identities.items() if f"identity:{k}" == query.by]
         client = targets.dynamodb_for(query.connection_id)
         scope = set(subject.business_scope or ())
-        person = (item for item in person_items(client, query, values)
+        # Items past their TTL are expired (DynamoDB deletes them lazily): not exported.
+        person = (item for item in person_items(client, query, values, expired_before=int(generated_at.timestamp()))
                   if not scope or query.scope_attribute is None or item.get(query.scope_attribute) in scope)  # fmt: skip
         first = next(person, None)
         item_count = 0

@@ -135,6 +135,7 @@ def retention_words(rule: RetentionRule, *, of_record: str | None = None) -> str
     action = {
         "delete_rows": "deleted",
         "delete_objects": "deleted",
+        "ttl": "deleted",
         "null_fields": f"{', '.join(_column_words(f) for f in rule.fields)} erased",
         "generalise": f"{_column_words(rule.generalise.field) if rule.generalise else 'a field'} made less precise",
     }[rule.action]

@@ -38,6 +38,8 @@ def check_run_input(datamap: DataMap, *, as_of: datetime, now: datetime, rules: 
 
 def _columns_needed(datamap: DataMap, rule_name: str) -> tuple[TableRef, list[str]] | None:
     rule = next(r for r in datamap.retention if r.name == rule_name)
+    if rule.action == "ttl":  # a DynamoDB table: no columns to check in a database
+        return None
     if rule.table is not None:
         columns = [c for c in [rule.age_column, *rule.fields, *(c.column for c in rule.conditions)] if c]
         if rule.generalise is not None:

@@ -56,6 +56,7 @@ from governance.datamap.plans import (
     SCAN_DUE,
     SCAN_KEY,
     SCAN_PENDING,
+    ItemTtlRetention,
     ObjectRetention,
     OrphanCheck,
     RetentionPlan,
@@ -63,6 +64,7 @@ from governance.datamap.plans import (
     Statement,
 )
 from governance.retention.holds import RetentionHolds
+from governance.retention.items import ItemHolds, ItemTally, shift, sweep_item_rule
 from governance.retention.objects import ObjectVersions, delete_versions, existing_versions, list_current
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,7 @@ class SweepTarget(TypedDict):
     orphan check). JSON-safe: it travels through XCom."""
 
     system: str
-    kind: Literal["table", "prefix"]
+    kind: Literal["table", "prefix", "items"]
     name: str
     rules: list[str]
     orphans: bool
@@ -132,7 +134,7 @@ def sweep_targets(datamap: DataMap, plan: RetentionPlan, rules: Sequence[str] | 
     for rule in datamap.retention:
         if chosen is not None and rule.name not in chosen:
             continue
-        kind: Literal["table", "prefix"] = "table" if rule.table else "prefix"
+        kind: Literal["table", "prefix", "items"] = "items" if rule.action == "ttl" else "table" if rule.table else "prefix"
         name = rule.table or rule.prefix or ""
         target = targets.setdefault((kind, rule.system, name), SweepTarget(
             system=rule.system, kind=kind, name=name, rules=[], orphans=False, wave=0,
@@ -362,6 +364,9 @@ class SweepContext:
     orphan_grace: timedelta = timedelta(days=DEFAULT_ORPHAN_GRACE_DAYS)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now().astimezone())
     objects_failed: int = 0
+    item_client: Callable[[str], Any] | None = None  # DynamoDB system name -> client
+    # (key id, value) -> keyed hash of a phone: matches DynamoDB partition keys to person holds
+    identity_digest: Callable[[str, str, str], str] | None = None
     # A dry run deletes nothing, so a later rule of the same target would find (and count again)
     # the rows an earlier rule would delete: their primary keys, by table, are left out instead.
     dry_run_deleted: dict[TableRef, set[Any]] = field(default_factory=dict)
@@ -754,6 +759,12 @@ def sweep_target(ctx: SweepContext, target: SweepTarget) -> list[RuleOutcome]:
     outcomes: list[RuleOutcome] = []
     plan = ctx.plan
     datamap = ctx.datamap
+    if target["kind"] == "items":
+        for name in target["rules"]:
+            item = plan.rule(name)
+            assert isinstance(item, ItemTtlRetention)
+            outcomes.append(_run_item_rule(ctx, item))
+        return outcomes
     if target["kind"] == "table":
         ref = TableRef(target["system"], target["name"])
         system_name = ref.system
@@ -763,7 +774,11 @@ def sweep_target(ctx: SweepContext, target: SweepTarget) -> list[RuleOutcome]:
         system_name = tie.system if tie is not None else ""
     conn = ctx.app_connect(system_name) if system_name else None
     try:
-        items: list[RetentionStatement | ObjectRetention] = [plan.rule(name) for name in target["rules"]]
+        items: list[RetentionStatement | ObjectRetention] = []
+        for name in target["rules"]:
+            found = plan.rule(name)
+            assert not isinstance(found, ItemTtlRetention)
+            items.append(found)
         if target["kind"] == "table":
             items.sort(key=lambda i: (ACTION_ORDER[getattr(i, "action", "delete_objects")], target["rules"].index(i.rule)))
         for item in items:
@@ -809,6 +824,46 @@ def _finish(ctx: SweepContext, outcome: RuleOutcome, run: Callable[[], None]) ->
     return outcome
 
 
+def item_holds(ctx: SweepContext, item: ItemTtlRetention) -> ItemHolds:
+    """The holds in force as the items of ``item``'s table see them."""
+    persons: dict[str, set[str]] = {}
+    for hold in ctx.holds.persons:
+        if hold.identity_kind == item.partition_kind:
+            persons.setdefault(hold.hash_key_id, set()).add(hold.subject_hash)
+    digest = ctx.identity_digest
+    kind = item.partition_kind or ""
+    return ItemHolds(
+        table_held=item.where in ctx.holds.tables,
+        businesses=frozenset(ctx.holds.businesses),
+        persons=persons,
+        digest=(lambda key_id, value: digest(key_id, kind, value)) if digest is not None and persons else None,
+    )
+
+
+def _item_sweep(ctx: SweepContext, item: ItemTtlRetention, *, dry_run: bool) -> ItemTally:
+    if ctx.item_client is None:
+        raise RuntimeError(f"retention[{item.rule}]: no DynamoDB client for {item.system}")
+    holds = item_holds(ctx, item)
+    if holds.persons and holds.digest is None:
+        raise RuntimeError(f"retention[{item.rule}]: person holds in force but no identity hasher to match them")
+    return sweep_item_rule(ctx.item_client(item.system), item, as_of=ctx.as_of, dry_run=dry_run, holds=holds)
+
+
+def _run_item_rule(ctx: SweepContext, item: ItemTtlRetention) -> RuleOutcome:
+    cutoff = shift(ctx.as_of, item.period, -1)
+    outcome = _outcome(ctx, item.rule, item.system, item.table_name, "ttl", cutoff)
+
+    def run() -> None:
+        tally = _item_sweep(ctx, item, dry_run=ctx.dry_run)
+        outcome.rows_scanned, outcome.rows_affected, outcome.held = tally.scanned, tally.affected, tally.held
+        if tally.held:
+            outcome.held_reasons = {"legal_hold": tally.held}
+        outcome.cascade = {k: v for k, v in sorted(tally.counts.items()) if v}
+        outcome.batches, outcome.longest_batch_ms = tally.pages, tally.longest_page_ms
+
+    return _finish(ctx, outcome, run)
+
+
 def _run_rule(ctx: SweepContext, conn: psycopg.Connection[Any] | None, item: RetentionStatement | ObjectRetention) -> RuleOutcome:
     rule = next(r for r in ctx.datamap.retention if r.name == item.rule)
     probe = conn if conn is not None else ctx.gov
@@ -845,6 +900,12 @@ def remaining_after(ctx: SweepContext, target: SweepTarget, outcomes: Sequence[R
 
     check = replace(ctx, dry_run=True, dry_run_deleted={})
     remaining: dict[str, int] = {}
+    if target["kind"] == "items":  # the whole table again: no item without a TTL within its rule
+        for done in outcomes:
+            rule = ctx.plan.rule(done.rule)
+            assert isinstance(rule, ItemTtlRetention)
+            remaining[done.rule] = _item_sweep(check, rule, dry_run=True).remaining
+        return remaining
     system = target["system"]
     if target["kind"] == "prefix":
         tie = ctx.datamap.tie_table(ctx.datamap.prefix(PrefixRef(target["system"], target["name"])))
@@ -855,6 +916,7 @@ def remaining_after(ctx: SweepContext, target: SweepTarget, outcomes: Sequence[R
             if done.action == "delete_orphans":
                 continue
             item = ctx.plan.rule(done.rule)
+            assert not isinstance(item, ItemTtlRetention)
             probe = replace(done, rows_scanned=0, rows_affected=0, objects_affected=0, held=0, held_reasons={}, cascade={},
                             batches=0, dry_run=True)  # fmt: skip
             start = done.scanned_from or False  # False: from the oldest row

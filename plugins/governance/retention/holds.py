@@ -48,6 +48,8 @@ class RetentionHolds:
     businesses: set[int] = field(default_factory=set)
     keys: dict[TableRef, set[Any]] = field(default_factory=lambda: defaultdict(set))
     count: int = 0
+    # Person holds as keyed hashes: DynamoDB items are matched by hashing their partition key.
+    persons: list[PersonHold] = field(default_factory=list)
 
     def values(self, tables: Any) -> dict[str, Any]:
         """Bind values for a statement touching ``tables`` (TableRefs)."""
@@ -93,6 +95,7 @@ def load_holds(gov: psycopg.Connection[Any], datamap: DataMap, *, as_of: datetim
             holds.businesses.add(int(business_id))
         elif scope == "person":
             persons.append(PersonHold(int(hold_id), kind, key_id, digest))
+    holds.persons = list(persons)
     return holds, persons
 
 

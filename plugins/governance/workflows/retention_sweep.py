@@ -20,11 +20,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from governance.config import GOVERNANCE_CONN_ID
+from governance.connectors.dynamodb import client_region, item_client_for
+from governance.crypto import hasher_from_airflow
 from governance.datamap import load_datamap
 from governance.datamap.model import PrefixRef
 from governance.datamap.plans import build_retention_plan
 from governance.db import connect, conninfo_for
-from governance.lineage import record_object_write, record_table_write
+from governance.lineage import record_item_read, record_item_write, record_object_write, record_table_write
 from governance.migrations import ensure_schema
 from governance.objectstore import s3_client
 from governance.retention.checks import check_live_columns, check_run_input
@@ -118,13 +120,20 @@ def _verify_with_great_expectations(target: SweepTarget, remaining: dict[str, in
     return {"success": True, "rules": len(remaining)}
 
 
-def _report_lineage(datamap: Any, target: SweepTarget, outcomes: Sequence[RuleOutcome]) -> None:
+def _report_lineage(
+    datamap: Any, target: SweepTarget, outcomes: Sequence[RuleOutcome], item_client: Any = None
+) -> None:
     """The tables and prefixes the target changed, with rows and objects affected."""
 
     rows: dict[tuple[str, str], int] = {}
     objects: dict[tuple[str, str], int] = {}
     for outcome in outcomes:
         if outcome.dry_run:
+            continue
+        if outcome.action == "ttl":  # a DynamoDB table: read whole, items' TTL set or items deleted
+            region = client_region(item_client(outcome.system)) if item_client is not None else "us-east-1"
+            record_item_read(region, outcome.target)
+            record_item_write(region, outcome.target, items=outcome.rows_affected)
             continue
         if outcome.action in ("delete_rows", "null_fields", "generalise"):
             rows[(outcome.system, outcome.target)] = rows.get((outcome.system, outcome.target), 0) + outcome.rows_affected
@@ -172,9 +181,10 @@ def sweep_one_target(
         return clients[system]
 
     buckets = {s.name: s.bucket.resolve() for s in datamap.object_systems}
+    item_client = item_client_for(datamap) if datamap.dynamodb_systems else None
     with psycopg.connect(conninfo_for(GOVERNANCE_CONN_ID), autocommit=True, application_name="governance-retention") as gov:
         holds, persons = load_holds(gov, datamap, as_of=as_of)
-        if persons:  # each held person resolved across every database, one snapshot each
+        if persons and target["kind"] != "items":  # each held person resolved across every database, one snapshot each
             with ExitStack() as stack:
                 conns = {s.name: stack.enter_context(app_connect(s.name)) for s in datamap.postgres_systems}
                 resolve_person_holds(conns, datamap, holds, persons)
@@ -182,9 +192,11 @@ def sweep_one_target(
             datamap=datamap, plan=plan, run_id=run_id, as_of=as_of, dry_run=bool(options["dry_run"]), holds=holds,
             app_connect=app_connect, gov=gov, object_client=object_client, buckets=buckets,
             orphan_grace=timedelta(days=int(options.get("orphan_grace_days", DEFAULT_ORPHAN_GRACE_DAYS))),
+            item_client=item_client,
+            identity_digest=hasher_from_airflow().hash_with if persons and target["kind"] == "items" else None,
         )  # fmt: skip
         outcomes = sweep_target(ctx, target)
-        _report_lineage(datamap, target, outcomes)
+        _report_lineage(datamap, target, outcomes, item_client)
         verification: dict[str, Any] = {"skipped": "dry run"}
         if not ctx.dry_run:
             verification = _verify_with_great_expectations(target, remaining_after(ctx, target, outcomes))
