@@ -14,6 +14,7 @@ import pytest
 from governance_dev.seed import cast_member
 from tests.fixtures.reference import Deployment
 from tests.integration.test_erasure_support import (
+    AS_OF,
     conf_for,
     plan_keys,
     run_erasure,
@@ -91,3 +92,36 @@ def test_a_user_with_fifty_thousand_usage_events_is_erased_with_a_plan_of_counts
     closed = wf.close_erasure_request(run.handle, run_id=run_id)
     assert closed["status"] == "completed"
     assert _stored_keys(url, plan_id) == 0
+
+
+def test_a_table_hold_keeps_every_stored_usage_event_and_the_plan_lists_them_as_kept(
+    shared_clone: Deployment, s3: Any  # noqa: F811
+) -> None:
+    """The stored path applies legal holds as the in-memory one does: a hold on the whole table
+    keeps each of the person's 12,000 events (marked held in the key table), and the plan says so."""
+    subject = cast_member("payer")
+    assert subject.user_id is not None
+    url = shared_clone.app_url
+    _plant_usage_events(url, subject.user_id, 12_000)
+    with psycopg.connect(url) as conn:
+        own = conn.execute("SELECT count(*) FROM app.usage_events WHERE user_id = %s", (subject.user_id,)).fetchone()
+        hold_id = conn.execute(
+            "INSERT INTO governance.legal_holds (scope, table_name, reason, starts_at, created_by)"
+            " VALUES ('table', 'app.usage_events', 'Litigation: every usage event preserved', %s, 'legal')"
+            " RETURNING hold_id", (datetime(2026, 10, 1, tzinfo=UTC),),
+        ).fetchone()[0]  # fmt: skip
+    try:
+        run = run_erasure(conf_for("payer"), "heavy_table_hold", dry_run=True, override=True)
+    finally:
+        with psycopg.connect(url) as conn:
+            conn.execute("UPDATE governance.legal_holds SET released_at = %s WHERE hold_id = %s", (AS_OF, hold_id))
+    assert own is not None and own[0] > 10_000
+    plan_id = run.summary["plan_id"]
+    plan = plan_keys(url, plan_id)
+    events = [s for s in plan["database"] if s["table"] == "usage_events"]
+    assert [(s["keys"], s["key_set"], s["stored_rows"]) for s in events] == [([], plan_id, 0)]
+    kept = [k for k in run.summary["kept"] if k["where"] == "aircalls_app.usage_events"]
+    assert [(k["count"], k["reason"], k["hold_ids"]) for k in kept] == [(own[0], "legal_hold", [hold_id])]
+    assert _stored_keys(url, plan_id) == own[0]  # stored, every one marked held
+    with psycopg.connect(url) as conn:  # nothing changed: a dry run
+        assert conn.execute("SELECT count(*) FROM app.usage_events WHERE user_id = %s", (subject.user_id,)).fetchone() == own
