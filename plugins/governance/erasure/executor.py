@@ -130,8 +130,15 @@ def _run_stored(cur: psycopg.Cursor[Any], statements: Mapping[str, Statement], s
             "(lost with a database crash, or removed); nothing was changed: plan the erasure again"
         )
     statement = statements[step.step_id]
+    # Without a hash join the planner joins the key table's (plan, key) index to the table's primary
+    # key in key order (a merge), or looks few keys up by index: a hash join of a million keys spills
+    # to disk and then deletes in random heap order, about twice as slow (benchmarks/erasure.py).
+    previous = cur.execute("SELECT current_setting('enable_hashjoin')").fetchone()
+    cur.execute("SELECT set_config('enable_hashjoin', 'off', true)")
     cur.execute(statement.query, statement.bind(values))
-    return max(0, cur.rowcount)
+    affected = max(0, cur.rowcount)
+    cur.execute("SELECT set_config('enable_hashjoin', %s, true)", (previous[0] if previous else "on",))
+    return affected
 
 
 def step_params(step: DatabaseStep) -> dict[str, Any]:
