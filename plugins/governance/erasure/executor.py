@@ -118,17 +118,11 @@ def stored_count_id(step: DatabaseStep) -> str:
 
 
 def _run_stored(cur: psycopg.Cursor[Any], statements: Mapping[str, Statement], step: DatabaseStep) -> int:
-    """A step keyed by the keys its plan stored in this database: check they are all there (an
-    ``UNLOGGED`` key table is emptied by a crash), then one set-based statement joined to them."""
+    """A step keyed by the keys its plan stored in this database: one set-based statement joined
+    to them. When it changes fewer rows than planned, the stored keys are counted: if some are
+    missing (an ``UNLOGGED`` key table is emptied by a crash) the step fails and the transaction is
+    rolled back; if they are all there, the rest were gone already (idempotent)."""
     values = {PLAN_ID: step.key_set}
-    count = statements[stored_count_id(step)]
-    row = cur.execute(count.query, count.bind(values)).fetchone()
-    found = int(row[0]) if row else 0
-    if found != step.stored_rows:
-        raise ErasureStepFailed(
-            f"{step.step_id}: the plan stored {step.stored_rows} keys in its database and {found} are there "
-            "(lost with a database crash, or removed); nothing was changed: plan the erasure again"
-        )
     statement = statements[step.step_id]
     # Without a hash join the planner joins the key table's (plan, key) index to the table's primary
     # key in key order (a merge), or looks few keys up by index: a hash join of a million keys spills
@@ -138,6 +132,15 @@ def _run_stored(cur: psycopg.Cursor[Any], statements: Mapping[str, Statement], s
     cur.execute(statement.query, statement.bind(values))
     affected = max(0, cur.rowcount)
     cur.execute("SELECT set_config('enable_hashjoin', %s, true)", (previous[0] if previous else "on",))
+    if affected != step.stored_rows:
+        count = statements[stored_count_id(step)]
+        row = cur.execute(count.query, count.bind(values)).fetchone()
+        found = int(row[0]) if row else 0
+        if found != step.stored_rows:
+            raise ErasureStepFailed(
+                f"{step.step_id}: the plan stored {step.stored_rows} keys in its database and {found} are there "
+                "(lost with a database crash, or removed); the transaction is rolled back: plan the erasure again"
+            )
     return affected
 
 
