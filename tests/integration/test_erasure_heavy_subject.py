@@ -10,10 +10,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from governance_dev.seed import cast_member
 from tests.fixtures.reference import Deployment
 from tests.integration.test_erasure_support import (
+    APPROVAL,
     AS_OF,
     conf_for,
     plan_keys,
@@ -125,3 +127,33 @@ def test_a_table_hold_keeps_every_stored_usage_event_and_the_plan_lists_them_as_
     assert _stored_keys(url, plan_id) == own[0]  # stored, every one marked held
     with psycopg.connect(url) as conn:  # nothing changed: a dry run
         assert conn.execute("SELECT count(*) FROM app.usage_events WHERE user_id = %s", (subject.user_id,)).fetchone() == own
+
+
+def test_an_approved_plan_whose_stored_keys_were_lost_changes_nothing_and_says_to_plan_again(
+    shared_clone: Deployment, s3: Any  # noqa: F811
+) -> None:
+    """An ``UNLOGGED`` key table is emptied by a database crash: the executor finds fewer keys
+    than the plan stored, fails the step and rolls the whole database transaction back."""
+    from governance.workflows import dsr_erasure as wf
+
+    subject = cast_member("shared_business_user_1")
+    assert subject.user_id is not None
+    url = shared_clone.app_url
+    _plant_usage_events(url, subject.user_id, 12_000)
+    run = run_erasure(conf_for("shared_business_user_1"), "heavy_lost_keys", until="plan", override=True)
+    plan_id = run.summary["plan_id"]
+    with psycopg.connect(url) as conn:
+        before = conn.execute("SELECT count(*) FROM app.usage_events WHERE user_id = %s", (subject.user_id,)).fetchone()
+        tables = [r[0] for r in conn.execute(
+            "SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'governance_erasure' AND relkind = 'r'").fetchall()]  # fmt: skip
+    assert before is not None and before[0] > 10_000 and _stored_keys(url, plan_id) == before[0]
+    with psycopg.connect(url) as conn:
+        for name in tables:  # what a crash does to an UNLOGGED table (here: this plan's keys only)
+            conn.execute(sql.SQL("DELETE FROM {} WHERE __plan_id = %s").format(sql.Identifier("governance_erasure", name)),
+                         (plan_id,))  # fmt: skip
+    with pytest.raises(Exception, match="keys in its database and 0 are there"):
+        wf.execute_database(run.summary, approval=APPROVAL, run_id=run_id_for("heavy_lost_keys"))
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM app.usage_events WHERE user_id = %s", (subject.user_id,)).fetchone() == before
+        assert conn.execute("SELECT count(*) FROM app.users WHERE id = %s", (subject.user_id,)).fetchone() == (1,)
