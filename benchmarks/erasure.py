@@ -204,7 +204,7 @@ def measure_person(app_url: str, key: str, repeat: int, as_of: datetime, warehou
         work, _row = store.load_plan(conn, plan_id)
     steps = work.steps_of("aircalls_app")
     warehouse_steps = work.steps_of("aircalls_warehouse")
-    rows = sum(len(s.keys) for s in [*steps, *warehouse_steps])
+    rows = sum(s.planned for s in [*steps, *warehouse_steps])
     # The executor rebuilds the plan's statements from the map and checks them against the
     # approved plan once, before its transaction: timed apart from the database phase.
     checks = []

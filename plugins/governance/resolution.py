@@ -43,6 +43,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from governance.datamap.graph import ReferenceEdge
@@ -54,11 +55,15 @@ from governance.datamap.plans import (
     AS_OF,
     DIFFERS,
     KEPT_UNTIL,
+    KEY_HELD_COLUMN,
+    KEY_PLAN_COLUMN,
     MATCHES,
+    PLAN_ID,
     PLANNED_KEYS_PREFIX,
     SCOPE_IDS,
     STILL_KEPT,
     KeyedHashScan,
+    KeyTable,
     Matching,
     ResolutionPlan,
     key_param,
@@ -191,6 +196,57 @@ class MatchByIdentity(IdentityMatcher):
 
 
 @dataclass
+class StoredKeys:
+    """A table's rows of the person kept in its own database, in its :class:`KeyTable` under
+    ``plan_id`` (a heavy subject: :class:`KeyStore`), not in this process: ``count`` rows.
+
+    Rows are read back only where a decision needs them (:meth:`rows_where`: the rows a legal hold
+    may keep), in pages of a server-side cursor on ``conn``, the resolution's snapshot."""
+
+    conn: psycopg.Connection[Any]
+    key_table: KeyTable
+    plan_id: str
+    count: int
+    held: int = 0
+    page_rows: int = 5000
+
+    def rows_where(self, condition: sql.Composable, params: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+        """The stored rows (the step's columns) meeting ``condition``, in key order."""
+        kt = self.key_table
+        query = sql.SQL("SELECT {} FROM {} WHERE {} = {} AND {} ORDER BY {}").format(
+            sql.SQL(", ").join(sql.Identifier(c) for c in kt.columns), kt.name, sql.Identifier(KEY_PLAN_COLUMN),
+            sql.Placeholder(PLAN_ID), condition, sql.Identifier(kt.primary_key),
+        )  # fmt: skip
+        with self.conn.cursor(name=f"governance_stored_keys_{kt.table_name}"[:63], row_factory=dict_row) as cur:
+            cur.itersize = self.page_rows
+            yield from cur.execute(query, {**params, PLAN_ID: self.plan_id})
+
+    def mark_held(self, keys: Sequence[Any]) -> None:
+        """Keys a legal hold keeps: stored, but never acted on."""
+        kt = self.key_table
+        for start in range(0, len(keys), self.page_rows):
+            self.conn.execute(
+                sql.SQL("UPDATE {} SET {} = true WHERE {} = %(plan)s AND {} = ANY(%(keys)s)").format(
+                    kt.name, sql.Identifier(KEY_HELD_COLUMN), sql.Identifier(KEY_PLAN_COLUMN), sql.Identifier(kt.primary_key)
+                ),
+                {"plan": self.plan_id, "keys": list(keys[start : start + self.page_rows])},
+            )  # fmt: skip
+        self.held += len(keys)
+
+
+@dataclass(frozen=True)
+class KeyStore:
+    """Keep the keys of ``tables`` (:func:`~governance.datamap.plans.key_tables`) in their own
+    database under ``plan_id`` when a step finds more than ``inline_rows`` rows; fewer come back
+    to this process as ordinary rows (and are listed in the plan). The snapshot connections must
+    be read-write (``system_snapshots(read_only=False)``) and the key tables exist."""
+
+    plan_id: str
+    tables: Mapping[TableRef, KeyTable]
+    inline_rows: int = 10_000
+
+
+@dataclass
 class TableRows:
     """The person's rows of one table (after narrowing), by primary key.
 
@@ -207,10 +263,15 @@ class TableRows:
     rows: dict[Any, dict[str, Any]] = field(default_factory=dict)
     by_identity: set[Any] = field(default_factory=set)
     excluded: dict[Any, str] = field(default_factory=dict)
+    stored: StoredKeys | None = None  # the rows are in the database (``rows`` is empty)
 
     @property
     def keys(self) -> list[Any]:
         return sorted(self.rows)
+
+    @property
+    def count(self) -> int:
+        return self.stored.count if self.stored is not None else len(self.rows)
 
 
 @dataclass
@@ -238,11 +299,11 @@ class SubjectResolution:
     ambiguities: list[Ambiguity]
 
     def counts(self) -> dict[str, int]:
-        return {str(ref): len(rows.rows) for ref, rows in self.tables.items()}
+        return {str(ref): rows.count for ref, rows in self.tables.items()}
 
     @property
     def is_empty(self) -> bool:
-        return not any(t.rows for t in self.tables.values())
+        return not any(t.count for t in self.tables.values())
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,6 +389,7 @@ def resolve_subject(
     scope_ids: Sequence[int] | None = None,
     narrow: bool = True,
     exclude: Mapping[TableRef, set[Any]] | None = None,
+    key_store: KeyStore | None = None,
 ) -> SubjectResolution:
     """Run ``plan``'s statements on ``conn`` (the caller's snapshot) and return the person's rows.
 
@@ -342,6 +404,10 @@ def resolve_subject(
     the keys in ``exclude`` (what the plan left out) are left out instead. Rows left out are not
     followed: their owned rows are not the person's either. Steps run parents before children.
     With ``as_of``, rows of tables under a legal exception carry until when they are kept.
+
+    With ``key_store`` (an erasure plan), the steps it names store their rows in their own
+    database, set-based (``INSERT ... SELECT`` of the step's statement, in the same snapshot), and
+    come back as :class:`StoredKeys` (a count) when there are more than ``inline_rows``.
     """
     if plan.business_scope and not scope_ids:
         raise ValueError("a business-scoped resolution needs scope_ids")
@@ -367,8 +433,18 @@ def resolve_subject(
             for name in step.select.input_params:  # nothing found upstream, nothing planned: match nothing
                 if name.startswith(PLANNED_KEYS_PREFIX) or any(name == _owner_param(datamap, e) for e in step.owned_via):
                     params.setdefault(name, [])
-            fetched = cur.execute(step.select.query, step.select.bind(params)).fetchall()
             rows = TableRows(step.table, step.primary_key, table.scope_column, step.owned_via)
+            kt = key_store.tables.get(step.table) if key_store is not None and not exclude else None
+            if kt is not None and key_store is not None:
+                stored = _store_rows(conns[step.table.system], kt, step.select.query, step.select.bind(params),
+                                     key_store.plan_id, key_store.inline_rows)  # fmt: skip
+                if isinstance(stored, StoredKeys):
+                    rows.stored = stored
+                else:  # few rows: the plan lists them, as any other table's
+                    rows.rows = stored
+                tables[step.table] = rows
+                continue  # a leaf reached only through owners: nothing to narrow, nothing downstream
+            fetched = cur.execute(step.select.query, step.select.bind(params)).fetchall()
             candidates: dict[Any, dict[str, Any]] = {}
             identity_fields = [c.field for c in step.identity_matches]
             for record in fetched:
@@ -402,3 +478,25 @@ def resolve_subject(
                     found.rows[record[child.primary_key]] = dict(record)
             mentions.append(found)
     return SubjectResolution(plan=plan, tables=tables, mentions=mentions, params=outputs, ambiguities=ambiguities)
+
+
+def _store_rows(
+    conn: psycopg.Connection[Any], kt: KeyTable, select: sql.Composable, params: Mapping[str, Any], plan_id: str,
+    inline_rows: int,
+) -> StoredKeys | dict[Any, dict[str, Any]]:
+    """Store the rows ``select`` finds in ``kt`` under ``plan_id`` (replacing what an earlier
+    attempt of the same plan stored), set-based in the caller's snapshot. More than
+    ``inline_rows``: the :class:`StoredKeys`; else they are taken back out and returned by key."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(kt.forget(), {PLAN_ID: [plan_id]})
+        count = max(0, cur.execute(kt.fill(select), {**params, PLAN_ID: plan_id}).rowcount)
+        if count > inline_rows:
+            cur.execute(sql.SQL("ANALYZE {}").format(kt.name))  # the executor joins to it
+            return StoredKeys(conn, kt, plan_id, count)
+        taken = cur.execute(
+            sql.SQL("DELETE FROM {} WHERE {} = %(plan)s RETURNING {}").format(
+                kt.name, sql.Identifier(KEY_PLAN_COLUMN), sql.SQL(", ").join(sql.Identifier(c) for c in kt.columns)
+            ),
+            {"plan": plan_id},
+        ).fetchall()  # fmt: skip
+    return {r[kt.primary_key]: dict(r) for r in sorted(taken, key=lambda r: r[kt.primary_key])}

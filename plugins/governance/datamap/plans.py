@@ -979,6 +979,110 @@ ErasureEffect = Literal[
 MENTION_ONLY_EFFECTS = ("delete_mention_only_rows", "clear_mention_only_rows")
 
 
+# Key sets of heavy tables kept in the table's own database (#12 item 4): a key table per mapped
+# table, in this schema of that database, keyed by plan id. See :class:`KeyTable`.
+KEY_TABLES_SCHEMA = "governance_erasure"
+PLAN_ID = "plan_id"  # the plan whose stored keys a statement acts on
+KEY_PLAN_COLUMN = "__plan_id"
+KEY_HELD_COLUMN = "__held"  # a stored key under a legal hold: kept, never acted on
+
+
+@dataclass(frozen=True)
+class KeyTable:
+    """Where the primary keys of one table's rows of a person are kept, by plan, in that table's
+    own database (``governance_erasure.keys_<system>_<table>_<digest>``), so that a heavy subject's
+    keys never have to pass through a task's memory or the stored plan.
+
+    Only a leaf table reached through owners (no identity match, nothing downstream reads its
+    values, no object, mention or legal exception on it, rows deleted whole, a record-time column
+    for a later re-apply) stores its keys this way (:func:`stores_keys`): everything else the
+    erasure decides per row stays in the plan. Columns: ``__plan_id``, ``__held`` and the resolution
+    step's columns (primary key, scope, owning references), typed like the source table's (the
+    table is created ``AS SELECT ... WITH NO DATA``). The name carries a digest of the columns, so
+    a map that changes them gets a new table. ``UNLOGGED``: after a database crash it is empty,
+    which the executor notices (the stored count no longer matches) and refuses to run.
+    """
+
+    source: TableRef
+    table_name: str
+    source_sql: sql.Composable
+    primary_key: str
+    columns: tuple[str, ...]
+
+    @property
+    def name(self) -> sql.Identifier:
+        return sql.Identifier(KEY_TABLES_SCHEMA, self.table_name)
+
+    def create(self) -> list[sql.Composed]:
+        """Statements creating it where it is missing (idempotent)."""
+        schema = sql.Identifier(KEY_TABLES_SCHEMA)
+        index = sql.Identifier(f"{self.table_name}_plan")
+        return [
+            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema),
+            sql.SQL("CREATE UNLOGGED TABLE IF NOT EXISTS {} AS SELECT NULL::text AS {}, false AS {}, {} FROM {} WITH NO DATA").format(
+                self.name, sql.Identifier(KEY_PLAN_COLUMN), sql.Identifier(KEY_HELD_COLUMN), _columns(self.columns),
+                self.source_sql,
+            ),
+            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({}, {})").format(
+                index, self.name, sql.Identifier(KEY_PLAN_COLUMN), sql.Identifier(self.primary_key)
+            ),
+        ]  # fmt: skip
+
+    def keyed(self) -> sql.Composed:
+        """The rows of the source table whose keys the plan stored and no hold keeps."""
+        return sql.SQL("{pk} IN (SELECT k.{pk} FROM {kt} AS k WHERE k.{plan} = {p} AND NOT k.{held})").format(
+            pk=sql.Identifier(self.primary_key), kt=self.name, plan=sql.Identifier(KEY_PLAN_COLUMN),
+            p=sql.Placeholder(PLAN_ID), held=sql.Identifier(KEY_HELD_COLUMN),
+        )  # fmt: skip
+
+    def count(self) -> Statement:
+        """How many keys the plan stored that no hold keeps (the executor checks it first)."""
+        query = sql.SQL("SELECT count(*) FROM {} WHERE {} = {} AND NOT {}").format(
+            self.name, sql.Identifier(KEY_PLAN_COLUMN), sql.Placeholder(PLAN_ID), sql.Identifier(KEY_HELD_COLUMN)
+        )
+        return Statement("count_stored_keys", self.source, query, {}, (PLAN_ID,))
+
+    def fill(self, select: sql.Composable) -> sql.Composed:
+        """Store the rows ``select`` (a resolution step's statement) returns for plan ``PLAN_ID``."""
+        return sql.SQL("INSERT INTO {kt} ({plan}, {held}, {cols}) SELECT {p}, false, {cols} FROM ({select}) AS s").format(
+            kt=self.name, plan=sql.Identifier(KEY_PLAN_COLUMN), held=sql.Identifier(KEY_HELD_COLUMN),
+            cols=_columns(self.columns), p=sql.Placeholder(PLAN_ID), select=select,
+        )  # fmt: skip
+
+    def forget(self) -> sql.Composed:
+        """Remove the keys of the plans in ``PLAN_ID`` (a list)."""
+        return sql.SQL("DELETE FROM {} WHERE {} = ANY({})").format(
+            self.name, sql.Identifier(KEY_PLAN_COLUMN), sql.Placeholder(PLAN_ID)
+        )
+
+
+def key_table(datamap: DataMap, ref: TableRef, columns: Sequence[str]) -> KeyTable:
+    digest = hashlib.sha256("\x00".join(columns).encode()).hexdigest()[:8]
+    name = f"keys_{ref.system}_{ref.table}"[:50] + f"_{digest}"
+    return KeyTable(ref, name, _table_sql(datamap, ref),
+                    datamap.table(ref).primary_key, tuple(columns))  # fmt: skip
+
+
+def stores_keys(datamap: DataMap, plan: ResolutionPlan, step: ResolutionStep) -> bool:
+    """Whether the erasure may keep ``step``'s keys in its database instead of the plan: a leaf
+    reached only through owners, with nothing decided per row but legal holds (see
+    :class:`KeyTable`)."""
+    ref = step.table
+    return bool(
+        step.owned_via and not step.identity_matches and not step.output_params
+        and not any(o.source == ref for o in plan.objects)
+        and not any(ref in (m.edge.child, m.edge.parent) for m in plan.mentions)
+        and datamap.legal_exception_for(ref) is None
+        and record_time_column(datamap, ref) is not None
+        and datamap.table(ref).deletes_rows_on_erasure
+    )  # fmt: skip
+
+
+def key_tables(datamap: DataMap, plan: ResolutionPlan) -> dict[TableRef, KeyTable]:
+    """The key table of every step of ``plan`` that may store its keys (:func:`stores_keys`)."""
+    return {s.table: key_table(datamap, s.table, s.columns) for s in plan.steps if stores_keys(datamap, plan, s)}
+
+
 @dataclass(frozen=True)
 class ErasureStatement:
     """One table and effect of an erasure and the statement that carries it out.
@@ -999,6 +1103,11 @@ class ErasureStatement:
     legal_exception: str | None = None
     reference_field: str | None = None
     check: Statement | None = None
+    # The same effect on the rows whose keys the plan stored in ``key_table`` (a heavy leaf table,
+    # :func:`stores_keys`), bound by ``PLAN_ID``; ``stored_check`` finds those still there.
+    key_table: KeyTable | None = None
+    stored: Statement | None = None
+    stored_check: Statement | None = None
 
 
 @dataclass(frozen=True)
@@ -1099,6 +1208,7 @@ def build_erasure_plan(datamap: DataMap, resolution: ResolutionPlan) -> ErasureP
     """
     order = graph.erasure_order(datamap)
     owned = {s.table for s in resolution.steps}
+    stored_keys = key_tables(datamap, resolution)
     mentions_by_child: dict[TableRef, list[MentionStep]] = {}
     for mention in resolution.mentions:
         mentions_by_child.setdefault(mention.edge.child, []).append(mention)
@@ -1155,9 +1265,18 @@ def build_erasure_plan(datamap: DataMap, resolution: ResolutionPlan) -> ErasureP
             check = sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY 1").format(
                 sql.Identifier(table.primary_key), _table_sql(datamap, ref), _keyed(table)
             )
+            stored: dict[str, Any] = {}
+            kt = stored_keys.get(ref)
+            if kt is not None:
+                delete = sql.SQL("DELETE FROM {} WHERE {}").format(_table_sql(datamap, ref), kt.keyed())
+                found = sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY 1").format(
+                    sql.Identifier(table.primary_key), _table_sql(datamap, ref), kt.keyed()
+                )
+                stored = {"key_table": kt, "stored": Statement("delete_rows", ref, delete, {}, (PLAN_ID,)),
+                          "stored_check": Statement("verify_deleted", ref, found, {}, (PLAN_ID,))}  # fmt: skip
             statements.append(
                 ErasureStatement(ref, "delete_rows", _delete(datamap, ref, table, "delete_rows"),
-                                 check=Statement("verify_deleted", ref, check, {}, (KEYS,)))
+                                 check=Statement("verify_deleted", ref, check, {}, (KEYS,)), **stored)
             )  # fmt: skip
         elif rewrites:
             statements.append(

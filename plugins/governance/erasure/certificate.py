@@ -70,7 +70,7 @@ def build_certificate(
     for step in work.database:
         done = progress.get(step.step_id)
         databases.append({
-            "table": f"{step.system}.{step.table}", "effect": step.effect, "planned": len(step.keys),
+            "table": f"{step.system}.{step.table}", "effect": step.effect, "planned": step.planned,
             "affected": int(done["affected"]) if done else None, "fields": list(step.fields),
         })  # fmt: skip
     objects = []

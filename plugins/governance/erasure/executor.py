@@ -3,7 +3,9 @@
 Databases: per table and effect the data map's statement (built by
 :func:`governance.datamap.plans.build_erasure_plan`, checked against the one the approved plan
 recorded: a changed map fails with :class:`PlanOutdated` before anything runs), keyed by the
-resolved primary keys, run in bounded batches (``settings.erasure_batch_size`` keys each), children before parents, all the
+resolved primary keys, run in bounded batches (``settings.erasure_batch_size`` keys each) or, for a
+heavy leaf table whose keys the plan stored in its own database, as one statement joined to them
+(after checking they are all there), children before parents, all the
 steps of one database in one transaction. Statements are idempotent on their own (a deleted key
 deletes nothing; a rewrite only touches rows not rewritten yet; a mention is cleared only where it
 still points at the person), and each step is recorded in ``governance.erasure_progress`` (inside
@@ -34,6 +36,7 @@ from governance.connectors.objects import delete_everywhere, keys_under
 from governance.datamap.model import DataMap
 from governance.datamap.plans import (
     KEYS,
+    PLAN_ID,
     REFERENCE_VALUES,
     ClientKeyedHash,
     Statement,
@@ -86,13 +89,18 @@ def approved_statements(datamap: DataMap, work: ErasureWork) -> dict[str, Statem
     changed: list[str] = []
     for step in work.database:
         current = by_order.get(step.order)
+        statement = current.statement if current is not None else None
+        if current is not None and step.key_set is not None:  # keyed by the keys stored for the plan
+            statement = current.stored
+            if current.key_table is not None:
+                statements[stored_count_id(step)] = current.key_table.count()
         if (
-            current is None or current.table != step.ref or current.effect != step.effect
-            or not step.statement_sha256 or current.statement.sha256 != step.statement_sha256
+            current is None or statement is None or current.table != step.ref or current.effect != step.effect
+            or not step.statement_sha256 or statement.sha256 != step.statement_sha256
         ):  # fmt: skip
             changed.append(f"{step.system}.{step.table} {step.effect}")
             continue
-        statements[step.step_id] = current.statement
+        statements[step.step_id] = statement
     if changed:
         raise PlanOutdated(
             f"plan {work.plan_id} was made from data map {work.datamap_version} (sha256 {work.datamap_sha256[:12]}), "
@@ -102,6 +110,38 @@ def approved_statements(datamap: DataMap, work: ErasureWork) -> dict[str, Statem
             + ". Nothing was changed: plan the erasure again and approve the new plan."
         )
     return statements
+
+
+def stored_count_id(step: DatabaseStep) -> str:
+    """Where :func:`approved_statements` puts the count of a stored-keys step's keys."""
+    return f"{step.step_id}:stored_keys"
+
+
+def _run_stored(cur: psycopg.Cursor[Any], statements: Mapping[str, Statement], step: DatabaseStep) -> int:
+    """A step keyed by the keys its plan stored in this database: one set-based statement joined
+    to them. When it changes fewer rows than planned, the stored keys are counted: if some are
+    missing (an ``UNLOGGED`` key table is emptied by a crash) the step fails and the transaction is
+    rolled back; if they are all there, the rest were gone already (idempotent)."""
+    values = {PLAN_ID: step.key_set}
+    statement = statements[step.step_id]
+    # Without a hash join the planner joins the key table's (plan, key) index to the table's primary
+    # key in key order (a merge), or looks few keys up by index: a hash join of a million keys spills
+    # to disk and then deletes in random heap order, about twice as slow (benchmarks/erasure.py).
+    previous = cur.execute("SELECT current_setting('enable_hashjoin')").fetchone()
+    cur.execute("SELECT set_config('enable_hashjoin', 'off', true)")
+    cur.execute(statement.query, statement.bind(values))
+    affected = max(0, cur.rowcount)
+    cur.execute("SELECT set_config('enable_hashjoin', %s, true)", (previous[0] if previous else "on",))
+    if affected != step.stored_rows:
+        count = statements[stored_count_id(step)]
+        row = cur.execute(count.query, count.bind(values)).fetchone()
+        found = int(row[0]) if row else 0
+        if found != step.stored_rows:
+            raise ErasureStepFailed(
+                f"{step.step_id}: the plan stored {step.stored_rows} keys in its database and {found} are there "
+                "(lost with a database crash, or removed); the transaction is rolled back: plan the erasure again"
+            )
+    return affected
 
 
 def step_params(step: DatabaseStep) -> dict[str, Any]:
@@ -150,7 +190,15 @@ def run_database_steps(
             if step.step_id in finished:
                 continue
             count = 0
-            if step.keys:
+            if step.key_set is not None and step.stored_rows:
+                try:
+                    count = _run_stored(cur, statements, step)
+                except psycopg.Error as exc:
+                    state = getattr(exc, "sqlstate", None) or "?"
+                    if state in RETRYABLE_SQLSTATES or connection_lost(exc):
+                        raise
+                    raise ErasureStepFailed(f"{step.step_id} failed: {type(exc).__name__} (SQLSTATE {state})") from None
+            elif step.keys:
                 statement = statements[step.step_id]
                 values = step_params(step)
                 if statement.keyed_hash_inputs is not None and digest is None:

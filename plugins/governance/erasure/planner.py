@@ -15,17 +15,22 @@ here, because the data map's statements know nothing of them:
 * rows under a legal exception are minimised (the data map's field actions) until the law's
   period ends, then deleted; objects of held rows are kept, those of every other row deleted.
 
-Pure: no I/O. The result is JSON (``to_json``/``from_json``) and is what gets persisted, approved,
-executed, verified and certified. ``summary()`` has counts only.
+No I/O but on stored keys: a heavy leaf table's keys stay in its own database (resolution's
+:class:`~governance.resolution.StoredKeys`); its step records the plan id and a count, the rows a
+hold may keep are read back (in pages) and marked held there. The result is JSON
+(``to_json``/``from_json``), its size independent of such tables' rows, and is what gets
+persisted, approved, executed, verified and certified. ``summary()`` has counts only.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
+
+from psycopg import sql
 
 from governance.connectors.objects import present_objects
 from governance.datamap.model import DataMap, ErasureAction, PrefixRef, TableRef
@@ -65,10 +70,19 @@ class DatabaseStep:
     legal_exception: str | None = None
     sql: str = ""
     statement_sha256: str = ""
+    # A heavy leaf table's keys kept in its own database under this plan id (``keys`` is empty):
+    # ``stored_rows`` of them are acted on (see :class:`~governance.datamap.plans.KeyTable`).
+    key_set: str | None = None
+    stored_rows: int = 0
 
     @property
     def ref(self) -> TableRef:
         return TableRef(self.system, self.table)
+
+    @property
+    def planned(self) -> int:
+        """Rows the step acts on: its keys, or the keys stored for it."""
+        return self.stored_rows if self.key_set is not None else len(self.keys)
 
     @property
     def step_id(self) -> str:
@@ -242,7 +256,7 @@ class ErasureWork:
         """``{"system.table": {effect: rows}}`` in execution order (counts only)."""
         counts: dict[str, dict[str, int]] = {}
         for step in self.database:
-            counts.setdefault(f"{step.system}.{step.table}", {})[step.effect] = len(step.keys)
+            counts.setdefault(f"{step.system}.{step.table}", {})[step.effect] = step.planned
         return counts
 
     def owned_rows_by_table(self) -> dict[str, int]:
@@ -250,7 +264,7 @@ class ErasureWork:
         totals: dict[str, int] = defaultdict(int)
         for step in self.database:
             if step.effect in OWNED_EFFECTS:
-                totals[f"{step.system}.{step.table}"] += len(step.keys)
+                totals[f"{step.system}.{step.table}"] += step.planned
         for item in self.items:  # DynamoDB items deleted whole: the person's own data
             if item.found:
                 totals[item.where] += item.found
@@ -259,7 +273,7 @@ class ErasureWork:
     @property
     def has_changes(self) -> bool:
         return bool(
-            any(s.keys for s in self.database)
+            any(s.planned for s in self.database)
             or any(o.keys or o.folders for o in self.objects)
             or any(p.record_ids for p in self.processors)
             or any(i.found for i in self.items)
@@ -268,7 +282,7 @@ class ErasureWork:
     def statements(self) -> list[dict[str, Any]]:
         """The database steps as they run: step id, rows and the SQL (placeholders only, never a
         value): what the dry run and the approval show."""
-        return [{"step": s.step_id, "rows": len(s.keys), "sql": s.sql} for s in self.database]
+        return [{"step": s.step_id, "rows": s.planned, "sql": s.sql} for s in self.database]
 
     def summary(self) -> dict[str, Any]:
         """Counts and statements only: safe for XCom, task logs and the approval screen."""
@@ -382,6 +396,7 @@ def _hold_rows(
     """Held rows per table, and held mention rows per mention index, with the holds behind them."""
     held: dict[TableRef, dict[Any, _Held]] = defaultdict(dict)
     held_mentions: dict[int, dict[Any, _Held]] = defaultdict(dict)
+    stored_rows: dict[TableRef, dict[Any, dict[str, Any]]] = defaultdict(dict)  # held rows of stored tables
 
     def add(target: dict[Any, _Held], key: Any, hold_list: Iterable[LegalHold], reason: str = LEGAL_HOLD) -> bool:
         entry = target.get(key)
@@ -406,7 +421,12 @@ def _hold_rows(
             n: _value_index(resolution.tables[edge.parent]) if edge.parent in resolution.tables else {}
             for n, edge in enumerate(rows.owned_via)
         }
-        for key, row in rows.rows.items():
+        candidates: Iterable[tuple[Any, dict[str, Any]]] = rows.rows.items()
+        if rows.stored is not None:  # only the stored rows a hold may reach are read back
+            candidates = ((r[rows.primary_key], r) for r in _stored_hold_candidates(datamap, resolution, rows, holds, held))
+        for key, row in candidates:
+            if rows.stored is not None:
+                stored_rows[step.table][key] = row
             found = direct(step.table, row.get(rows.scope_column) if rows.scope_column else None)
             if found:
                 add(held[step.table], key, found)
@@ -415,6 +435,10 @@ def _hold_rows(
                 parent_held = held.get(edge.parent, {}).get(parent_key) if parent_key is not None else None
                 if parent_held is not None and parent_held.reason == LEGAL_HOLD:
                     add(held[step.table], key, parent_held.holds.values())
+        if rows.stored is not None:
+            kept = [k for k in stored_rows[step.table] if k in held.get(step.table, {})]
+            stored_rows[step.table] = {k: stored_rows[step.table][k] for k in kept}
+            rows.stored.mark_held(kept)
     for index, mention in enumerate(resolution.mentions):
         for key, row in mention.rows.items():
             scope = row.get(mention.scope_column) if mention.scope_column else None
@@ -430,8 +454,9 @@ def _hold_rows(
         for ref, keyed in held.items():
             rows = resolution.tables[ref]
             for key, entry in keyed.items():
+                row = stored_rows[ref][key] if rows.stored is not None else rows.rows[key]
                 for edge in rows.owned_via:
-                    pointers.append((edge.parent, edge.parent_field, rows.rows[key].get(edge.field), entry))
+                    pointers.append((edge.parent, edge.parent_field, row.get(edge.field), entry))
         for index, keyed in held_mentions.items():
             mention = resolution.mentions[index]
             for key, entry in keyed.items():
@@ -445,6 +470,33 @@ def _hold_rows(
             if add(held[parent], parent_key, entry.holds.values(), HELD_REFERENCE):
                 changed = True
     return held, held_mentions
+
+
+def _stored_hold_candidates(
+    datamap: DataMap, resolution: SubjectResolution, rows: TableRows, holds: ActiveHolds,
+    held: Mapping[TableRef, Mapping[Any, _Held]],
+) -> Iterator[dict[str, Any]]:
+    """The stored rows of ``rows`` a legal hold may keep (every row under a person or table hold;
+    else those of a held business, or owned by a row a hold keeps), streamed from its key table:
+    :func:`_hold_rows` then decides each exactly as for rows in memory."""
+    assert rows.stored is not None
+    if holds.person or holds.tables.get(_qualified(datamap, rows.table)):
+        yield from rows.stored.rows_where(sql.SQL("TRUE"), {})
+        return
+    conditions: list[sql.Composable] = []
+    params: dict[str, Any] = {}
+    if rows.scope_column and holds.businesses:
+        conditions.append(sql.SQL("{} = ANY(%(held_businesses)s)").format(sql.Identifier(rows.scope_column)))
+        params["held_businesses"] = sorted(int(b) for b in holds.businesses)
+    for n, edge in enumerate(rows.owned_via):
+        parent = resolution.tables.get(edge.parent)
+        values = sorted({parent.rows[k].get(edge.parent_field) for k, e in held.get(edge.parent, {}).items()
+                         if e.reason == LEGAL_HOLD and k in parent.rows} - {None}, key=str) if parent else []  # fmt: skip
+        if values:
+            conditions.append(sql.SQL("{} = ANY({})").format(sql.Identifier(edge.field), sql.Placeholder(f"held_owner_{n}")))
+            params[f"held_owner_{n}"] = values
+    if conditions:
+        yield from rows.stored.rows_where(sql.SQL("({})").format(sql.SQL(" OR ").join(conditions)), params)
 
 
 def _value_index(rows: TableRows) -> dict[tuple[str, Any], Any]:
@@ -555,6 +607,16 @@ def build_work(
         if owned_rows is None:
             continue
         rows = owned_rows
+        if rows.stored is not None:  # a heavy leaf: its keys stay in its database (delete_rows only)
+            if rows.stored.plan_id != plan_id:
+                raise ValueError(f"{ref}: keys stored for plan {rows.stored.plan_id}, not {plan_id}")
+            stored = statement.stored
+            if statement.effect != "delete_rows" or stored is None:
+                raise ValueError(f"{ref}: {statement.effect} cannot act on stored keys")
+            work.database.append(DatabaseStep(order, ref.system, ref.table, statement.effect, [], list(statement.fields),
+                                              sql=stored.text, statement_sha256=stored.sha256, key_set=plan_id,
+                                              stored_rows=rows.stored.count - rows.stored.held))  # fmt: skip
+            continue
         free = [k for k in rows.keys if k not in held.get(ref, {})]
         if statement.effect == "delete_expired_kept_rows":
             keys = [k for k in free if not rows.rows[k][STILL_KEPT]]

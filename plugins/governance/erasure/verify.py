@@ -34,6 +34,7 @@ from governance.datamap.model import DataMap, PrefixRef, TableRef
 from governance.datamap.plans import (
     KEYS,
     MENTION_ONLY_EFFECTS,
+    PLAN_ID,
     REFERENCE_VALUES,
     ResolutionPlan,
     build_erasure_plan,
@@ -119,11 +120,8 @@ def collect_checks(
     matcher: IdentityMatcher = MatchByBusiness() if by_business else MatchByIdentity(identities)  # type: ignore[arg-type]
     lookups = list(people or []) if by_business else [identities]
     # The checks of the erasure statements the plan ran (mentions still pointing, fields cleared).
-    checks_by_step = {
-        order: statement.check
-        for order, statement in enumerate(build_erasure_plan(datamap, plan).statements, start=1)
-        if statement.check is not None
-    }
+    erasure_statements = dict(enumerate(build_erasure_plan(datamap, plan).statements, start=1))
+    checks_by_step = {order: s.check for order, s in erasure_statements.items() if s.check is not None}
     exclude = {_ref(k): set(v) for k, v in work.verification_exclude.items()}
     kept_rows = {(k.where, k.reason): set(k.keys) for k in work.kept if k.kind == "rows"}
     kept_by_table: dict[str, set[Any]] = {}
@@ -149,11 +147,13 @@ def collect_checks(
             conn = dbs[system_name]
             for step in work.steps_of(system_name):
                 check = checks_by_step.get(step.order)
-                if check is None or not step.keys:
+                if step.key_set is not None:  # the keys the plan stored in this database
+                    check = erasure_statements[step.order].stored_check if step.order in erasure_statements else None
+                if check is None or not step.planned:
                     continue
                 if step.effect == "delete_rows" and step.ref not in unreachable:
                     continue  # re-resolution above finds any row left
-                values = {KEYS: step.keys, REFERENCE_VALUES: step.reference_values}
+                values = {KEYS: step.keys, REFERENCE_VALUES: step.reference_values, PLAN_ID: step.key_set}
                 pk = datamap.table(step.ref).primary_key
                 fetched = conn.execute(check.query, check.bind(values)).fetchall()
                 if step.effect == "clear_mention":
@@ -164,7 +164,7 @@ def collect_checks(
                                         columns={pk: [r[0] for r in fetched]}))  # fmt: skip
                 elif step.effect == "minimise_kept_rows":
                     columns: dict[str, list[Any]] = {f"{f}_cleared": [bool(r[i + 1]) for r in fetched] for i, f in enumerate(step.fields)}
-                    checks.append(Check(f"{step.system}.{step.table}", "kept_rows", len(step.keys), columns=columns))
+                    checks.append(Check(f"{step.system}.{step.table}", "kept_rows", step.planned, columns=columns))
                 elif step.effect == "delete_rows":  # planned rows still there, found by their keys
                     where = f"{step.system}.{step.table}"
                     target = rows_check.get(where)

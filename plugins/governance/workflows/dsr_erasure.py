@@ -31,7 +31,7 @@ from governance.connectors.processors import ProcessorRejected, ProcessorUnavail
 from governance.crypto import cipher_from_airflow, hasher_from_airflow
 from governance.datamap import load_datamap
 from governance.datamap.model import PrefixRef, TableRef
-from governance.datamap.plans import build_erasure_plan, build_resolution_plan, keyed_hash_params
+from governance.datamap.plans import build_erasure_plan, build_resolution_plan, key_tables, keyed_hash_params
 from governance.db import connect, conninfo_for
 from governance.erasure import store
 from governance.erasure.business import (
@@ -71,6 +71,7 @@ from governance.erasure.guard import (
 )
 from governance.erasure.holds import load_active_holds, subject_hashes
 from governance.erasure.items import delete_planned_items, plan_items
+from governance.erasure.keys import ensure_key_tables, forget_plan_keys
 from governance.erasure.locking import subject_lock
 from governance.erasure.planner import ErasureWork, build_work, inventory_objects
 from governance.erasure.readable import erasure_plan_text
@@ -89,7 +90,7 @@ from governance.lineage import (
 from governance.migrations import ensure_schema, migrate
 from governance.objectstore import ObjectStoreUnavailable, not_answering, s3_client
 from governance.privacy_requests import request_ids_for_subject
-from governance.resolution import plan_systems, system_snapshots
+from governance.resolution import KeyStore, plan_systems, system_snapshots
 from governance.workflows.request_intake import (
     InvalidRunConfiguration,
     RequestHandle,
@@ -224,6 +225,10 @@ def request_approval_state(conn: Any, request_id: str) -> tuple[bool, bool]:
 # --------------------------------------------------------------------------------------------
 # 2. The plan
 
+# A table whose rows of the person are more than this many keeps their keys in its own database
+# (when the map lets it: governance.datamap.plans.stores_keys), not in the stored plan.
+INLINE_KEYS = 10_000
+
 
 def compute_work(
     datamap: Any,
@@ -251,11 +256,17 @@ def compute_work(
     plan = build_resolution_plan(datamap, kinds, business_scope=business_id is not None)
     erasure_plan = build_erasure_plan(datamap, plan)
     share, min_rows = guard_limits()
-    # One REPEATABLE READ snapshot per database; keys found in one drive resolution in the next.
-    with system_snapshots(datamap, plan_systems(plan), system_conninfo, application_name="governance-erasure-plan") as dbs:
+    # A heavy leaf table's keys stay in its own database, under the plan id (governance.erasure.keys).
+    stored = key_tables(datamap, plan)
+    ensure_key_tables(datamap, stored, system_conninfo)
+    # One REPEATABLE READ snapshot per database; keys found in one drive resolution in the next. Read-write:
+    # the snapshot stores the heavy tables' keys (committed with the plan's resolution, nothing else changes).
+    with system_snapshots(datamap, plan_systems(plan), system_conninfo, read_only=False,
+                          application_name="governance-erasure-plan") as dbs:  # fmt: skip
         resolution = resolve_subject(
             dbs, datamap, plan, MatchByIdentity(identities), as_of=as_of,
             scope_ids=[business_id] if business_id is not None else None,
+            key_store=KeyStore(plan_id, stored, inline_rows=INLINE_KEYS),
         )  # fmt: skip
         with psycopg.connect(governance_conninfo) as gov:
             holds = load_active_holds(gov, as_of=as_of, subject_hashes=subject_hashes(hasher, identities.items()))
@@ -295,7 +306,7 @@ def compute_work(
                 continue
             sizes[table] = table_size_at_least(dbs[sys_name], datamap, TableRef(sys_name, name), needed)
         for conn in dbs.values():
-            conn.rollback()
+            conn.commit()  # the stored keys (the snapshot changed nothing else)
     work.guard = evaluate_guard(work, sizes, max_table_share=share, min_rows=min_rows, override=override)
     inventory_objects(work, client_for=object_client or _object_client(datamap))
     return work
@@ -730,6 +741,26 @@ def issue_certificate(handle: Mapping[str, Any] | None, *, dag_id: str, run_id: 
             "verification_passed": bool(certificate["verification"].get("passed")), **uris}  # fmt: skip
 
 
+def _forget_keys(request_id: str, run_id: str, finished: list[str]) -> None:
+    """Remove the keys stored for the request's plans no run will act on any more, and for this
+    run's plan if it was never saved (a planning task that failed after resolving); a failure here
+    leaves keys (no personal data but ids) for the next close, it does not change the outcome."""
+    plans = set(finished)
+    with connect(_gov()) as conn:
+        this_run = store.plan_id_for(request_id, run_id)
+        saved = conn.execute("SELECT status FROM governance.erasure_plans WHERE plan_id = %s", (this_run,)).fetchone()
+    if saved is None:
+        plans.add(this_run)
+    try:
+        removed = forget_plan_keys(load_datamap(), plans, conninfo_for)
+    except Exception as exc:
+        log.warning("erasure %s: stored keys of finished plans not removed (%s); the next close retries",
+                    request_id, type(exc).__name__)  # fmt: skip
+        return
+    if removed:
+        log.info("erasure %s: removed %d stored keys of finished plans", request_id, removed)
+
+
 def close_erasure_request(handle: Mapping[str, Any] | None, *, run_id: str) -> dict[str, Any]:
     """Set the request's outcome (the last task; runs after failures too)."""
 
@@ -743,12 +774,16 @@ def close_erasure_request(handle: Mapping[str, Any] | None, *, run_id: str) -> d
                 "detail": f"run {holder} carries this request out; its outcome stands"}  # fmt: skip
     with connect(gov) as conn:
         row = store.latest_plan_for_run(conn, request_id, run_id)
+        finished = [r[0] for r in conn.execute(
+            "SELECT plan_id FROM governance.erasure_plans WHERE request_id = %s AND status <> ALL(%s)",
+            (request_id, list(store.CONTINUABLE))).fetchall()]  # fmt: skip
         certificate = None
         if row is not None:
             certificate = conn.execute(
                 "SELECT json_uri, verification_passed FROM governance.erasure_certificates WHERE plan_id = %s",
                 (row["plan_id"],),
             ).fetchone()
+    _forget_keys(request_id, run_id, finished)
     if row is not None and row["dry_run"]:
         log.info("erasure %s: dry run; the request stays open (trigger again with this request id)", request_id)
         return {"request_id": request_id, "outcome": "dry_run", "plan_id": row["plan_id"], "served": True}

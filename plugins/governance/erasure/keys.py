@@ -1,0 +1,98 @@
+"""The key tables of heavy subjects: created before a plan stores keys, emptied of a plan's keys
+once its run is over.
+
+A plan stores the keys of a heavy leaf table (a business user's million usage events) in that
+table's own database (:class:`~governance.datamap.plans.KeyTable`, schema ``governance_erasure``):
+tasks are separate processes, so the keys must outlive the planning task's transaction, and the
+executor joins to them in the same database as the rows. They are regular ``UNLOGGED`` tables
+(no WAL for a throw-away copy of keys; after a crash they are empty and the executor refuses the
+plan, which is then made again), created once per table shape by :func:`ensure_key_tables`.
+
+Clean-up: :func:`forget_plan_keys` removes the keys of plans no run can act on any more (made,
+refused, superseded, executed or verified: everything but ``approved``/``executing``, which a
+later run continues); ``close_erasure_request`` calls it for the request's plans, after the
+certificate, which records counts only. Keys of a plan a run continues stay until the run that
+finishes it closes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+
+import psycopg
+from psycopg import sql
+
+from governance.datamap.model import DataMap, TableRef
+from governance.datamap.plans import KEY_PLAN_COLUMN, KEY_TABLES_SCHEMA, KeyTable
+
+log = logging.getLogger(__name__)
+
+_DDL_LOCK = 0x6B65797374  # one creator of key tables at a time per database ("keyst")
+
+
+def ensure_key_tables(datamap: DataMap, tables: Mapping[TableRef, KeyTable], conninfo_for: Callable[[str], str]) -> None:
+    """Create the key tables ``tables`` names where they are missing (own short transactions,
+    before the planning snapshot is opened)."""
+    by_system: dict[str, list[KeyTable]] = {}
+    for ref, kt in tables.items():
+        by_system.setdefault(ref.system, []).append(kt)
+    for system_name, kts in by_system.items():
+        system = datamap.postgres_system(system_name)
+        with psycopg.connect(conninfo_for(system.connection_id), application_name="governance-erasure-keys") as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
+            for kt in kts:
+                for statement in kt.create():
+                    conn.execute(statement)
+
+
+def forget_plan_keys(datamap: DataMap, plan_ids: Iterable[str], conninfo_for: Callable[[str], str]) -> int:
+    """Remove the stored keys of ``plan_ids`` from every key table of every database of the map;
+    return how many were removed."""
+    plans = sorted(set(plan_ids))
+    if not plans:
+        return 0
+    removed = 0
+    seen: set[str] = set()
+    for system in datamap.postgres_systems:
+        conninfo = conninfo_for(system.connection_id)
+        if conninfo in seen:
+            continue
+        seen.add(conninfo)
+        with psycopg.connect(conninfo, application_name="governance-erasure-keys") as conn:
+            names = [r[0] for r in conn.execute(
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = %s AND c.relkind = 'r' ORDER BY 1", (KEY_TABLES_SCHEMA,)).fetchall()]  # fmt: skip
+            for name in names:
+                cur = conn.execute(
+                    sql.SQL("DELETE FROM {} WHERE {} = ANY(%s)").format(
+                        sql.Identifier(KEY_TABLES_SCHEMA, name), sql.Identifier(KEY_PLAN_COLUMN)
+                    ),
+                    (plans,),
+                )
+                removed += max(0, cur.rowcount)
+    return removed
+
+
+def stored_key_count(datamap: DataMap, conninfo_for: Callable[[str], str], plan_id: str) -> int:
+    """Keys stored for ``plan_id`` in every database of the map (0 once forgotten)."""
+    total = 0
+    seen: set[str] = set()
+    for system in datamap.postgres_systems:
+        conninfo = conninfo_for(system.connection_id)
+        if conninfo in seen:
+            continue
+        seen.add(conninfo)
+        with psycopg.connect(conninfo) as conn:
+            names = [r[0] for r in conn.execute(
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = %s AND c.relkind = 'r'", (KEY_TABLES_SCHEMA,)).fetchall()]  # fmt: skip
+            for name in names:
+                row = conn.execute(
+                    sql.SQL("SELECT count(*) FROM {} WHERE {} = %s").format(
+                        sql.Identifier(KEY_TABLES_SCHEMA, name), sql.Identifier(KEY_PLAN_COLUMN)
+                    ),
+                    (plan_id,),
+                ).fetchone()
+                total += int(row[0]) if row else 0
+    return total
