@@ -41,6 +41,7 @@ from governance.config import (
 )
 from governance.datamap import load_datamap
 from governance.datamap.model import DataMap
+from governance.datamap.plans import KEY_TABLES_SCHEMA, provisioned_key_tables
 from governance.db import conninfo_for
 from governance.migrations import MigrationError, assume_migration_role, discover, migration_conninfo
 
@@ -241,12 +242,40 @@ def insights_section(tables: Sequence[str], roles: DatabaseRoles) -> GrantSectio
     )  # fmt: skip
 
 
+def key_tables_section(system_name: str, datamap: DataMap, roles: DatabaseRoles) -> GrantSection | None:
+    """The erasure's key tables in one postgres system's database (``governance_erasure``, see
+    :class:`governance.datamap.plans.KeyTable`): created here, by the migration role, where missing,
+    with their rows (never their definition) granted to the task role; None where the map stores
+    no keys in that system."""
+    system = datamap.postgres_system(system_name)
+    tables = [kt for kt in provisioned_key_tables(datamap) if kt.source.system == system.name]
+    if not tables:
+        return None
+    task = sql.Identifier(roles.task)
+    statements: list[sql.Composed] = []
+    for kt in tables:
+        statements += kt.create()
+    statements += [
+        sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA {} FROM {}").format(sql.Identifier(KEY_TABLES_SCHEMA), task),
+        sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(KEY_TABLES_SCHEMA), task),
+    ]
+    statements += [sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(kt.name, task) for kt in tables]
+    return GrantSection(
+        f"system {system.name}: erasure key tables, schema {KEY_TABLES_SCHEMA}, {len(tables)} table(s)",
+        system.connection_id,
+        KEY_TABLES_SCHEMA,
+        tuple(statements),
+        expected=tuple((kt.table_name, privilege) for kt in tables for privilege in ("INSERT", "DELETE")),
+    )
+
+
 def plan_grants(
     datamap: DataMap, roles: DatabaseRoles, governance_tables: Sequence[str]
 ) -> list[GrantSection]:
     """Every grant the data map, the insights schema and the governance schema imply, one section
     per schema (the governance schema's last)."""
     sections = [system_section(s.name, datamap, roles) for s in datamap.postgres_systems]
+    sections += [k for s in datamap.postgres_systems if (k := key_tables_section(s.name, datamap, roles)) is not None]
     insights = insights_tables_from_migrations()
     if insights:
         sections.append(insights_section(insights, roles))

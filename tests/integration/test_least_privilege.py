@@ -38,6 +38,8 @@ from governance.crypto import Keyring
 from governance.datamap import load_datamap
 from governance.datamap.drift import find_drift
 from governance.datamap.loader import validate_datamap
+from governance.datamap.plans import provisioned_key_tables
+from governance.erasure.keys import KeyTablesMissing, ensure_key_tables
 from governance.export.collect import ExportTargets, export_bundle_to_s3
 from governance.grants import DatabaseRoles, apply_grants
 from governance.ledger import LedgerEntry, LedgerWriter
@@ -324,6 +326,32 @@ def test_erasure_of_one_person_runs_end_to_end_as_the_task_role(least_privilege:
         kept = conn.execute("SELECT count(*) FROM app.users").fetchone()
     assert users == (0,) and callers == (0,) and plans == [("verified",)]
     assert kept and kept[0] > 0  # everybody else is still there
+
+
+def test_erasure_key_tables_belong_to_the_migration_role_and_a_missing_one_is_named_not_created_by_the_task_role(
+    least_privilege: LeastPrivilege,
+) -> None:
+    lp = least_privilege
+    datamap = load_datamap()
+    app_tables = {kt.source: kt for kt in provisioned_key_tables(datamap) if kt.source.system == "aircalls_app"}
+    with psycopg.connect(lp.admin_url) as conn:
+        owners = dict(conn.execute(
+            "SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'governance_erasure'").fetchall())  # fmt: skip
+    assert owners == {kt.table_name: lp.roles.migration for kt in app_tables.values()}
+    usage = next(kt for ref, kt in app_tables.items() if ref.table == "usage_events")
+    with psycopg.connect(lp.migration_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP TABLE {}").format(usage.name))
+    try:
+        with pytest.raises(KeyTablesMissing, match=rf"{usage.table_name}.*governance grants --apply"):
+            ensure_key_tables(datamap, app_tables, lambda _conn_id: lp.task_url)
+        with psycopg.connect(lp.admin_url) as conn:
+            assert conn.execute("SELECT to_regclass(%s)", (usage.name.as_string(None),)).fetchone() == (None,)
+    finally:
+        assert governance_cli(["grants", "--apply"]) == 0  # the migration role creates it again
+    with psycopg.connect(lp.admin_url) as conn:
+        assert conn.execute("SELECT tableowner FROM pg_tables WHERE schemaname = 'governance_erasure' AND tablename = %s",
+                            (usage.table_name,)).fetchone() == (lp.roles.migration,)  # fmt: skip
+    ensure_key_tables(datamap, app_tables, lambda _conn_id: lp.task_url)  # all there: nothing to create
 
 
 def test_export_of_one_person_as_the_task_role_holds_exactly_their_rows(

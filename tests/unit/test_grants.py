@@ -78,8 +78,27 @@ def test_governance_tables_get_the_declared_privileges_and_every_table_a_migrati
     assert granted["governance.schema_migrations"] == {"SELECT": None}
     assert granted["governance.request_actions"] == {"SELECT": None, "INSERT": None}  # append-only
     assert granted["governance.erasure_plans"] == dict.fromkeys(("SELECT", "INSERT", "UPDATE", "DELETE"))
+    # The only DDL is the migration role's own: the erasure's key tables (next test).
     assert not [line for line in _statements(load_datamap()) if re.search(r"\b(TRUNCATE|ALL PRIVILEGES|CREATE|TRIGGER)\b", line)
-                and not line.startswith(("REVOKE", "BEGIN", "COMMIT"))]  # fmt: skip
+                and not line.startswith(("REVOKE", "BEGIN", "COMMIT"))
+                and not re.match(r'CREATE (SCHEMA|UNLOGGED TABLE|INDEX) IF NOT EXISTS "?(governance_erasure|keys_)', line)]  # fmt: skip
+
+
+def test_the_erasure_key_tables_are_created_by_the_migration_role_and_the_task_role_gets_their_rows_only() -> None:
+    sections = [s for s in plan_grants(load_datamap(), ROLES, governance_tables_from_migrations())
+                if s.schema == "governance_erasure"]  # fmt: skip
+    assert {s.conn_id for s in sections} == {"aircalls_app", "aircalls_warehouse"}
+    for section in sections:
+        lines = section.as_sql().splitlines()[2:-1]
+        creates = [line for line in lines if line.startswith("CREATE")]
+        assert creates and all('"governance_erasure"' in line for line in creates)
+        revoke = lines.index(f'REVOKE ALL ON ALL TABLES IN SCHEMA "governance_erasure" FROM "{ROLES.task}";')
+        assert revoke == len(creates)  # every table exists before the task role's grants are reset
+        grants = lines[revoke + 1:]
+        assert grants[0] == f'GRANT USAGE ON SCHEMA "governance_erasure" TO "{ROLES.task}";'
+        assert grants[1:] and all(re.fullmatch(
+            rf'GRANT SELECT, INSERT, UPDATE, DELETE ON "governance_erasure"\."keys_\w+" TO "{ROLES.task}";', g) for g in grants[1:])
+        assert {t for t, _ in section.expected} == {re.search(r'"(keys_\w+)"', g)[1] for g in grants[1:]}  # type: ignore[index]
 
 
 def test_a_table_added_to_the_map_is_granted_with_no_code_change() -> None:
@@ -111,7 +130,12 @@ def test_each_schema_is_revoked_then_granted_in_one_transaction_so_applying_is_e
     for section in plan_grants(load_datamap(), ROLES, governance_tables_from_migrations()):
         lines = section.as_sql().splitlines()
         assert lines[1] == "BEGIN;" and lines[-1] == "COMMIT;"
-        assert lines[2].startswith(f'REVOKE ALL ON ALL TABLES IN SCHEMA "{section.schema}" FROM "{ROLES.task}"')
+        revoke = f'REVOKE ALL ON ALL TABLES IN SCHEMA "{section.schema}" FROM "{ROLES.task}"'
+        if section.schema == "governance_erasure":  # its tables are created first (test above)
+            assert lines[2].startswith('CREATE SCHEMA IF NOT EXISTS "governance_erasure"') and any(
+                line.startswith(revoke) for line in lines)
+        else:
+            assert lines[2].startswith(revoke)
 
 
 def test_the_task_role_must_be_a_role_of_its_own() -> None:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -1081,6 +1082,22 @@ def stores_keys(datamap: DataMap, plan: ResolutionPlan, step: ResolutionStep) ->
 def key_tables(datamap: DataMap, plan: ResolutionPlan) -> dict[TableRef, KeyTable]:
     """The key table of every step of ``plan`` that may store its keys (:func:`stores_keys`)."""
     return {s.table: key_table(datamap, s.table, s.columns) for s in plan.steps if stores_keys(datamap, plan, s)}
+
+
+def provisioned_key_tables(datamap: DataMap) -> list[KeyTable]:
+    """Every key table an erasure under ``datamap`` can use: those of the resolution plans of every
+    combination of the map's identity kinds, with and without a business scope. The migration role
+    creates them (``python -m governance grants --apply``, :mod:`governance.grants`) and grants the
+    task role their rows, so planning never runs DDL as the task role."""
+    kinds = sorted(datamap.identity_kinds)
+    found: dict[str, KeyTable] = {}
+    for size in range(1, len(kinds) + 1):
+        for combination in itertools.combinations(kinds, size):
+            for scoped in (False, True):
+                plan = build_resolution_plan(datamap, combination, business_scope=scoped)
+                for kt in key_tables(datamap, plan).values():
+                    found.setdefault(kt.table_name, kt)
+    return [found[name] for name in sorted(found)]
 
 
 @dataclass(frozen=True)

@@ -31,19 +31,36 @@ log = logging.getLogger(__name__)
 _DDL_LOCK = 0x6B65797374  # one creator of key tables at a time per database ("keyst")
 
 
+class KeyTablesMissing(RuntimeError):
+    """A key table the plan needs is missing and the connecting role may not create it."""
+
+
 def ensure_key_tables(datamap: DataMap, tables: Mapping[TableRef, KeyTable], conninfo_for: Callable[[str], str]) -> None:
     """Create the key tables ``tables`` names where they are missing (own short transactions,
-    before the planning snapshot is opened)."""
+    before the planning snapshot is opened). Under least privilege they exist already (the
+    migration role's ``grants --apply`` creates them); a task role that finds one missing gets
+    :class:`KeyTablesMissing` naming the command, before anything is read or written."""
     by_system: dict[str, list[KeyTable]] = {}
     for ref, kt in tables.items():
         by_system.setdefault(ref.system, []).append(kt)
     for system_name, kts in by_system.items():
         system = datamap.postgres_system(system_name)
         with psycopg.connect(conninfo_for(system.connection_id), application_name="governance-erasure-keys") as conn:
+            missing = [kt for kt in kts if conn.execute("SELECT to_regclass(%s)", (kt.name.as_string(None),)).fetchone() == (None,)]
+            if not missing:
+                continue  # the usual case: `grants --apply` created them (the task role runs no DDL)
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
-            for kt in kts:
-                for statement in kt.create():
-                    conn.execute(statement)
+            try:
+                for kt in missing:
+                    for statement in kt.create():
+                        conn.execute(statement)
+            except psycopg.errors.InsufficientPrivilege as exc:
+                names = ", ".join(kt.name.as_string(None) for kt in missing)
+                raise KeyTablesMissing(
+                    f"the erasure's key table(s) {names} do not exist in system {system_name!r} and this role may not "
+                    "create them: run `python -m governance grants --apply` as the migration role (it creates them "
+                    "and grants the task role their rows)"
+                ) from exc
 
 
 def forget_plan_keys(datamap: DataMap, plan_ids: Iterable[str], conninfo_for: Callable[[str], str]) -> int:
