@@ -149,6 +149,18 @@ def _columns(names: Iterable[str]) -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier(n) for n in names)
 
 
+# The retention sweep's batches find each expired row again by where it is (``ctid``) and in
+# which relation (``tableoid``, a partition), in the statement that scanned it: under column
+# privileges PostgreSQL checks system columns too, so a swept table grants them (they locate a
+# row, they hold nothing of anyone).
+ROW_LOCATOR_COLUMNS = ("ctid", "tableoid")
+
+
+def retention_swept_tables(datamap: DataMap, system_name: str) -> set[str]:
+    """The tables of ``system_name`` a retention rule sweeps row by row."""
+    return {r.table for r in datamap.retention if r.system == system_name and r.table is not None}
+
+
 def system_section(system_name: str, datamap: DataMap, roles: DatabaseRoles) -> GrantSection:
     """The task role's grants on one postgres system of the map: every mapped table, its mapped
     columns only."""
@@ -158,11 +170,11 @@ def system_section(system_name: str, datamap: DataMap, roles: DatabaseRoles) -> 
         sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA {} FROM {}").format(sql.Identifier(schema), task),
         sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), task),
     ]
+    swept = retention_swept_tables(datamap, system.name)
     for table in system.tables:
         target = sql.Identifier(schema, table.name)
-        statements.append(
-            sql.SQL("GRANT SELECT ({}) ON {} TO {}").format(_columns(table.field_names), target, task)
-        )
+        readable = [*table.field_names, *(ROW_LOCATOR_COLUMNS if table.name in swept else ())]
+        statements.append(sql.SQL("GRANT SELECT ({}) ON {} TO {}").format(_columns(readable), target, task))
         # Erasure and retention rewrite mapped columns (null, mask, keyed hash, generalise, clear a
         # mention); nothing rewrites a primary key.
         writable = [f for f in table.field_names if f != table.primary_key]

@@ -9,7 +9,7 @@ copy also holds what the map does not name: a table of staff notes and a column 
 
 The task role cannot alter, disable or replace the ledger's triggers, cannot rewrite ledger rows
 (it appends only through the ledger writer), cannot read what the map does not name, cannot run
-DDL, and still erases and exports a person completely.
+DDL, and still erases and exports a person completely and sweeps every app table's retention rules.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from tests.integration.test_export_bundle import (
     subject_of,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=90)]
 
 ROLES_SCRIPT = "include/sql/roles/database_roles.sql"
 
@@ -467,3 +467,37 @@ def test_task_role_reads_and_adds_insights_releases_but_cannot_change_or_remove_
         ("CREATE TABLE insights.exfiltrate (v text)", "permission denied for schema insights"),
     ):
         _refused(lp.task_url, statement, match)
+
+
+# Last in the module: the sweep deletes old rows the tests above read.
+def test_retention_sweep_of_every_app_table_runs_as_the_task_role_and_deletes_what_expired(
+    least_privilege: LeastPrivilege,
+) -> None:
+    from governance.datamap.plans import build_retention_plan
+    from governance.retention.engine import sweep_targets
+    from governance.workflows.retention_sweep import sweep_one_target
+
+    lp = least_privilege
+    datamap = load_datamap()
+    targets = sorted(
+        (t for t in sweep_targets(datamap, build_retention_plan(datamap)) if t["system"] == "aircalls_app"),
+        key=lambda t: t["wave"],
+    )
+    assert {t["name"] for t in targets} >= {"calls", "messages", "usage_events"}
+    as_of = datetime.now(UTC).replace(microsecond=0)
+    expired_calls = "SELECT count(*) FROM app.calls WHERE started_at < %s::timestamptz - interval '2 years'"
+    with psycopg.connect(lp.admin_url) as conn:
+        before = conn.execute(expired_calls, (as_of,)).fetchone()
+    assert before is not None and before[0] > 0, "the copy holds calls past their two years"
+    options = {"dry_run": False, "as_of": as_of.isoformat(), "orphan_grace_days": 7}
+    results = [sweep_one_target(t, {**options, "rules": t["rules"]}, run_id=f"least_privilege_{t['name']}") for t in targets]
+    assert all(r["verification"].get("success") for r in results if r["rules"]), results
+    with psycopg.connect(lp.admin_url) as conn:
+        after = conn.execute(expired_calls, (as_of,)).fetchone()
+        recorded = conn.execute(
+            "SELECT rule, rows_affected FROM governance.retention_runs WHERE run_id = 'least_privilege_calls'"
+        ).fetchall()
+    deleted = before[0] - after[0]  # type: ignore[index]
+    assert deleted > 0 and sum(rows for _, rows in recorded) >= deleted
+    # Still the task role: it owns nothing and runs no DDL after sweeping.
+    _refused(lp.task_url, "CREATE TABLE app.after_sweep (v text)", "permission denied for schema app")
