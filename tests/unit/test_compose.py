@@ -648,3 +648,28 @@ def test_app_postgres_creates_the_roles_after_the_app_schema_with_the_names_and_
     # One name per role across the stack: what app-postgres creates is what the containers use.
     for name in (config.MIGRATION_ROLE_ENV, config.TASK_ROLE_ENV, config.LEDGER_WRITER_ROLE_ENV):
         assert env[name] == common_env[name], name
+
+
+def test_app_owner_runs_the_roles_script_again_after_airflow_init_to_own_the_partition_function(
+    compose: dict[str, Any],
+) -> None:
+    # The script hands governance.drop_expired_partition to whoever runs it only where the function
+    # exists, i.e. after airflow-init migrated: app-postgres's first start ran it too early.
+    script = (ROOT / "include/sql/roles/database_roles.sql").read_text()
+    assert "ALTER FUNCTION governance.drop_expired_partition" in script and "OWNER TO %I', current_user" in script
+    owner = compose["services"]["app-db-owner-init"]
+    assert owner["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
+    assert owner["depends_on"]["app-postgres"]["condition"] == "service_healthy"
+    mount = next(v for v in owner["volumes"] if v.startswith("./include/sql/roles/database_roles.sql:"))
+    assert owner["command"][-1] == mount.split(":")[1]
+    env, app = _environment(owner), _environment(compose["services"]["app-postgres"])
+    # The app's owner (app-postgres's POSTGRES_USER) on the app database, with what the script reads.
+    # ... logged in over app-postgres's own loopback (the image trusts it), so the superuser's
+    # password stays app-postgres's alone (test above).
+    assert owner["network_mode"] == "service:app-postgres"
+    assert (env["PGHOST"], env["PGUSER"], env["PGDATABASE"]) == ("127.0.0.1", app["POSTGRES_USER"], app["POSTGRES_DB"])
+    assert "PGPASSWORD" not in env
+    for name in ("GOVERNANCE_MIGRATION_ROLE", "GOVERNANCE_TASK_ROLE", "GOVERNANCE_LEDGER_WRITER_ROLE",
+                 "GOVERNANCE_MIGRATOR_DB_PASSWORD", "GOVERNANCE_TASK_DB_PASSWORD"):  # fmt: skip
+        assert env[name] == app[name], name
+    assert owner["restart"] == "no"
