@@ -244,7 +244,7 @@ def request_page(view: RequestView, *, base: str, airflow_base: str, staff: Staf
     # -- runs
     run_rows = "".join(
         f"<tr><td><a target='_top' href='{_e(airflow_base)}{_e(run.ui_path)}'>{_e(run.run_id)}</a></td><td>{_e(run.dag_id)}</td>"
-        f"<td>{'dry run' if run.dry_run else ('erasure' if run.dry_run is False else '')}</td>"
+        f"<td>{run_kind(view.request['kind'], run.dry_run)}</td>"
         f"<td><span class='tag'>{_e(run.state)}</span>{' — waiting for ' + _e(run.waiting_for) if run.waiting_for else ''}</td>"
         f"<td>{_e(run.started_by or '')}</td><td>{_date(run.queued_at, time=True)}</td></tr>"
         for run in view.runs
@@ -259,6 +259,13 @@ def request_page(view: RequestView, *, base: str, airflow_base: str, staff: Staf
     ) or "<tr><td colspan='4' class='muted'>Nothing recorded on this page yet.</td></tr>"
     parts.append(f"<h2>Record</h2><table id='actions'><tr><th>When</th><th>What</th><th>Who</th><th>Detail</th></tr>{action_rows}</table>")
     return layout(f"Request {rid}", "".join(parts), base=base, staff=staff)
+
+
+def run_kind(request_kind: str, dry_run: bool | None) -> str:
+    """What a run of the request did: an erasure's dry run or the erasure itself, or the export."""
+    if request_kind == "erasure":
+        return "dry run" if dry_run else "erasure" if dry_run is False else "erasure (mode not recorded)"
+    return "export"
 
 
 def lifecycle_forms(r: Mapping[str, Any], *, base: str, permissions: Mapping[str, bool]) -> list[str]:
