@@ -179,3 +179,31 @@ def test_record_response_says_when_and_how_only_for_a_finished_request(page: Any
     again = page.post(f"/requests/{request_id}/respond", headers=desk, data={"via": "email"})
     assert again.status_code == 409 and "is responded" in again.text
     assert _row(gov, request_id, "responded_via") == ("phone",)
+
+
+def test_request_page_warns_while_its_workflow_is_paused_in_airflow_and_not_once_unpaused(
+    page: Any, gov: str, synced_dags: None  # noqa: F811 (the fixture imported above)
+) -> None:
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select, update
+
+    with create_session() as session:  # restored after: the metadata DB is the session's
+        was = session.scalar(select(DagModel.is_paused).where(DagModel.dag_id == "dsr_export"))
+    assert was is not None, "dsr_export is in the metadata DB"
+
+    def pause(paused: bool) -> None:
+        with create_session() as session:
+            session.execute(update(DagModel).where(DagModel.dag_id == "dsr_export").values(is_paused=paused))
+
+    request_id = _record(gov, "export", datetime.now(UTC))
+    officer = as_user("olga", "op")
+    try:
+        pause(True)
+        shown = page.get(f"/requests/{request_id}", headers=officer)
+        assert shown.status_code == 200 and "id='paused'" in shown.text
+        assert "dsr_export</a> is paused in Airflow" in shown.text
+        pause(False)
+        assert "id='paused'" not in page.get(f"/requests/{request_id}", headers=officer).text
+    finally:
+        pause(was)

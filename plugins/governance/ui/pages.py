@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 from governance.ui.access import Staff
-from governance.ui.service import SORTS, STATUSES, RequestView
+from governance.ui.service import DAG_FOR_KIND, SORTS, STATUSES, RequestView
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:1.2rem;color:#1a202c;font-size:15px}
@@ -137,6 +137,12 @@ def request_page(view: RequestView, *, base: str, airflow_base: str, staff: Staf
         parts.append(message(flash))
     if error:
         parts.append(message(error, error=True))
+    if view.paused:
+        parts.append(
+            "<div class='box err' role='alert' id='paused'>The workflow "
+            f"<a target='_top' href='{_e(airflow_base)}/dags/{_e(DAG_FOR_KIND[r['kind']])}'>{_e(DAG_FOR_KIND[r['kind']])}</a> "
+            "is paused in Airflow: a run started here waits, queued, until someone with access unpauses it.</div>"
+        )
     identities = " and ".join(k for k, present in (("e-mail", r["has_email"]), ("phone", r["has_phone"])) if present)
     parts.append(
         "<table class='facts'>"

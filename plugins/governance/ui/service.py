@@ -251,6 +251,7 @@ class RequestView:
     certificate: dict[str, Any] | None = None
     bundle: dict[str, Any] | None = None
     passphrase: dict[str, Any] | None = None
+    paused: bool = False  # the request's workflow is paused in Airflow: its runs wait, queued
 
     @property
     def recorded_by(self) -> str | None:
@@ -358,8 +359,20 @@ def request_view(request_id: str) -> RequestView:
         run_ids.setdefault((dag_id, bundle["run_id"]), {})
     if row["dag_run_id"]:
         run_ids.setdefault((dag_id, row["dag_run_id"]), {})
+    finished = row["status"] in ("completed", "rejected", "responded")
     return RequestView(request=row, actions=actions, runs=_runs(request_id, run_ids), plans=plans,
-                       certificate=certificate, bundle=bundle, passphrase=passphrase)  # fmt: skip
+                       certificate=certificate, bundle=bundle, passphrase=passphrase,
+                       paused=not finished and workflow_paused(dag_id))  # fmt: skip
+
+
+def workflow_paused(dag_id: str) -> bool:
+    """Whether ``dag_id`` is paused in Airflow (a run triggered then waits, queued, until unpaused)."""
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        return bool(session.scalar(select(DagModel.is_paused).where(DagModel.dag_id == dag_id)))
 
 
 # --------------------------------------------------------------------------------------------
