@@ -147,3 +147,32 @@ def test_passphrase_reveal_is_recorded_with_the_user_and_refused_to_other_roles(
             conn.execute("DELETE FROM governance.request_actions WHERE request_id = %s", (request_id,))
     assert actions == [("passphrase_revealed", "paula"), ("passphrase_revealed", "otto"), ("link_viewed", "otto")]
     assert counted == (2, "otto")
+
+
+def test_a_cookie_signed_post_from_another_site_is_refused_before_anything_changes(client: Any, governance_db: str) -> None:
+    at = datetime(2026, 11, 28, 9, tzinfo=UTC)
+    with psycopg.connect(governance_db) as conn:
+        request_id = create_request(conn, kind="export", identities=SubjectIdentities.parse(email="csrf@example.com"),
+                                    hasher=hasher_from_airflow(), cipher=cipher_from_airflow(), received_at=at)  # fmt: skip
+        ensure_passphrase(conn, request_id, cipher=cipher_from_airflow(), at=at)
+    mark_in_progress(request_id, dag_run_id="run-1", at=at, conninfo=governance_db)
+    close_request(request_id, succeeded=True, at=at, result_uri="https://objects.example/bundle?sig=1", conninfo=governance_db)
+    client.cookies.set("_token", token("paula", "op"))  # signed in through the UI, as a browser is
+    path = f"/requests/{request_id}/passphrase"
+    try:
+        for headers in ({"Origin": "https://attacker.example"}, {"Origin": "null"},
+                        {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site", "Origin": "http://testserver"}):  # fmt: skip
+            refused = client.post(path, headers=headers)
+            assert refused.status_code == 403 and "Refused" in refused.text, headers
+        with psycopg.connect(governance_db) as conn:
+            assert conn.execute("SELECT count(*) FROM governance.request_actions WHERE request_id = %s",
+                                (request_id,)).fetchone() == (0,)  # fmt: skip
+        # The page's own forms: same origin.
+        own = client.post(path, headers={"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"})
+        assert own.status_code == 200
+    finally:
+        client.cookies.clear()
+    with psycopg.connect(governance_db) as conn:
+        actions = conn.execute("SELECT action, actor FROM governance.request_actions WHERE request_id = %s",
+                               (request_id,)).fetchall()  # fmt: skip
+    assert actions == [("passphrase_revealed", "paula")]

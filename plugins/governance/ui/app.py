@@ -11,7 +11,7 @@ HTML pages for staff, and the same operations as JSON under ``/api`` (for script
 from __future__ import annotations
 
 from typing import Annotated, Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -24,10 +24,36 @@ from governance.ui.service import DAG_FOR_KIND, PageError
 NO_STORE = {"Cache-Control": "no-store", "Referrer-Policy": "same-origin"}
 
 
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def refuse_cross_site(request: Request) -> None:
+    """A state-changing request signed in by the UI's cookie must come from this site's own pages.
+
+    Browsers send the session cookie with a form posted from anywhere the cookie's SameSite rule
+    allows (a sibling subdomain, an older browser), so a page elsewhere could approve, extend or
+    reveal in a signed-in officer's name. Modern browsers say where a request comes from
+    (``Sec-Fetch-Site``, ``Origin``): anything but this origin is refused before any handler
+    runs. A bearer token is never sent by a browser on its own, so API clients are not checked.
+    """
+    if request.method in _SAFE_METHODS or request.headers.get("authorization"):
+        return
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        raise HTTPException(403, f"Refused: a {site} request may not change anything here; use the Privacy requests page itself.")
+    origin = request.headers.get("origin")
+    if origin is not None:
+        hosts = {h for h in (request.headers.get("host"), request.headers.get("x-forwarded-host")) if h}
+        if origin == "null" or urlsplit(origin).netloc not in hosts:
+            raise HTTPException(403, "Refused: this form was posted from another site; use the Privacy requests page itself.")
+
+
 async def current_staff(request: Request) -> Staff:
-    """The authenticated user (Airflow's own check; 401 without a session, 403 for a bad token)."""
+    """The authenticated user (Airflow's own check; 401 without a session, 403 for a bad token),
+    after :func:`refuse_cross_site`."""
     from airflow.api_fastapi.core_api.security import bearer_scheme, get_user
 
+    refuse_cross_site(request)
     credentials = await bearer_scheme(request)
     user = await get_user(request, None, credentials)
     return staff_of(user)
