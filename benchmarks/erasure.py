@@ -55,6 +55,7 @@ reload and the database phase is printed: the goal is under 200 MB at N = 1,000,
 database phase still within 2x of the hand-written statements.
 
     .venv/bin/python benchmarks/erasure.py [--scales small,large] [--repeat 7] [--people both_user_and_caller,payer]
+                                           [--warehouse-facts 5000000]
                                            [--no-preload] [--standalone [--executors preloading,local]]
                                            [--heavy-events 1000000]
 """
@@ -451,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="do not preload Great Expectations (verify pays its import, as before)")  # fmt: skip
     parser.add_argument("--standalone", action="store_true", help="also erase under a real airflow standalone")
     parser.add_argument("--executors", default="preloading,local", help="executors for --standalone, in order")
+    parser.add_argument("--warehouse-facts", type=int, default=0,
+                        help="pad the warehouse's call facts to this many rows (other callers) at every scale")
     parser.add_argument("--heavy-events", type=int, default=0,
                         help="usage events added to both_user_and_caller's user before measuring (#12: 1000000)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -476,6 +479,27 @@ def main(argv: list[str] | None = None) -> int:
         pass
     _print_summary(args, results, e2e, standalone, helpers.peak_rss_mb())
     return 0
+
+
+def pad_call_facts(warehouse_url: str, total: int) -> int:
+    """Bring ``analytics.call_facts`` to ``total`` rows with facts of calls the app no longer holds
+    (ids past the app's, callers from a reserved +1 555 range nobody in the cast has), spread over
+    three years, as a warehouse's history outgrows the app. Returns how many were added."""
+    import psycopg
+
+    with psycopg.connect(warehouse_url) as conn:
+        have, top = conn.execute("SELECT count(*), coalesce(max(call_id), 0) FROM analytics.call_facts").fetchone()  # type: ignore[misc]
+        missing = max(0, total - have)
+        conn.execute(
+            "INSERT INTO analytics.call_facts (call_id, business_id, caller_phone, started_at, duration_s, outcome, loaded_at)"
+            " SELECT %(top)s + g, 1 + g %% 997, '+1555' || lpad((g %% 9000000)::text, 7, '0'),"
+            " now() - make_interval(secs => g %% 94608000), 30 + g %% 600, (ARRAY['answered','missed','voicemail'])[1 + g %% 3], now()"
+            " FROM generate_series(1, %(n)s) AS g",
+            {"top": top, "n": missing},
+        )
+        conn.commit()
+        conn.execute("ANALYZE analytics.call_facts")
+    return missing
 
 
 def _run_scales(
@@ -524,6 +548,11 @@ def _run_scales(
                         copies[executor] = copy_database(admin_url, name)
                         print(f"  copied the seeded database for the {executor} run in {time.perf_counter() - t0:.0f} s",
                               flush=True)  # fmt: skip
+                if args.warehouse_facts:
+                    t0 = time.perf_counter()
+                    added = pad_call_facts(warehouse_url, args.warehouse_facts)
+                    print(f"  added {added:,} call facts of other callers (warehouse now {args.warehouse_facts:,} facts) "
+                          f"in {time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
                 if args.heavy_events:
                     t0 = time.perf_counter()
                     _benchmark_module("export").plant_usage_events(url, "both_user_and_caller", args.heavy_events)
