@@ -271,7 +271,7 @@ def run_kind(request_kind: str, dry_run: bool | None) -> str:
     """What a run of the request did: an erasure's dry run or the erasure itself, or the export."""
     if request_kind == "erasure":
         return "dry run" if dry_run else "erasure" if dry_run is False else "erasure (mode not recorded)"
-    return "export"
+    return _e(request_kind)
 
 
 def lifecycle_forms(r: Mapping[str, Any], *, base: str, permissions: Mapping[str, bool]) -> list[str]:
