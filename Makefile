@@ -11,9 +11,8 @@ STAMP := $(VENV)/.installed
 # pytest-xdist workers; each has its own Airflow metadata DB, S3 server, stand-ins and reference
 # template, so tests stay isolated (--dist loadfile keeps a module's fixtures in one worker; the
 # longest modules start first, see tests/conftest.py).
-# Three on two cores: much of a test waits on Airflow processes, servers and polls (2 workers: 19.7 min;
-# see the README). PYTEST_WORKERS=0 runs in one process.
-PYTEST_WORKERS ?= 3
+# PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= 2
 
 .PHONY: help venv lint test test-fast demo airflow airflow-stop services-start services-stop lock bench bench-intake celery-check clean
 
