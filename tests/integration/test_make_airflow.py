@@ -52,14 +52,19 @@ def _get_json(url: str, token: str | None = None) -> dict:
 def _wait_for(predicate: Callable[[], object], timeout_s: float, what: str, log: Path,
               proc: subprocess.Popen[bytes] | None = None) -> object:
     deadline = time.monotonic() + timeout_s
+    last_error: OSError | None = None
     while time.monotonic() < deadline:
-        result = predicate()
+        try:
+            result = predicate()
+        except OSError as exc:  # a busy API server answering late (or a refused connection) is "not yet"
+            result, last_error = None, exc
         if result:
             return result
         if proc is not None and proc.poll() is not None:  # it died: no point waiting out the deadline
             raise AssertionError(f"{what}: make airflow exited {proc.returncode}; it printed:\n{log.read_text()[-4000:]}")
         time.sleep(1)
-    raise AssertionError(f"{what} within {timeout_s:.0f} s; make airflow printed:\n{log.read_text()[-4000:]}")
+    raise AssertionError(f"{what} within {timeout_s:.0f} s (last error: {last_error!r}); make airflow printed:\n"
+                         f"{log.read_text()[-4000:]}")  # fmt: skip
 
 
 @pytest.fixture
