@@ -266,9 +266,16 @@ def _call(fn: Callable[..., Any], *, attempts: int, backoff_s: float, sleep: Cal
 def query_pages(client: Any, query: ItemQuery, value: Any, *, keys_only: bool, attempts: int = DEFAULT_ATTEMPTS,
                 backoff_s: float = DEFAULT_BACKOFF_S, sleep: Callable[[float], None] = time.sleep) -> Iterator[list[dict[str, Any]]]:  # fmt: skip
     """The items the Query finds, page by page (memory bounded by a page)."""
-    args = query.request(value, keys_only=keys_only)
+    yield from _pages(client.query, query.request(value, keys_only=keys_only), attempts=attempts, backoff_s=backoff_s,
+                      sleep=sleep)  # fmt: skip
+
+
+def _pages(call: Callable[..., Any], request: Mapping[str, Any], *, attempts: int, backoff_s: float,
+           sleep: Callable[[float], None]) -> Iterator[list[dict[str, Any]]]:  # fmt: skip
+    """The items of a paginated Query or Scan, page by page, throttling retried with backoff."""
+    args = dict(request)
     while True:
-        page = _call(client.query, attempts=attempts, backoff_s=backoff_s, sleep=sleep, **args)
+        page = _call(call, attempts=attempts, backoff_s=backoff_s, sleep=sleep, **args)
         yield list(page.get("Items", []))
         last = page.get("LastEvaluatedKey")
         if not last:
@@ -386,14 +393,7 @@ def scan_pages(client: Any, request: Mapping[str, Any], *, attempts: int = DEFAU
                backoff_s: float = DEFAULT_BACKOFF_S, sleep: Callable[[float], None] = time.sleep) -> Iterator[list[dict[str, Any]]]:  # fmt: skip
     """One segment of a parallel ``Scan``, page by page (memory bounded by a page), throttling
     retried with backoff. Only for whole-table retention: a person is never found by a Scan."""
-    args = dict(request)
-    while True:
-        page = _call(client.scan, attempts=attempts, backoff_s=backoff_s, sleep=sleep, **args)
-        yield list(page.get("Items", []))
-        last = page.get("LastEvaluatedKey")
-        if not last:
-            return
-        args["ExclusiveStartKey"] = last
+    yield from _pages(client.scan, request, attempts=attempts, backoff_s=backoff_s, sleep=sleep)
 
 
 @dataclass(frozen=True)

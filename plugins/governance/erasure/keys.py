@@ -18,7 +18,8 @@ finishes it closes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -63,6 +64,23 @@ def ensure_key_tables(datamap: DataMap, tables: Mapping[TableRef, KeyTable], con
                 ) from exc
 
 
+def _key_tables(datamap: DataMap, conninfo_for: Callable[[str], str], application_name: str) -> Iterator[tuple[psycopg.Connection[Any], sql.Identifier]]:
+    """Each key table of each database of the map (a database shared by systems once), with an
+    open connection to its database (committed when its tables are done)."""
+    seen: set[str] = set()
+    for system in datamap.postgres_systems:
+        conninfo = conninfo_for(system.connection_id)
+        if conninfo in seen:
+            continue
+        seen.add(conninfo)
+        with psycopg.connect(conninfo, application_name=application_name) as conn:
+            names = [r[0] for r in conn.execute(
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = %s AND c.relkind = 'r' ORDER BY 1", (KEY_TABLES_SCHEMA,)).fetchall()]  # fmt: skip
+            for name in names:
+                yield conn, sql.Identifier(KEY_TABLES_SCHEMA, name)
+
+
 def forget_plan_keys(datamap: DataMap, plan_ids: Iterable[str], conninfo_for: Callable[[str], str]) -> int:
     """Remove the stored keys of ``plan_ids`` from every key table of every database of the map;
     return how many were removed."""
@@ -70,46 +88,20 @@ def forget_plan_keys(datamap: DataMap, plan_ids: Iterable[str], conninfo_for: Ca
     if not plans:
         return 0
     removed = 0
-    seen: set[str] = set()
-    for system in datamap.postgres_systems:
-        conninfo = conninfo_for(system.connection_id)
-        if conninfo in seen:
-            continue
-        seen.add(conninfo)
-        with psycopg.connect(conninfo, application_name="governance-erasure-keys") as conn:
-            names = [r[0] for r in conn.execute(
-                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                " WHERE n.nspname = %s AND c.relkind = 'r' ORDER BY 1", (KEY_TABLES_SCHEMA,)).fetchall()]  # fmt: skip
-            for name in names:
-                cur = conn.execute(
-                    sql.SQL("DELETE FROM {} WHERE {} = ANY(%s)").format(
-                        sql.Identifier(KEY_TABLES_SCHEMA, name), sql.Identifier(KEY_PLAN_COLUMN)
-                    ),
-                    (plans,),
-                )
-                removed += max(0, cur.rowcount)
+    for conn, table in _key_tables(datamap, conninfo_for, "governance-erasure-keys"):
+        cur = conn.execute(
+            sql.SQL("DELETE FROM {} WHERE {} = ANY(%s)").format(table, sql.Identifier(KEY_PLAN_COLUMN)), (plans,)
+        )
+        removed += max(0, cur.rowcount)
     return removed
 
 
 def stored_key_count(datamap: DataMap, conninfo_for: Callable[[str], str], plan_id: str) -> int:
     """Keys stored for ``plan_id`` in every database of the map (0 once forgotten)."""
     total = 0
-    seen: set[str] = set()
-    for system in datamap.postgres_systems:
-        conninfo = conninfo_for(system.connection_id)
-        if conninfo in seen:
-            continue
-        seen.add(conninfo)
-        with psycopg.connect(conninfo) as conn:
-            names = [r[0] for r in conn.execute(
-                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                " WHERE n.nspname = %s AND c.relkind = 'r'", (KEY_TABLES_SCHEMA,)).fetchall()]  # fmt: skip
-            for name in names:
-                row = conn.execute(
-                    sql.SQL("SELECT count(*) FROM {} WHERE {} = %s").format(
-                        sql.Identifier(KEY_TABLES_SCHEMA, name), sql.Identifier(KEY_PLAN_COLUMN)
-                    ),
-                    (plan_id,),
-                ).fetchone()
-                total += int(row[0]) if row else 0
+    for conn, table in _key_tables(datamap, conninfo_for, "governance-erasure-keys"):
+        row = conn.execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE {} = %s").format(table, sql.Identifier(KEY_PLAN_COLUMN)), (plan_id,)
+        ).fetchone()
+        total += int(row[0]) if row else 0
     return total
