@@ -81,7 +81,18 @@ def running_make_airflow(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[byte
         yield proc, port, state_dir, log
     finally:
         if proc.poll() is None:
+            # Airflow's processes run in a session of their own and rename themselves (their
+            # environment is then unreadable): take the tree before the launcher goes.
+            try:
+                tree = psutil.Process(proc.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                tree = []
             os.killpg(proc.pid, signal.SIGKILL)
+            for child in tree:
+                try:
+                    child.kill()
+                except psutil.NoSuchProcess:
+                    pass
         subprocess.run([str(ROOT / ".venv/bin/python"), "-m", "governance_dev", "services", "stop"], env=env, cwd=ROOT,
                        check=False, capture_output=True)  # fmt: skip
         for stray in psutil.process_iter(["environ"]):  # nothing of this test may outlive it
