@@ -173,6 +173,57 @@ def browser() -> Iterator[Any]:
         driver.quit()
 
 
+# Chromium replaces a document's nodes while React re-renders or a navigation lands: an element
+# found a moment earlier can then be refused ("stale element reference", or chromedriver's
+# "Node with given id does not belong to the document"). Such a refusal comes before the action
+# is dispatched, so the element is found again and the action retried.
+TRANSIENT_DOM_ERRORS = ("does not belong to the document", "No node with given id", "stale element",
+                        "Cannot find context with specified id")  # fmt: skip
+
+
+def _transient(exc: BaseException) -> bool:
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    if isinstance(exc, StaleElementReferenceException):
+        return True
+    return isinstance(exc, WebDriverException) and any(t in str(exc) for t in TRANSIENT_DOM_ERRORS)
+
+
+def _again(action: Callable[[], Any], attempts: int = 6) -> Any:
+    """``action()``, found and tried again while the DOM it touched was being replaced."""
+    for attempt in range(attempts):
+        try:
+            return action()
+        except Exception as exc:
+            if not _transient(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(1)
+    raise AssertionError("unreachable")
+
+
+def _waiter(driver: Any, timeout_s: float) -> Any:
+    """A ``WebDriverWait`` whose predicates may meet a DOM being replaced (they only read)."""
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+        WebDriverException,
+    )
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout_s, poll_frequency=1,
+                         ignored_exceptions=(NoSuchElementException, StaleElementReferenceException, WebDriverException))  # fmt: skip
+
+
+class Step:
+    """Names the step of the walk a failure happened in (added to the exception's notes)."""
+
+    def __init__(self) -> None:
+        self.name = "starting"
+
+    def __call__(self, name: str) -> None:
+        self.name = name
+
+
 class Staff:
     """One person at the browser."""
 
@@ -192,21 +243,30 @@ class Staff:
     def present(self, css: str) -> bool:
         from selenium.webdriver.common.by import By
 
-        return bool(self.driver.find_elements(By.CSS_SELECTOR, css))
+        return bool(_again(lambda: self.driver.find_elements(By.CSS_SELECTOR, css)))
+
+    def text(self, css: str) -> str:
+        return str(_again(lambda: self.find(css).text))
+
+    def type(self, css: str, value: str) -> None:
+        def typed() -> None:
+            field = self.find(css)
+            field.clear()
+            field.send_keys(value)
+
+        _again(typed)
 
     def login(self, user: str, password: str, shot: str) -> None:
         from selenium.webdriver.support import expected_conditions as ec
-        from selenium.webdriver.support.ui import WebDriverWait
 
         self.driver.delete_all_cookies()
         self.get(f"{self.base}/auth/login/")
-        wait = WebDriverWait(self.driver, 60)
+        wait = _waiter(self.driver, 60)
         wait.until(ec.presence_of_element_located(("css selector", "input[name=username]")))
-        self.find("input[name=username]").send_keys(user)
-        self.find("input[name=password]").send_keys(password)
+        self.type("input[name=username]", user)
+        self.type("input[name=password]", password)
         self.shot(shot)
-        self.find("button[type=submit]").click()
-        wait.until(lambda d: any(c["name"] == "_token" for c in d.get_cookies()))
+        self.submit("button[type=submit]", lambda d: any(c["name"] == "_token" for c in d.get_cookies()), 60)
 
     def get(self, url: str) -> None:
         """Open ``url``; on a loaded machine the renderer can stall once: try again."""
@@ -222,11 +282,16 @@ class Staff:
                 time.sleep(5)
 
     def submit(self, css: str, until: Callable[[Any], Any], timeout_s: float = 120) -> None:
-        """Click ``css`` and wait for the page it leads to (``until(driver)`` true)."""
-        from selenium.webdriver.support.ui import WebDriverWait
+        """Click ``css`` once and wait for the page it leads to (``until(driver)`` true). A click
+        refused because the page was being replaced is tried again only if nothing happened."""
 
-        self.find(css).click()
-        WebDriverWait(self.driver, timeout_s, poll_frequency=1).until(until)
+        def click() -> None:
+            if _again(lambda: until(self.driver)):
+                return  # the refused click had gone through after all
+            self.find(css).click()
+
+        _again(click)
+        _waiter(self.driver, timeout_s).until(until)
 
     def page(self, path: str = "/") -> None:
         self.get(f"{self.base}/privacy-requests{path}")
@@ -234,29 +299,41 @@ class Staff:
     def reload_until(self, predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if predicate():
-                return
+            try:
+                if predicate():
+                    return
+            except Exception as exc:
+                if not _transient(exc):
+                    raise
             time.sleep(3)
             self.get(self.driver.current_url)
         self.shot("timeout-" + what.replace(" ", "-")[:40])
-        raise AssertionError(f"{what} within {timeout_s:.0f} s; page:\n{self.find('body').text[:3000]}")
+        raise AssertionError(f"{what} within {timeout_s:.0f} s; page:\n{self.text('body')[:3000]}")
 
     def select(self, css: str, *, index: int | None = None, value: str | None = None) -> None:
         from selenium.webdriver.support.ui import Select
 
-        choice = Select(self.find(css))
-        if value is not None:
-            choice.select_by_value(value)
-        else:
-            choice.select_by_index(index or 1)
+        def chosen() -> None:
+            choice = Select(self.find(css))
+            if value is not None:
+                choice.select_by_value(value)
+            else:
+                choice.select_by_index(index or 1)
+
+        _again(chosen)
 
 
-def _button(driver: Any, text: str) -> Any:
-    """The first visible button whose text is ``text`` (Airflow's React UI has no stable ids)."""
-    for button in driver.find_elements("tag name", "button"):
-        if button.text.strip() == text and button.is_displayed():
-            return button
-    return None
+def _button(driver: Any, text: str, *, last: bool = False) -> Any:
+    """The first (or last) visible button whose text is ``text`` (Airflow's React UI has no
+    stable ids)."""
+    buttons = [b for b in driver.find_elements("tag name", "button") if b.text.strip() == text and b.is_displayed()]
+    return (buttons[-1] if last else buttons[0]) if buttons else None
+
+
+def _click_button(driver: Any, text: str, timeout_s: float, *, last: bool = False) -> None:
+    """Wait for the button ``text`` and click it, found again if React replaced it meanwhile."""
+    _waiter(driver, timeout_s).until(lambda d: _button(d, text, last=last) is not None)
+    _again(lambda: _button(driver, text, last=last).click())
 
 
 def _api_token(base: str, user: str, password: str) -> str:
@@ -281,82 +358,102 @@ def _request_id_from(url: str) -> str:
 def test_privacy_staff_erase_and_export_from_the_page_and_airflow_keeps_no_identity(
     standalone: dict[str, Any], browser: Any
 ) -> None:
+    step = Step()
+    try:
+        _walk(standalone, browser, step)
+    except BaseException as exc:
+        exc.add_note(f"the walk failed in the step: {step.name}")
+        raise
+
+
+def _walk(standalone: dict[str, Any], browser: Any, step: Step) -> None:
     base, passwords = standalone["base"], standalone["passwords"]
     alice = Staff(browser, base)
 
     # -- alice records an erasure: the dry run's plan appears in plain language ------------------
+    step("alice logs in")
     alice.login("alice", passwords["alice"], "01-login")
+    step("alice opens Privacy requests from Airflow's navigation")
     alice.get(f"{base}/plugin/privacy-requests")  # the nav entry inside the Airflow UI
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    WebDriverWait(browser, 60).until(lambda d: alice.present("iframe") and "Privacy requests" in d.page_source)
+    _waiter(browser, 60).until(lambda d: alice.present("iframe") and "Privacy requests" in d.page_source)
     time.sleep(2)
     alice.shot("02-airflow-nav-privacy-requests")
+    step("alice records an erasure")
     alice.page("/")
-    assert "Record a new request" in alice.find("body").text
+    assert "Record a new request" in alice.text("body")
     alice.select("#kind", value="erasure")
-    alice.find("#email").send_keys(ERASURE_EMAIL)
+    alice.type("#email", ERASURE_EMAIL)
     alice.shot("03-record-erasure")
     alice.submit("#record", lambda d: "/privacy-requests/requests/era-" in d.current_url)
     erasure_id = _request_id_from(browser.current_url)
     for typed in TYPED:
         assert typed.lower() not in browser.current_url.lower()
-    alice.reload_until(lambda: alice.present("#plan-heading") and "Dry run" in alice.find("#plan-heading").text, 300,
+    step("alice reads the dry run's plan")
+    alice.reload_until(lambda: alice.present("#plan-heading") and "Dry run" in alice.text("#plan-heading"), 300,
                        "the dry run's plan was not shown")  # fmt: skip
-    plan = alice.find("table.plan").text
+    plan = alice.text("table.plan")
     assert "Calls answered by the AI receptionist" in plan and "Account holders" in plan
     assert "Cleared" in plan and "Deleted" in plan
     assert "clear mention" not in plan and "clear_mention" not in plan
     alice.reload_until(lambda: alice.present("#start-erasure"), 300, "the dry run did not finish")
     alice.shot("04-dry-run-plan")
 
+    step("alice sends the erasure for approval")
     alice.submit("#start-erasure", lambda d: not alice.present("#start-erasure"))
     alice.reload_until(lambda: alice.present("#approve-form"), 300, "the erasure did not wait for approval")
-    assert "What changed since the dry run" in alice.find("body").text
+    assert "What changed since the dry run" in alice.text("body")
     alice.shot("05-awaiting-approval")
     alice.select("#verification_method", index=1)
-    alice.submit("#approve", lambda d: "Four eyes" in d.find_element("css selector", "body").text)
+    step("alice may not approve her own request")
+    alice.submit("#approve", lambda d: "Four eyes" in alice.text("body"))
     alice.shot("06-recorder-may-not-approve")
 
     # -- bob approves; the request completes with its certificate --------------------------------
     bob = Staff(browser, base)
+    step("bob logs in")
     bob.login("bob", passwords["bob"], "07-login-second-user")
+    step("bob approves the erasure")
     bob.page(f"/requests/{erasure_id}")
     bob.select("#verification_method", index=1)
     bob.shot("08-approve")
     bob.submit("#approve", lambda d: not bob.present("#approve-form"))
-    bob.reload_until(lambda: "completed" in bob.find("#state").text, 420, "the erasure did not complete")
+    bob.reload_until(lambda: "completed" in bob.text("#state"), 420, "the erasure did not complete")
     assert bob.present("#certificate-link")
-    record = bob.find("#actions").text
+    record = bob.text("#actions")
     assert "recorded alice" in record and "approved bob" in record
     bob.shot("09-erasure-completed")
-    bob.get(bob.find("#certificate-link").get_attribute("href"))
-    assert "certificate" in bob.find("body").text.lower() and erasure_id in bob.find("body").text
+    step("bob opens the certificate")
+    bob.get(_again(lambda: bob.find("#certificate-link").get_attribute("href")))
+    certificate = bob.text("body")
+    assert "certificate" in certificate.lower() and erasure_id in certificate
     bob.shot("10-certificate")
 
     # -- bob records an export with only an e-mail, verifies it, reveals the passphrase ----------
+    step("bob records an export")
     bob.page("/")
     bob.select("#kind", value="export")
-    bob.find("#email").send_keys(EXPORT_EMAIL)
+    bob.type("#email", EXPORT_EMAIL)
     bob.submit("#record", lambda d: "/privacy-requests/requests/exp-" in d.current_url)
     export_id = _request_id_from(browser.current_url)
     assert export_id.startswith("exp-")
     bob.reload_until(lambda: bob.present("#verify-form"), 300, "the export did not ask for verification")
     bob.shot("11-export-verify")
+    step("bob verifies the person and the export completes")
     bob.select("#verify_option", index=1)
     bob.submit("#verify", lambda d: not bob.present("#verify-form"))
-    bob.reload_until(lambda: "completed" in bob.find("#state").text, 420, "the export did not complete")
+    bob.reload_until(lambda: "completed" in bob.text("#state"), 420, "the export did not complete")
     bob.shot("12-export-completed")
     bob.submit("#show-link", lambda d: bob.present("#download-link"))
-    link = bob.find("#download-link").text
+    link = bob.text("#download-link")
     assert link.startswith("http") and export_id in link
     bob.shot("13-download-link")
+    step("bob reveals the passphrase")
     bob.page(f"/requests/{export_id}")
     bob.submit("#reveal-passphrase", lambda d: bob.present("#passphrase"))
-    assert len(bob.find("#passphrase").text) >= 20
+    assert len(bob.text("#passphrase")) >= 20
     bob.shot("14-passphrase")
     bob.page("/?sort=received&desc=1")
-    listed = bob.find("#requests").text
+    listed = bob.text("#requests")
     assert erasure_id in listed and export_id in listed
     bob.shot("15-requests-list")
 
@@ -369,17 +466,21 @@ def test_privacy_staff_erase_and_export_from_the_page_and_airflow_keeps_no_ident
     assert reveals == [("bob",)] and runs == (3,)
 
     # -- the engineer's way: Airflow's trigger form with only an e-mail -------------------------
+    step("bob triggers dsr_export from Airflow's trigger form")
     bob.get(f"{base}/dags/dsr_export")
-    WebDriverWait(browser, 60).until(lambda d: _button(d, "Trigger") is not None)
-    _button(browser, "Trigger").click()  # type: ignore[union-attr]
-    WebDriverWait(browser, 60).until(lambda d: _button(d, "The person") is not None)
-    _button(browser, "The person").click()  # type: ignore[union-attr]
-    WebDriverWait(browser, 30).until(lambda d: d.find_elements("id", "element_email"))
-    browser.find_element("id", "element_email").send_keys(FORM_EMAIL)
+    _click_button(browser, "Trigger", 60)
+    _click_button(browser, "The person", 60)
+    _waiter(browser, 30).until(lambda d: d.find_elements("id", "element_email"))
+    bob.type("#element_email", FORM_EMAIL)
     bob.shot("16-trigger-form-email-only")
-    triggers = [b for b in browser.find_elements("tag name", "button") if b.text.strip() == "Trigger"]
-    triggers[-1].click()  # the modal's own Trigger: enabled with every other field left empty
-    WebDriverWait(browser, 60).until(lambda d: "/dags/dsr_export/runs/manual__" in d.current_url)
+
+    def triggered(d: Any) -> bool:
+        return "/dags/dsr_export/runs/manual__" in d.current_url
+
+    # the modal's own Trigger (the last one): enabled with every other field left empty
+    _again(lambda: triggered(browser) or _button(browser, "Trigger", last=True).click())
+    _waiter(browser, 60).until(triggered)
+    step("bob answers the form run's Required action")
     run_id = urllib.parse.unquote(browser.current_url.split("/runs/", 1)[1].split("/", 1)[0])
     token = _api_token(base, "bob", passwords["bob"])
     run_path = f"{base}/api/v2/dags/dsr_export/dagRuns/{urllib.parse.quote(run_id)}"
@@ -396,6 +497,7 @@ def test_privacy_staff_erase_and_export_from_the_page_and_airflow_keeps_no_ident
     bob.shot("17-trigger-form-run-succeeded")
 
     # -- nothing typed reached Airflow: metadata database, task logs, API server output -----------
+    step("Airflow keeps no identity")
     os.killpg(standalone["proc"].pid, signal.SIGTERM)
     standalone["proc"].wait(timeout=90)
     # The maintenance service's pass (every minute beside Airflow) scrubs the ended form run.
