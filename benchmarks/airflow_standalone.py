@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from typing import Any
 import psycopg
 
 from governance_dev.services import create_database, drop_database, free_port
+from governance_dev.standalone import stop_process_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOP_LINE = re.compile(r"^(\S+).*Ran scheduling loop in ([0-9.]+) ms")
@@ -188,12 +188,9 @@ class StandaloneAirflow:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=30)
+            # Its whole tree: Airflow's components and executor workers leave the process group.
+            stop_process_tree(self.proc.pid, grace_s=90)
+            self.proc.wait(timeout=30)
         if self.metadata_db:
             for _ in range(5):
                 try:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -35,7 +34,7 @@ import psycopg
 import pytest
 
 from governance_dev.services import free_port
-from governance_dev.standalone import PRELOADING_EXECUTOR
+from governance_dev.standalone import PRELOADING_EXECUTOR, stop_process_tree
 from tests.fixtures.reference import Deployment
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,12 +143,9 @@ def standalone(reference_clone: Deployment, make_db: Callable[[str], str], tmp_p
                "proc": proc, "deployment": reference_clone, "env": env}  # fmt: skip
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
+            # Its whole tree: Airflow's components and executor workers leave the process group.
+            stop_process_tree(proc.pid, grace_s=60)
+            proc.wait(timeout=30)
         kept = SCREENSHOTS / "standalone.log"
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(log, kept)
@@ -498,8 +494,8 @@ def _walk(standalone: dict[str, Any], browser: Any, step: Step) -> None:
 
     # -- nothing typed reached Airflow: metadata database, task logs, API server output -----------
     step("Airflow keeps no identity")
-    os.killpg(standalone["proc"].pid, signal.SIGTERM)
-    standalone["proc"].wait(timeout=90)
+    stop_process_tree(standalone["proc"].pid, grace_s=90)
+    standalone["proc"].wait(timeout=30)
     # The maintenance service's pass (every minute beside Airflow) scrubs the ended form run.
     bucket = standalone["deployment"].bucket  # the clone's bucket also holds the ledger anchors here
     maintenance_env = {**standalone["env"], "GOVERNANCE_OBJECTS_BUCKET": bucket, "GOVERNANCE_LEDGER_ANCHOR_BUCKET": bucket}
