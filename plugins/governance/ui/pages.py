@@ -161,9 +161,8 @@ def request_page(view: RequestView, *, base: str, airflow_base: str, staff: Staf
         f"<tr><th>Business scope</th><td>{_e(r['business_id'] or 'all of aircalls')}</td></tr>"
         f"<tr><th>Verification</th><td>{_e(r['verification_method'] or 'not yet')}"
         f"{' on ' + _date(r['verified_at'], time=True) if r['verified_at'] else ''}</td></tr>"
-        f"<tr><th>Approval</th><td>{_e(r['approved_by'] or 'not yet')}"
-        f"{' on ' + _date(r['approved_at'], time=True) if r['approved_at'] else ''}</td></tr>"
-        "</table>"
+        + approval_row(r)
+        + "</table>"
     )  # fmt: skip
     # -- actions
     if r["kind"] == "erasure" and r["status"] not in ("completed", "rejected", "responded"):
@@ -265,6 +264,16 @@ def request_page(view: RequestView, *, base: str, airflow_base: str, staff: Staf
     ) or "<tr><td colspan='4' class='muted'>Nothing recorded on this page yet.</td></tr>"
     parts.append(f"<h2>Record</h2><table id='actions'><tr><th>When</th><th>What</th><th>Who</th><th>Detail</th></tr>{action_rows}</table>")
     return layout(f"Request {rid}", "".join(parts), base=base, staff=staff)
+
+
+def approval_row(r: Mapping[str, Any]) -> str:
+    """Who let the request go ahead. An erasure is approved (four eyes, after the dry run); an
+    export has no approval step: the staff member who verified the person releases it, and the
+    request's ``approved_by`` holds their name, so the row says so rather than "Approval"."""
+    if r["kind"] == "erasure":
+        return (f"<tr><th>Approval</th><td id='approval'>{_e(r['approved_by'] or 'not yet')}"
+                f"{' on ' + _date(r['approved_at'], time=True) if r['approved_at'] else ''}</td></tr>")  # fmt: skip
+    return f"<tr><th>Verified by</th><td id='approval'>{_e(r['approved_by'] or 'not yet')}</td></tr>"
 
 
 def run_kind(request_kind: str, dry_run: bool | None) -> str:
