@@ -16,11 +16,15 @@ pass:
    states the scheduler sets without running the task (skipped, upstream_failed) and any row a
    task-side listener lost (a crashed worker) are appended; idempotent, so overlapping passes and
    restarts never write a fact twice;
-4. **keeps Airflow's own records within retention** (:mod:`governance.metadata_retention`): at
+4. **forgets erasure keys no run will use** (:func:`forget_unused_erasure_keys`): the key
+   tables of heavy subjects keep a plan's row ids until the run that carried it out closes; a run
+   killed before its close, or a plan left waiting for an approval its run never got, would keep
+   them for ever;
+5. **keeps Airflow's own records within retention** (:mod:`governance.metadata_retention`): at
    most every ``--clean-every`` (default 1 hour), ``airflow db clean`` of the run, task, XCom and
    action-log tables, task log files and OpenLineage event files older than
    ``--metadata-max-age`` (default 30 days), each bounded per pass;
-5. **anchors** the ledger head in the object store when rows were added and the newest anchor is
+6. **anchors** the ledger head in the object store when rows were added and the newest anchor is
    older than ``--anchor-interval`` (default 5 minutes): a tail cut from the ledger goes unnoticed
    for at most that long.
 
@@ -72,6 +76,9 @@ DEFAULT_CLEAN_EVERY = "1h"
 @dataclass
 class MaintenanceReport:
     runs_closed: int = 0
+    erasure_keys_forgotten: int = 0
+    # Systems of the data map whose connection this process lacks: their key tables go unswept.
+    erasure_keys_unswept_systems: list[str] = field(default_factory=list)
     runs_reconciled: int = 0
     ledger_rows_reconciled: int = 0
     anchored_seq: int | None = None
@@ -216,6 +223,57 @@ def close_superseded_runs(governance_conninfo: str, *, now: datetime, batch: int
     return closed
 
 
+# Plans whose stored keys no run will use: done, refused or replaced. ``approved`` and
+# ``executing`` plans are continued by the request's next run (governance.erasure.store.CONTINUABLE);
+# a ``planned`` one waits for the approval of the run that made it.
+_FINISHED_PLAN_STATES = ("refused", "superseded", "executed", "verified", "verification_failed")
+
+
+def forget_unused_erasure_keys(governance_conninfo: str, unconfigured: list[str] | None = None) -> tuple[int, int]:
+    """Remove the stored erasure keys (row ids of heavy subjects' tables) of every plan no run will
+    use; return (plans, key rows) removed. Databases of the map whose connection is not configured
+    here are skipped and their systems added to ``unconfigured`` (the pass reports them).
+
+    A run's close removes its request's finished plans' keys; this catches what no close reached.
+    Removed: the keys of finished plans (:data:`_FINISHED_PLAN_STATES`) and of plans that waited for
+    an approval in a run Airflow no longer runs (ended, or gone). Kept: plans being carried out
+    (``approved``, ``executing``: the request's next run continues them), plans waiting in a
+    queued or running run, and keys whose plan is not saved yet (planning stores the keys, then
+    saves the plan; the run's own close removes them if planning fails in between).
+    """
+    import psycopg
+    from airflow.models import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    from governance.datamap import load_datamap
+    from governance.erasure.keys import forget_plan_keys, stored_plan_ids
+
+    datamap = load_datamap()
+    skipped: list[str] = [] if unconfigured is None else unconfigured
+    stored = stored_plan_ids(datamap, conninfo_for, skipped)
+    if not stored:
+        return 0, 0
+    with psycopg.connect(governance_conninfo, application_name="governance-maintenance") as gov:
+        plans = gov.execute(
+            "SELECT plan_id, status, dag_id, dag_run_id FROM governance.erasure_plans WHERE plan_id = ANY(%s)",
+            (sorted(stored),),
+        ).fetchall()
+    unused = {plan_id for plan_id, status, _dag, _run in plans if status in _FINISHED_PLAN_STATES}
+    waiting = {(dag_id, run_id): plan_id for plan_id, status, dag_id, run_id in plans if status == "planned"}
+    if waiting:
+        with create_session() as session:
+            live = {(dag_id, run_id) for dag_id, run_id, state in session.execute(
+                select(DagRun.dag_id, DagRun.run_id, DagRun.state).where(DagRun.run_id.in_([r for _d, r in waiting]))
+            ) if _state_name(state) in ("queued", "running")}  # fmt: skip
+        unused |= {plan_id for run, plan_id in waiting.items() if run not in live}
+    if not unused:
+        return 0, 0
+    removed = forget_plan_keys(datamap, unused, conninfo_for, [])
+    log.info("maintenance: removed %d stored erasure keys of %d plans no run will use", removed, len(unused))
+    return len(unused), removed
+
+
 @dataclass
 class Maintainer:
     """One maintenance loop's state: where the previous pass got to."""
@@ -244,6 +302,11 @@ class Maintainer:
         except Exception as exc:
             log.exception("maintenance: closing superseded runs failed")
             report.errors.append(f"superseded runs: {type(exc).__name__}")
+        try:
+            report.erasure_keys_forgotten = forget_unused_erasure_keys(governance, report.erasure_keys_unswept_systems)[1]
+        except Exception as exc:
+            log.exception("maintenance: forgetting unused erasure keys failed")
+            report.errors.append(f"erasure keys: {type(exc).__name__}")
         if self.last_cleaned is None or now - self.last_cleaned >= self.clean_every:
             try:
                 report.metadata_cleanup = asdict(clean_airflow_records(now - self.metadata_max_age, now=now))

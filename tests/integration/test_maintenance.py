@@ -1,5 +1,5 @@
 """`python -m governance maintain --once`: one maintenance pass beside the scheduler (scrub,
-close superseded runs, reconcile, anchor), its heartbeat for the compose healthcheck, and its exit code on a failure."""
+close superseded runs, forget unused erasure keys, reconcile, anchor), its heartbeat for the compose healthcheck, and its exit code on a failure."""
 
 from __future__ import annotations
 
@@ -32,6 +32,10 @@ def test_one_pass_anchors_new_ledger_rows_prints_counts_and_touches_the_heartbea
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["errors"] == [] and report["anchored_seq"] == 1
     assert heartbeat.exists()
+    # No connection to the map's databases here: their erasure key tables are named as unswept,
+    # not an error.
+    assert report["erasure_keys_unswept_systems"] == ["aircalls_app", "aircalls_warehouse"]
+    assert report["erasure_keys_forgotten"] == 0
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=anchor_bucket, Prefix=ANCHOR_PREFIX).get("Contents", [])]
     assert keys == [f"{ANCHOR_PREFIX}{1:020d}.json"]
     # A second pass right away adds nothing: no new rows.

@@ -56,6 +56,12 @@ class ErasureStepFailed(RuntimeError):
     """A step failed; the message names the step and the database error class, never a value."""
 
 
+class StoredKeysLost(ErasureStepFailed):
+    """The keys a plan stored in a database are not all there any more (an ``UNLOGGED`` key table
+    emptied by a database crash, or removed): the plan cannot be carried out and must be made
+    again."""
+
+
 # SQLSTATE classes of a connection that went away (admin shutdown, crash, network): nothing of the
 # open transaction was applied, and a new connection may well succeed.
 _CONNECTION_LOST_STATES = ("57P01", "57P02", "57P03")
@@ -137,7 +143,7 @@ def _run_stored(cur: psycopg.Cursor[Any], statements: Mapping[str, Statement], s
         row = cur.execute(count.query, count.bind(values)).fetchone()
         found = int(row[0]) if row else 0
         if found != step.stored_rows:
-            raise ErasureStepFailed(
+            raise StoredKeysLost(
                 f"{step.step_id}: the plan stored {step.stored_rows} keys in its database and {found} are there "
                 "(lost with a database crash, or removed); the transaction is rolled back: plan the erasure again"
             )

@@ -12,7 +12,9 @@ Clean-up: :func:`forget_plan_keys` removes the keys of plans no run can act on a
 refused, superseded, executed or verified: everything but ``approved``/``executing``, which a
 later run continues); ``close_erasure_request`` calls it for the request's plans, after the
 certificate, which records counts only. Keys of a plan a run continues stay until the run that
-finishes it closes.
+finishes it closes. What no close reached (a run killed before its close, a close whose clean-up
+failed, a plan whose approval never came) the maintenance pass removes
+(:func:`governance.maintenance.forget_unused_erasure_keys`, from :func:`stored_plan_ids`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from governance.connections import ConnectionNotConfigured
 from governance.datamap.model import DataMap, TableRef
 from governance.datamap.plans import KEY_PLAN_COLUMN, KEY_TABLES_SCHEMA, KeyTable
 
@@ -64,12 +67,21 @@ def ensure_key_tables(datamap: DataMap, tables: Mapping[TableRef, KeyTable], con
                 ) from exc
 
 
-def _key_tables(datamap: DataMap, conninfo_for: Callable[[str], str], application_name: str) -> Iterator[tuple[psycopg.Connection[Any], sql.Identifier]]:
+def _key_tables(datamap: DataMap, conninfo_for: Callable[[str], str], application_name: str,
+                unconfigured: list[str] | None = None) -> Iterator[tuple[psycopg.Connection[Any], sql.Identifier]]:  # fmt: skip
     """Each key table of each database of the map (a database shared by systems once), with an
-    open connection to its database (committed when its tables are done)."""
+    open connection to its database (committed when its tables are done). With ``unconfigured``
+    (a list), a system whose connection is not configured here is added to it and skipped (no
+    erasure run with this configuration can have stored keys there); otherwise it raises."""
     seen: set[str] = set()
     for system in datamap.postgres_systems:
-        conninfo = conninfo_for(system.connection_id)
+        try:
+            conninfo = conninfo_for(system.connection_id)
+        except ConnectionNotConfigured:
+            if unconfigured is None:
+                raise
+            unconfigured.append(system.name)
+            continue
         if conninfo in seen:
             continue
         seen.add(conninfo)
@@ -81,19 +93,36 @@ def _key_tables(datamap: DataMap, conninfo_for: Callable[[str], str], applicatio
                 yield conn, sql.Identifier(KEY_TABLES_SCHEMA, name)
 
 
-def forget_plan_keys(datamap: DataMap, plan_ids: Iterable[str], conninfo_for: Callable[[str], str]) -> int:
+def forget_plan_keys(datamap: DataMap, plan_ids: Iterable[str], conninfo_for: Callable[[str], str],
+                     unconfigured: list[str] | None = None) -> int:  # fmt: skip
     """Remove the stored keys of ``plan_ids`` from every key table of every database of the map;
-    return how many were removed."""
+    return how many were removed (``unconfigured``: as for :func:`stored_plan_ids`)."""
     plans = sorted(set(plan_ids))
     if not plans:
         return 0
     removed = 0
-    for conn, table in _key_tables(datamap, conninfo_for, "governance-erasure-keys"):
+    for conn, table in _key_tables(datamap, conninfo_for, "governance-erasure-keys", unconfigured):
         cur = conn.execute(
             sql.SQL("DELETE FROM {} WHERE {} = ANY(%s)").format(table, sql.Identifier(KEY_PLAN_COLUMN)), (plans,)
         )
         removed += max(0, cur.rowcount)
     return removed
+
+
+def stored_plan_ids(datamap: DataMap, conninfo_for: Callable[[str], str], unconfigured: list[str] | None = None) -> set[str]:
+    """The plans that have keys in a key table of any database of the map. Each table is read by a
+    loose scan of its (plan, key) index, one index probe per plan: cheap however many keys a heavy
+    subject's plan stored. With ``unconfigured`` (a list), systems whose connection is not
+    configured here are named in it and skipped instead of raising."""
+    plan = sql.Identifier(KEY_PLAN_COLUMN)
+    found: set[str] = set()
+    for conn, table in _key_tables(datamap, conninfo_for, "governance-erasure-keys", unconfigured):
+        rows = conn.execute(sql.SQL(
+            "WITH RECURSIVE plans(p) AS ((SELECT {plan} FROM {t} ORDER BY 1 LIMIT 1) UNION ALL"
+            " SELECT (SELECT {plan} FROM {t} WHERE {plan} > plans.p ORDER BY 1 LIMIT 1) FROM plans"
+            " WHERE plans.p IS NOT NULL) SELECT p FROM plans WHERE p IS NOT NULL").format(plan=plan, t=table)).fetchall()  # fmt: skip
+        found |= {r[0] for r in rows}
+    return found
 
 
 def stored_key_count(datamap: DataMap, conninfo_for: Callable[[str], str], plan_id: str) -> int:

@@ -57,6 +57,7 @@ from governance.erasure.certificate import (
 from governance.erasure.claims import ClaimRefused, claim_erasure, held_by_another_run
 from governance.erasure.executor import (
     PlanOutdated,
+    StoredKeysLost,
     approved_statements,
     delete_planned_objects,
     erase_processor_records,
@@ -540,10 +541,19 @@ def execute_database(
             _fail(str(exc))
         with connect(gov) as conn:
             store.set_status(conn, plan_id, "executing", at=_now(), only_from=("approved",))
-        results = execute_database_work(
-            datamap, work, governance_conninfo=gov, system_conninfo=conninfo_for, at=_now,
-            keyed_hash_pads=keyed_hash_params(hasher.keyring.active_key),
-        )  # fmt: skip
+        try:
+            results = execute_database_work(
+                datamap, work, governance_conninfo=gov, system_conninfo=conninfo_for, at=_now,
+                keyed_hash_pads=keyed_hash_params(hasher.keyring.active_key),
+            )  # fmt: skip
+        except StoredKeysLost as exc:
+            # A plan being carried out is continued by the request's every later run: set it aside,
+            # or each would fail the same way. The next run makes (and shows for approval) a new one.
+            with connect(gov) as conn:
+                store.set_status(conn, plan_id, "refused", at=_now(), only_from=("approved", "executing"),
+                                 refusal=f"stored keys lost: {exc}")  # fmt: skip
+            _fail(f"{exc}. Plan {plan_id} is set aside (refused); nothing of that database was changed. Run the "
+                  "erasure again for this request: a new plan is made from the data as it is now.")  # fmt: skip
     rows: dict[str, int] = {}
     for step in work.database:
         for system_result in results.values():
