@@ -46,7 +46,9 @@ from pathlib import Path
 from typing import Any
 
 from governance.config import GOVERNANCE_CONN_ID, OBJECTS_CONN_ID
+from governance.datamap import load_datamap
 from governance.db import conninfo_for
+from governance.erasure.keys import forget_plan_keys, stored_plan_ids
 from governance.ledger import (
     LEDGER_STATES,
     LedgerAnchor,
@@ -245,9 +247,6 @@ def forget_unused_erasure_keys(governance_conninfo: str, unconfigured: list[str]
     from airflow.models import DagRun
     from airflow.utils.session import create_session
     from sqlalchemy import select
-
-    from governance.datamap import load_datamap
-    from governance.erasure.keys import forget_plan_keys, stored_plan_ids
 
     datamap = load_datamap()
     skipped: list[str] = [] if unconfigured is None else unconfigured
