@@ -128,8 +128,15 @@ def test_a_plan_whose_stored_keys_were_lost_is_set_aside_unchanged_and_the_next_
         refusal = conn.execute("SELECT refusal FROM governance.erasure_plans WHERE plan_id = %s", (plan_id,)).fetchone()
     assert refusal is not None and str(refusal[0]).startswith("stored keys lost: ")
 
+    # The approval was of the plan set aside: the new plan waits for one of its own.
+    with psycopg.connect(url) as conn:
+        approval = conn.execute("SELECT approved_at, approved_by FROM governance.privacy_requests WHERE request_id = %s",
+                                (first.handle["request_id"],)).fetchone()  # fmt: skip
+    assert approval == (None, None)
+
     monkeypatch.setenv("GOVERNANCE_CLAIM_STALE_AFTER_S", "0.01")  # the failed run holds no claim any more
     again = run_erasure(conf_for("both_user_and_caller"), "lost_keys_again", handle=first.handle)
     assert not again.summary["continued"] and again.summary["plan_id"] != plan_id
+    assert again.summary["needs_approval"]
     assert again.results["verify"]["passed"] and events() == 0
     assert _status(url, again.summary["plan_id"]) == "verified" and _stored(again.summary["plan_id"]) == 0

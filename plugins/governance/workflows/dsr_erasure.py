@@ -548,12 +548,17 @@ def execute_database(
             )  # fmt: skip
         except StoredKeysLost as exc:
             # A plan being carried out is continued by the request's every later run: set it aside,
-            # or each would fail the same way. The next run makes (and shows for approval) a new one.
+            # or each would fail the same way. The request's approval was of this plan: it is
+            # withdrawn, so the new plan the next run makes waits for an approval of its own (the
+            # first approval stays in the request's record of actions).
             with connect(gov) as conn:
                 store.set_status(conn, plan_id, "refused", at=_now(), only_from=("approved", "executing"),
                                  refusal=f"stored keys lost: {exc}")  # fmt: skip
+                conn.execute("UPDATE governance.privacy_requests SET approved_at = NULL, approved_by = NULL,"
+                             " updated_at = %s WHERE request_id = %s", (_now(), work.request_id))  # fmt: skip
             _fail(f"{exc}. Plan {plan_id} is set aside (refused); nothing of that database was changed. Run the "
-                  "erasure again for this request: a new plan is made from the data as it is now.")  # fmt: skip
+                  "erasure again for this request: a new plan is made from the data as it is now and waits for "
+                  "approval.")  # fmt: skip
     rows: dict[str, int] = {}
     for step in work.database:
         for system_result in results.values():
