@@ -49,6 +49,7 @@ from governance.config import GOVERNANCE_CONN_ID, OBJECTS_CONN_ID
 from governance.datamap import load_datamap
 from governance.db import conninfo_for
 from governance.erasure.keys import forget_plan_keys, stored_plan_ids
+from governance.erasure.store import plan_id_for
 from governance.ledger import (
     LEDGER_STATES,
     LedgerAnchor,
@@ -240,8 +241,10 @@ def forget_unused_erasure_keys(governance_conninfo: str, unconfigured: list[str]
     Removed: the keys of finished plans (:data:`_FINISHED_PLAN_STATES`) and of plans that waited for
     an approval in a run Airflow no longer runs (ended, or gone). Kept: plans being carried out
     (``approved``, ``executing``: the request's next run continues them), plans waiting in a
-    queued or running run, and keys whose plan is not saved yet (planning stores the keys, then
-    saves the plan; the run's own close removes them if planning fails in between).
+    queued or running run. Keys whose plan row is missing (planning stores the keys, then saves
+    the plan) belong to the run whose plan id they carry (``store.plan_id_for`` of a recorded
+    request run): removed once that run is no longer running, kept while it is or when no recorded
+    run matches.
     """
     import psycopg
     from airflow.models import DagRun
@@ -258,8 +261,17 @@ def forget_unused_erasure_keys(governance_conninfo: str, unconfigured: list[str]
             "SELECT plan_id, status, dag_id, dag_run_id FROM governance.erasure_plans WHERE plan_id = ANY(%s)",
             (sorted(stored),),
         ).fetchall()
+        unsaved = stored - {plan_id for plan_id, *_rest in plans}
+        runs = gov.execute(
+            "SELECT r.request_id, r.dag_run_id, COALESCE(r.dag_id, 'dsr_' || p.kind)"
+            " FROM governance.request_runs r JOIN governance.privacy_requests p USING (request_id)"
+        ).fetchall() if unsaved else []  # fmt: skip
     unused = {plan_id for plan_id, status, _dag, _run in plans if status in _FINISHED_PLAN_STATES}
     waiting = {(dag_id, run_id): plan_id for plan_id, status, dag_id, run_id in plans if status == "planned"}
+    for request_id, run_id, dag_id in runs:  # keys stored by a planning task that never saved its plan
+        plan_id = plan_id_for(request_id, run_id)
+        if plan_id in unsaved:
+            waiting[(dag_id, run_id)] = plan_id
     if waiting:
         with create_session() as session:
             live = {(dag_id, run_id) for dag_id, run_id, state in session.execute(

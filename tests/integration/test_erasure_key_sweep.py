@@ -1,7 +1,9 @@
 """The maintenance pass forgets the erasure keys no run will use (row ids of heavy subjects'
 tables, kept in the app database until the run that carried the plan out closes): those of a
-finished plan whose run never closed, and of a plan left waiting for an approval its run no
-longer waits for. It keeps the keys of a plan being carried out and of one a running run waits on."""
+finished plan whose run never closed, of a plan left waiting for an approval its run no longer
+waits for, and of a plan whose run ended before saving it. It keeps the keys of a plan being
+carried out and of one a running run waits on or is still making. A plan whose keys were lost is
+set aside and its request planned and approved again."""
 
 from __future__ import annotations
 
@@ -68,19 +70,26 @@ def test_a_maintenance_pass_forgets_keys_of_finished_and_abandoned_plans_and_kee
     # Approved and part-way through: the request's next run continues it.
     carried_run = run_erasure(conf_for("payer"), "sweep_carried", until="database")
     carried = carried_run.summary["plan_id"]
+    # Keys stored by a planning task still running that has not saved its plan yet.
+    unsaved = run_erasure(conf_for("shared_business_user_1"), "sweep_unsaved", until="plan").summary["plan_id"]
+    with psycopg.connect(url) as conn:
+        conn.execute("DELETE FROM governance.erasure_plans WHERE plan_id = %s", (unsaved,))
+    _airflow_run(run_id_for("sweep_unsaved"), "running")
     statuses = {_status(url, p) for p in (finished, waiting, carried)}
     assert statuses == {"verified", "planned", "executing"}, statuses
-    stored = {plan: _stored(plan) for plan in (finished, waiting, carried)}
+    stored = {plan: _stored(plan) for plan in (finished, waiting, carried, unsaved)}
     assert all(stored.values()), stored
 
     plans, removed = forget_unused_erasure_keys(url)
     assert (plans, removed) == (1, stored[finished])
-    assert {p: _stored(p) for p in stored} == {finished: 0, waiting: stored[waiting], carried: stored[carried]}
+    assert {p: _stored(p) for p in stored} == {**stored, finished: 0}
 
-    # The waiting run ended without the approval: nothing will use its plan's keys any more.
+    # Both runs ended (without the approval; before the plan was saved): nothing will use those
+    # keys any more.
     _airflow_run(run_id_for("sweep_waiting"), "failed")
-    assert forget_unused_erasure_keys(url) == (1, stored[waiting])
-    assert {p: _stored(p) for p in stored} == {finished: 0, waiting: 0, carried: stored[carried]}
+    _airflow_run(run_id_for("sweep_unsaved"), "failed")
+    assert forget_unused_erasure_keys(url) == (2, stored[waiting] + stored[unsaved])
+    assert {p: _stored(p) for p in stored} == {finished: 0, waiting: 0, unsaved: 0, carried: stored[carried]}
     assert forget_unused_erasure_keys(url) == (0, 0)  # idempotent
 
     # The request's next run (once the killed one is stale) continues the carried plan with its
