@@ -74,6 +74,13 @@ def datamap_path() -> Path:
 # Where the daily privacy-request SLA report is published in the objects bucket (the Asset
 # privacy_request_sla_report; governance.sla_report).
 SLA_REPORT_PREFIX = "reports/privacy-requests"
+# Where anonymised industry insights are published in the objects bucket (governance.anonymisation).
+INSIGHTS_PREFIX_ENV = "GOVERNANCE_INSIGHTS_PREFIX"
+
+
+def insights_prefix() -> str:
+    """The insights prefix, ``GOVERNANCE_INSIGHTS_PREFIX`` or ``insights/`` (ends with ``/``)."""
+    return os.environ.get(INSIGHTS_PREFIX_ENV, "insights/").rstrip("/") + "/"
 
 
 def objects_bucket() -> str:

@@ -146,6 +146,27 @@ def test_ten_digit_ids_in_a_bigint_column_or_in_keys_are_not_phone_numbers_but_t
     assert prefixes["greetings/"].looks_personal and "3 of 3 keys hold phone numbers" in prefixes["greetings/"].reason
 
 
+
+def test_the_platforms_own_reports_and_insights_are_not_unmapped_prefixes_but_app_keys_beside_them_are(
+    datamap: DataMap, s3: Any, make_bucket: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bucket = make_bucket("platform")
+    monkeypatch.setenv("GOVERNANCE_OBJECTS_BUCKET", bucket)
+    for key in ("insights/call_volume/2026-11-02_2026-11-29/v1/release.json",  # published aggregates
+                "reports/privacy-requests/latest.html",  # the SLA report
+                "governance/ledger-anchors/00000000000000000001.json"):  # fmt: skip
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    assert find_object_drift(datamap, {"aircalls_objects": s3}).unmapped_prefixes == ()
+
+    # An app's key under the report's top-level prefix is still drift.
+    s3.put_object(Bucket=bucket, Key="reports/callbacks/+14155550123.wav", Body=b"x")
+    # A deployment that publishes insights elsewhere: the default prefix is app data again.
+    monkeypatch.setenv("GOVERNANCE_INSIGHTS_PREFIX", "published/insights")
+    prefixes = {p.prefix: p for p in find_object_drift(datamap, {"aircalls_objects": s3}).unmapped_prefixes}
+    assert set(prefixes) == {"insights/", "reports/"}
+    assert prefixes["reports/"].sampled_objects == 1 and prefixes["reports/"].looks_personal
+
+
 # --------------------------------------------------------------------------------------------
 # validate-datamap --live: the drift check from the command line, placed in the file used
 

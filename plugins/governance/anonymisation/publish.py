@@ -11,17 +11,16 @@ from __future__ import annotations
 import html
 import io
 import json
-import os
 from datetime import date
 from typing import Any, TypedDict
 
 from psycopg import sql
 
 from governance.anonymisation.verify import ReleaseVerificationFailed, release_frame
-from governance.config import INSIGHTS_SCHEMA
+from governance.config import INSIGHTS_PREFIX_ENV, INSIGHTS_SCHEMA, insights_prefix
 
 INSIGHTS_TABLE = "industry_insights"
-PREFIX_ENV = "GOVERNANCE_INSIGHTS_PREFIX"
+PREFIX_ENV = INSIGHTS_PREFIX_ENV
 
 
 class PublishedRelease(TypedDict):
@@ -30,10 +29,6 @@ class PublishedRelease(TypedDict):
     cells: int
     objects: list[str]
     empty_reason: str | None
-
-
-def insights_prefix() -> str:
-    return os.environ.get(PREFIX_ENV, "insights/").rstrip("/") + "/"
 
 
 def release_prefix(name: str, period_start: date, period_end: date, version: int) -> str:

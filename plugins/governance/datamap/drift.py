@@ -33,6 +33,7 @@ import phonenumbers
 import psycopg
 from psycopg import sql
 
+from governance.config import SLA_REPORT_PREFIX, insights_prefix
 from governance.datamap import phone_region
 from governance.datamap.graph import identity_columns, reference_edges
 from governance.datamap.model import (
@@ -497,8 +498,13 @@ def _is_ip(text: str) -> bool:
 # Object stores
 # --------------------------------------------------------------------------------------------
 
-# Prefixes the governance platform writes for itself (ledger anchors, reports): not app data.
-PLATFORM_PREFIXES = ("governance/",)
+def platform_prefixes() -> tuple[str, ...]:
+    """Prefixes the governance platform writes for itself in a mapped bucket, not app data: its
+    records and ledger anchors, the privacy-request SLA report, the published anonymised
+    insights (``GOVERNANCE_INSIGHTS_PREFIX``)."""
+    return ("governance/", f"{SLA_REPORT_PREFIX}/", insights_prefix())
+
+
 OBJECT_SAMPLE_KEYS = 1000
 
 
@@ -583,15 +589,19 @@ def find_object_drift(datamap: DataMap, clients: Mapping[str, Any], *, region: s
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Delimiter="/"):
             top += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
             top += [o["Key"] for o in page.get("Contents", [])]  # objects at the bucket's root
+        platform = platform_prefixes()
         for name in sorted(top):
-            if name.startswith(PLATFORM_PREFIXES) or any(m.startswith(name) or name.startswith(m) for m in mapped):
+            if name.startswith(platform) or any(m.startswith(name) or name.startswith(m) for m in mapped):
                 continue
             keys = [
                 o["Key"]
                 for o in client.list_objects_v2(Bucket=bucket, Prefix=name, MaxKeys=OBJECT_SAMPLE_KEYS).get(
                     "Contents", []
                 )
+                if not o["Key"].startswith(platform)  # "reports/" holds the SLA report and maybe app data
             ]
+            if not keys and any(p.startswith(name) for p in platform):
+                continue  # only the platform's own objects under this top-level prefix
             emails = sum(1 for k in keys if _KEY_EMAIL.search(k))
             phones = sum(1 for k in keys if _key_holds_phone(k, region))
             reasons = []
